@@ -1,0 +1,470 @@
+"""The cache: PULL, PUSH, GLOB and REFRESH over the local copy of S3.
+
+The control socket and the FUSE view are thin adapters over this module;
+both reach S3 through :meth:`Cache.fetch`, so a PULL and an ``open()`` of
+the same key share one download, one freshness record and one lock.
+
+A cached object is ``data/BUCKET/KEY`` plus ``KEY__meta__``. It is served
+only if the meta file parses and the data file's size equals the meta's
+ContentLength. Installing a new version: the old meta goes first, the
+data file is renamed in (after fsync), the directory is synced, then the
+new meta is renamed in. A crash at any point leaves at worst data without
+meta, which is not served.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+
+from .access import AccessIndex
+from .backend import Backend, ObjectResponse
+from .errors import (
+    BadKey, BackendError, KeyConflict, LocalFileError, NoSpace, NoSuchBucket, NoSuchKey,
+    S3PoolError,
+)
+from .layout import META_SUFFIX, Layout, check_bucket, check_key
+from .listing import Listings
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    """Counters shown by STATUS."""
+
+    started: float = field(default_factory=time.time)
+    pulls: int = 0
+    hits: int = 0
+    misses: int = 0
+    revalidations: int = 0  # conditional GETs answered 304
+    downloads: int = 0
+    bytes_downloaded: int = 0
+    pushes: int = 0
+    bytes_uploaded: int = 0
+    globs: int = 0
+    refreshes: int = 0
+    errors: int = 0
+    evictions: int = 0
+    bytes_evicted: int = 0
+
+
+@dataclass
+class CachedObject:
+    path: str
+    meta: dict[str, Any]
+    handle: Any = None  # what fetch()'s opener returned, if one was given
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["ContentLength"])
+
+
+class _KeyLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.users = 0
+
+
+class Cache:
+    """The one path from a request (socket or FUSE) to S3 and the disk."""
+
+    def __init__(self, layout: Layout, backend: Backend, settings: Settings,
+                 access: AccessIndex, listings: Listings | None = None) -> None:
+        self.layout = layout
+        self.backend = backend
+        self.settings = settings
+        self.access = access
+        self.listings = listings or Listings(layout, backend)
+        self.stats = Stats()
+        self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
+        self.disk_limiter = trio.CapacityLimiter(8)
+        self._key_locks: dict[tuple[str, str], _KeyLock] = {}
+        self._checked: dict[tuple[str, str], float] = {}  # last ETag check, monotonic
+        self.buckets_in_use: set[str] = set()
+        # set by the evictor: called with the bytes a download is about to add
+        self.make_room: Callable[[int], Any] | None = None
+        self.on_bucket_used: Callable[[str], None] | None = None
+        settings.on_change(self._setting_changed)
+
+    def _setting_changed(self, name: str, value: Any) -> None:
+        if name == "pull_concurrency":
+            self.download_limiter.total_tokens = value
+
+    def use_bucket(self, bucket: str) -> None:
+        if bucket not in self.buckets_in_use:
+            self.buckets_in_use.add(bucket)
+            if self.on_bucket_used:
+                self.on_bucket_used(bucket)
+
+    # --- locks and freshness ---------------------------------------------
+
+    def key_lock(self, bucket: str, key: str) -> "_LockedKey":
+        return _LockedKey(self, (bucket, key))
+
+    def is_busy(self, bucket: str, key: str) -> bool:
+        """True while a download, push or open of the key holds its lock."""
+        entry = self._key_locks.get((bucket, key))
+        return entry is not None and entry.users > 0
+
+    def _is_fresh(self, bucket: str, key: str) -> bool:
+        checked = self._checked.get((bucket, key))
+        return checked is not None and trio.current_time() - checked < self.settings.freshness_window
+
+    def _mark_fresh(self, bucket: str, key: str) -> None:
+        now = trio.current_time()
+        self._checked[(bucket, key)] = now
+        if len(self._checked) > 100_000:
+            horizon = now - self.settings.freshness_window
+            self._checked = {k: t for k, t in self._checked.items() if t >= horizon}
+
+    # --- reading what is on disk -----------------------------------------
+
+    def cached(self, bucket: str, key: str) -> CachedObject | None:
+        """The complete cached copy of a key, or None.
+
+        Complete means: the meta parses and the data file is a regular file
+        of exactly ContentLength bytes (a file truncated or deleted behind
+        our back is not served).
+        """
+        path = self.layout.object_path(bucket, key)
+        try:
+            with open(path + META_SUFFIX, "rb") as f:
+                meta = json.loads(f.read())
+            size = int(meta["ContentLength"])
+            st = os.stat(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not os.path.isfile(path) or st.st_size != size:
+            return None
+        return CachedObject(path, meta)
+
+    # --- PULL ------------------------------------------------------------
+
+    async def pull(self, bucket: str, key: str) -> str:
+        """Absolute path of a current local copy of s3://bucket/key."""
+        obj = await self.fetch(bucket, key)
+        return obj.path
+
+    async def pull_many(self, bucket: str, keys: list[str]) -> list[str]:
+        """PULL several keys in parallel; paths in request order.
+
+        Every key is attempted even if one fails; then the first failure in
+        request order is raised, naming its key.
+        """
+        results: list[str | BaseException | None] = [None] * len(keys)
+
+        async def one(i: int, key: str) -> None:
+            try:
+                results[i] = await self.pull(bucket, key)
+            except Exception as exc:  # reported below, after every key was tried
+                results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i, key in enumerate(keys):
+                nursery.start_soon(one, i, key)
+        for key, result in zip(keys, results):
+            if isinstance(result, S3PoolError):
+                raise type(result)(f"{key}: {result}") from result
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, str)]
+
+    async def fetch(self, bucket: str, key: str, opener: Callable[[str], Any] | None = None
+                    ) -> CachedObject:
+        """Make the cached copy of a key current and return it.
+
+        *opener*, if given, is called with the path while the key is still
+        locked (the FUSE view opens its file descriptor there, so the handle
+        holds exactly the version that was checked).
+        """
+        check_bucket(bucket)
+        check_key(key)
+        self.use_bucket(bucket)
+        self.stats.pulls += 1
+        async with self.key_lock(bucket, key):
+            obj = await self._fetch_locked(bucket, key)
+            self.access.record(bucket, key, obj.size)
+            if opener is not None:
+                obj.handle = opener(obj.path)
+        return obj
+
+    def _check_conflict(self, bucket: str, key: str) -> None:
+        path = self.layout.object_path(bucket, key)
+        if os.path.isdir(path) or self.listings.has_children(bucket, key):
+            raise KeyConflict(
+                f"key {key!r} is shadowed by keys under {key + '/'!r}: "
+                "on disk the directory wins"
+            )
+        # a parent segment that is a cached *file* is fine: the directory
+        # wins and _install removes that file
+
+    async def _fetch_locked(self, bucket: str, key: str) -> CachedObject:
+        self._check_conflict(bucket, key)
+        obj = self.cached(bucket, key)
+        if obj is not None and self._is_fresh(bucket, key):
+            self.stats.hits += 1
+            return obj
+        async with self.download_limiter:
+            try:
+                response = await self.backend.get_object(
+                    bucket, key, if_none_match=obj.meta.get("ETag") if obj else None
+                )
+            except NoSuchKey:
+                if obj is not None:
+                    # deleted on S3: never serve it again
+                    await self._remove(bucket, key)
+                raise
+            if response is None:
+                assert obj is not None
+                self.stats.hits += 1
+                self.stats.revalidations += 1
+                self._mark_fresh(bucket, key)
+                return obj
+            self.stats.misses += 1
+            obj = await self._download(bucket, key, response)
+        self._mark_fresh(bucket, key)
+        return obj
+
+    async def _download(self, bucket: str, key: str, response: ObjectResponse) -> CachedObject:
+        size = response.content_length
+        if self.make_room is not None:
+            try:
+                await self.make_room(size)
+            except NoSpace:
+                response.body.close()
+                raise
+        fd, tmp_path = tempfile.mkstemp(prefix="dl.", dir=self.layout.tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                try:
+                    written = await self.backend.read_body_into(response, f, bucket, key)
+                    if written != size:
+                        raise BackendError(
+                            f"short download of s3://{bucket}/{key}: {written} of {size} bytes"
+                        )
+                    await trio.to_thread.run_sync(_flush_and_sync, f, limiter=self.disk_limiter)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
+                    raise
+            obj = await self._install(bucket, key, tmp_path, response.meta)
+        finally:
+            _unlink_quietly(tmp_path)
+        self.stats.downloads += 1
+        self.stats.bytes_downloaded += size
+        return obj
+
+    async def _install(self, bucket: str, key: str, tmp_path: str, meta: dict[str, Any]
+                       ) -> CachedObject:
+        """Move a complete, synced temp file into data/ with its meta."""
+        path = self.layout.object_path(bucket, key)
+        meta_path = path + META_SUFFIX
+        meta_bytes = json.dumps(meta, indent=4).encode() + b"\n"
+        fd, tmp_meta = tempfile.mkstemp(prefix="meta.", dir=self.layout.tmp_dir)
+        with os.fdopen(fd, "wb") as f:
+            f.write(meta_bytes)
+        try:
+            shadowed = await trio.to_thread.run_sync(
+                self._install_files, bucket, key, path, meta_path, tmp_path, tmp_meta,
+                limiter=self.disk_limiter,
+            )
+        except OSError as exc:
+            _unlink_quietly(tmp_meta)
+            if exc.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
+            raise
+        for dropped in shadowed:
+            self.access.forget(bucket, dropped)
+            self._checked.pop((bucket, dropped), None)
+        return CachedObject(path, meta)
+
+    def _install_files(self, bucket: str, key: str, path: str, meta_path: str,
+                       tmp_path: str, tmp_meta: str) -> list[str]:
+        """Blocking part of _install (worker thread); returns keys it displaced."""
+        with open(tmp_meta, "rb+") as f:
+            os.fsync(f.fileno())
+        shadowed: list[str] = []
+        for attempt in range(3):
+            shadowed += self._make_parents(bucket, key)
+            _unlink_quietly(meta_path)  # the old version's meta goes first
+            try:
+                os.rename(tmp_path, path)
+                break
+            except FileNotFoundError:
+                # the evictor removed an emptied parent directory meanwhile
+                if attempt == 2:
+                    raise
+            except IsADirectoryError:
+                raise KeyConflict(f"key {key!r} is shadowed by a directory of the same name")
+        _fsync_dir(os.path.dirname(path))
+        os.rename(tmp_meta, meta_path)
+        return shadowed
+
+    def _make_parents(self, bucket: str, key: str) -> list[str]:
+        """Create the directories of *key*; a cached file in the way yields (dir wins)."""
+        shadowed: list[str] = []
+        current = self.layout.bucket_dir(bucket)
+        os.makedirs(current, exist_ok=True)
+        parts = key.split("/")[:-1]
+        for i, part in enumerate(parts):
+            current = os.path.join(current, part)
+            try:
+                os.mkdir(current)
+            except FileExistsError:
+                if not os.path.isdir(current):
+                    shadowed_key = "/".join(parts[: i + 1])
+                    log.info("s3://%s/%s: key becomes a directory, dropping the cached file",
+                             bucket, shadowed_key)
+                    _unlink_quietly(current + META_SUFFIX)
+                    _unlink_quietly(current)
+                    os.mkdir(current)
+                    shadowed.append(shadowed_key)
+            except FileNotFoundError:
+                os.makedirs(current, exist_ok=True)
+        return shadowed
+
+    async def _remove(self, bucket: str, key: str) -> None:
+        """Drop a cached object (meta first, then data). Caller holds its lock."""
+        path = self.layout.object_path(bucket, key)
+        _unlink_quietly(path + META_SUFFIX)
+        _unlink_quietly(path)
+        self._checked.pop((bucket, key), None)
+        self.access.forget(bucket, key)
+
+    # --- PUSH ------------------------------------------------------------
+
+    async def push(self, bucket: str, key: str, local_path: str) -> str:
+        """Upload a local file to s3://bucket/key; the cache then holds the new bytes."""
+        check_bucket(bucket)
+        check_key(key)
+        if not os.path.isabs(local_path):
+            raise LocalFileError(f"path {local_path!r} is not absolute")
+        try:
+            st = os.stat(local_path)
+        except OSError as exc:
+            raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise LocalFileError(f"{local_path!r} is not a regular file")
+        self.use_bucket(bucket)
+        async with self.key_lock(bucket, key):
+            self._check_conflict(bucket, key)
+            # copy first: what we upload is exactly what we install, even if
+            # the caller rewrites its file meanwhile
+            fd, tmp_path = tempfile.mkstemp(prefix="push.", dir=self.layout.tmp_dir)
+            os.close(fd)
+            try:
+                try:
+                    await trio.to_thread.run_sync(
+                        _copy_and_sync, local_path, tmp_path, limiter=self.disk_limiter
+                    )
+                except OSError as exc:
+                    raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
+                # whatever happens next, the old cached bytes are not served again
+                await self._remove(bucket, key)
+                await self.backend.upload_file(bucket, key, tmp_path)
+                self.stats.pushes += 1
+                self.stats.bytes_uploaded += st.st_size
+                meta = await self.backend.head_object(bucket, key)
+                if meta["ContentLength"] == os.path.getsize(tmp_path):
+                    if self.make_room is not None:
+                        await self.make_room(0)
+                    await self._install(bucket, key, tmp_path, meta)
+                    self._mark_fresh(bucket, key)
+                    self.access.record(bucket, key, meta["ContentLength"])
+            finally:
+                _unlink_quietly(tmp_path)
+        return self.layout.object_path(bucket, key)
+
+    # --- listings --------------------------------------------------------
+
+    async def refresh(self, bucket: str) -> int:
+        check_bucket(bucket)
+        count = await self.listings.refresh(bucket)
+        self.use_bucket(bucket)
+        self.stats.refreshes += 1
+        return count
+
+    async def ensure_listing(self, bucket: str) -> None:
+        if not self.listings.has_index(bucket):
+            await self.refresh(bucket)
+
+    async def glob(self, bucket: str, pattern: str) -> list[str]:
+        check_bucket(bucket)
+        await self.ensure_listing(bucket)
+        self.use_bucket(bucket)
+        self.stats.globs += 1
+        return await self.listings.glob(bucket, pattern)
+
+
+class _LockedKey:
+    """``async with cache.key_lock(b, k)``: the single-flight lock of one key."""
+
+    def __init__(self, cache: Cache, ident: tuple[str, str]) -> None:
+        self.cache = cache
+        self.ident = ident
+
+    async def __aenter__(self) -> None:
+        entry = self.cache._key_locks.get(self.ident)
+        if entry is None:
+            entry = self.cache._key_locks[self.ident] = _KeyLock()
+        entry.users += 1
+        try:
+            await entry.lock.acquire()
+        except BaseException:
+            self._release_user(entry)
+            raise
+        self.entry = entry
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.entry.lock.release()
+        self._release_user(self.entry)
+
+    def _release_user(self, entry: _KeyLock) -> None:
+        entry.users -= 1
+        if entry.users == 0:
+            self.cache._key_locks.pop(self.ident, None)
+
+
+def _flush_and_sync(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _copy_and_sync(src: str, dst: str) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        pass
+
+
+__all__ = ["Cache", "CachedObject", "Stats", "BadKey"]

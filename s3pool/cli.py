@@ -1,0 +1,123 @@
+"""``s3pool``: the daemon's command line.
+
+``s3pool -p PORT -D HOMEDIR [-m MOUNTPOINT] [options]`` runs the daemon in
+the foreground. ``s3pool pull|push|glob|refresh|status|set ...`` is the
+client (the same as ``s3poolctl``). The option list here is also what the
+man page prints (see ``s3pool.manpage``), so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import trio
+
+from . import __version__
+from .settings import SPECS
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES = (
+    (0, "clean shutdown (SIGINT or SIGTERM)"),
+    (1, "a fatal error at run time (see the log)"),
+    (2, "bad command line"),
+    (3, "another s3pool is already running on this HOMEDIR"),
+    (4, "the mount point cannot be used, or FUSE is unavailable"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s3pool",
+        description="Keep a cache of S3 objects on local disk and serve them as paths over a "
+                    "JSON control socket and as files under a read-through FUSE mount.",
+        epilog="Client commands: s3pool pull|push|glob|refresh|status|set ... (see s3poolctl "
+               "--help). S3 endpoint, region and credentials come from the standard AWS chain "
+               "(AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...).",
+    )
+    parser.add_argument("-p", "--port", type=int, required=True,
+                        help="TCP port of the control socket (0 picks a free one)")
+    parser.add_argument("-D", "--homedir", required=True, metavar="HOMEDIR",
+                        help="directory holding log/, tmp/, data/ and state/ (created if missing)")
+    parser.add_argument("-m", "--mountpoint", metavar="DIR",
+                        help="mount the read-only FUSE view here (an empty directory; created "
+                             "if missing)")
+    parser.add_argument("-b", "--bind", default="127.0.0.1", metavar="ADDRESS",
+                        help="address the control socket listens on (default 127.0.0.1; the "
+                             "socket has no authentication, so bind wider only on a trusted "
+                             "network)")
+    parser.add_argument("--bucket", action="append", default=[], metavar="BUCKET",
+                        help="show BUCKET at the mount's root and keep its listing fresh "
+                             "(repeatable)")
+    parser.add_argument("--embedded-s3", choices=("auto", "yes", "no"), default="auto",
+                        help="run a local demo S3 (moto) instead of a real one: 'auto' does so "
+                             "only when no S3 endpoint and no AWS credentials are configured")
+    parser.add_argument("--allow-other", action="store_true",
+                        help="let users other than the one running s3pool read the mount")
+    for spec in SPECS:
+        names = [spec.option] if spec.name != "verbose" else ["-v", spec.option]
+        parser.add_argument(*names, dest=spec.name, metavar=spec.metavar, default=None,
+                            type=spec.parse, help=f"{spec.help} (default {spec.default})")
+    parser.add_argument("--version", action="version", version=f"s3pool {__version__}")
+    return parser
+
+
+CLIENT_COMMANDS = ("pull", "push", "glob", "refresh", "status", "set")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CLIENT_COMMANDS:
+        from .ctl import main as ctl_main
+
+        return ctl_main(argv)
+    args = build_parser().parse_args(argv)
+    return run_daemon(args)
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    # imported here so `s3pool --help` and the client stay quick
+    from .daemon import Daemon, Options, StartupError
+    from .embedded import endpoint_configured
+    from .layout import Layout
+    from .logs import setup_logging
+
+    settings = {spec.name: getattr(args, spec.name) for spec in SPECS}
+    verbose = settings["verbose"] if settings["verbose"] is not None else 1
+    try:
+        layout = Layout.create(args.homedir)
+    except OSError as exc:
+        print(f"s3pool: cannot use HOMEDIR {args.homedir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    setup_logging(layout.log_dir, verbose)
+    embedded = args.embedded_s3
+    if embedded == "auto":
+        embedded = "no" if endpoint_configured() else "yes"
+    options = Options(
+        port=args.port, home=args.homedir, bind=args.bind, mountpoint=args.mountpoint,
+        buckets=args.bucket, embedded_s3=embedded, settings=settings,
+        allow_other=args.allow_other,
+    )
+    daemon = None
+    try:
+        daemon = Daemon(options)
+        trio.run(daemon.run)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return exc.code
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        log.exception("fatal error: %s", exc)
+        return 1
+    finally:
+        if daemon is not None:
+            daemon.close()
+    log.info("s3pool stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""A small Python client for the control socket.
+
+    from s3pool.client import Client
+    c = Client(port=9000)
+    path = c.pull("bucket", "key")              # one path
+    paths = c.pull("bucket", "k1", "k2")        # several: a list, in order
+    c.push("bucket", "key", "/abs/file")
+    keys = c.glob("bucket", "logs/**/*.gz")
+
+Every call opens a connection, sends one JSON line, reads the reply until
+the server closes. An ERROR reply raises :class:`S3PoolClientError`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+
+class S3PoolClientError(Exception):
+    """The daemon answered ERROR (the message is its one-line reason)."""
+
+
+class Client:
+    def __init__(self, host: str = "127.0.0.1", port: int = 9000, timeout: float | None = 600.0):
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+
+    def request(self, *words: str) -> list[str]:
+        """Send one request; return the OK payload's lines."""
+        line = json.dumps(list(words)).encode() + b"\n"
+        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+            sock.sendall(line)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        reply = b"".join(chunks).decode("utf-8", "surrogateescape")
+        status, _, payload = reply.partition("\n")
+        if status == "ERROR":
+            raise S3PoolClientError(payload.strip())
+        if status != "OK":
+            raise S3PoolClientError(f"unexpected reply from s3pool: {reply[:200]!r}")
+        if payload in ("", "\n"):
+            return []
+        return payload.split("\n")[:-1] if payload.endswith("\n") else payload.split("\n")
+
+    def pull(self, bucket: str, *keys: str) -> str | list[str]:
+        paths = self.request("PULL", bucket, *keys)
+        return paths[0] if len(keys) == 1 else paths
+
+    def push(self, bucket: str, key: str, path: str) -> None:
+        self.request("PUSH", bucket, key, path)
+
+    def glob(self, bucket: str, pattern: str) -> list[str]:
+        return self.request("GLOB", bucket, pattern)
+
+    def refresh(self, bucket: str) -> None:
+        self.request("REFRESH", bucket)
+
+    def status(self) -> dict[str, str]:
+        return dict(line.split(" ", 1) for line in self.request("STATUS") if " " in line)
+
+    def set(self, name: str, value: str) -> None:
+        self.request("SET", name, str(value))

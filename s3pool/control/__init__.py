@@ -1,0 +1,1 @@
+"""The JSON control socket: protocol parsing and the trio TCP server."""

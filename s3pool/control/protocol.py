@@ -1,0 +1,84 @@
+"""The wire format of the control socket (compatible with the 2019 clients).
+
+Request: one line, a JSON array of strings, ``\\n``-terminated (EOF also
+ends it). Reply: ``OK\\n`` or ``ERROR\\n``, then the payload; the server
+then closes. A listing payload puts ``\\n`` after each item; a command with
+nothing to return sends a lone ``\\n``; an ERROR payload is one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..errors import BadRequest
+
+MAX_REQUEST_BYTES = 1 << 20
+
+# name -> (least, most) arguments after the command name (None: no limit)
+ARITY: dict[str, tuple[int, int | None]] = {
+    "PULL": (2, None),
+    "PUSH": (3, 3),
+    "GLOB": (2, 2),
+    "REFRESH": (1, 1),
+    "STATUS": (0, 0),
+    "SET": (2, 2),
+}
+USAGE = {
+    "PULL": '["PULL", bucket, key, ...]',
+    "PUSH": '["PUSH", bucket, key, abspath]',
+    "GLOB": '["GLOB", bucket, pattern]',
+    "REFRESH": '["REFRESH", bucket]',
+    "STATUS": '["STATUS"]',
+    "SET": '["SET", name, value]',
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str  # upper case
+    args: list[str]
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse and check one request line; raise BadRequest with a clear message."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise BadRequest(f"request longer than {MAX_REQUEST_BYTES} bytes")
+    text = line.strip()
+    if not text:
+        raise BadRequest("empty request; expected a JSON array such as [\"STATUS\"]")
+    try:
+        value = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("request is not UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise BadRequest(f"request must be a JSON array, got {type(value).__name__}")
+    if not value:
+        raise BadRequest("empty array: no command")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise BadRequest(f"item {i} of the request is {type(item).__name__}, not a string")
+    command, args = value[0].upper(), value[1:]
+    if command not in ARITY:
+        raise BadRequest(f"unknown command {value[0]!r}; known: {', '.join(ARITY)}")
+    least, most = ARITY[command]
+    if len(args) < least or (most is not None and len(args) > most):
+        raise BadRequest(f"wrong number of arguments for {command}: usage {USAGE[command]}")
+    return Request(command, args)
+
+
+def format_list(items: list[str]) -> bytes:
+    """OK and one item a line; no items is ``OK\n`` and nothing else."""
+    return ("OK\n" + "".join(item + "\n" for item in items)).encode("utf-8", "surrogateescape")
+
+
+def format_done() -> bytes:
+    """OK for a command with nothing to return."""
+    return b"OK\n\n"
+
+
+def format_error(message: str) -> bytes:
+    one_line = " ".join(str(message).split()) or "error"
+    return f"ERROR\n{one_line}\n".encode("utf-8", "replace")

@@ -1,0 +1,123 @@
+"""The control socket: a trio TCP server, one request per connection.
+
+Each connection is handled by :meth:`ControlServer.handle`, which catches
+and logs everything (an exception escaping a ``serve_tcp`` handler would
+take the whole server down), answers bad input with an ERROR line, and
+logs every request with its status and elapsed milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import trio
+
+from ..cache import Cache
+from ..errors import BadRequest, S3PoolError
+from ..settings import format_value
+from .protocol import MAX_REQUEST_BYTES, Request, format_done, format_error, format_list, parse_request
+
+log = logging.getLogger(__name__)
+request_log = logging.getLogger("s3pool.requests")
+
+RECEIVE_TIMEOUT = 5.0
+SEND_TIMEOUT = 30.0
+
+
+class ControlServer:
+    def __init__(self, cache: Cache, status_lines: Callable[[], list[tuple[str, Any]]]) -> None:
+        self.cache = cache
+        self.status_lines = status_lines
+        self.connections = 0
+
+    async def serve(self, host: str, port: int, *,
+                    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started(listeners)
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        started = time.perf_counter()
+        self.connections += 1
+        summary = "-"
+        status = "ERROR"
+        try:
+            try:
+                line = await self._receive_line(stream)
+                request = parse_request(line)
+                summary = _summarize(request)
+                reply = await self.dispatch(request)
+                status = "OK"
+            except S3PoolError as exc:
+                self.cache.stats.errors += 1
+                reply = format_error(str(exc))
+                status = f"ERROR {exc}"
+            except Exception as exc:  # a bug of ours: answer, log, keep serving
+                self.cache.stats.errors += 1
+                log.exception("internal error handling %s", summary)
+                reply = format_error(f"internal error: {exc!r}")
+                status = f"ERROR internal {exc!r}"
+            with trio.move_on_after(SEND_TIMEOUT):
+                await stream.send_all(reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            status = f"{status} (client gone: {exc.__class__.__name__})"
+        except Exception:
+            log.exception("unexpected error on a control connection")
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await stream.aclose()
+            elapsed = (time.perf_counter() - started) * 1000
+            request_log.info("%s -> %s %.1fms", summary, status, elapsed)
+
+    async def _receive_line(self, stream: trio.SocketStream) -> bytes:
+        """One request line: up to '\\n' or EOF, within the size cap and 5 s."""
+        buffer = bytearray()
+        with trio.move_on_after(RECEIVE_TIMEOUT) as scope:
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                newline = chunk.find(b"\n")
+                if newline >= 0:
+                    buffer += chunk[:newline]
+                    break
+                buffer += chunk
+                if len(buffer) > MAX_REQUEST_BYTES:
+                    break
+        if scope.cancelled_caught:
+            raise BadRequest(f"no complete request within {RECEIVE_TIMEOUT:g} s")
+        return bytes(buffer)
+
+    async def dispatch(self, request: Request) -> bytes:
+        cache = self.cache
+        args = request.args
+        command = request.command
+        if command == "PULL":
+            bucket, keys = args[0], args[1:]
+            if len(keys) == 1:
+                return format_list([await cache.pull(bucket, keys[0])])
+            return format_list(await cache.pull_many(bucket, keys))
+        if command == "PUSH":
+            await cache.push(args[0], args[1], args[2])
+            return format_done()
+        if command == "GLOB":
+            return format_list(await cache.glob(args[0], args[1]))
+        if command == "REFRESH":
+            await cache.refresh(args[0])
+            return format_done()
+        if command == "STATUS":
+            return format_list([f"{name} {format_value(value)}" for name, value in self.status_lines()])
+        if command == "SET":
+            cache.settings.set(args[0], args[1])
+            return format_done()
+        raise AssertionError(f"unhandled command {command}")  # parse_request checked it
+
+
+def _summarize(request: Request) -> str:
+    args = request.args
+    shown = " ".join(args[:4]) + (f" ... (+{len(args) - 4})" if len(args) > 4 else "")
+    return f"{request.command} {shown}".strip()

@@ -1,0 +1,1 @@
+"""The read-through FUSE view of the cache."""

@@ -1,0 +1,159 @@
+"""The HOMEDIR layout on disk, and the rules that keep keys inside it.
+
+Everything that turns a bucket or key into a path goes through here, so
+that no other module can build a path that leaves ``data/BUCKET/``.
+
+    HOMEDIR/log/                   log files
+    HOMEDIR/tmp/                   partial downloads, emptied at start-up
+    HOMEDIR/state/                 our own databases (access records)
+    HOMEDIR/s3pool.pid             pidfile of the running daemon
+    HOMEDIR/data/BUCKET/KEY        object bytes
+    HOMEDIR/data/BUCKET/KEY__meta__  object meta (aws s3api get-object shape)
+    HOMEDIR/data/BUCKET/__list__   every key of the bucket, one a line
+    HOMEDIR/data/BUCKET/__index__  SQLite index of the listing (key, size,
+                                   mtime, etag), written beside __list__
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+
+from .errors import BadBucket, BadKey
+
+META_SUFFIX = "__meta__"
+LIST_NAME = "__list__"
+INDEX_NAME = "__index__"
+# Names of our own files at the top of a BUCKETDIR; a key may not take them.
+RESERVED_ROOT_NAMES = frozenset({LIST_NAME, INDEX_NAME})
+# Linux NAME_MAX: a longer segment could never be a file name.
+MAX_SEGMENT_BYTES = 255
+MAX_KEY_BYTES = 1024  # S3's own limit
+
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+def check_bucket(bucket: str) -> str:
+    """Return *bucket* if it is a name we can use as a directory, else raise."""
+    if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise BadBucket(f"invalid bucket name {bucket!r}")
+    return bucket
+
+
+def check_key(key: str) -> str:
+    """Return *key* if it maps to exactly one path inside a BUCKETDIR.
+
+    Refused: empty keys, leading '/', empty segments ('a//b', trailing
+    '/'), '.' and '..' segments, NUL and newline, segments that end in
+    __meta__ (they would alias a meta file), our own root files, and
+    segments too long for the local filesystem.
+    """
+    if not isinstance(key, str) or not key:
+        raise BadKey("empty key")
+    if "\0" in key or "\n" in key or "\r" in key:
+        raise BadKey(f"key {key!r} contains NUL or newline")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise BadKey(f"key {key[:40]!r}... is longer than {MAX_KEY_BYTES} bytes")
+    if key.startswith("/"):
+        raise BadKey(f"key {key!r} starts with '/'")
+    segments = key.split("/")
+    for segment in segments:
+        if segment == "":
+            raise BadKey(f"key {key!r} has an empty path segment")
+        if segment in (".", ".."):
+            raise BadKey(f"key {key!r} has a '{segment}' path segment")
+        if segment.endswith(META_SUFFIX):
+            raise BadKey(f"key {key!r} collides with s3pool meta files (*{META_SUFFIX})")
+        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            raise BadKey(f"key {key!r} has a path segment longer than {MAX_SEGMENT_BYTES} bytes")
+    if segments[0] in RESERVED_ROOT_NAMES:
+        raise BadKey(f"key {key!r} collides with s3pool's own file {segments[0]}")
+    return key
+
+
+def is_cacheable_key(key: str) -> bool:
+    """True if *key* can live on disk (listings keep every key, the disk cannot)."""
+    try:
+        check_key(key)
+    except BadKey:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one HOMEDIR (absolute)."""
+
+    home: str
+
+    @classmethod
+    def create(cls, home: str) -> "Layout":
+        layout = cls(os.path.abspath(home))
+        for sub in (layout.log_dir, layout.tmp_dir, layout.data_dir, layout.state_dir):
+            os.makedirs(sub, exist_ok=True)
+        return layout
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.home, "log")
+
+    @property
+    def tmp_dir(self) -> str:
+        return os.path.join(self.home, "tmp")
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.home, "data")
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(self.home, "state")
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.home, "s3pool.pid")
+
+    def bucket_dir(self, bucket: str) -> str:
+        return os.path.join(self.data_dir, check_bucket(bucket))
+
+    def object_path(self, bucket: str, key: str) -> str:
+        path = os.path.join(self.bucket_dir(bucket), check_key(key))
+        # check_key already rules out every escape; this is the belt to its braces.
+        if not path.startswith(self.bucket_dir(bucket) + os.sep):
+            raise BadKey(f"key {key!r} leaves the bucket directory")
+        return path
+
+    def meta_path(self, bucket: str, key: str) -> str:
+        return self.object_path(bucket, key) + META_SUFFIX
+
+    def list_path(self, bucket: str) -> str:
+        return os.path.join(self.bucket_dir(bucket), LIST_NAME)
+
+    def index_path(self, bucket: str) -> str:
+        return os.path.join(self.bucket_dir(bucket), INDEX_NAME)
+
+    def buckets_on_disk(self) -> list[str]:
+        try:
+            names = os.listdir(self.data_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            n for n in names
+            if _BUCKET_RE.match(n) and os.path.isdir(os.path.join(self.data_dir, n))
+        )
+
+    def clear_tmp(self) -> int:
+        """Remove every leftover partial download; return how many."""
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed

@@ -1,0 +1,287 @@
+"""Bucket listings: ``__list__`` for other tools and ``__index__`` for us.
+
+A REFRESH streams the bucket's listing page by page (never the whole
+listing in memory) into two files built in ``tmp/``: the plain
+``__list__`` (one key a line, as the original wrote it) and ``__index__``,
+a SQLite table of (key, size, mtime, etag) ordered by key. Both are
+renamed into the BUCKETDIR, so a reader sees the old listing or the new
+one, never a mix. GLOB, the FUSE view's lookups and readdir all query
+``__index__`` by key range instead of scanning the listing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import trio
+
+from .backend import Backend
+from .globpattern import compile_glob
+from .layout import LIST_NAME, META_SUFFIX, RESERVED_ROOT_NAMES, Layout
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE keys (key TEXT PRIMARY KEY, size INTEGER, mtime REAL, etag TEXT) WITHOUT ROWID;
+CREATE TABLE info (name TEXT PRIMARY KEY, value);
+"""
+# Sorts after every character a key can hold: the end of a prefix range.
+_TOP = chr(0x10FFFF)
+_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A name inside a bucket directory of the FUSE view."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+    etag: str = ""
+
+
+def prefix_upper(prefix: str) -> str:
+    return prefix + _TOP
+
+
+def visible_name(name: str, at_root: bool) -> bool:
+    """Can *name* be shown as one path component of the FUSE view?"""
+    if name in ("", ".", "..") or name.endswith(META_SUFFIX):
+        return False
+    if at_root and name in RESERVED_ROOT_NAMES:
+        return False
+    return len(name.encode("utf-8", "surrogatepass")) <= 255
+
+
+class Listings:
+    """Per-bucket listing files: refresh them, query them."""
+
+    def __init__(self, layout: Layout, backend: Backend) -> None:
+        self.layout = layout
+        self.backend = backend
+        self._locks: dict[str, trio.Lock] = {}
+        self._conns: dict[str, tuple[int, sqlite3.Connection]] = {}
+        self.refreshes = 0
+        self.last_refresh: dict[str, float] = {}
+        # how many refreshes of a bucket finished: lets a waiter see that a
+        # refresh which started after it asked has already been done
+        self._generation: dict[str, int] = {}
+        self.disk_limiter = trio.CapacityLimiter(4)
+
+    # --- refresh ---------------------------------------------------------
+
+    def has_index(self, bucket: str) -> bool:
+        return os.path.exists(self.layout.index_path(bucket))
+
+    async def refresh(self, bucket: str) -> int:
+        """Re-list *bucket*; at most one listing of a bucket runs at a time.
+
+        A caller that had to wait for a listing started after it asked gets
+        that listing's result instead of starting another one.
+        """
+        lock = self._locks.setdefault(bucket, trio.Lock())
+        asked_at = self._generation.get(bucket, 0)
+        started_before = lock.locked()
+        async with lock:
+            if not started_before and self._generation.get(bucket, 0) > asked_at:
+                return self._count(bucket)
+            count = await trio.to_thread.run_sync(
+                self._build, bucket, limiter=self.backend.limiter
+            )
+            self._generation[bucket] = self._generation.get(bucket, 0) + 1
+        self.refreshes += 1
+        self.last_refresh[bucket] = time.time()
+        self._drop_conn(bucket)
+        log.info("refreshed s3://%s: %d keys", bucket, count)
+        return count
+
+    def _build(self, bucket: str) -> int:
+        """Blocking: list the bucket into tmp/, then rename into place."""
+        stamp = f"{bucket}.{os.getpid()}.{time.monotonic_ns()}"
+        tmp_list = os.path.join(self.layout.tmp_dir, f"list.{stamp}")
+        tmp_index = os.path.join(self.layout.tmp_dir, f"index.{stamp}")
+        count = 0
+        try:
+            db = sqlite3.connect(tmp_index)
+            try:
+                db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
+                with open(tmp_list, "w", encoding="utf-8", errors="surrogateescape") as listing:
+                    for page in self.backend.iter_listing(bucket):
+                        listing.writelines(e.key + "\n" for e in page if "\n" not in e.key)
+                        db.executemany(
+                            "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+                            [(e.key, e.size, e.mtime, e.etag) for e in page],
+                        )
+                        count += len(page)
+                    listing.flush()
+                    os.fsync(listing.fileno())
+                db.execute("INSERT INTO info VALUES ('refreshed_at', ?)", (time.time(),))
+                db.execute("INSERT INTO info VALUES ('count', ?)", (count,))
+                db.commit()
+            finally:
+                db.close()
+            os.makedirs(self.layout.bucket_dir(bucket), exist_ok=True)
+            with open(tmp_index, "rb") as f:
+                os.fsync(f.fileno())
+            os.rename(tmp_index, self.layout.index_path(bucket))
+            os.rename(tmp_list, self.layout.list_path(bucket))
+        finally:
+            for path in (tmp_list, tmp_index):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        return count
+
+    # --- queries ---------------------------------------------------------
+
+    def _open(self, bucket: str) -> sqlite3.Connection | None:
+        path = self.layout.index_path(bucket)
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.OperationalError:
+            return None
+        return conn
+
+    def conn(self, bucket: str) -> sqlite3.Connection | None:
+        """A cached read-only connection for quick lookups on the trio thread.
+
+        Reopened when the index file was replaced (by us or by another
+        process), so it never reads a listing older than the one on disk.
+        """
+        try:
+            ino = os.stat(self.layout.index_path(bucket)).st_ino
+        except (FileNotFoundError, NotADirectoryError):
+            self._drop_conn(bucket)
+            return None
+        cached = self._conns.get(bucket)
+        if cached and cached[0] == ino:
+            return cached[1]
+        self._drop_conn(bucket)
+        conn = self._open(bucket)
+        if conn is not None:
+            self._conns[bucket] = (ino, conn)
+        return conn
+
+    def _drop_conn(self, bucket: str) -> None:
+        cached = self._conns.pop(bucket, None)
+        if cached:
+            cached[1].close()
+
+    def close(self) -> None:
+        for bucket in list(self._conns):
+            self._drop_conn(bucket)
+
+    def _count(self, bucket: str) -> int:
+        conn = self.conn(bucket)
+        if conn is None:
+            return 0
+        row = conn.execute("SELECT value FROM info WHERE name = 'count'").fetchone()
+        return int(row[0]) if row else 0
+
+    def key_info(self, bucket: str, key: str) -> tuple[int, float, str] | None:
+        """(size, mtime, etag) of *key* in the listing, or None."""
+        conn = self.conn(bucket)
+        if conn is None:
+            return None
+        row = conn.execute("SELECT size, mtime, etag FROM keys WHERE key = ?", (key,)).fetchone()
+        return (int(row[0]), float(row[1]), row[2]) if row else None
+
+    def has_children(self, bucket: str, key: str) -> bool:
+        """True if some key lies under ``key/`` (then ``key`` is a directory)."""
+        conn = self.conn(bucket)
+        if conn is None:
+            return False
+        prefix = key + "/"
+        row = conn.execute(
+            "SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1", (prefix, prefix_upper(prefix))
+        ).fetchone()
+        return row is not None
+
+    def lookup(self, bucket: str, dir_prefix: str, name: str) -> Entry | None:
+        """The entry *name* in the directory *dir_prefix* ('' or ending in '/')."""
+        if not visible_name(name, at_root=dir_prefix == ""):
+            return None
+        key = dir_prefix + name
+        if self.has_children(bucket, key):
+            return Entry(name, True)
+        info = self.key_info(bucket, key)
+        if info is None:
+            return None
+        return Entry(name, False, *info)
+
+    def iter_children(self, bucket: str, dir_prefix: str,
+                      after: tuple[str, bool] | None = None) -> Iterator[Entry]:
+        """Entries of directory *dir_prefix* in key order, from after *after*.
+
+        *after* is (name, is_dir) of the last entry already returned. Each
+        subdirectory costs one range jump, not a walk over its keys.
+        """
+        conn = self.conn(bucket)
+        if conn is None:
+            return
+        at_root = dir_prefix == ""
+        hi = prefix_upper(dir_prefix)
+        if after is None:
+            lo, inclusive = dir_prefix, True
+        elif after[1]:
+            lo, inclusive = dir_prefix + after[0] + "0", True  # '0' follows '/'
+        else:
+            lo, inclusive = dir_prefix + after[0], False
+        cut = len(dir_prefix)
+        while True:
+            op = ">=" if inclusive else ">"
+            rows = conn.execute(
+                f"SELECT key, size, mtime, etag FROM keys WHERE key {op} ? AND key < ? "
+                f"ORDER BY key LIMIT {_BATCH}", (lo, hi),
+            ).fetchall()
+            if not rows:
+                return
+            jumped = False
+            for key, size, mtime, etag in rows:
+                rest = key[cut:]
+                slash = rest.find("/")
+                if slash < 0:
+                    lo, inclusive = key, False
+                    if visible_name(rest, at_root) and not self.has_children(bucket, key):
+                        yield Entry(rest, False, int(size), float(mtime), etag)
+                    continue
+                name = rest[:slash]
+                if visible_name(name, at_root):
+                    yield Entry(name, True)
+                lo, inclusive = dir_prefix + name + "0", True
+                jumped = True
+                break
+            if not jumped and len(rows) < _BATCH:
+                return
+
+    async def glob(self, bucket: str, pattern: str) -> list[str]:
+        """Keys of the listing matching *pattern*, in key order."""
+        matchers = compile_glob(pattern)
+        path = self.layout.index_path(bucket)
+
+        def scan() -> list[str]:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                found: set[str] = set()
+                for matcher in matchers:
+                    rows = conn.execute(
+                        "SELECT key FROM keys WHERE key >= ? AND key < ?",
+                        (matcher.prefix, prefix_upper(matcher.prefix)),
+                    )
+                    match = matcher.regex.fullmatch
+                    found.update(key for (key,) in rows if match(key))
+                return sorted(found)
+            finally:
+                conn.close()
+
+        return await trio.to_thread.run_sync(scan, limiter=self.disk_limiter)
+
+    def list_file_name(self) -> str:
+        return LIST_NAME

@@ -1,0 +1,147 @@
+"""Run-time settings: one table feeds the command line, SET, STATUS and the man page.
+
+Each setting has a name (as used by SET and STATUS), a command-line
+option (the name with dashes), a parser and a check. Changing a setting
+goes through :meth:`Settings.set`, which validates the new value against
+the others (``low_water`` must stay below ``high_water``) and tells the
+listeners (the limiter, the evictor, the refresher) so they act at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import BadRequest
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(text: str) -> int:
+    """'0', '1048576', '512M', '10GiB', '1.5g' -> bytes (binary units)."""
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use bytes or a K/M/G/T suffix)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def parse_seconds(text: str) -> float:
+    value = float(text)
+    if value != value or value < 0 or value > 86400 * 365:
+        raise ValueError(f"not a duration in seconds: {text!r}")
+    return value
+
+
+def parse_percent(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 100:
+        raise ValueError(f"not a percentage from 1 to 100: {text!r}")
+    return value
+
+
+def parse_concurrency(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise ValueError(f"not a concurrency from 1 to 1000: {text!r}")
+    return value
+
+
+def parse_verbose(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 3:
+        raise ValueError(f"verbose is 0 (warnings) to 3 (debug): {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("pull_concurrency", 20, parse_concurrency,
+                "how many objects are downloaded from S3 at once", "N"),
+    SettingSpec("freshness_window", 120.0, parse_seconds,
+                "seconds after an ETag check during which a cached object is served "
+                "with no S3 request", "SECONDS"),
+    SettingSpec("refresh_interval", 300.0, parse_seconds,
+                "seconds between background refreshes of the listings of the buckets "
+                "in use", "SECONDS"),
+    SettingSpec("high_water", 90.0, parse_percent,
+                "disk use (percent of the filesystem holding HOMEDIR, or of "
+                "--max-cache-size) that starts eviction", "PERCENT"),
+    SettingSpec("low_water", 75.0, parse_percent,
+                "disk use eviction brings the cache down to", "PERCENT"),
+    SettingSpec("max_cache_size", 0, parse_size,
+                "cap on the bytes the cache holds (K/M/G/T suffixes; 0 = no cap)", "BYTES"),
+    SettingSpec("verbose", 1, parse_verbose,
+                "log level: 0 warnings, 1 info and requests, 2 and 3 debug", "LEVEL"),
+)
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+class Settings:
+    """The current values, with change listeners."""
+
+    def __init__(self, **values: Any) -> None:
+        self._values = {spec.name: spec.default for spec in SPECS}
+        self._listeners: list[Callable[[str, Any], None]] = []
+        for name, value in values.items():
+            if value is not None:
+                self._values[name] = value
+        self._check(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(spec.name, self._values[spec.name]) for spec in SPECS]
+
+    def on_change(self, listener: Callable[[str, Any], None]) -> None:
+        self._listeners.append(listener)
+
+    @staticmethod
+    def _check(values: dict[str, Any]) -> None:
+        if values["low_water"] >= values["high_water"]:
+            raise BadRequest(
+                f"low_water ({values['low_water']}) must be below "
+                f"high_water ({values['high_water']})"
+            )
+
+    def set(self, name: str, text: str) -> Any:
+        """Parse, check and apply one setting; raise BadRequest if it is wrong."""
+        spec = SPEC_BY_NAME.get(name.lower())
+        if spec is None:
+            raise BadRequest(
+                f"unknown setting {name!r}; settable: {', '.join(SPEC_BY_NAME)}"
+            )
+        try:
+            value = spec.parse(text)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(f"bad value for {spec.name}: {exc}") from None
+        candidate = dict(self._values, **{spec.name: value})
+        self._check(candidate)
+        self._values = candidate
+        for listener in self._listeners:
+            listener(spec.name, value)
+        return value
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
