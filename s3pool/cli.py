@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_daemon(args: argparse.Namespace) -> int:
     # imported here so `s3pool --help` and the client stay quick
-    from .daemon import Daemon, Options, StartupError
+    from .daemon import Daemon, Options
+    from .errors import StartupError
     from .embedded import endpoint_configured
     from .layout import Layout
     from .logs import setup_logging

@@ -27,6 +27,7 @@ from .backend import Backend
 from .cache import Cache
 from .control.server import ControlServer
 from .embedded import EmbeddedS3
+from .errors import EXIT_MOUNT, EXIT_RUNNING, StartupError
 from .evictor import Evictor
 from .layout import Layout
 from .logs import apply_verbosity
@@ -34,21 +35,6 @@ from .refresher import Refresher
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_RUNNING = 3
-EXIT_MOUNT = 4
-
-
-class StartupError(Exception):
-    """A problem the user must fix; carries the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 @dataclass
 class Options:

@@ -48,3 +48,18 @@ class NoSpace(S3PoolError):
 
 class LocalFileError(S3PoolError):
     """A local file named by a client (PUSH) is missing or not usable."""
+
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_RUNNING = 3
+EXIT_MOUNT = 4
+
+
+class StartupError(Exception):
+    """A problem the user must fix before the daemon can run; carries the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code

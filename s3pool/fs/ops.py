@@ -1,0 +1,467 @@
+"""pyfuse3 Operations: the cache as a read-only tree ``BUCKET/KEY``.
+
+A thin adapter over :class:`s3pool.cache.Cache`: names and attributes come
+from the bucket's listing index (no S3 request per file for ``ls -l``),
+``open()`` goes through ``Cache.fetch`` (the PULL path: ETag check,
+freshness window, single-flight download) and keeps the file descriptor
+of the version it opened, and ``read()`` is a ``pread`` on that local file.
+
+Inode numbers are a hash of (bucket, path, kind): stable for as long as
+the name exists, across refreshes and even across mounts, with no table
+of every key in memory. Only inodes the kernel currently knows (lookup
+count above zero) are kept.
+
+Every error leaves through :data:`ERRNO_FOR`: pyfuse3 handles only
+FUSEError, and anything else escaping an op would take the mount down.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable
+
+import pyfuse3
+import trio
+
+from ..cache import Cache
+from ..errors import (
+    AccessDenied, BackendError, BadBucket, BadKey, KeyConflict, NoSpace, NoSuchBucket, NoSuchKey,
+    S3PoolError,
+)
+from ..layout import check_bucket
+from ..listing import Entry, visible_name
+
+log = logging.getLogger(__name__)
+
+ERRNO_FOR: dict[type[Exception], int] = {
+    NoSuchKey: errno.ENOENT,
+    NoSuchBucket: errno.ENOENT,
+    BadBucket: errno.ENOENT,
+    BadKey: errno.ENOENT,
+    KeyConflict: errno.EISDIR,
+    AccessDenied: errno.EACCES,
+    NoSpace: errno.ENOSPC,
+    BackendError: errno.EIO,
+}
+
+ATTR_TIMEOUT = 10.0
+NEGATIVE_BUCKET_TTL = 30.0
+ROOT = pyfuse3.ROOT_INODE
+
+
+def fuse_error(exc: Exception) -> pyfuse3.FUSEError:
+    for kind, code in ERRNO_FOR.items():
+        if isinstance(exc, kind):
+            return pyfuse3.FUSEError(code)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+def inode_for(bucket: str, path: str, is_dir: bool) -> int:
+    digest = hashlib.blake2b(f"{bucket}\0{path}\0{'d' if is_dir else 'f'}".encode(
+        "utf-8", "surrogateescape"), digest_size=8).digest()
+    ino = int.from_bytes(digest, "little") & ((1 << 63) - 1)
+    return ino if ino > ROOT else ino + 2
+
+
+@dataclass
+class Node:
+    bucket: str  # '' for the root
+    path: str  # key for a file; directory path without trailing '/' ('' = bucket root)
+    is_dir: bool
+    size: int = 0  # what the kernel was last told
+    mtime: float = 0.0
+    lookups: int = 0
+
+    @property
+    def dir_prefix(self) -> str:
+        return self.path + "/" if self.path else ""
+
+
+@dataclass
+class OpenFile:
+    fd: int
+    inode: int
+    bucket: str
+    key: str
+
+
+class DirHandle:
+    def __init__(self, inode: int) -> None:
+        self.inode = inode
+        self.position = 0  # ordinal of the next entry
+        self.after: tuple[str, bool] | None = None  # last entry returned
+        self.buckets: list[str] | None = None  # root only: snapshot of bucket names
+
+
+def _mtime_of(meta: dict[str, Any]) -> float:
+    try:
+        return parsedate_to_datetime(meta["LastModified"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
+
+
+class S3PoolOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, cache: Cache, buckets: list[str],
+                 spawn: Callable[..., None] | None = None) -> None:
+        super().__init__()
+        self.cache = cache
+        self.listings = cache.listings
+        self.layout = cache.layout
+        self.spawn = spawn
+        self.pinned_buckets = set(buckets)
+        self.nodes: dict[int, Node] = {ROOT: Node("", "", True, lookups=1)}
+        self.files: dict[int, OpenFile] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        # (bucket, key) -> (etag, size, mtime) of a version newer than the listing's
+        self.opened_versions: dict[tuple[str, str], tuple[str, int, float]] = {}
+        self._page_cache_etag: dict[int, str] = {}
+        self._missing_buckets: dict[str, float] = {}
+        self._known_buckets: set[str] = set()
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.started = time.time()
+        self.opens = 0
+        self.reads = 0
+
+    # --- helpers ---------------------------------------------------------
+
+    def _fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _node(self, inode: int) -> Node:
+        node = self.nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _attrs(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.generation = 0
+        attr.entry_timeout = ATTR_TIMEOUT
+        attr.attr_timeout = ATTR_TIMEOUT
+        if node.is_dir:
+            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_nlink = 2
+            attr.st_size = 0
+            mtime = node.mtime or self.started
+        else:
+            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_nlink = 1
+            attr.st_size = node.size
+            mtime = node.mtime
+        attr.st_uid = self.uid
+        attr.st_gid = self.gid
+        attr.st_blksize = 128 * 1024
+        attr.st_blocks = (attr.st_size + 511) // 512
+        ns = int(mtime * 1e9)
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = ns
+        return attr
+
+    def _file_view(self, bucket: str, key: str, size: int, mtime: float, etag: str
+                   ) -> tuple[int, float]:
+        """Size and mtime to show: the listing's, unless we opened a newer version."""
+        opened = self.opened_versions.get((bucket, key))
+        if opened is not None:
+            if opened[0] == etag or mtime > opened[2]:
+                del self.opened_versions[(bucket, key)]  # the listing caught up
+            else:
+                return opened[1], opened[2]
+        return size, mtime
+
+    def _remember(self, node: Node) -> int:
+        """Register a node the kernel is about to learn; returns its inode."""
+        inode = ROOT if not node.bucket else inode_for(node.bucket, node.path, node.is_dir)
+        known = self.nodes.get(inode)
+        if known is None:
+            self.nodes[inode] = node
+        else:
+            known.size, known.mtime = node.size, node.mtime
+            node = known
+        node.lookups += 1
+        return inode
+
+    def _entry_node(self, bucket: str, dir_prefix: str, entry: Entry) -> Node:
+        if entry.is_dir:
+            return Node(bucket, dir_prefix + entry.name, True,
+                        mtime=self.listings.last_refresh.get(bucket, self.started))
+        key = dir_prefix + entry.name
+        size, mtime = self._file_view(bucket, key, entry.size, entry.mtime, entry.etag)
+        return Node(bucket, key, False, size, mtime)
+
+    async def _bucket_exists(self, bucket: str) -> bool:
+        try:
+            check_bucket(bucket)
+        except BadBucket:
+            return False
+        if (bucket in self._known_buckets or bucket in self.pinned_buckets
+                or bucket in self.cache.buckets_in_use
+                or os.path.isdir(self.layout.bucket_dir(bucket))):
+            return True
+        missing_since = self._missing_buckets.get(bucket)
+        if missing_since is not None and time.monotonic() - missing_since < NEGATIVE_BUCKET_TTL:
+            return False
+        try:
+            exists = await self.cache.backend.bucket_exists(bucket)
+        except S3PoolError as exc:
+            log.warning("cannot tell whether bucket %s exists: %s", bucket, exc)
+            raise fuse_error(exc) from None
+        if exists:
+            self._known_buckets.add(bucket)
+        else:
+            self._missing_buckets[bucket] = time.monotonic()
+        return exists
+
+    async def _ensure_listing(self, bucket: str) -> None:
+        try:
+            await self.cache.ensure_listing(bucket)
+        except S3PoolError as exc:
+            log.warning("cannot list bucket %s: %s", bucket, exc)
+            raise fuse_error(exc) from None
+        self.cache.use_bucket(bucket)
+
+    def bucket_names(self) -> list[str]:
+        names = set(self.layout.buckets_on_disk()) | self.pinned_buckets | self._known_buckets
+        names |= self.cache.buckets_in_use
+        return sorted(n for n in names if visible_name(n, at_root=False))
+
+    # --- lookups and attributes --------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
+                     ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        text = os.fsdecode(name)
+        if text == ".":
+            return await self.getattr(parent_inode)
+        if text == "..":
+            return await self.getattr(self._parent_inode(parent))
+        if not parent.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if parent_inode == ROOT:
+            if not await self._bucket_exists(text):
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            node = Node(text, "", True, mtime=self.listings.last_refresh.get(text, self.started))
+        else:
+            await self._ensure_listing(parent.bucket)
+            entry = self.listings.lookup(parent.bucket, parent.dir_prefix, text)
+            if entry is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            node = self._entry_node(parent.bucket, parent.dir_prefix, entry)
+        inode = self._remember(node)
+        return self._attrs(inode, self.nodes[inode])
+
+    def _parent_inode(self, node: Node) -> int:
+        if not node.bucket:
+            return ROOT
+        if not node.path:
+            return ROOT
+        parent_path = node.path.rpartition("/")[0]
+        return inode_for(node.bucket, parent_path, True)
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        if not node.is_dir:
+            info = self.listings.key_info(node.bucket, node.path)
+            if info is not None:
+                node.size, node.mtime = self._file_view(node.bucket, node.path, *info[:2], info[2])
+        return self._attrs(inode, node)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            node = self.nodes.get(inode)
+            if node is None or inode == ROOT:
+                continue
+            node.lookups -= count
+            if node.lookups <= 0:
+                del self.nodes[inode]
+                self._page_cache_etag.pop(inode, None)
+
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.layout.data_dir)
+        data = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                      "f_ffree", "f_favail", "f_namemax"):
+            setattr(data, field, getattr(st, field))
+        return data
+
+    # --- directories -----------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        node = self._node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if inode != ROOT:
+            await self._ensure_listing(node.bucket)
+        fh = self._fh()
+        self.dirs[fh] = DirHandle(inode)
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        handle = self.dirs.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        node = self._node(handle.inode)
+        if handle.inode == ROOT:
+            if handle.buckets is None or start_id == 0:
+                handle.buckets = self.bucket_names()
+            for position in range(start_id, len(handle.buckets)):
+                bucket = handle.buckets[position]
+                child = Node(bucket, "", True,
+                             mtime=self.listings.last_refresh.get(bucket, self.started))
+                inode = inode_for(bucket, "", True)
+                if not pyfuse3.readdir_reply(token, os.fsencode(bucket),
+                                             self._attrs(inode, child), position + 1):
+                    return
+                self._remember(child)
+            return
+        if start_id == 0:
+            handle.position, handle.after = 0, None
+        elif start_id != handle.position:
+            # the kernel went back to an older offset: walk forward to it
+            handle.position, handle.after = 0, None
+            for entry in self.listings.iter_children(node.bucket, node.dir_prefix):
+                handle.position += 1
+                handle.after = (entry.name, entry.is_dir)
+                if handle.position == start_id:
+                    break
+        for entry in self.listings.iter_children(node.bucket, node.dir_prefix, handle.after):
+            child = self._entry_node(node.bucket, node.dir_prefix, entry)
+            inode = inode_for(child.bucket, child.path, child.is_dir)
+            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
+                                         self._attrs(inode, child), handle.position + 1):
+                return
+            self._remember(child)
+            handle.position += 1
+            handle.after = (entry.name, entry.is_dir)
+
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    # --- files -----------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        try:
+            obj = await self.cache.fetch(node.bucket, node.path, opener=_open_readonly)
+        except S3PoolError as exc:
+            log.warning("open s3://%s/%s failed: %s", node.bucket, node.path, exc)
+            raise fuse_error(exc) from None
+        except OSError as exc:
+            log.warning("open s3://%s/%s failed: %s", node.bucket, node.path, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        self.opens += 1
+        etag = obj.meta.get("ETag", "")
+        size = obj.size
+        mtime = _mtime_of(obj.meta)
+        fh = self._fh()
+        self.files[fh] = OpenFile(obj.handle, inode, node.bucket, node.path)
+        info = pyfuse3.FileInfo(fh=fh)
+        # the kernel's pages of this inode are valid only for the version they came from
+        info.keep_cache = self._page_cache_etag.get(inode) == etag
+        self._page_cache_etag[inode] = etag
+        if size != node.size:
+            # the kernel clamps cached reads to the size it was told: serve this
+            # handle directly and have it fetch the new attributes
+            info.direct_io = True
+            self.opened_versions[(node.bucket, node.path)] = (etag, size, mtime)
+            node.size, node.mtime = size, mtime
+            self._page_cache_etag.pop(inode, None)
+            if self.spawn is not None:
+                self.spawn(_invalidate_attrs, inode)
+        return info
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.files.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        self.reads += 1
+        try:
+            return os.pread(handle.fd, size, off)
+        except OSError as exc:
+            log.warning("read of s3://%s/%s failed: %s", handle.bucket, handle.key, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    async def release(self, fh: int) -> None:
+        handle = self.files.pop(fh, None)
+        if handle is not None:
+            os.close(handle.fd)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    # --- everything that would write -------------------------------------
+
+    async def setattr(self, inode, attr, fields, fh, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def write(self, fh, off, buf):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def create(self, parent_inode, name, mode, flags, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, parent_inode, name, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, parent_inode, name, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(self, parent_inode, name, target, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setxattr(self, inode, name, value, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def removexattr(self, inode, name, ctx):  # type: ignore[no-untyped-def]
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    def status_lines(self) -> list[tuple[str, Any]]:
+        return [("fuse_opens", self.opens), ("fuse_reads", self.reads),
+                ("fuse_open_files", len(self.files)), ("fuse_known_inodes", len(self.nodes))]
+
+
+def _open_readonly(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except OSError:
+        pass
+    return fd
+
+
+async def _invalidate_attrs(inode: int) -> None:
+    try:
+        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOSYS):
+            log.debug("invalidate_inode(%d) failed: %s", inode, exc)
