@@ -150,8 +150,8 @@ def _translate(pattern: str) -> tuple[str, str]:
                 else:
                     out.append(".*")
                     i += 2
-                while i < n and pattern[i] == "*":
-                    i += 1
+                    while i < n and pattern[i] == "*":
+                        i += 1
                 continue
             out.append("[^/]*")
             i += 1

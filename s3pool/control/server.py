@@ -24,6 +24,8 @@ request_log = logging.getLogger("s3pool.requests")
 
 RECEIVE_TIMEOUT = 5.0
 SEND_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 2.0
+DRAIN_LIMIT = 64 << 20
 
 
 class ControlServer:
@@ -62,6 +64,17 @@ class ControlServer:
                 status = f"ERROR internal {exc!r}"
             with trio.move_on_after(SEND_TIMEOUT):
                 await stream.send_all(reply)
+                await stream.send_eof()
+                # read what the client may still be sending (an oversized
+                # request): closing with unread input would reset the
+                # connection and could destroy the reply in flight
+                with trio.move_on_after(DRAIN_TIMEOUT):
+                    drained = 0
+                    while drained < DRAIN_LIMIT:
+                        chunk = await stream.receive_some(65536)
+                        if not chunk:
+                            break
+                        drained += len(chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             status = f"{status} (client gone: {exc.__class__.__name__})"
         except Exception:

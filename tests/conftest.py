@@ -1,0 +1,280 @@
+"""Shared fixtures: a moto S3 server over real HTTP that counts the requests
+it receives, and the real ``s3pool`` daemon started as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+)
+from werkzeug.serving import make_server
+
+ROOT = Path(__file__).resolve().parent.parent
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CountingApp:
+    """WSGI middleware: records (method, bucket, key, query, if-none-match, status)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        # path -> seconds to sleep per 64 KiB of body: a slow S3 for one key
+        self.slow_paths: dict[str, float] = {}
+
+    def __call__(self, environ, start_response):
+        record = {
+            "method": environ["REQUEST_METHOD"],
+            "path": environ.get("PATH_INFO", ""),
+            "query": environ.get("QUERY_STRING", ""),
+            "if_none_match": environ.get("HTTP_IF_NONE_MATCH"),
+            "status": None,
+        }
+
+        def recording_start_response(status, headers, *args):
+            record["status"] = int(status.split()[0])
+            return start_response(status, headers, *args)
+
+        with self.lock:
+            self.requests.append(record)
+        body = self.app(environ, recording_start_response)
+        delay = self.slow_paths.get(record["path"])
+        if delay and record["method"] == "GET":
+            return _slow_body(body, delay)
+        return body
+
+    def count(self, method: str | None = None, path: str | None = None,
+              status: int | None = None) -> int:
+        with self.lock:
+            return sum(
+                1 for r in self.requests
+                if (method is None or r["method"] == method)
+                and (path is None or r["path"] == path)
+                and (status is None or r["status"] == status)
+            )
+
+    def gets(self, bucket: str, key: str, status: int | None = None) -> int:
+        return self.count("GET", f"/{bucket}/{key}", status)
+
+
+def _slow_body(body, delay: float):
+    for part in body:
+        for start in range(0, len(part), 65536):
+            time.sleep(delay)
+            yield part[start:start + 65536]
+
+
+class MotoServer:
+    """moto's S3 in server mode on a loopback port, in a thread of the test process."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.app = CountingApp(DomainDispatcherApplication(create_backend_app))
+        self.server = make_server("127.0.0.1", self.port, self.app, threaded=True,
+                                  request_handler=MotoRequestHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server):
+    return moto_server.client()
+
+
+@pytest.fixture
+def bucket(s3):
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def raw_request(port: int, data: bytes, timeout: float = 30.0, shut_write: bool = True) -> bytes:
+    """Send bytes to the control socket, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request(port: int, *words: str, timeout: float = 60.0) -> tuple[str, list[str]]:
+    """One protocol request; returns (status, payload lines)."""
+    reply = raw_request(port, json.dumps(list(words)).encode() + b"\n", timeout=timeout)
+    text = reply.decode()
+    status, _, payload = text.partition("\n")
+    if payload in ("", "\n"):  # nothing to return
+        return status, []
+    lines = payload.split("\n")
+    if lines[-1] == "":
+        lines = lines[:-1]
+    return status, lines
+
+
+def fuse_available() -> None:
+    """FUSE tests fail (never skip) when the machine cannot mount."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.fail("/dev/fuse is missing: FUSE tests need it (CI installs fuse3)")
+    if shutil.which("fusermount3") is None:
+        pytest.fail("fusermount3 is missing: apt-get install fuse3")
+
+
+class Daemon:
+    """The real s3pool command as a subprocess."""
+
+    def __init__(self, home: Path, endpoint: str, mountpoint: Path | None = None,
+                 extra_args: list[str] | None = None, port: int | None = None) -> None:
+        self.home = home
+        self.endpoint = endpoint
+        self.mountpoint = mountpoint
+        self.extra_args = extra_args or []
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    def start(self, wait: bool = True) -> "Daemon":
+        env = dict(os.environ, **CREDENTIALS, AWS_ENDPOINT_URL=self.endpoint)
+        env.pop("AWS_PROFILE", None)
+        args = [sys.executable, "-m", "s3pool.cli", "-p", str(self.port), "-D", str(self.home),
+                "--embedded-s3", "no", "-v", "2", *self.extra_args]
+        if self.mountpoint is not None:
+            args += ["-m", str(self.mountpoint)]
+        self.stderr_path = self.home.parent / f"daemon-{self.port}.stderr"
+        self.stderr = open(self.stderr_path, "ab")
+        self.process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=self.stderr, stderr=self.stderr, cwd=str(ROOT))
+        if wait:
+            self.wait_ready()
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"s3pool exited with {self.process.returncode}:\n{self.log_text()}"
+                )
+            try:
+                status, _ = request(self.port, "STATUS", timeout=2)
+                if status == "OK" and (self.mountpoint is None
+                                       or os.path.ismount(self.mountpoint)):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"s3pool did not become ready:\n{self.log_text()}")
+
+    def request(self, *words: str, timeout: float = 60.0) -> tuple[str, list[str]]:
+        return request(self.port, *words, timeout=timeout)
+
+    def ok(self, *words: str) -> list[str]:
+        status, lines = self.request(*words)
+        assert status == "OK", f"{words} -> {status} {lines}"
+        return lines
+
+    def status(self) -> dict[str, str]:
+        return dict(line.split(" ", 1) for line in self.ok("STATUS"))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.stderr.close()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        if self.mountpoint is not None and (os.path.ismount(self.mountpoint)
+                                            or _stale_mount(self.mountpoint)):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
+
+
+def _stale_mount(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == 107  # ENOTCONN
+    return False
+
+
+@pytest.fixture
+def start_daemon(tmp_path, moto_server):
+    """Factory: start_daemon(mount=False, args=[...], home=None, endpoint=None)."""
+    started: list[Daemon] = []
+
+    def start(mount: bool = False, args: list[str] | None = None, home: Path | None = None,
+              endpoint: str | None = None, port: int | None = None) -> Daemon:
+        if mount:
+            fuse_available()
+        mountpoint = tmp_path / f"mnt{len(started)}" if mount else None
+        daemon = Daemon(home or tmp_path / "home", endpoint or moto_server.endpoint,
+                        mountpoint, args, port)
+        started.append(daemon)
+        return daemon.start()
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.fixture
+def daemon(start_daemon):
+    d = start_daemon()
+    yield d
+    assert d.stop() == 0, d.log_text()
