@@ -90,6 +90,7 @@ class OpenFile:
     inode: int
     bucket: str
     key: str
+    etag: str
 
 
 class DirHandle:
@@ -124,10 +125,13 @@ class S3PoolOperations(pyfuse3.Operations):
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
-        # (bucket, key) -> (etag, size, mtime) of a version newer than the listing's
+        # (bucket, key) -> (etag, size, mtime, when) of a version opened since the
+        # last listing, which the listing does not show yet
         self.opened_versions: dict[tuple[str, str], tuple[str, int, float]] = {}
         self._page_cache_etag: dict[int, str] = {}
         self._missing_buckets: dict[str, float] = {}
+        # inodes whose size in the kernel may be wrong until an invalidation lands
+        self._size_suspect: set[int] = set()
         self._known_buckets: set[str] = set()
         self.uid = os.getuid()
         self.gid = os.getgid()
@@ -177,10 +181,12 @@ class S3PoolOperations(pyfuse3.Operations):
         """Size and mtime to show: the listing's, unless we opened a newer version."""
         opened = self.opened_versions.get((bucket, key))
         if opened is not None:
-            if opened[0] == etag or mtime > opened[2]:
+            opened_etag, opened_size, opened_mtime, opened_at = opened
+            listed_at = self.listings.last_refresh.get(bucket, 0.0)
+            if opened_etag == etag or listed_at > opened_at:
                 del self.opened_versions[(bucket, key)]  # the listing caught up
             else:
-                return opened[1], opened[2]
+                return opened_size, opened_mtime
         return size, mtime
 
     def _remember(self, node: Node) -> int:
@@ -372,20 +378,22 @@ class S3PoolOperations(pyfuse3.Operations):
         size = obj.size
         mtime = _mtime_of(obj.meta)
         fh = self._fh()
-        self.files[fh] = OpenFile(obj.handle, inode, node.bucket, node.path)
+        self.files[fh] = OpenFile(obj.handle, inode, node.bucket, node.path, etag)
         info = pyfuse3.FileInfo(fh=fh)
         # the kernel's pages of this inode are valid only for the version they came from
         info.keep_cache = self._page_cache_etag.get(inode) == etag
         self._page_cache_etag[inode] = etag
-        if size != node.size:
+        older_open = any(f.inode == inode and f.etag != etag for f in self.files.values())
+        if size != node.size or older_open or inode in self._size_suspect:
             # the kernel clamps cached reads to the size it was told: serve this
             # handle directly and have it fetch the new attributes
             info.direct_io = True
-            self.opened_versions[(node.bucket, node.path)] = (etag, size, mtime)
+            self.opened_versions[(node.bucket, node.path)] = (etag, size, mtime, time.time())
             node.size, node.mtime = size, mtime
             self._page_cache_etag.pop(inode, None)
             if self.spawn is not None:
-                self.spawn(_invalidate_attrs, inode)
+                self._size_suspect.add(inode)
+                self.spawn(self._invalidate_attrs, inode)
         return info
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -394,10 +402,17 @@ class S3PoolOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         self.reads += 1
         try:
-            return os.pread(handle.fd, size, off)
+            data = os.pread(handle.fd, size, off)
         except OSError as exc:
             log.warning("read of s3://%s/%s failed: %s", handle.bucket, handle.key, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        if (len(data) < size and self.spawn is not None
+                and self._page_cache_etag.get(handle.inode) != handle.etag):
+            # a short read makes the kernel shrink the inode's size to it; on
+            # a handle of an older version that size is wrong for the new one
+            self._size_suspect.add(handle.inode)
+            self.spawn(self._invalidate_attrs, handle.inode)
+        return data
 
     async def release(self, fh: int) -> None:
         handle = self.files.pop(fh, None)
@@ -445,6 +460,15 @@ class S3PoolOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):  # type: ignore[no-untyped-def]
         raise pyfuse3.FUSEError(errno.EROFS)
 
+    async def _invalidate_attrs(self, inode: int) -> None:
+        """Make the kernel ask for this inode's attributes again (never from a handler)."""
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOSYS):
+                log.debug("invalidate_inode(%d) failed: %s", inode, exc)
+        self._size_suspect.discard(inode)
+
     def status_lines(self) -> list[tuple[str, Any]]:
         return [("fuse_opens", self.opens), ("fuse_reads", self.reads),
                 ("fuse_open_files", len(self.files)), ("fuse_known_inodes", len(self.nodes))]
@@ -459,9 +483,3 @@ def _open_readonly(path: str) -> int:
     return fd
 
 
-async def _invalidate_attrs(inode: int) -> None:
-    try:
-        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOSYS):
-            log.debug("invalidate_inode(%d) failed: %s", inode, exc)
