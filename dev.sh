@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Set up everything s3pool needs on a fresh Debian/Ubuntu machine, then
+#   ./dev.sh run [s3pool options]   run the daemon (embedded demo S3 unless
+#                                   AWS_ENDPOINT_URL or AWS credentials are set)
+#   ./dev.sh test [pytest options]  run the whole test suite
+# Idempotent: a second call skips what is already installed.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+venv="${S3POOL_VENV:-$here/.venv}"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+setup() {
+    # pyfuse3 has no wheel: it builds against libfuse3, found through pkg-config
+    local missing=()
+    for pkg in fuse3 libfuse3-dev pkg-config; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing ${missing[*]}" >&2
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+    fi
+    local stamp="$venv/.s3pool-installed"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$venv/bin/pip" install -q -e ".[test,demo]" 2>&1 | grep -v "^WARNING: Location" || true
+        "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio" \
+            || { echo "dev.sh: installing the package failed" >&2; exit 1; }
+        touch "$stamp"
+    fi
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    run)
+        setup
+        if [ $# -eq 0 ]; then
+            set -- -p 9000 -D "${HOME}/.s3pool" -m /tmp/s3pool
+        fi
+        exec "$venv/bin/s3pool" "$@"
+        ;;
+    test)
+        setup
+        exec "$venv/bin/python" -m pytest "$@"
+        ;;
+    setup)
+        setup
+        ;;
+    *)
+        echo "usage: ./dev.sh run [s3pool options] | ./dev.sh test [pytest options] | ./dev.sh setup" >&2
+        exit 2
+        ;;
+esac
