@@ -151,6 +151,7 @@ class Daemon:
 
     def status_lines(self) -> list[tuple[str, Any]]:
         stats = self.cache.stats
+        self.access.flush()
         usage = self.evictor.usage()
         lines: list[tuple[str, Any]] = [
             ("version", __version__),

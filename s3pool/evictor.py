@@ -71,6 +71,7 @@ class Evictor:
     def bytes_to_free(self, extra: int = 0) -> int:
         """How much must go so that adding *extra* bytes stays under the marks (0: none)."""
         settings = self.settings
+        self.cache.access.flush()  # count what is pending too
         usage = self.usage()
         need = 0
         cap = settings.max_cache_size

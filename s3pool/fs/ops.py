@@ -91,6 +91,7 @@ class OpenFile:
     bucket: str
     key: str
     etag: str
+    direct: bool  # direct_io: bypasses the kernel's page cache and size
 
 
 class DirHandle:
@@ -128,7 +129,10 @@ class S3PoolOperations(pyfuse3.Operations):
         # (bucket, key) -> (etag, size, mtime, when) of a version opened since the
         # last listing, which the listing does not show yet
         self.opened_versions: dict[tuple[str, str], tuple[str, int, float]] = {}
-        self._page_cache_etag: dict[int, str] = {}
+        # inode -> the version whose pages and size the kernel holds
+        self._kernel_etag: dict[int, str] = {}
+        # inode -> a newer version waiting for the old version's readers to close
+        self._pending_switch: dict[int, tuple[str, int, float]] = {}
         self._missing_buckets: dict[str, float] = {}
         # inodes whose size in the kernel may be wrong until an invalidation lands
         self._size_suspect: set[int] = set()
@@ -294,7 +298,7 @@ class S3PoolOperations(pyfuse3.Operations):
             node.lookups -= count
             if node.lookups <= 0:
                 del self.nodes[inode]
-                self._page_cache_etag.pop(inode, None)
+                self._kernel_etag.pop(inode, None)
 
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
         st = os.statvfs(self.layout.data_dir)
@@ -375,26 +379,41 @@ class S3PoolOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         self.opens += 1
         etag = obj.meta.get("ETag", "")
-        size = obj.size
-        mtime = _mtime_of(obj.meta)
+        version = (etag, obj.size, _mtime_of(obj.meta))
         fh = self._fh()
-        self.files[fh] = OpenFile(obj.handle, inode, node.bucket, node.path, etag)
         info = pyfuse3.FileInfo(fh=fh)
-        # the kernel's pages of this inode are valid only for the version they came from
-        info.keep_cache = self._page_cache_etag.get(inode) == etag
-        self._page_cache_etag[inode] = etag
-        older_open = any(f.inode == inode and f.etag != etag for f in self.files.values())
-        if size != node.size or older_open or inode in self._size_suspect:
-            # the kernel clamps cached reads to the size it was told: serve this
-            # handle directly and have it fetch the new attributes
+        # Handles that read through the page cache share the kernel's pages
+        # and size of this inode, which belong to one version. A handle of
+        # an older version keeps reading its own bytes: while one is open, a
+        # newer version is served with direct_io and the kernel is switched
+        # to it only when the last old reader closes.
+        old_readers = any(f.inode == inode and not f.direct and f.etag != etag
+                          for f in self.files.values())
+        if old_readers:
             info.direct_io = True
-            self.opened_versions[(node.bucket, node.path)] = (etag, size, mtime, time.time())
-            node.size, node.mtime = size, mtime
-            self._page_cache_etag.pop(inode, None)
-            if self.spawn is not None:
-                self._size_suspect.add(inode)
-                self.spawn(self._invalidate_attrs, inode)
+            self._pending_switch[inode] = version
+        elif inode in self._size_suspect:
+            info.direct_io = True  # an invalidation is on its way
+        elif version[1] != node.size:
+            # the kernel clamps cached reads to the size it was told
+            info.direct_io = True
+            self._switch_kernel_to(inode, node, version)
+        else:
+            info.keep_cache = self._kernel_etag.get(inode) == etag
+            self._kernel_etag[inode] = etag
+        self.files[fh] = OpenFile(obj.handle, inode, node.bucket, node.path, etag,
+                                  bool(info.direct_io))
         return info
+
+    def _switch_kernel_to(self, inode: int, node: Node, version: tuple[str, int, float]) -> None:
+        """Show *version*'s size and time from now on and drop the kernel's old pages."""
+        etag, size, mtime = version
+        self.opened_versions[(node.bucket, node.path)] = (etag, size, mtime, time.time())
+        node.size, node.mtime = size, mtime
+        self._kernel_etag.pop(inode, None)
+        if self.spawn is not None:
+            self._size_suspect.add(inode)
+            self.spawn(self._invalidate, inode)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.files.get(fh)
@@ -402,22 +421,25 @@ class S3PoolOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         self.reads += 1
         try:
-            data = os.pread(handle.fd, size, off)
+            return os.pread(handle.fd, size, off)
         except OSError as exc:
             log.warning("read of s3://%s/%s failed: %s", handle.bucket, handle.key, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        if (len(data) < size and self.spawn is not None
-                and self._page_cache_etag.get(handle.inode) != handle.etag):
-            # a short read makes the kernel shrink the inode's size to it; on
-            # a handle of an older version that size is wrong for the new one
-            self._size_suspect.add(handle.inode)
-            self.spawn(self._invalidate_attrs, handle.inode)
-        return data
 
     async def release(self, fh: int) -> None:
         handle = self.files.pop(fh, None)
-        if handle is not None:
-            os.close(handle.fd)
+        if handle is None:
+            return
+        os.close(handle.fd)
+        inode = handle.inode
+        pending = self._pending_switch.get(inode)
+        if pending is not None and not any(
+                f.inode == inode and not f.direct and f.etag != pending[0]
+                for f in self.files.values()):
+            del self._pending_switch[inode]
+            node = self.nodes.get(inode)
+            if node is not None:
+                self._switch_kernel_to(inode, node, pending)
 
     async def flush(self, fh: int) -> None:
         return None
@@ -460,10 +482,10 @@ class S3PoolOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):  # type: ignore[no-untyped-def]
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def _invalidate_attrs(self, inode: int) -> None:
-        """Make the kernel ask for this inode's attributes again (never from a handler)."""
+    async def _invalidate(self, inode: int) -> None:
+        """Drop the kernel's attributes and pages of an inode (never from a handler)."""
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False)
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENOSYS):
                 log.debug("invalidate_inode(%d) failed: %s", inode, exc)
