@@ -165,6 +165,11 @@ class Cache:
         Every key is attempted even if one fails; then the first failure in
         request order is raised, naming its key.
         """
+        if len(keys) == 1:  # no nursery for the common case
+            try:
+                return [await self.pull(bucket, keys[0])]
+            except S3PoolError as exc:
+                raise type(exc)(f"{keys[0]}: {exc}") from exc
         results: list[str | BaseException | None] = [None] * len(keys)
 
         async def one(i: int, key: str) -> None:

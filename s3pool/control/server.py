@@ -110,10 +110,7 @@ class ControlServer:
         args = request.args
         command = request.command
         if command == "PULL":
-            bucket, keys = args[0], args[1:]
-            if len(keys) == 1:
-                return format_list([await cache.pull(bucket, keys[0])])
-            return format_list(await cache.pull_many(bucket, keys))
+            return format_list(await cache.pull_many(args[0], args[1:]))
         if command == "PUSH":
             await cache.push(args[0], args[1], args[2])
             return format_done()
