@@ -12,9 +12,10 @@ venv="${S3POOL_VENV:-$here/.venv}"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 setup() {
-    # pyfuse3 has no wheel: it builds against libfuse3, found through pkg-config
+    # pyfuse3 has no wheel: it builds against libfuse3, found through pkg-config;
+    # man-db renders the man page the tests check
     local missing=()
-    for pkg in fuse3 libfuse3-dev pkg-config; do
+    for pkg in fuse3 libfuse3-dev pkg-config man-db; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,0 +1,198 @@
+"""Generate the roff man pages from the same parsers ``--help`` uses.
+
+    python -m s3pool.manpage s3pool    > man/s3pool.1
+    python -m s3pool.manpage s3poolctl > man/s3poolctl.1
+
+A test checks that the committed pages equal this output, so the option
+list in ``man s3pool`` cannot drift from ``s3pool --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .cli import EXIT_CODES, build_parser
+from .control.protocol import USAGE
+from .ctl import build_parser as build_ctl_parser
+from .settings import SPECS
+
+DATE = "2026-11-25"
+
+
+def esc(text: str) -> str:
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    lines = text.split("\n")
+    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in lines)
+
+
+def options_section(parser: argparse.ArgumentParser) -> list[str]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+            continue
+        names = ", ".join(f"\\fB{esc(name)}\\fR" for name in action.option_strings)
+        if action.nargs != 0:
+            metavar = action.metavar or (action.dest.upper() if not action.choices
+                                         else "{" + ",".join(action.choices) + "}")
+            names += f" \\fI{esc(metavar)}\\fR"
+        out += [".TP", names, esc(action.help or "")]
+    return out
+
+
+PROTOCOL = """\
+The control socket speaks TCP on the bind address and port. One request per connection: one
+line holding a JSON array of strings, ended by a newline (or by EOF). The reply is a status line,
+OK or ERROR, a newline, then the payload; the server then closes the connection. Command names
+are case-insensitive. An OK payload that lists things puts a newline after each item; a command
+with nothing to return sends a lone newline; an ERROR payload is one line naming what was wrong.
+Bad input (malformed JSON, a non-array, non-string items, unknown commands, wrong argument counts,
+requests over 1 MiB, a client that sends nothing for 5 seconds, keys that would leave the bucket
+directory) gets an ERROR reply; it never stops the daemon."""
+
+COMMANDS = {
+    "PULL": "Fetch one or more keys (in parallel, at most pull_concurrency downloads at once) and "
+            "reply with the absolute path of each, one a line, in request order. A cached key is "
+            "served without any S3 request within freshness_window seconds of its last ETag "
+            "check; after that one conditional GET (If-None-Match) either confirms it (304, no "
+            "body) or downloads the new version. Concurrent pulls of one key download once. If "
+            "any key fails, the reply is ERROR naming that key; the others are still cached. A "
+            "key shadowed by keys under KEY/ is refused: on disk the directory wins.",
+    "PUSH": "Upload the file at the absolute path ABSPATH to KEY (multipart above 64 MiB). The "
+            "uploaded bytes are installed in the cache, so the old version is never served "
+            "again. Relative paths, missing files and non-regular files are errors.",
+    "GLOB": "Reply with the keys of the bucket's listing that match PATTERN, in key order. * and "
+            "? do not cross /, ** does (**/ also matches no directory), [...] classes with ! or ^ "
+            "negation, {a,b} alternatives, backslash escapes. Only keys under the literal prefix "
+            "of the pattern are read. Runs REFRESH first if the bucket has no listing yet.",
+    "REFRESH": "List the bucket again into data/BUCKET/__list__ and __index__, atomically. Two "
+               "listings of one bucket never run at once.",
+    "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
+              "revalidations, downloads, bytes_downloaded, pushes, globs, refreshes, errors, "
+              "evictions, cache_bytes, cache_objects, disk_used_percent, uptime and more, then "
+              "every setting.",
+    "SET": "Change a setting at run time: " + ", ".join(spec.name for spec in SPECS) + ". "
+           "The evictor and the list monitor act on a new value at once.",
+}
+
+LAYOUT = [
+    ("log/", "s3pool.log (rotated at 16 MiB, 5 kept), one line per request with its status and "
+             "milliseconds; embedded\\-s3.log when the demo S3 runs."),
+    ("tmp/", "partial downloads and listings; emptied at start-up."),
+    ("state/access.db", "SQLite: last access of every cached object, read by the evictor; "
+                        "survives restarts."),
+    ("s3pool.pid", "pid of the running daemon, locked with flock(2)."),
+    ("data/BUCKET/KEY", "the object's bytes; / in keys are directory separators."),
+    ("data/BUCKET/KEY__meta__", "JSON meta in the shape of aws s3api get\\-object: "
+                                "LastModified, ETag (with its quotes), ContentLength, "
+                                "ContentType, Metadata, AcceptRanges. Data without a readable "
+                                "meta file, or whose size differs from ContentLength, is not "
+                                "served."),
+    ("data/BUCKET/__list__", "every key of the bucket, one a line, written by REFRESH "
+                             "(temporary file and rename)."),
+    ("data/BUCKET/__index__", "SQLite index of the same listing (key, size, mtime, ETag), used "
+                              "by GLOB and the FUSE view."),
+]
+
+
+def s3pool_page() -> str:
+    parser = build_parser()
+    out = [
+        f'.TH S3POOL 1 "{DATE}" "s3pool {__version__}" "User Commands"',
+        ".SH NAME", "s3pool \\- a local\\-disk cache of S3 objects, served as paths and as files",
+        ".SH SYNOPSIS",
+        "\\fBs3pool\\fR \\fB\\-p\\fR \\fIPORT\\fR \\fB\\-D\\fR \\fIHOMEDIR\\fR "
+        "[\\fB\\-m\\fR \\fIMOUNTPOINT\\fR] [\\fIoptions\\fR]",
+        ".br",
+        "\\fBs3pool\\fR \\fBpull\\fR|\\fBpush\\fR|\\fBglob\\fR|\\fBrefresh\\fR|\\fBstatus\\fR|"
+        "\\fBset\\fR \\fIargs\\fR...",
+        ".SH DESCRIPTION",
+        esc(parser.description or ""),
+        ".PP",
+        "The daemon runs in the foreground and logs to HOMEDIR/log/ and standard error. With "
+        "\\fB\\-m\\fR it mounts a read\\-only view MOUNTPOINT/BUCKET/KEY: ls and stat show S3's "
+        "sizes and times from the bucket listing before anything is downloaded; open(2) checks "
+        "the ETag and downloads through the same path as PULL; reads come from the local file; "
+        "an open handle keeps the version it opened. Writes fail with EROFS, missing keys with "
+        "ENOENT, S3 failures with EIO.",
+        ".PP",
+        "Given as the first word, \\fBpull\\fR, \\fBpush\\fR, \\fBglob\\fR, \\fBrefresh\\fR, "
+        "\\fBstatus\\fR and \\fBset\\fR make s3pool act as the client, s3poolctl(1).",
+        ".SH OPTIONS",
+        *options_section(parser),
+        ".SH PROTOCOL", esc(PROTOCOL),
+        ".SH COMMANDS",
+    ]
+    for name, text in COMMANDS.items():
+        out += [".TP", f"\\fB{esc(USAGE[name])}\\fR", esc(text)]
+    out += [".SH HOMEDIR LAYOUT"]
+    for path, text in LAYOUT:
+        out += [".TP", f"\\fI{esc(path)}\\fR", text]
+    out += [
+        ".SH BACKGROUND TASKS",
+        "The disk monitor deletes cached objects, least recently accessed first, when the "
+        "filesystem holding HOMEDIR passes high_water percent or the cache passes high_water "
+        "percent of max_cache_size, until low_water is reached. Objects being downloaded, "
+        "objects accessed in the last second, __list__ and the index files are never deleted; "
+        "meta goes before data. A download that cannot fit even after eviction fails with "
+        "ERROR (ENOSPC on the mount). The list monitor refreshes the listings of the buckets in "
+        "use every refresh_interval seconds (0 turns it off), one at a time with jitter.",
+        ".SH ENVIRONMENT",
+        ".TP", "\\fBAWS_ENDPOINT_URL\\fR, \\fBAWS_ENDPOINT_URL_S3\\fR",
+        "S3 endpoint (for MinIO, SeaweedFS, Ceph and other S3\\-compatible servers).",
+        ".TP", "\\fBAWS_PROFILE\\fR, \\fBAWS_ACCESS_KEY_ID\\fR, \\fBAWS_SECRET_ACCESS_KEY\\fR, "
+        "\\fBAWS_REGION\\fR",
+        "Credentials and region, from the standard AWS chain. With none of these and no "
+        "endpoint, \\fB\\-\\-embedded\\-s3 auto\\fR starts a local demo S3.",
+        ".SH SIGNALS",
+        "SIGINT and SIGTERM unmount the FUSE view, finish the current replies, flush the access "
+        "records and exit 0.",
+        ".SH EXIT STATUS",
+    ]
+    for code, text in EXIT_CODES:
+        out += [".TP", f"\\fB{code}\\fR", esc(text)]
+    out += [".SH SEE ALSO", "s3poolctl(1), fusermount3(1)"]
+    return "\n".join(out) + "\n"
+
+
+def s3poolctl_page() -> str:
+    parser = build_ctl_parser()
+    out = [
+        f'.TH S3POOLCTL 1 "{DATE}" "s3pool {__version__}" "User Commands"',
+        ".SH NAME", "s3poolctl \\- talk to a running s3pool daemon",
+        ".SH SYNOPSIS",
+        "\\fBs3poolctl\\fR [\\fB\\-H\\fR \\fIHOST\\fR] [\\fB\\-p\\fR \\fIPORT\\fR] "
+        "\\fICOMMAND\\fR \\fIargs\\fR...",
+        ".SH DESCRIPTION", esc(parser.description or ""),
+        "It prints the OK payload on standard output and an ERROR message on standard error.",
+        ".SH OPTIONS", *options_section(parser),
+        ".SH COMMANDS",
+    ]
+    for usage, text in [
+        ("pull BUCKET KEY...", "print the local path of each key, in order"),
+        ("push BUCKET KEY FILE", "upload FILE (a relative path is made absolute)"),
+        ("glob BUCKET PATTERN", "print the matching keys"),
+        ("refresh BUCKET", "list the bucket again"),
+        ("status", "print counters and settings"),
+        ("set NAME VALUE", "change a setting: " + ", ".join(s.name for s in SPECS)),
+    ]:
+        out += [".TP", f"\\fB{esc(usage)}\\fR", esc(text)]
+    out += [".SH EXIT STATUS", esc(parser.epilog or ""), ".SH SEE ALSO", "s3pool(1)"]
+    return "\n".join(out) + "\n"
+
+
+PAGES = {"s3pool": s3pool_page, "s3poolctl": s3poolctl_page}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in PAGES:
+        print("usage: python -m s3pool.manpage s3pool|s3poolctl", file=sys.stderr)
+        return 2
+    sys.stdout.write(PAGES[argv[0]]())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

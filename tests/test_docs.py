@@ -1,0 +1,36 @@
+"""The man pages are generated from the parsers: check the committed ones are current."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from s3pool.manpage import PAGES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_committed_man_page_matches_the_parser(name):
+    committed = (ROOT / "man" / f"{name}.1").read_text()
+    assert committed == PAGES[name](), (
+        f"man/{name}.1 is stale: run python -m s3pool.manpage {name} > man/{name}.1")
+
+
+def test_every_option_of_help_is_in_the_man_page():
+    help_text = subprocess.run([sys.executable, "-m", "s3pool.cli", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    page = (ROOT / "man" / "s3pool.1").read_text().replace("\\-", "-")
+    for word in help_text.split():
+        if word.startswith("--") and word.strip(",().") != "--help":
+            assert word.strip(",().") in page, word
+
+
+def test_man_page_renders():
+    result = subprocess.run(["man", "-l", str(ROOT / "man" / "s3pool.1")], capture_output=True,
+                            text=True, env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    for section in ("OPTIONS", "PROTOCOL", "COMMANDS", "HOMEDIR LAYOUT", "SIGNALS",
+                    "EXIT STATUS"):
+        assert section in result.stdout
