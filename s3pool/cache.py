@@ -94,6 +94,8 @@ class Cache:
         self.disk_limiter = trio.CapacityLimiter(8)
         self._key_locks: dict[tuple[str, str], _KeyLock] = {}
         self._checked: dict[tuple[str, str], float] = {}  # last ETag check, monotonic
+        # (bucket, key) -> (stat signature of data and meta files, parsed meta)
+        self._meta_cache: dict[tuple[str, str], tuple[tuple[int, ...], dict[str, Any]]] = {}
         self.buckets_in_use: set[str] = set()
         # set by the evictor: called with the bytes a download is about to add
         self.make_room: Callable[[int], Any] | None = None
@@ -142,14 +144,36 @@ class Cache:
         """
         path = self.layout.object_path(bucket, key)
         try:
-            with open(path + META_SUFFIX, "rb") as f:
-                meta = json.loads(f.read())
-            size = int(meta["ContentLength"])
             st = os.stat(path)
-        except (OSError, ValueError, KeyError, TypeError):
+        except OSError:
             return None
-        if not os.path.isfile(path) or st.st_size != size:
+        if stat.S_ISDIR(st.st_mode):
+            raise KeyConflict(
+                f"key {key!r} is shadowed by keys under {key + '/'!r}: on disk the directory wins"
+            )
+        if not stat.S_ISREG(st.st_mode):
             return None
+        try:
+            meta_st = os.stat(path + META_SUFFIX)
+        except OSError:
+            return None
+        # the parsed meta is kept while both files are the ones it was read from
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns, meta_st.st_ino, meta_st.st_mtime_ns)
+        known = self._meta_cache.get((bucket, key))
+        if known is not None and known[0] == signature:
+            meta = known[1]
+        else:
+            try:
+                with open(path + META_SUFFIX, "rb") as f:
+                    meta = json.loads(f.read())
+                size = int(meta["ContentLength"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            if st.st_size != size:
+                return None
+            if len(self._meta_cache) >= 50_000:
+                self._meta_cache.clear()
+            self._meta_cache[(bucket, key)] = (signature, meta)
         return CachedObject(path, meta)
 
     # --- PULL ------------------------------------------------------------
@@ -200,6 +224,17 @@ class Cache:
         check_key(key)
         self.use_bucket(bucket)
         self.stats.pulls += 1
+        if (bucket, key) not in self._key_locks and self._is_fresh(bucket, key):
+            # fast path: nobody is changing this key (no lock exists) and it
+            # was checked within the window; no await happens in between
+            self._check_conflict(bucket, key)
+            obj = self.cached(bucket, key)
+            if obj is not None:
+                self.stats.hits += 1
+                self.access.record(bucket, key, obj.size)
+                if opener is not None:
+                    obj.handle = opener(obj.path)
+                return obj
         async with self.key_lock(bucket, key):
             obj = await self._fetch_locked(bucket, key)
             self.access.record(bucket, key, obj.size)
@@ -208,8 +243,7 @@ class Cache:
         return obj
 
     def _check_conflict(self, bucket: str, key: str) -> None:
-        path = self.layout.object_path(bucket, key)
-        if os.path.isdir(path) or self.listings.has_children(bucket, key):
+        if self.listings.has_children(bucket, key):
             raise KeyConflict(
                 f"key {key!r} is shadowed by keys under {key + '/'!r}: "
                 "on disk the directory wins"
@@ -293,15 +327,19 @@ class Cache:
                 raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
             raise
         for dropped in shadowed:
-            self.access.forget(bucket, dropped)
-            self._checked.pop((bucket, dropped), None)
+            self.forget_cached(bucket, dropped)
+        self._meta_cache.pop((bucket, key), None)
         return CachedObject(path, meta)
 
     def _install_files(self, bucket: str, key: str, path: str, meta_path: str,
                        tmp_path: str, tmp_meta: str) -> list[str]:
-        """Blocking part of _install (worker thread); returns keys it displaced."""
-        with open(tmp_meta, "rb+") as f:
-            os.fsync(f.fileno())
+        """Blocking part of _install (worker thread); returns keys it displaced.
+
+        The meta file is not fsync'ed: after a crash a missing or garbled meta
+        only means the object is not cached. The data is synced before its
+        rename and the directory after it, so a meta that survives a crash
+        always describes the data beside it.
+        """
         shadowed: list[str] = []
         for attempt in range(3):
             shadowed += self._make_parents(bucket, key)
@@ -347,7 +385,12 @@ class Cache:
         path = self.layout.object_path(bucket, key)
         _unlink_quietly(path + META_SUFFIX)
         _unlink_quietly(path)
+        self.forget_cached(bucket, key)
+
+    def forget_cached(self, bucket: str, key: str) -> None:
+        """Drop what memory holds about a cached object that left the disk."""
         self._checked.pop((bucket, key), None)
+        self._meta_cache.pop((bucket, key), None)
         self.access.forget(bucket, key)
 
     # --- PUSH ------------------------------------------------------------
@@ -367,6 +410,7 @@ class Cache:
         self.use_bucket(bucket)
         async with self.key_lock(bucket, key):
             self._check_conflict(bucket, key)
+            self.cached(bucket, key)  # raises KeyConflict for a directory on disk
             # copy first: what we upload is exactly what we install, even if
             # the caller rewrites its file meanwhile
             fd, tmp_path = tempfile.mkstemp(prefix="push.", dir=self.layout.tmp_dir)

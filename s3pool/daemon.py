@@ -30,7 +30,7 @@ from .embedded import EmbeddedS3
 from .errors import EXIT_MOUNT, EXIT_RUNNING, StartupError
 from .evictor import Evictor
 from .layout import Layout
-from .logs import apply_verbosity
+from .logs import RequestLog, apply_verbosity
 from .refresher import Refresher
 from .settings import Settings
 
@@ -139,7 +139,9 @@ class Daemon:
             self.cache.refresh, self.cache.buckets_in_use, lambda: self.settings.refresh_interval
         )
         self.settings.on_change(self._setting_changed)
-        self.server = ControlServer(self.cache, self.status_lines)
+        self.request_log = RequestLog(os.path.join(self.layout.log_dir, "requests.log"))
+        self.exit_stack.callback(self.request_log.flush)
+        self.server = ControlServer(self.cache, self.status_lines, self.request_log)
         self.fs: Any = None
         self.started = time.time()
 
@@ -178,6 +180,11 @@ class Daemon:
         lines += self.settings.items()
         return lines
 
+    async def _flush_request_log(self) -> None:
+        while True:
+            await trio.sleep(1)
+            self.request_log.flush()
+
     def close(self) -> None:
         self.exit_stack.close()
 
@@ -190,6 +197,7 @@ class Daemon:
                 for listener in listeners:
                     host, port = listener.socket.getsockname()[:2]
                     log.info("control socket listening on %s:%d", host, port)
+                nursery.start_soon(self._flush_request_log)
                 await nursery.start(self.evictor.run)
                 await nursery.start(self.refresher.run)
                 if self.mountpoint:

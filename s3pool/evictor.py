@@ -181,8 +181,7 @@ class Evictor:
             await trio.to_thread.run_sync(_delete_files, cache.layout.data_dir,
                                           [p for _, _, p in paths], limiter=cache.disk_limiter)
             for bucket, key, _ in victims:
-                cache.access.forget(bucket, key)
-                cache._checked.pop((bucket, key), None)
+                cache.forget_cached(bucket, key)
         return sum(size for _, _, size in victims)
 
 

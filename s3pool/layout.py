@@ -119,9 +119,10 @@ class Layout:
         return os.path.join(self.data_dir, check_bucket(bucket))
 
     def object_path(self, bucket: str, key: str) -> str:
-        path = os.path.join(self.bucket_dir(bucket), check_key(key))
+        bucket_dir = self.bucket_dir(bucket)
+        path = os.path.join(bucket_dir, check_key(key))
         # check_key already rules out every escape; this is the belt to its braces.
-        if not path.startswith(self.bucket_dir(bucket) + os.sep):
+        if not path.startswith(bucket_dir + os.sep):
             raise BadKey(f"key {key!r} leaves the bucket directory")
         return path
 

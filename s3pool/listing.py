@@ -16,13 +16,13 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import trio
 
-from .backend import Backend
+from .backend import Backend, ListEntry
 from .globpattern import compile_glob
-from .layout import LIST_NAME, META_SUFFIX, RESERVED_ROOT_NAMES, Layout
+from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout
 
 log = logging.getLogger(__name__)
 
@@ -103,41 +103,7 @@ class Listings:
 
     def _build(self, bucket: str) -> int:
         """Blocking: list the bucket into tmp/, then rename into place."""
-        stamp = f"{bucket}.{os.getpid()}.{time.monotonic_ns()}"
-        tmp_list = os.path.join(self.layout.tmp_dir, f"list.{stamp}")
-        tmp_index = os.path.join(self.layout.tmp_dir, f"index.{stamp}")
-        count = 0
-        try:
-            db = sqlite3.connect(tmp_index)
-            try:
-                db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
-                with open(tmp_list, "w", encoding="utf-8", errors="surrogateescape") as listing:
-                    for page in self.backend.iter_listing(bucket):
-                        listing.writelines(e.key + "\n" for e in page if "\n" not in e.key)
-                        db.executemany(
-                            "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
-                            [(e.key, e.size, e.mtime, e.etag) for e in page],
-                        )
-                        count += len(page)
-                    listing.flush()
-                    os.fsync(listing.fileno())
-                db.execute("INSERT INTO info VALUES ('refreshed_at', ?)", (time.time(),))
-                db.execute("INSERT INTO info VALUES ('count', ?)", (count,))
-                db.commit()
-            finally:
-                db.close()
-            os.makedirs(self.layout.bucket_dir(bucket), exist_ok=True)
-            with open(tmp_index, "rb") as f:
-                os.fsync(f.fileno())
-            os.rename(tmp_index, self.layout.index_path(bucket))
-            os.rename(tmp_list, self.layout.list_path(bucket))
-        finally:
-            for path in (tmp_list, tmp_index):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-        return count
+        return write_listing(self.layout, bucket, self.backend.iter_listing(bucket))
 
     # --- queries ---------------------------------------------------------
 
@@ -265,23 +231,75 @@ class Listings:
         """Keys of the listing matching *pattern*, in key order."""
         matchers = compile_glob(pattern)
         path = self.layout.index_path(bucket)
+        list_path = self.layout.list_path(bucket)
+
+        def candidates(conn: sqlite3.Connection, prefix: str) -> Iterable[str]:
+            if not prefix:
+                # the whole listing: reading __list__ beats walking the index
+                with open(list_path, encoding="utf-8", errors="surrogateescape") as f:
+                    for line in f:
+                        yield line[:-1]
+                return
+            rows = conn.execute("SELECT key FROM keys WHERE key >= ? AND key < ?",
+                                (prefix, prefix_upper(prefix)))
+            for (key,) in rows:
+                yield key
 
         def scan() -> list[str]:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
+                if len(matchers) == 1:  # keys come in key order already
+                    match = matchers[0].regex.fullmatch
+                    return [k for k in candidates(conn, matchers[0].prefix) if match(k)]
                 found: set[str] = set()
                 for matcher in matchers:
-                    rows = conn.execute(
-                        "SELECT key FROM keys WHERE key >= ? AND key < ?",
-                        (matcher.prefix, prefix_upper(matcher.prefix)),
-                    )
                     match = matcher.regex.fullmatch
-                    found.update(key for (key,) in rows if match(key))
+                    found.update(k for k in candidates(conn, matcher.prefix) if match(k))
                 return sorted(found)
             finally:
                 conn.close()
 
         return await trio.to_thread.run_sync(scan, limiter=self.disk_limiter)
 
-    def list_file_name(self) -> str:
-        return LIST_NAME
+
+def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]]) -> int:
+    """Blocking: write ``__list__`` and ``__index__`` from listing pages.
+
+    Both are built in tmp/ a page at a time and renamed into the BUCKETDIR,
+    so readers see the old listing or the new one, never a mix.
+    """
+    stamp = f"{bucket}.{os.getpid()}.{time.monotonic_ns()}"
+    tmp_list = os.path.join(layout.tmp_dir, f"list.{stamp}")
+    tmp_index = os.path.join(layout.tmp_dir, f"index.{stamp}")
+    count = 0
+    try:
+        db = sqlite3.connect(tmp_index)
+        try:
+            db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
+            with open(tmp_list, "w", encoding="utf-8", errors="surrogateescape") as listing:
+                for page in pages:
+                    listing.writelines(e.key + "\n" for e in page if "\n" not in e.key)
+                    db.executemany(
+                        "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+                        [(e.key, e.size, e.mtime, e.etag) for e in page],
+                    )
+                    count += len(page)
+                listing.flush()
+                os.fsync(listing.fileno())
+            db.execute("INSERT INTO info VALUES ('refreshed_at', ?)", (time.time(),))
+            db.execute("INSERT INTO info VALUES ('count', ?)", (count,))
+            db.commit()
+        finally:
+            db.close()
+        os.makedirs(layout.bucket_dir(bucket), exist_ok=True)
+        with open(tmp_index, "rb") as f:
+            os.fsync(f.fileno())
+        os.rename(tmp_index, layout.index_path(bucket))
+        os.rename(tmp_list, layout.list_path(bucket))
+    finally:
+        for path in (tmp_list, tmp_index):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    return count

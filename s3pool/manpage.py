@@ -77,8 +77,9 @@ COMMANDS = {
 }
 
 LAYOUT = [
-    ("log/", "s3pool.log (rotated at 16 MiB, 5 kept), one line per request with its status and "
-             "milliseconds; embedded\\-s3.log when the demo S3 runs."),
+    ("log/", "s3pool.log, what the daemon did; requests.log, one line per control request "
+             "with its status and milliseconds (written within a second); both rotated at "
+             "16 MiB, 5 kept; embedded\\-s3.log when the demo S3 runs."),
     ("tmp/", "partial downloads and listings; emptied at start-up."),
     ("state/access.db", "SQLite: last access of every cached object, read by the evictor; "
                         "survives restarts."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -340,8 +341,14 @@ def test_second_instance_on_the_same_homedir_is_refused(daemon, tmp_path):
 def test_requests_are_logged_with_status_and_milliseconds(daemon, bucket):
     daemon.request("PULL", bucket, "../bad")
     daemon.ok("STATUS")
-    log = (daemon.home / "log" / "s3pool.log").read_text()
-    assert "PULL" in log and "-> ERROR" in log and "-> OK" in log and "ms" in log
+    path = daemon.home / "log" / "requests.log"
+    deadline = time.monotonic() + 5  # written within a second
+    while time.monotonic() < deadline and not (path.exists() and "STATUS" in path.read_text()):
+        time.sleep(0.1)
+    log = path.read_text()
+    assert f"PULL {bucket} ../bad -> ERROR" in log
+    assert "STATUS -> OK" in log
+    assert re.search(r"STATUS -> OK \d+\.\dms", log)
 
 
 def test_client_command_line(daemon, s3, bucket, tmp_path):

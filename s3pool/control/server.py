@@ -16,11 +16,11 @@ import trio
 
 from ..cache import Cache
 from ..errors import BadRequest, S3PoolError
+from ..logs import RequestLog
 from ..settings import format_value
 from .protocol import MAX_REQUEST_BYTES, Request, format_done, format_error, format_list, parse_request
 
 log = logging.getLogger(__name__)
-request_log = logging.getLogger("s3pool.requests")
 
 RECEIVE_TIMEOUT = 5.0
 SEND_TIMEOUT = 30.0
@@ -29,9 +29,11 @@ DRAIN_LIMIT = 64 << 20
 
 
 class ControlServer:
-    def __init__(self, cache: Cache, status_lines: Callable[[], list[tuple[str, Any]]]) -> None:
+    def __init__(self, cache: Cache, status_lines: Callable[[], list[tuple[str, Any]]],
+                 request_log: RequestLog | None = None) -> None:
         self.cache = cache
         self.status_lines = status_lines
+        self.request_log = request_log or RequestLog(None)
         self.connections = 0
 
     async def serve(self, host: str, port: int, *,
@@ -46,9 +48,10 @@ class ControlServer:
         self.connections += 1
         summary = "-"
         status = "ERROR"
+        complete = [False]  # did we read the whole request?
         try:
             try:
-                line = await self._receive_line(stream)
+                line = await self._receive_line(stream, complete)
                 request = parse_request(line)
                 summary = _summarize(request)
                 reply = await self.dispatch(request)
@@ -64,17 +67,8 @@ class ControlServer:
                 status = f"ERROR internal {exc!r}"
             with trio.move_on_after(SEND_TIMEOUT):
                 await stream.send_all(reply)
-                await stream.send_eof()
-                # read what the client may still be sending (an oversized
-                # request): closing with unread input would reset the
-                # connection and could destroy the reply in flight
-                with trio.move_on_after(DRAIN_TIMEOUT):
-                    drained = 0
-                    while drained < DRAIN_LIMIT:
-                        chunk = await stream.receive_some(65536)
-                        if not chunk:
-                            break
-                        drained += len(chunk)
+                if not complete[0]:
+                    await self._drain(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             status = f"{status} (client gone: {exc.__class__.__name__})"
         except Exception:
@@ -84,19 +78,36 @@ class ControlServer:
                 with trio.move_on_after(1):
                     await stream.aclose()
             elapsed = (time.perf_counter() - started) * 1000
-            request_log.info("%s -> %s %.1fms", summary, status, elapsed)
+            self.request_log.write(f"{summary} -> {status} {elapsed:.1f}ms")
 
-    async def _receive_line(self, stream: trio.SocketStream) -> bytes:
+    async def _drain(self, stream: trio.SocketStream) -> None:
+        """Read what the client is still sending (an oversized request).
+
+        Closing with unread input would reset the connection, which can
+        destroy the reply before the client reads it.
+        """
+        await stream.send_eof()
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            drained = 0
+            while drained < DRAIN_LIMIT:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+
+    async def _receive_line(self, stream: trio.SocketStream, complete: list[bool]) -> bytes:
         """One request line: up to '\\n' or EOF, within the size cap and 5 s."""
         buffer = bytearray()
         with trio.move_on_after(RECEIVE_TIMEOUT) as scope:
             while True:
                 chunk = await stream.receive_some(65536)
                 if not chunk:
+                    complete[0] = True
                     break
                 newline = chunk.find(b"\n")
                 if newline >= 0:
                     buffer += chunk[:newline]
+                    complete[0] = newline == len(chunk) - 1
                     break
                 buffer += chunk
                 if len(buffer) > MAX_REQUEST_BYTES:

