@@ -13,15 +13,19 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import datetime, timezone
 from email.utils import format_datetime
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
+from urllib.parse import unquote_plus
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
 import boto3
 import botocore.exceptions
 import trio
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from botocore.utils import parse_timestamp
 
 from .errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey
 
@@ -31,9 +35,8 @@ CHUNK = 1 << 20
 MULTIPART_THRESHOLD = 64 << 20
 
 
-@dataclass(frozen=True)
-class ListEntry:
-    """One key of a bucket listing."""
+class ListEntry(NamedTuple):
+    """One key of a bucket listing (a tuple: a million of them are made per refresh)."""
 
     key: str
     size: int
@@ -112,6 +115,7 @@ class Backend:
             "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config,
             **(credentials or {}),
         )
+        self.client.meta.events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
         self.limiter = trio.CapacityLimiter(max_threads)
         self.transfer_config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
@@ -149,19 +153,32 @@ class Backend:
 
         return await self._run(call, bucket=bucket, key=key)
 
-    async def read_body_into(self, response: ObjectResponse, fileobj: Any,
-                             bucket: str, key: str) -> int:
-        """Copy the body of *response* into *fileobj*; return bytes written."""
+    async def read_body_at(self, response: ObjectResponse, fd: int, offset: int, limit: int,
+                           bucket: str, key: str) -> int:
+        """Write up to *limit* bytes of the body at *offset* of *fd*; close the body."""
 
         def call() -> int:
-            written = 0
             try:
-                for chunk in response.body.iter_chunks(CHUNK):
-                    fileobj.write(chunk)
-                    written += len(chunk)
+                return _copy_into(response.body, fd, offset, limit)
             finally:
                 response.body.close()
-            return written
+
+        return await self._run(call, bucket=bucket, key=key)
+
+    async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
+                             fd: int) -> int:
+        """GET bytes [start, start+length) of the version *etag* into *fd* at *start*."""
+
+        def call() -> int:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key,
+                                      "Range": f"bytes={start}-{start + length - 1}"}
+            if etag:
+                kwargs["IfMatch"] = etag
+            body = self.client.get_object(**kwargs)["Body"]
+            try:
+                return _copy_into(body, fd, start, length)
+            finally:
+                body.close()
 
         return await self._run(call, bucket=bucket, key=key)
 
@@ -192,6 +209,10 @@ class Backend:
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=bucket, PaginationConfig={"PageSize": 1000}):
+                fast = page.get(FAST_ENTRIES)
+                if fast is not None:
+                    yield fast
+                    continue
                 yield [
                     ListEntry(
                         item["Key"], int(item.get("Size", 0)),
@@ -201,3 +222,85 @@ class Backend:
                 ]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate(exc, bucket) from exc
+
+
+def _copy_into(body: Any, fd: int, offset: int, limit: int) -> int:
+    """Copy up to *limit* bytes of a streaming body to *fd* at *offset*.
+
+    One reused buffer (readinto) instead of a new bytes object per chunk:
+    at hundreds of MiB/s the allocations alone cost a third of the time.
+    """
+    buffer = bytearray(min(CHUNK, max(limit, 1)))
+    view = memoryview(buffer)
+    written = 0
+    while written < limit:
+        want = min(len(buffer), limit - written)
+        got = body.readinto(view[:want])
+        if not got:
+            break
+        os.pwrite(fd, view[:got], offset + written)
+        written += got
+    return written
+
+
+FAST_ENTRIES = "S3PoolEntries"
+_KEEP_FOR_BOTOCORE = ("IsTruncated", "NextContinuationToken", "KeyCount", "MaxKeys", "Name",
+                      "Prefix", "EncodingType", "ContinuationToken", "StartAfter")
+
+
+def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: dict[str, Any],
+                       **_: Any) -> None:
+    """botocore ``before-parse`` hook for ListObjectsV2.
+
+    botocore's XML parser costs about 60 us a key, a minute for a
+    million-key bucket. ElementTree's C parser reads the entries here; the
+    body handed on to botocore keeps only the paging fields, so signing,
+    retries, redirects and pagination stay botocore's. Anything unexpected
+    leaves the response untouched for botocore to parse.
+    """
+    if response_dict.get("status_code") != 200:
+        return
+    try:
+        root = ElementTree.fromstring(response_dict["body"])
+    except (ElementTree.ParseError, TypeError, KeyError):
+        return
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    encoded = root.findtext(f"{ns}EncodingType") == "url"
+    entries = []
+    key_tag, size_tag, time_tag, etag_tag = (f"{ns}Key", f"{ns}Size", f"{ns}LastModified",
+                                             f"{ns}ETag")
+    times: dict[str, float] = {}  # listings repeat timestamps a lot
+    try:
+        for item in root.iterfind(f"{ns}Contents"):
+            key, size, stamp, etag = "", "0", "", ""
+            for child in item:
+                tag = child.tag
+                if tag == key_tag:
+                    key = child.text or ""
+                elif tag == size_tag:
+                    size = child.text or "0"
+                elif tag == time_tag:
+                    stamp = child.text or ""
+                elif tag == etag_tag:
+                    etag = child.text or ""
+            mtime = times.get(stamp)
+            if mtime is None:
+                mtime = times[stamp] = _timestamp(stamp)
+            entries.append(ListEntry(unquote_plus(key) if encoded else key, int(size), mtime,
+                                     etag))
+    except ValueError:
+        return
+    kept = "".join(
+        f"<{name}>{escape(value)}</{name}>"
+        for name in _KEEP_FOR_BOTOCORE
+        if (value := root.findtext(f"{ns}{name}")) is not None
+    )
+    response_dict["body"] = f"<ListBucketResult>{kept}</ListBucketResult>".encode()
+    customized_response_dict[FAST_ENTRIES] = entries
+
+
+def _timestamp(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return parse_timestamp(text).timestamp()

@@ -210,12 +210,20 @@ class Listings:
             if not rows:
                 return
             jumped = False
-            for key, size, mtime, etag in rows:
+            for i, (key, size, mtime, etag) in enumerate(rows):
                 rest = key[cut:]
                 slash = rest.find("/")
                 if slash < 0:
                     lo, inclusive = key, False
-                    if visible_name(rest, at_root) and not self.has_children(bucket, key):
+                    if not visible_name(rest, at_root):
+                        continue
+                    # keys under "key/" sort right after "key" and the keys that
+                    # extend it with a character below '/': unless the next key
+                    # starts with "key", there are none
+                    following = rows[i + 1][0] if i + 1 < len(rows) else None
+                    shadowed = (following is None or following.startswith(key)) \
+                        and self.has_children(bucket, key)
+                    if not shadowed:
                         yield Entry(rest, False, int(size), float(mtime), etag)
                     continue
                 name = rest[:slash]

@@ -374,3 +374,16 @@ def test_client_command_line(daemon, s3, bucket, tmp_path):
     assert ctl("set", "verbose", "1").returncode == 0
     assert subprocess.run([sys.executable, "-m", "s3pool.ctl", "-p", "1", "status"],
                           capture_output=True, timeout=30).returncode == 3
+
+
+def test_listing_keeps_unusual_keys_exact(daemon, s3, bucket):
+    keys = sorted(["with space.txt", "plus+sign", "ünï/ké y", "percent%20x", "amp&lt;",
+                   "tab\there", "q?mark", "star*"])
+    for key in keys:
+        put(s3, bucket, key, key.encode())
+    daemon.ok("REFRESH", bucket)
+    listed = (daemon.data / bucket / "__list__").read_text(encoding="utf-8").splitlines()
+    assert listed == sorted(keys, key=lambda k: k.encode())
+    assert daemon.ok("GLOB", bucket, "plus+*") == ["plus+sign"]
+    [path] = daemon.ok("PULL", bucket, "ünï/ké y")
+    assert open(path, "rb").read() == "ünï/ké y".encode()

@@ -21,11 +21,12 @@ import errno
 import hashlib
 import logging
 import os
+import sqlite3
 import stat
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyfuse3
 import trio
@@ -99,7 +100,12 @@ class DirHandle:
         self.inode = inode
         self.position = 0  # ordinal of the next entry
         self.after: tuple[str, bool] | None = None  # last entry returned
+        self.entries: Iterator[Entry] | None = None  # the listing, from after `after`
+        self.pending: Entry | None = None  # read from entries, not yet returned
         self.buckets: list[str] | None = None  # root only: snapshot of bucket names
+
+    def restart(self) -> None:
+        self.position, self.after, self.entries, self.pending = 0, None, None, None
 
 
 def _mtime_of(meta: dict[str, Any]) -> float:
@@ -174,7 +180,8 @@ class S3PoolOperations(pyfuse3.Operations):
             mtime = node.mtime
         attr.st_uid = self.uid
         attr.st_gid = self.gid
-        attr.st_blksize = 128 * 1024
+        # the I/O size programs like cat and cp use: fewer, larger reads
+        attr.st_blksize = 1 << 20
         attr.st_blocks = (attr.st_size + 511) // 512
         ns = int(mtime * 1e9)
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = ns
@@ -193,9 +200,10 @@ class S3PoolOperations(pyfuse3.Operations):
                 return opened_size, opened_mtime
         return size, mtime
 
-    def _remember(self, node: Node) -> int:
+    def _remember(self, node: Node, inode: int | None = None) -> int:
         """Register a node the kernel is about to learn; returns its inode."""
-        inode = ROOT if not node.bucket else inode_for(node.bucket, node.path, node.is_dir)
+        if inode is None:
+            inode = ROOT if not node.bucket else inode_for(node.bucket, node.path, node.is_dir)
         known = self.nodes.get(inode)
         if known is None:
             self.nodes[inode] = node
@@ -336,25 +344,40 @@ class S3PoolOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, os.fsencode(bucket),
                                              self._attrs(inode, child), position + 1):
                     return
-                self._remember(child)
+                self._remember(child, inode)
             return
-        if start_id == 0:
-            handle.position, handle.after = 0, None
-        elif start_id != handle.position:
-            # the kernel went back to an older offset: walk forward to it
-            handle.position, handle.after = 0, None
-            for entry in self.listings.iter_children(node.bucket, node.dir_prefix):
-                handle.position += 1
-                handle.after = (entry.name, entry.is_dir)
-                if handle.position == start_id:
-                    break
-        for entry in self.listings.iter_children(node.bucket, node.dir_prefix, handle.after):
+        if start_id == 0 or start_id != handle.position:
+            handle.restart()
+            if start_id:
+                # the kernel went back to an older offset: walk forward to it
+                for entry in self.listings.iter_children(node.bucket, node.dir_prefix):
+                    handle.position += 1
+                    handle.after = (entry.name, entry.is_dir)
+                    if handle.position == start_id:
+                        break
+        # the generator lives in the handle: one range query serves many
+        # readdir calls (the kernel asks for a page of entries at a time)
+        while True:
+            entry = handle.pending
+            if entry is None:
+                if handle.entries is None:
+                    handle.entries = self.listings.iter_children(
+                        node.bucket, node.dir_prefix, handle.after)
+                try:
+                    entry = next(handle.entries)
+                except StopIteration:
+                    return
+                except sqlite3.ProgrammingError:
+                    handle.entries = None  # the index was replaced: resume in the new one
+                    continue
             child = self._entry_node(node.bucket, node.dir_prefix, entry)
             inode = inode_for(child.bucket, child.path, child.is_dir)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
                                          self._attrs(inode, child), handle.position + 1):
+                handle.pending = entry  # did not fit: first in the next call
                 return
-            self._remember(child)
+            handle.pending = None
+            self._remember(child, inode)
             handle.position += 1
             handle.after = (entry.name, entry.is_dir)
 

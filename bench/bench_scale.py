@@ -1,0 +1,209 @@
+"""Scale benchmark: eviction over 100,000 cached objects, memory with a
+1,000,000-key listing.
+
+    python bench/bench_scale.py [--objects 100000] [--keys 1000000]
+
+Eviction: a cache of N small objects (files and meta made directly in
+data/, access order recorded through s3pool's own access index) is brought
+from 95 % to 75 % of its cap by the evictor, timed in process. Beside it,
+the original's method on the same tree in the same run: one
+`find data -type f -printf '%A+ %p\\n' | sort | head` per ten files
+deleted (it is run a few times and the per-run time multiplied by the
+number of runs the same eviction needs).
+
+Memory: the real daemon REFRESHes a bucket of M keys from an S3 listing
+endpoint on loopback (a minimal ListObjectsV2 server in this script: real
+HTTP, real botocore parsing, pages of 1,000), then answers a GLOB and a
+FUSE readdir on it; its peak RSS (VmHWM) is compared to the size of the
+__list__ file it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+from xml.sax.saxutils import escape
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import trio  # noqa: E402
+
+from common import Daemon, free_port, print_table, workdir  # noqa: E402
+
+from s3pool.access import AccessIndex  # noqa: E402
+from s3pool.backend import Backend  # noqa: E402
+from s3pool.cache import Cache  # noqa: E402
+from s3pool.evictor import Evictor, Usage  # noqa: E402
+from s3pool.layout import Layout  # noqa: E402
+from s3pool.settings import Settings  # noqa: E402
+
+OBJECT_SIZE = 1024
+
+
+def bench_eviction(objects: int) -> str:
+    work = workdir("s3pool-bench-evict-")
+    layout = Layout.create(str(work / "home"))
+    access = AccessIndex(layout)
+    print(f"making {objects:,} cached objects in {layout.data_dir} ...", flush=True)
+    now = time.time()
+    order = list(range(objects))
+    random.Random(1).shuffle(order)
+    body = b"x" * OBJECT_SIZE
+    for i in range(objects):
+        key = f"d{i % 100:02d}/e{(i // 100) % 100:02d}/obj{i:07d}"
+        path = Path(layout.object_path("bkt", key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        (path.parent / (path.name + "__meta__")).write_text(
+            json.dumps({"ContentLength": OBJECT_SIZE, "ETag": '"e"'}))
+        atime = now - 86400 + order[i]
+        os.utime(path, (atime, atime))  # the original reads %A, the access time
+        access.record("bkt", key, OBJECT_SIZE, when=atime)
+    access.flush()
+    total = objects * OBJECT_SIZE
+    cap = int(total / 0.95)  # the cache stands at 95 % of its cap
+    settings = Settings(max_cache_size=cap, high_water=90, low_water=75)
+    cache = Cache(layout, Backend(endpoint_url="http://127.0.0.1:9"), settings, access)
+    evictor = Evictor(cache, grace=0)
+    evictor.usage = lambda: Usage(1 << 50, 0, access.total_bytes)
+    oldest_before = {k for _, k, _, _ in access.oldest(10)}
+
+    # the original's method, on the same tree before anything is evicted
+    runs = 3
+    find_cmd = (f"find {layout.data_dir} -type f -printf '%A+ %p\\n' | sort | head -10")
+    started = time.perf_counter()
+    for _ in range(runs):
+        subprocess.run(find_cmd, shell=True, stdout=subprocess.DEVNULL, check=True)
+    find_once = (time.perf_counter() - started) / runs
+
+    started = time.perf_counter()
+    freed = trio.run(evictor.evict)
+    ours = time.perf_counter() - started
+    evicted = cache.stats.evictions
+    assert all(not os.path.exists(layout.object_path("bkt", k)) for k in oldest_before)
+    assert access.total_bytes <= cap * 0.75
+    original = find_once * (evicted / 10)
+    access.close()
+    return print_table(
+        f"Evicting from 95 % to 75 % of the cap, {objects:,} cached objects of 1 KiB",
+        ["method", "seconds", "objects evicted", "original / ours"],
+        [["s3pool evictor (access index, batches, meta then data)", f"{ours:.2f}", evicted,
+          f"{original / ours:.0f}"],
+         ["original: find | sort | head per 10 deletions, one run", f"{find_once:.2f}", 10, "-"],
+         [f"original: the {evicted // 10:,} runs the same eviction needs (extrapolated)",
+          f"{original:.0f}", evicted, "1"]]) + f"\n(freed {freed:,} bytes; work dir {work})\n"
+
+
+class ListingHandler(BaseHTTPRequestHandler):
+    """ListObjectsV2 over a synthetic, sorted key space (read-only, loopback)."""
+
+    keys_total = 0
+
+    def log_message(self, *args) -> None:
+        pass
+
+    @staticmethod
+    def key(i: int) -> str:
+        return f"data/{i // 10000:03d}/{(i // 100) % 100:02d}/object-{i:07d}.parquet"
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        start = int(query.get("continuation-token", ["0"])[0])
+        page = int(query.get("max-keys", ["1000"])[0])
+        end = min(self.keys_total, start + page)
+        parts = ['<?xml version="1.0" encoding="UTF-8"?>',
+                 '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',
+                 f"<Name>million</Name><KeyCount>{end - start}</KeyCount>",
+                 f"<MaxKeys>{page}</MaxKeys>",
+                 f"<IsTruncated>{'true' if end < self.keys_total else 'false'}</IsTruncated>"]
+        if end < self.keys_total:
+            parts.append(f"<NextContinuationToken>{end}</NextContinuationToken>")
+        for i in range(start, end):
+            parts.append(f"<Contents><Key>{escape(self.key(i))}</Key>"
+                         "<LastModified>2026-11-01T00:00:00.000Z</LastModified>"
+                         f'<ETag>"{i:032x}"</ETag><Size>{i % 100000}</Size>'
+                         "<StorageClass>STANDARD</StorageClass></Contents>")
+        parts.append("</ListBucketResult>")
+        data = "".join(parts).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def bench_memory(keys: int) -> str:
+    work = workdir("s3pool-bench-memory-")
+    ListingHandler.keys_total = keys
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), ListingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    mnt = work / "mnt"
+    daemon = Daemon(f"http://127.0.0.1:{port}", work / "home", mnt)
+    try:
+        idle = daemon.peak_rss()
+        started = time.perf_counter()
+        status, _ = daemon.request("REFRESH", "million")
+        refresh_s = time.perf_counter() - started
+        assert status == "OK"
+        after_refresh = daemon.peak_rss()
+        list_size = (work / "home" / "data" / "million" / "__list__").stat().st_size
+        index_size = (work / "home" / "data" / "million" / "__index__").stat().st_size
+        started = time.perf_counter()
+        middle = f"{keys // 2 // 10000:03d}"
+        status, matches = daemon.request("GLOB", "million", f"data/{middle[:2]}?/*/object-*.parquet")
+        glob_s = time.perf_counter() - started
+        assert status == "OK", matches
+        started = time.perf_counter()
+        names = os.listdir(mnt / "million" / "data" / middle / "07")
+        readdir_s = time.perf_counter() - started
+        top = os.listdir(mnt / "million" / "data")
+        after_queries = daemon.peak_rss()
+    finally:
+        daemon.stop()
+        server.shutdown()
+    mib = 1 << 20
+    return print_table(
+        f"Daemon memory with a {keys:,}-key listing (__list__ {list_size / mib:.1f} MiB, "
+        f"__index__ {index_size / mib:.1f} MiB)",
+        ["moment", "peak RSS MiB", "peak RSS / __list__ size", "took"],
+        [["started, nothing listed", f"{idle / mib:.0f}", f"{idle / list_size:.2f}", "-"],
+         [f"after REFRESH of {keys:,} keys", f"{after_refresh / mib:.0f}",
+          f"{after_refresh / list_size:.2f}", f"{refresh_s:.1f} s"],
+         [f"after a GLOB ({len(matches):,} matches), readdir of {len(names)} and of "
+          f"{len(top)} entries", f"{after_queries / mib:.0f}",
+          f"{after_queries / list_size:.2f}", f"{glob_s * 1000:.0f} ms / {readdir_s * 1000:.0f} ms"]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--objects", type=int, default=100_000)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--only", choices=("evict", "memory"))
+    args = parser.parse_args()
+    out = []
+    if args.only in (None, "evict"):
+        out.append(bench_eviction(args.objects))
+    if args.only in (None, "memory"):
+        out.append(bench_memory(args.keys))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
