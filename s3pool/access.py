@@ -60,6 +60,13 @@ class AccessIndex:
         if len(self._pending) >= FLUSH_AT:
             self.flush()
 
+    def touch(self, bucket: str, key: str) -> None:
+        """Note an access to an object only if it is still cached (size unknown here)."""
+        pending = self._pending.get((bucket, key))
+        self._pending[(bucket, key)] = (pending[0] if pending else -1, time.time())
+        if len(self._pending) >= FLUSH_AT:
+            self.flush()
+
     def flush(self) -> None:
         if not self._pending:
             return
@@ -71,6 +78,11 @@ class AccessIndex:
                 row = db.execute(
                     "SELECT size FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
                 ).fetchone()
+                if size < 0:  # a touch: only for objects still known
+                    if row is not None:
+                        db.execute("UPDATE objects SET atime = ? WHERE bucket = ? AND key = ?",
+                                   (atime, bucket, key))
+                    continue
                 if row is None:
                     self.count += 1
                     self.total_bytes += size

@@ -102,6 +102,13 @@ class Daemon:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.exit_stack = ExitStack()
+        try:
+            self._setup(options)
+        except BaseException:
+            self.exit_stack.close()  # undo what was set up: pidfile, embedded S3
+            raise
+
+    def _setup(self, options: Options) -> None:
         self.layout = Layout.create(options.home)
         self.pidfile = PidFile(self.layout.pidfile)
         self.exit_stack.callback(self.pidfile.release)
@@ -119,7 +126,7 @@ class Daemon:
             credentials = self.embedded.credentials()
         self.backend = Backend(
             endpoint_url=self.embedded.endpoint_url if self.embedded else None,
-            max_threads=max(32, self.settings.pull_concurrency + 8),
+            max_threads=max(64, 2 * self.settings.pull_concurrency),
             credentials=credentials,
         )
         if self.embedded:

@@ -69,9 +69,10 @@ class Listings:
         self._conns: dict[str, tuple[int, sqlite3.Connection]] = {}
         self.refreshes = 0
         self.last_refresh: dict[str, float] = {}
-        # how many refreshes of a bucket finished: lets a waiter see that a
-        # refresh which started after it asked has already been done
-        self._generation: dict[str, int] = {}
+        # listings of a bucket started / finished: a caller that waited while
+        # a listing which started after its request ran is served by that one
+        self._started: dict[str, int] = {}
+        self._finished: dict[str, int] = {}
         self.disk_limiter = trio.CapacityLimiter(4)
 
     # --- refresh ---------------------------------------------------------
@@ -86,15 +87,16 @@ class Listings:
         that listing's result instead of starting another one.
         """
         lock = self._locks.setdefault(bucket, trio.Lock())
-        asked_at = self._generation.get(bucket, 0)
-        started_before = lock.locked()
+        # any listing that starts from now on reflects the bucket as it is now
+        wanted = self._started.get(bucket, 0) + 1
         async with lock:
-            if not started_before and self._generation.get(bucket, 0) > asked_at:
+            if self._finished.get(bucket, 0) >= wanted:
                 return self._count(bucket)
+            self._started[bucket] = self._started.get(bucket, 0) + 1
             count = await trio.to_thread.run_sync(
                 self._build, bucket, limiter=self.backend.limiter
             )
-            self._generation[bucket] = self._generation.get(bucket, 0) + 1
+            self._finished[bucket] = self._started[bucket]
         self.refreshes += 1
         self.last_refresh[bucket] = time.time()
         self._drop_conn(bucket)

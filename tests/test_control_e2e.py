@@ -387,3 +387,19 @@ def test_listing_keeps_unusual_keys_exact(daemon, s3, bucket):
     assert daemon.ok("GLOB", bucket, "plus+*") == ["plus+sign"]
     [path] = daemon.ok("PULL", bucket, "ünï/ké y")
     assert open(path, "rb").read() == "ünï/ké y".encode()
+
+
+def test_large_push_goes_multipart_and_pulls_back(daemon, s3, bucket, tmp_path, moto_server):
+    local = tmp_path / "large.bin"
+    with open(local, "wb") as f:
+        for _ in range(70):
+            f.write(os.urandom(1 << 20))
+    assert daemon.ok("PUSH", bucket, "big/large.bin", str(local)) == []
+    multipart = [r for r in moto_server.app.requests
+                 if r["method"] == "POST" and r["path"] == f"/{bucket}/big/large.bin"]
+    assert multipart, "a 70 MiB push should use a multipart upload"
+    head = s3.head_object(Bucket=bucket, Key="big/large.bin")
+    assert head["ContentLength"] == 70 << 20 and "-" in head["ETag"]
+    [path] = daemon.ok("PULL", bucket, "big/large.bin")
+    with open(path, "rb") as ours, open(local, "rb") as theirs:
+        assert ours.read() == theirs.read()

@@ -125,3 +125,39 @@ async def test_reconcile_rebuilds_the_index_from_disk(setup):
     assert (added, dropped) == (1, 1)
     assert access.count == 1 and access.total_bytes == 5
     assert not os.path.exists(orphan)
+
+
+async def test_listings_never_run_two_listings_of_one_bucket_at_once(tmp_path):
+    import threading
+    import time as time_module
+
+    from s3pool.backend import ListEntry
+    from s3pool.listing import Listings
+
+    class SlowBackend:
+        limiter = trio.CapacityLimiter(10)
+        running = 0
+        most = 0
+        calls = 0
+        lock = threading.Lock()
+
+        def iter_listing(self, bucket):
+            with self.lock:
+                SlowBackend.running += 1
+                SlowBackend.calls += 1
+                SlowBackend.most = max(SlowBackend.most, SlowBackend.running)
+            try:
+                time_module.sleep(0.2)
+                yield [ListEntry("k", 1, 0.0, '"e"')]
+            finally:
+                with self.lock:
+                    SlowBackend.running -= 1
+
+    listings = Listings(Layout.create(str(tmp_path)), SlowBackend())
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(listings.refresh, "bkt")
+    assert SlowBackend.most == 1
+    # the four that waited behind the first all asked before it finished: at
+    # most one more listing serves them all
+    assert SlowBackend.calls <= 2

@@ -454,6 +454,8 @@ class S3PoolOperations(pyfuse3.Operations):
         if handle is None:
             return
         os.close(handle.fd)
+        # reading counts as using: a file read for hours is not least recently used
+        self.cache.access.touch(handle.bucket, handle.key)
         inode = handle.inode
         pending = self._pending_switch.get(inode)
         if pending is not None and not any(
