@@ -29,11 +29,19 @@ setup() {
     fi
     local stamp="$venv/.s3pool-installed"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        "$venv/bin/pip" install -q -e ".[test,demo]" 2>&1 | grep -v "^WARNING: Location" || true
-        "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio" \
-            || { echo "dev.sh: installing the package failed" >&2; exit 1; }
+        echo "installing s3pool and its test extras into $venv" >&2
+        if ! "$venv/bin/pip" install -e ".[test,demo]" >"$venv/pip-install.log" 2>&1 \
+            || ! "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio"; then
+            tail -40 "$venv/pip-install.log" >&2
+            echo "dev.sh: installing the package failed (log: $venv/pip-install.log)" >&2
+            exit 1
+        fi
         touch "$stamp"
     fi
+    # an editable install does not copy data files: link the man pages where
+    # man(1) looks for the venv's commands (bin/ -> share/man/)
+    mkdir -p "$venv/share/man/man1"
+    ln -sf "$here/man/s3pool.1" "$here/man/s3poolctl.1" "$venv/share/man/man1/"
 }
 
 cmd="${1:-}"

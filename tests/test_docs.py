@@ -34,3 +34,15 @@ def test_man_page_renders():
     for section in ("OPTIONS", "PROTOCOL", "COMMANDS", "HOMEDIR LAYOUT", "SIGNALS",
                     "EXIT STATUS"):
         assert section in result.stdout
+
+
+def test_man_finds_the_page_beside_the_installed_command():
+    import os
+    import shutil
+
+    bin_dir = os.path.dirname(shutil.which("s3pool", path=os.path.dirname(sys.executable))
+                              or sys.executable)
+    result = subprocess.run(["man", "-w", "s3pool"], capture_output=True, text=True,
+                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("s3pool.1")
