@@ -155,7 +155,7 @@ class Evictor:
                     if self.cache.is_busy(bucket, key):
                         skip += 1
                         continue
-                    victims.append((bucket, key, size))
+                    victims.append((bucket, key, size, atime))
                     batch_bytes += size
                     if freed + batch_bytes >= need:
                         break
@@ -163,8 +163,9 @@ class Evictor:
                     if too_recent or len(batch) < BATCH:
                         break
                     continue
-                freed += await self._delete(victims)
-                count += len(victims)
+                freed_now, deleted = await self._delete(victims)
+                freed += freed_now
+                count += deleted
             stats = self.cache.stats
             stats.evictions += count
             stats.bytes_evicted += freed
@@ -173,16 +174,19 @@ class Evictor:
                     count, freed, need, time.monotonic() - started)
             return freed
 
-    async def _delete(self, victims: list[tuple[str, str, int]]) -> int:
-        """Delete victims under their key locks (meta first); returns bytes freed."""
+    async def _delete(self, victims: list[tuple[str, str, int, float]]) -> tuple[int, int]:
+        """Delete victims under their key locks (meta first); returns (bytes, objects)."""
         cache = self.cache
-        async with _locked_all(cache, [(b, k) for b, k, _ in victims]):
-            paths = [(b, k, cache.layout.object_path(b, k)) for b, k, _ in victims]
-            await trio.to_thread.run_sync(_delete_files, cache.layout.data_dir,
-                                          [p for _, _, p in paths], limiter=cache.disk_limiter)
-            for bucket, key, _ in victims:
+        async with _locked_all(cache, [(b, k) for b, k, _, _ in victims]):
+            # taking the locks yields to other tasks: a victim used meanwhile stays
+            victims = [v for v in victims
+                       if (cache.access.last_access(v[0], v[1]) or 0.0) <= v[3]]
+            paths = [cache.layout.object_path(b, k) for b, k, _, _ in victims]
+            await trio.to_thread.run_sync(_delete_files, cache.layout.data_dir, paths,
+                                          limiter=cache.disk_limiter)
+            for bucket, key, _, _ in victims:
                 cache.forget_cached(bucket, key)
-        return sum(size for _, _, size in victims)
+        return sum(v[2] for v in victims), len(victims)
 
 
 class _locked_all:
