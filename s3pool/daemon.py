@@ -77,7 +77,7 @@ def prepare_mountpoint(path: str) -> str:
     """Create the mount point if missing; it must be an empty directory."""
     path = os.path.abspath(path)
     try:
-        os.stat(path)
+        os.statvfs(path)  # goes to the filesystem: a dead FUSE mount answers ENOTCONN
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             # a previous daemon died with the mount up: clear the dead mount

@@ -161,3 +161,34 @@ async def test_listings_never_run_two_listings_of_one_bucket_at_once(tmp_path):
     # the four that waited behind the first all asked before it finished: at
     # most one more listing serves them all
     assert SlowBackend.calls <= 2
+
+
+async def test_glob_during_a_refresh_sees_the_old_listing_whole(tmp_path):
+    import threading
+
+    from s3pool.backend import ListEntry
+    from s3pool.listing import Listings, write_listing
+
+    layout = Layout.create(str(tmp_path))
+    write_listing(layout, "bkt", [[ListEntry(f"old/{i:04d}", 1, 0.0, "") for i in range(2000)]])
+    halfway = threading.Event()
+    release = threading.Event()
+
+    class PagedBackend:
+        limiter = trio.CapacityLimiter(10)
+
+        def iter_listing(self, bucket):
+            yield [ListEntry(f"new/{i:04d}", 1, 0.0, "") for i in range(1000)]
+            halfway.set()
+            release.wait(10)
+            yield [ListEntry(f"new/{i:04d}", 1, 0.0, "") for i in range(1000, 2000)]
+
+    listings = Listings(layout, PagedBackend())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listings.refresh, "bkt")
+        await trio.to_thread.run_sync(halfway.wait)
+        during = await listings.glob("bkt", "**")
+        release.set()
+    after = await listings.glob("bkt", "**")
+    assert during == [f"old/{i:04d}" for i in range(2000)]
+    assert after == [f"new/{i:04d}" for i in range(2000)]

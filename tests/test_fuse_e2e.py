@@ -223,3 +223,43 @@ def test_inodes_are_stable_and_big_directories_stream(start_daemon, s3, bucket):
     assert found.returncode == 0
     assert len(found.stdout.splitlines()) == 1 + 1 + 3000 + 1 + 1
     assert daemon.stop() == 0
+
+
+def test_restart_after_sigkill_clears_the_dead_mount(start_daemon, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    daemon = start_daemon(mount=True, args=["--bucket", bucket])
+    mountpoint = daemon.mountpoint
+    daemon.process.kill()
+    daemon.process.wait(10)
+    with pytest.raises(OSError) as info:
+        os.listdir(mountpoint)
+    assert info.value.errno == errno.ENOTCONN
+    again = start_daemon(mount=False, args=["--bucket", bucket, "-m", str(mountpoint)],
+                         port=daemon.port, home=daemon.home)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (mountpoint / bucket / "k").read_bytes() == b"v"
+    assert again.stop() == 0
+    assert not os.path.ismount(mountpoint)
+
+
+def test_a_directory_of_100000_entries_streams(start_daemon, tmp_path):
+    from s3pool.backend import ListEntry
+    from s3pool.layout import Layout
+    from s3pool.listing import write_listing
+
+    # the listing is what readdir serves: write a 100,000-key one directly
+    home = tmp_path / "home"
+    keys = [f"flat/{i:06d}.csv" for i in range(100_000)]
+    pages = ([ListEntry(k, 10, 1.7e9, '"e"') for k in keys[i:i + 1000]]
+             for i in range(0, len(keys), 1000))
+    assert write_listing(Layout.create(str(home)), "synthetic", pages) == 100_000
+    daemon = start_daemon(mount=True, home=home, args=["--bucket", "synthetic"])
+    flat = daemon.mountpoint / "synthetic" / "flat"
+    with os.scandir(flat) as entries:
+        names = [entry.name for entry in entries]
+    assert len(names) == 100_000 and len(set(names)) == 100_000
+    assert sorted(names)[:2] == ["000000.csv", "000001.csv"]
+    assert os.stat(flat / "099999.csv").st_size == 10
+    assert daemon.stop() == 0
