@@ -30,7 +30,7 @@ import trio
 from .access import AccessIndex
 from .backend import Backend, ObjectResponse
 from .errors import (
-    BadKey, BackendError, KeyConflict, LocalFileError, NoSpace, NoSuchBucket, NoSuchKey,
+    BadKey, BackendError, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
     S3PoolError,
 )
 from .layout import META_SUFFIX, Layout, check_bucket, check_key

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import raw_request, request
+from conftest import raw_request
 
 
 def put(s3, bucket, key, body: bytes):

@@ -2,7 +2,6 @@
 
 import random
 
-import pytest
 import trio
 
 from s3pool.errors import BackendError, NoSuchBucket
