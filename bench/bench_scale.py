@@ -209,7 +209,7 @@ def main() -> None:
         out.append(bench_eviction(args.objects))
     if args.only in (None, "memory"):
         out.append(bench_memory(args.keys))
-    print("\n".join(out))
+    Path(workdir("s3pool-bench-scale-") / "tables.md").write_text("\n".join(out))
 
 
 if __name__ == "__main__":
