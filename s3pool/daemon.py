@@ -26,7 +26,7 @@ from .access import AccessIndex
 from .backend import Backend
 from .cache import Cache
 from .control.server import ControlServer
-from .embedded import EmbeddedS3
+from .embedded import DEMO_BUCKET, EmbeddedS3
 from .errors import EXIT_MOUNT, EXIT_RUNNING, StartupError
 from .evictor import Evictor
 from .layout import Layout
@@ -124,6 +124,8 @@ class Daemon:
             self.embedded = EmbeddedS3(os.path.join(self.layout.log_dir, "embedded-s3.log"))
             self.exit_stack.callback(self.embedded.stop)
             credentials = self.embedded.credentials()
+            if DEMO_BUCKET not in options.buckets:
+                options.buckets.append(DEMO_BUCKET)  # shown at the mount's root
         self.backend = Backend(
             endpoint_url=self.embedded.endpoint_url if self.embedded else None,
             max_threads=max(64, 2 * self.settings.pull_concurrency),
