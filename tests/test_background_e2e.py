@@ -171,3 +171,19 @@ def test_a_deleted_bucket_leaves_the_round(start_daemon, s3, interval):
     assert "short-lived" not in daemon.status()["buckets_in_use"]
     assert "no longer exists" in daemon.log_text()
     assert daemon.stop() == 0
+
+
+def test_open_of_an_object_larger_than_the_cap_is_enospc(start_daemon, s3, bucket):
+    import errno
+
+    s3.put_object(Bucket=bucket, Key="huge", Body=os.urandom(200 * KIB))
+    s3.put_object(Bucket=bucket, Key="small", Body=b"fits")
+    daemon = start_daemon(mount=True, args=["--bucket", bucket,
+                                            "--max-cache-size", str(100 * KIB)])
+    root = daemon.mountpoint / bucket
+    with pytest.raises(OSError) as info:
+        (root / "huge").read_bytes()
+    assert info.value.errno == errno.ENOSPC
+    assert (root / "small").read_bytes() == b"fits"
+    assert os.listdir(daemon.home / "tmp") == []
+    assert daemon.stop() == 0
