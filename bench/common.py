@@ -22,15 +22,12 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+from s3pool.embedded import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
          "AWS_DEFAULT_REGION": "us-east-1"}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:

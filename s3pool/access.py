@@ -19,7 +19,7 @@ import os
 import sqlite3
 import time
 
-from .layout import LIST_NAME, INDEX_NAME, META_SUFFIX, Layout
+from .layout import INDEX_NAME, LIST_NAME, META_SUFFIX, Layout, unlink_quietly
 
 log = logging.getLogger(__name__)
 
@@ -206,18 +206,15 @@ class AccessIndex:
                     orphan_ok = st.st_mtime < started - 60
                     if name.endswith(META_SUFFIX):
                         if name[: -len(META_SUFFIX)] not in names and orphan_ok:
-                            _unlink_quietly(entry.path)  # meta without data
+                            _remove_orphan(entry.path)  # meta without data
                         continue
                     if name + META_SUFFIX not in names:
                         if orphan_ok:
-                            _unlink_quietly(entry.path)  # data without meta: never served
+                            _remove_orphan(entry.path)  # data without meta: never served
                         continue
                     yield bucket, prefix + name, st.st_size, max(st.st_atime, st.st_mtime)
 
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
+def _remove_orphan(path: str) -> None:
+    if unlink_quietly(path):
         log.info("removed orphan %s", path)
-    except OSError:
-        pass

@@ -33,7 +33,7 @@ from .errors import (
     BadKey, BackendError, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
     S3PoolError,
 )
-from .layout import META_SUFFIX, Layout, check_bucket, check_key
+from .layout import META_SUFFIX, Layout, check_bucket, check_key, unlink_quietly
 from .listing import Listings
 from .settings import Settings
 
@@ -315,7 +315,7 @@ class Cache:
                 os.close(fd)
             obj = await self._install(bucket, key, tmp_path, response.meta)
         finally:
-            _unlink_quietly(tmp_path)
+            unlink_quietly(tmp_path)
         log.debug("s3://%s/%s: %d bytes, fetched in %.3fs, synced in %.3fs, installed in %.3fs",
                   bucket, key, size, fetched - started, synced - fetched,
                   time.perf_counter() - synced)
@@ -361,7 +361,7 @@ class Cache:
                 limiter=self.disk_limiter,
             )
         except OSError as exc:
-            _unlink_quietly(tmp_meta)
+            unlink_quietly(tmp_meta)
             if exc.errno == errno.ENOSPC:
                 raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
             raise
@@ -382,7 +382,7 @@ class Cache:
         shadowed: list[str] = []
         for attempt in range(3):
             shadowed += self._make_parents(bucket, key)
-            _unlink_quietly(meta_path)  # the old version's meta goes first
+            unlink_quietly(meta_path)  # the old version's meta goes first
             try:
                 os.rename(tmp_path, path)
                 break
@@ -411,8 +411,8 @@ class Cache:
                     shadowed_key = "/".join(parts[: i + 1])
                     log.info("s3://%s/%s: key becomes a directory, dropping the cached file",
                              bucket, shadowed_key)
-                    _unlink_quietly(current + META_SUFFIX)
-                    _unlink_quietly(current)
+                    unlink_quietly(current + META_SUFFIX)
+                    unlink_quietly(current)
                     os.mkdir(current)
                     shadowed.append(shadowed_key)
             except FileNotFoundError:
@@ -422,8 +422,8 @@ class Cache:
     async def _remove(self, bucket: str, key: str) -> None:
         """Drop a cached object (meta first, then data). Caller holds its lock."""
         path = self.layout.object_path(bucket, key)
-        _unlink_quietly(path + META_SUFFIX)
-        _unlink_quietly(path)
+        unlink_quietly(path + META_SUFFIX)
+        unlink_quietly(path)
         self.forget_cached(bucket, key)
 
     def forget_cached(self, bucket: str, key: str) -> None:
@@ -474,7 +474,7 @@ class Cache:
                     self._mark_fresh(bucket, key)
                     self.access.record(bucket, key, meta["ContentLength"])
             finally:
-                _unlink_quietly(tmp_path)
+                unlink_quietly(tmp_path)
         return self.layout.object_path(bucket, key)
 
     # --- listings --------------------------------------------------------
@@ -539,15 +539,6 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except IsADirectoryError:
-        pass
 
 
 __all__ = ["Cache", "CachedObject", "Stats", "BadKey"]

@@ -43,7 +43,8 @@ def endpoint_configured() -> bool:
     return session.get_credentials() is not None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -53,7 +54,7 @@ class EmbeddedS3:
     """A moto server child process, stopped by :meth:`stop`."""
 
     def __init__(self, log_path: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "ab")
         try:

@@ -25,7 +25,7 @@ import trio
 
 from .cache import Cache
 from .errors import NoSpace
-from .layout import META_SUFFIX
+from .layout import META_SUFFIX, unlink_quietly
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +209,8 @@ class _locked_all:
 def _delete_files(data_dir: str, paths: list[str]) -> None:
     parents: set[str] = set()
     for path in paths:
-        for victim in (path + META_SUFFIX, path):
-            try:
-                os.unlink(victim)
-            except (FileNotFoundError, IsADirectoryError):
-                pass
+        unlink_quietly(path + META_SUFFIX)  # meta first: data without meta is not served
+        unlink_quietly(path)
         parents.add(os.path.dirname(path))
     # drop directories the evictions emptied, deepest first, never a BUCKETDIR
     for parent in sorted(parents, key=len, reverse=True):

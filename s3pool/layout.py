@@ -158,3 +158,12 @@ class Layout:
             except FileNotFoundError:
                 pass
         return removed
+
+
+def unlink_quietly(path: str) -> bool:
+    """Remove a file if it is there; True if it was."""
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    return True
