@@ -23,12 +23,13 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
 import trio
 
 from .access import AccessIndex
-from .backend import Backend, ObjectResponse
+from .backend import Backend, ListEntry, ObjectResponse
 from .errors import (
     BadKey, BackendError, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
     S3PoolError,
@@ -473,6 +474,8 @@ class Cache:
                     await self._install(bucket, key, tmp_path, meta)
                     self._mark_fresh(bucket, key)
                     self.access.record(bucket, key, meta["ContentLength"])
+                await self.listings.add_key(bucket, ListEntry(
+                    key, meta["ContentLength"], _listing_time(meta), meta.get("ETag") or ""))
             finally:
                 unlink_quietly(tmp_path)
         return self.layout.object_path(bucket, key)
@@ -525,6 +528,13 @@ class _LockedKey:
         entry.users -= 1
         if entry.users == 0:
             self.cache._key_locks.pop(self.ident, None)
+
+
+def _listing_time(meta: dict[str, Any]) -> float:
+    try:
+        return parsedate_to_datetime(meta["LastModified"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
 
 
 def _copy_and_sync(src: str, dst: str) -> None:

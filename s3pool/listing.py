@@ -73,6 +73,10 @@ class Listings:
         # a listing which started after its request ran is served by that one
         self._started: dict[str, int] = {}
         self._finished: dict[str, int] = {}
+        # PUSHes made while a listing of their bucket runs
+        self._pushed_meanwhile: dict[str, list[ListEntry]] = {}
+        # buckets whose __index__ holds keys (pushed) that __list__ lacks
+        self._list_stale: set[str] = set()
         self.disk_limiter = trio.CapacityLimiter(4)
 
     # --- refresh ---------------------------------------------------------
@@ -93,15 +97,48 @@ class Listings:
             if self._finished.get(bucket, 0) >= wanted:
                 return self._count(bucket)
             self._started[bucket] = self._started.get(bucket, 0) + 1
-            count = await trio.to_thread.run_sync(
-                self._build, bucket, limiter=self.backend.limiter
-            )
+            self._pushed_meanwhile[bucket] = []
+            try:
+                count = await trio.to_thread.run_sync(
+                    self._build, bucket, limiter=self.backend.limiter
+                )
+            finally:
+                pushed = self._pushed_meanwhile.pop(bucket, [])
             self._finished[bucket] = self._started[bucket]
+            self._list_stale.discard(bucket)
+            # a PUSH during the listing may be missing from it: put it back
+            for entry in pushed:
+                await self.add_key(bucket, entry)
         self.refreshes += 1
         self.last_refresh[bucket] = time.time()
         self._drop_conn(bucket)
         log.info("refreshed s3://%s: %d keys", bucket, count)
         return count
+
+    async def add_key(self, bucket: str, entry: ListEntry) -> None:
+        """Put a key we just uploaded into the index, so GLOB and the FUSE view
+        see it before the next listing (which will have it anyway)."""
+        if bucket in self._pushed_meanwhile:
+            self._pushed_meanwhile[bucket].append(entry)
+        path = self.layout.index_path(bucket)
+        if not os.path.exists(path):
+            return  # no listing yet: the first one will have the key
+
+        def insert() -> None:
+            db = sqlite3.connect(path)
+            try:
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry))
+                db.commit()
+            finally:
+                db.close()
+
+        try:
+            await trio.to_thread.run_sync(insert, limiter=self.disk_limiter)
+        except sqlite3.Error as exc:
+            log.warning("could not add s3://%s/%s to the index: %s", bucket, entry.key, exc)
+            return
+        self._list_stale.add(bucket)
 
     def _build(self, bucket: str) -> int:
         """Blocking: list the bucket into tmp/, then rename into place."""
@@ -242,9 +279,10 @@ class Listings:
         matchers = compile_glob(pattern)
         path = self.layout.index_path(bucket)
         list_path = self.layout.list_path(bucket)
+        list_complete = bucket not in self._list_stale
 
         def candidates(conn: sqlite3.Connection, prefix: str) -> Iterable[str]:
-            if not prefix:
+            if not prefix and list_complete:
                 # the whole listing: reading __list__ beats walking the index
                 with open(list_path, encoding="utf-8", errors="surrogateescape") as f:
                     for line in f:

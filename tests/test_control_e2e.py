@@ -403,3 +403,19 @@ def test_large_push_goes_multipart_and_pulls_back(daemon, s3, bucket, tmp_path, 
     [path] = daemon.ok("PULL", bucket, "big/large.bin")
     with open(path, "rb") as ours, open(local, "rb") as theirs:
         assert ours.read() == theirs.read()
+
+
+def test_pushed_keys_show_in_glob_before_the_next_refresh(daemon, s3, bucket, tmp_path):
+    put(s3, bucket, "out/a.csv", b"a")
+    assert daemon.ok("GLOB", bucket, "out/*") == ["out/a.csv"]  # listing made here
+    local = tmp_path / "b.csv"
+    local.write_bytes(b"b")
+    daemon.ok("PUSH", bucket, "out/b.csv", str(local))
+    daemon.ok("PUSH", bucket, "zz-new", str(local))
+    assert daemon.ok("GLOB", bucket, "out/*") == ["out/a.csv", "out/b.csv"]
+    assert daemon.ok("GLOB", bucket, "*") == ["zz-new"]
+    assert daemon.ok("GLOB", bucket, "**") == ["out/a.csv", "out/b.csv", "zz-new"]
+    daemon.ok("REFRESH", bucket)
+    assert daemon.ok("GLOB", bucket, "**") == ["out/a.csv", "out/b.csv", "zz-new"]
+    assert (daemon.data / bucket / "__list__").read_text().split() == [
+        "out/a.csv", "out/b.csv", "zz-new"]

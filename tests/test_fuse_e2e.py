@@ -263,3 +263,13 @@ def test_a_directory_of_100000_entries_streams(start_daemon, tmp_path):
     assert sorted(names)[:2] == ["000000.csv", "000001.csv"]
     assert os.stat(flat / "099999.csv").st_size == 10
     assert daemon.stop() == 0
+
+
+def test_a_pushed_key_appears_in_the_mount(mounted, bucket, tmp_path):
+    daemon, root = mounted
+    assert "fresh.txt" not in os.listdir(root)
+    local = tmp_path / "fresh.txt"
+    local.write_bytes(b"just pushed")
+    daemon.ok("PUSH", bucket, "fresh.txt", str(local))
+    assert "fresh.txt" in os.listdir(root)
+    assert (root / "fresh.txt").read_bytes() == b"just pushed"

@@ -1,0 +1,104 @@
+"""Unit tests of bucket listings: one listing at a time, atomic replacement,
+pushed keys kept across a refresh (fake backends, real files)."""
+
+import trio
+
+from s3pool.layout import Layout
+
+
+async def test_listings_never_run_two_listings_of_one_bucket_at_once(tmp_path):
+    import threading
+    import time as time_module
+
+    from s3pool.backend import ListEntry
+    from s3pool.listing import Listings
+
+    class SlowBackend:
+        limiter = trio.CapacityLimiter(10)
+        running = 0
+        most = 0
+        calls = 0
+        lock = threading.Lock()
+
+        def iter_listing(self, bucket):
+            with self.lock:
+                SlowBackend.running += 1
+                SlowBackend.calls += 1
+                SlowBackend.most = max(SlowBackend.most, SlowBackend.running)
+            try:
+                time_module.sleep(0.2)
+                yield [ListEntry("k", 1, 0.0, '"e"')]
+            finally:
+                with self.lock:
+                    SlowBackend.running -= 1
+
+    listings = Listings(Layout.create(str(tmp_path)), SlowBackend())
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(listings.refresh, "bkt")
+    assert SlowBackend.most == 1
+    # the four that waited behind the first all asked before it finished: at
+    # most one more listing serves them all
+    assert SlowBackend.calls <= 2
+
+
+async def test_glob_during_a_refresh_sees_the_old_listing_whole(tmp_path):
+    import threading
+
+    from s3pool.backend import ListEntry
+    from s3pool.listing import Listings, write_listing
+
+    layout = Layout.create(str(tmp_path))
+    write_listing(layout, "bkt", [[ListEntry(f"old/{i:04d}", 1, 0.0, "") for i in range(2000)]])
+    halfway = threading.Event()
+    release = threading.Event()
+
+    class PagedBackend:
+        limiter = trio.CapacityLimiter(10)
+
+        def iter_listing(self, bucket):
+            yield [ListEntry(f"new/{i:04d}", 1, 0.0, "") for i in range(1000)]
+            halfway.set()
+            release.wait(10)
+            yield [ListEntry(f"new/{i:04d}", 1, 0.0, "") for i in range(1000, 2000)]
+
+    listings = Listings(layout, PagedBackend())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listings.refresh, "bkt")
+        await trio.to_thread.run_sync(halfway.wait)
+        during = await listings.glob("bkt", "**")
+        release.set()
+    after = await listings.glob("bkt", "**")
+    assert during == [f"old/{i:04d}" for i in range(2000)]
+    assert after == [f"new/{i:04d}" for i in range(2000)]
+
+
+async def test_a_push_during_a_refresh_survives_the_new_listing(tmp_path):
+    import threading
+
+    from s3pool.backend import ListEntry
+    from s3pool.listing import Listings, write_listing
+
+    layout = Layout.create(str(tmp_path))
+    write_listing(layout, "bkt", [[ListEntry("a", 1, 0.0, "")]])
+    halfway = threading.Event()
+    release = threading.Event()
+
+    class PagedBackend:
+        limiter = trio.CapacityLimiter(10)
+
+        def iter_listing(self, bucket):
+            yield [ListEntry("a", 1, 0.0, "")]
+            halfway.set()
+            release.wait(10)
+            yield [ListEntry("c", 1, 0.0, "")]  # listed before "b" was uploaded
+
+    listings = Listings(layout, PagedBackend())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listings.refresh, "bkt")
+        await trio.to_thread.run_sync(halfway.wait)
+        await listings.add_key("bkt", ListEntry("b", 5, 0.0, '"x"'))
+        assert await listings.glob("bkt", "*") == ["a", "b"]
+        release.set()
+    assert await listings.glob("bkt", "*") == ["a", "b", "c"]
+    assert listings.key_info("bkt", "b") == (5, 0.0, '"x"')
