@@ -55,6 +55,7 @@ class Stats:
     hits: int = 0
     misses: int = 0
     revalidations: int = 0  # conditional GETs answered 304
+    stale_served: int = 0  # copies served unchecked because S3 failed (stale_on_error)
     downloads: int = 0
     bytes_downloaded: int = 0
     pushes: int = 0
@@ -130,14 +131,17 @@ class Cache:
         return entry is not None and entry.users > 0
 
     def _is_fresh(self, bucket: str, key: str) -> bool:
+        return self._checked_within(bucket, key, self.settings.freshness_window)
+
+    def _checked_within(self, bucket: str, key: str, seconds: float) -> bool:
         checked = self._checked.get((bucket, key))
-        return checked is not None and trio.current_time() - checked < self.settings.freshness_window
+        return checked is not None and trio.current_time() - checked < seconds
 
     def _mark_fresh(self, bucket: str, key: str) -> None:
         now = trio.current_time()
         self._checked[(bucket, key)] = now
         if len(self._checked) > 100_000:
-            horizon = now - self.settings.freshness_window
+            horizon = now - max(self.settings.freshness_window, self.settings.stale_on_error)
             self._checked = {k: t for k, t in self._checked.items() if t >= horizon}
 
     # --- reading what is on disk -----------------------------------------
@@ -273,6 +277,15 @@ class Cache:
                 if obj is not None:
                     # deleted on S3: never serve it again
                     await self._remove(bucket, key)
+                raise
+            except BackendError as exc:
+                if obj is not None and self._checked_within(bucket, key,
+                                                            self.settings.stale_on_error):
+                    log.warning("S3 failed for s3://%s/%s (%s); serving the copy checked "
+                                "%.0fs ago (stale_on_error)", bucket, key, exc,
+                                trio.current_time() - self._checked[(bucket, key)])
+                    self.stats.stale_served += 1
+                    return obj
                 raise
             if response is None:
                 assert obj is not None

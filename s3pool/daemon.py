@@ -172,7 +172,8 @@ class Daemon:
             ("endpoint", self.backend.describe()),
             ("mountpoint", self.mountpoint or "-"),
         ]
-        for name in ("pulls", "hits", "misses", "revalidations", "downloads", "bytes_downloaded",
+        for name in ("pulls", "hits", "misses", "revalidations", "stale_served", "downloads",
+                     "bytes_downloaded",
                      "pushes", "bytes_uploaded", "globs", "refreshes", "errors", "evictions",
                      "bytes_evicted"):
             lines.append((name, getattr(stats, name)))

@@ -75,6 +75,9 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("freshness_window", 120.0, parse_seconds,
                 "seconds after an ETag check during which a cached object is served "
                 "with no S3 request", "SECONDS"),
+    SettingSpec("stale_on_error", 0.0, parse_seconds,
+                "if S3 cannot be reached, serve a cached copy checked within this many "
+                "seconds instead of failing (0 = never serve unchecked data)", "SECONDS"),
     SettingSpec("refresh_interval", 300.0, parse_seconds,
                 "seconds between background refreshes of the listings of the buckets "
                 "in use", "SECONDS"),

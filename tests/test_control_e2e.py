@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import raw_request
+from conftest import MotoServer, raw_request
 
 
 def put(s3, bucket, key, body: bytes):
@@ -419,3 +419,22 @@ def test_pushed_keys_show_in_glob_before_the_next_refresh(daemon, s3, bucket, tm
     assert daemon.ok("GLOB", bucket, "**") == ["out/a.csv", "out/b.csv", "zz-new"]
     assert (daemon.data / bucket / "__list__").read_text().split() == [
         "out/a.csv", "out/b.csv", "zz-new"]
+
+
+def test_stale_on_error_serves_the_checked_copy_while_s3_is_down(start_daemon):
+    server = MotoServer()
+    client = server.client()
+    client.create_bucket(Bucket="flaky")
+    client.put_object(Bucket="flaky", Key="k", Body=b"cached")
+    daemon = start_daemon(endpoint=server.endpoint,
+                          args=["--freshness-window", "0", "--stale-on-error", "600"])
+    [path] = daemon.ok("PULL", "flaky", "k")
+    server.stop()
+    assert daemon.ok("PULL", "flaky", "k") == [path]  # S3 down: the checked copy
+    status, lines = daemon.request("PULL", "flaky", "never-cached")
+    assert status == "ERROR"
+    assert int(daemon.status()["stale_served"]) == 1
+    daemon.ok("SET", "stale_on_error", "0")
+    status, lines = daemon.request("PULL", "flaky", "k")
+    assert status == "ERROR" and "k" in lines[0]
+    assert daemon.stop() == 0

@@ -273,3 +273,4 @@ def test_a_pushed_key_appears_in_the_mount(mounted, bucket, tmp_path):
     daemon.ok("PUSH", bucket, "fresh.txt", str(local))
     assert "fresh.txt" in os.listdir(root)
     assert (root / "fresh.txt").read_bytes() == b"just pushed"
+
