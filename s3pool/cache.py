@@ -464,34 +464,48 @@ class Cache:
         async with self.key_lock(bucket, key):
             self._check_conflict(bucket, key)
             self.cached(bucket, key)  # raises KeyConflict for a directory on disk
-            # copy first: what we upload is exactly what we install, even if
-            # the caller rewrites its file meanwhile
-            fd, tmp_path = tempfile.mkstemp(prefix="push.", dir=self.layout.tmp_dir)
-            os.close(fd)
+            # whatever happens next, the old cached bytes are not served again
+            await self._remove(bucket, key)
+            tmp_path = await self._copy_for_push(local_path, st.st_size)
             try:
-                try:
-                    await trio.to_thread.run_sync(
-                        _copy_and_sync, local_path, tmp_path, limiter=self.disk_limiter
-                    )
-                except OSError as exc:
-                    raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
-                # whatever happens next, the old cached bytes are not served again
-                await self._remove(bucket, key)
-                await self.backend.upload_file(bucket, key, tmp_path)
+                # upload the copy when there is one: what is uploaded is then
+                # exactly what is installed, even if the caller rewrites its file
+                await self.backend.upload_file(bucket, key, tmp_path or local_path)
                 self.stats.pushes += 1
                 self.stats.bytes_uploaded += st.st_size
                 meta = await self.backend.head_object(bucket, key)
-                if meta["ContentLength"] == os.path.getsize(tmp_path):
-                    if self.make_room is not None:
-                        await self.make_room(0)
+                if tmp_path and meta["ContentLength"] == os.path.getsize(tmp_path):
                     await self._install(bucket, key, tmp_path, meta)
                     self._mark_fresh(bucket, key)
                     self.access.record(bucket, key, meta["ContentLength"])
                 await self.listings.add_key(bucket, ListEntry(
                     key, meta["ContentLength"], _listing_time(meta), meta.get("ETag") or ""))
             finally:
-                unlink_quietly(tmp_path)
+                if tmp_path:
+                    unlink_quietly(tmp_path)
         return self.layout.object_path(bucket, key)
+
+    async def _copy_for_push(self, local_path: str, size: int) -> str | None:
+        """A synced copy of *local_path* in tmp/, or None if the cache has no room."""
+        try:
+            if self.make_room is not None:
+                await self.make_room(size)
+        except NoSpace:
+            log.info("%s (%d bytes) does not fit in the cache: uploading it uncached",
+                     local_path, size)
+            return None
+        fd, tmp_path = tempfile.mkstemp(prefix="push.", dir=self.layout.tmp_dir)
+        os.close(fd)
+        try:
+            await trio.to_thread.run_sync(_copy_and_sync, local_path, tmp_path,
+                                          limiter=self.disk_limiter)
+        except OSError as exc:
+            unlink_quietly(tmp_path)
+            if exc.errno == errno.ENOSPC:
+                log.info("no room to cache %s: uploading it uncached", local_path)
+                return None
+            raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
+        return tmp_path
 
     # --- listings --------------------------------------------------------
 

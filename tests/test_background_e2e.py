@@ -187,3 +187,14 @@ def test_open_of_an_object_larger_than_the_cap_is_enospc(start_daemon, s3, bucke
     assert (root / "small").read_bytes() == b"fits"
     assert os.listdir(daemon.home / "tmp") == []
     assert daemon.stop() == 0
+
+
+def test_push_larger_than_the_cap_uploads_uncached(start_daemon, s3, bucket, tmp_path):
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(300 * KIB))
+    daemon = start_daemon(args=["--max-cache-size", str(100 * KIB)])
+    assert daemon.ok("PUSH", bucket, "big.bin", str(local)) == []
+    assert s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == local.read_bytes()
+    assert not (daemon.data / bucket / "big.bin").exists()
+    assert os.listdir(daemon.home / "tmp") == []
+    assert daemon.stop() == 0
