@@ -18,6 +18,7 @@ FUSEError, and anything else escaping an op would take the mount down.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -55,6 +56,27 @@ ERRNO_FOR: dict[type[Exception], int] = {
 ATTR_TIMEOUT = 10.0
 NEGATIVE_BUCKET_TTL = 30.0
 ROOT = pyfuse3.ROOT_INODE
+
+
+def guarded(op: Callable[..., Any]) -> Callable[..., Any]:
+    """Let only FUSEError leave an operation: pyfuse3 handles nothing else,
+    and any other exception escaping an op would take the mount down."""
+
+    @functools.wraps(op)
+    async def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            return await op(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except S3PoolError as exc:
+            raise fuse_error(exc) from None
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("FUSE %s%r failed", op.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
 
 
 def fuse_error(exc: Exception) -> pyfuse3.FUSEError:
@@ -259,14 +281,16 @@ class S3PoolOperations(pyfuse3.Operations):
 
     # --- lookups and attributes --------------------------------------------
 
+    @guarded
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         text = os.fsdecode(name)
-        if text == ".":
-            return await self.getattr(parent_inode)
-        if text == "..":
-            return await self.getattr(self._parent_inode(parent))
+        if text in (".", ".."):
+            inode = parent_inode if text == "." else self._parent_inode(parent)
+            attrs = await self.getattr(inode)
+            self.nodes[inode].lookups += 1  # a lookup reply counts, whatever the name
+            return attrs
         if not parent.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if parent_inode == ROOT:
@@ -290,6 +314,7 @@ class S3PoolOperations(pyfuse3.Operations):
         parent_path = node.path.rpartition("/")[0]
         return inode_for(node.bucket, parent_path, True)
 
+    @guarded
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if not node.is_dir:
@@ -299,6 +324,12 @@ class S3PoolOperations(pyfuse3.Operations):
         return self._attrs(inode, node)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        try:
+            self._forget(inode_list)
+        except Exception:  # forget may not raise at all
+            log.exception("FUSE forget failed")
+
+    def _forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             node = self.nodes.get(inode)
             if node is None or inode == ROOT:
@@ -308,6 +339,7 @@ class S3PoolOperations(pyfuse3.Operations):
                 del self.nodes[inode]
                 self._kernel_etag.pop(inode, None)
 
+    @guarded
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
         st = os.statvfs(self.layout.data_dir)
         data = pyfuse3.StatvfsData()
@@ -318,6 +350,7 @@ class S3PoolOperations(pyfuse3.Operations):
 
     # --- directories -----------------------------------------------------
 
+    @guarded
     async def opendir(self, inode: int, ctx: Any = None) -> int:
         node = self._node(inode)
         if not node.is_dir:
@@ -328,6 +361,7 @@ class S3PoolOperations(pyfuse3.Operations):
         self.dirs[fh] = DirHandle(inode)
         return fh
 
+    @guarded
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         handle = self.dirs.get(fh)
         if handle is None:
@@ -381,11 +415,13 @@ class S3PoolOperations(pyfuse3.Operations):
             handle.position += 1
             handle.after = (entry.name, entry.is_dir)
 
+    @guarded
     async def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
 
     # --- files -----------------------------------------------------------
 
+    @guarded
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if node.is_dir:
@@ -438,6 +474,7 @@ class S3PoolOperations(pyfuse3.Operations):
             self._size_suspect.add(inode)
             self.spawn(self._invalidate, inode)
 
+    @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.files.get(fh)
         if handle is None:
@@ -449,6 +486,7 @@ class S3PoolOperations(pyfuse3.Operations):
             log.warning("read of s3://%s/%s failed: %s", handle.bucket, handle.key, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
 
+    @guarded
     async def release(self, fh: int) -> None:
         handle = self.files.pop(fh, None)
         if handle is None:
