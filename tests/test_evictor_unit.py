@@ -125,3 +125,23 @@ async def test_reconcile_rebuilds_the_index_from_disk(setup):
     assert (added, dropped) == (1, 1)
     assert access.count == 1 and access.total_bytes == 5
     assert not os.path.exists(orphan)
+
+
+async def test_without_a_wake_up_the_loop_acts_at_its_poll_interval(setup, autojump_clock):
+    layout, access, cache, evictor, settings = setup
+
+    async def no_reconcile():
+        evictor.reconciled.set()
+
+    evictor._reconcile = no_reconcile
+    async with trio.open_nursery() as nursery:
+        await nursery.start(evictor.run)
+        await trio.sleep(1)
+        assert evictor.runs == 0
+        for i in range(10):  # over the mark, behind the loop's back
+            put_cached(layout, access, f"k{i}", 1000, atime=1000 + i)
+        await trio.sleep(58)
+        assert evictor.runs == 0  # the poll interval is 60 s
+        await trio.sleep(2)
+        assert evictor.runs == 1
+        nursery.cancel_scope.cancel()
