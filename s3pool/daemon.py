@@ -184,6 +184,8 @@ class Daemon:
             ("buckets_in_use", ",".join(sorted(self.cache.buckets_in_use)) or "-"),
             ("downloads_in_progress", self.cache.download_limiter.borrowed_tokens),
             ("refresh_rounds", self.refresher.rounds),
+            ("refresh_failures", self.refresher.failures),
+            ("connections", self.server.connections),
         ]
         if self.fs is not None:
             lines += self.fs.status_lines()

@@ -73,15 +73,6 @@ def check_key(key: str) -> str:
     return key
 
 
-def is_cacheable_key(key: str) -> bool:
-    """True if *key* can live on disk (listings keep every key, the disk cannot)."""
-    try:
-        check_key(key)
-    except BadKey:
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class Layout:
     """Paths under one HOMEDIR (absolute)."""

@@ -67,7 +67,6 @@ class Listings:
         self.backend = backend
         self._locks: dict[str, trio.Lock] = {}
         self._conns: dict[str, tuple[int, sqlite3.Connection]] = {}
-        self.refreshes = 0
         self.last_refresh: dict[str, float] = {}
         # listings of a bucket started / finished: a caller that waited while
         # a listing which started after its request ran is served by that one
@@ -109,7 +108,6 @@ class Listings:
             # a PUSH during the listing may be missing from it: put it back
             for entry in pushed:
                 await self.add_key(bucket, entry)
-        self.refreshes += 1
         self.last_refresh[bucket] = time.time()
         self._drop_conn(bucket)
         log.info("refreshed s3://%s: %d keys", bucket, count)

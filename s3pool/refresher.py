@@ -36,7 +36,6 @@ class Refresher:
         self.wakeup = trio.Event()
         self.rounds = 0
         self.failures = 0
-        self.last_round_at: float | None = None
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -74,4 +73,3 @@ class Refresher:
             except Exception as exc:
                 self.failures += 1
                 log.warning("refresh of %s failed (%s); trying again next round", bucket, exc)
-        self.last_round_at = trio.current_time()
