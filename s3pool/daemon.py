@@ -223,6 +223,7 @@ class Daemon:
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
                     break
+                self.backend.stopping.set()
                 if self.fs is not None:
                     await self.fs.stop()
                 nursery.cancel_scope.cancel()

@@ -438,3 +438,23 @@ def test_stale_on_error_serves_the_checked_copy_while_s3_is_down(start_daemon):
     status, lines = daemon.request("PULL", "flaky", "k")
     assert status == "ERROR" and "k" in lines[0]
     assert daemon.stop() == 0
+
+
+def test_sigterm_does_not_wait_for_a_slow_download(start_daemon, s3, bucket, moto_server):
+    put(s3, bucket, "crawl", os.urandom(2 << 20))
+    moto_server.app.slow_paths[f"/{bucket}/crawl"] = 0.5  # a minute for the whole body
+    daemon = start_daemon()
+    puller = threading.Thread(target=lambda: daemon.request("PULL", bucket, "crawl"),
+                              daemon=True)
+    puller.start()
+    tmp_dir = daemon.home / "tmp"
+    deadline = time.monotonic() + 20
+    while not any(p.stat().st_size for p in tmp_dir.iterdir()):
+        assert time.monotonic() < deadline, "the download never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 10
+    assert list(tmp_dir.iterdir()) == []
+    assert not (daemon.data / bucket / "crawl").exists()
+    moto_server.app.slow_paths.clear()
