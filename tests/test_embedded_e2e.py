@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 from conftest import ROOT, free_port, request
 
 
@@ -35,11 +37,11 @@ def test_no_endpoint_no_credentials_means_embedded_demo_s3(tmp_path):
         assert request(port, "GLOB", "s3pool-demo", "data/**")[1] == [
             "data/2026/11/events.jsonl", "data/numbers.csv"]
         assert "EMBEDDED demo S3" in (tmp_path / "stderr").read_text()
+        moto_children = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                         if "moto.server" in " ".join(c.cmdline())]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         log.close()
     # the embedded server went away with the daemon
-    assert "moto.server" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
-                                               text=True).stdout.replace(
-        "tests/test_embedded", "")
+    assert moto_children and not [c for c in moto_children if c.is_running()]
