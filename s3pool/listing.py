@@ -32,7 +32,6 @@ CREATE TABLE info (name TEXT PRIMARY KEY, value);
 """
 # Sorts after every character a key can hold: the end of a prefix range.
 _TOP = chr(0x10FFFF)
-_BATCH = 512
 
 
 @dataclass(frozen=True)
@@ -239,37 +238,35 @@ class Listings:
             lo, inclusive = dir_prefix + after[0], False
         cut = len(dir_prefix)
         while True:
+            # stepped lazily: a subdirectory ends the statement after one row,
+            # a flat directory of 100,000 files is one statement
             op = ">=" if inclusive else ">"
-            rows = conn.execute(
+            cursor = conn.execute(
                 f"SELECT key, size, mtime, etag FROM keys WHERE key {op} ? AND key < ? "
-                f"ORDER BY key LIMIT {_BATCH}", (lo, hi),
-            ).fetchall()
-            if not rows:
-                return
-            jumped = False
-            for i, (key, size, mtime, etag) in enumerate(rows):
+                "ORDER BY key", (lo, hi),
+            )
+            row = cursor.fetchone()
+            while row is not None:
+                key, size, mtime, etag = row
                 rest = key[cut:]
                 slash = rest.find("/")
-                if slash < 0:
-                    lo, inclusive = key, False
-                    if not visible_name(rest, at_root):
-                        continue
-                    # keys under "key/" sort right after "key" and the keys that
-                    # extend it with a character below '/': unless the next key
-                    # starts with "key", there are none
-                    following = rows[i + 1][0] if i + 1 < len(rows) else None
-                    shadowed = (following is None or following.startswith(key)) \
-                        and self.has_children(bucket, key)
-                    if not shadowed:
-                        yield Entry(rest, False, int(size), float(mtime), etag)
-                    continue
-                name = rest[:slash]
-                if visible_name(name, at_root):
-                    yield Entry(name, True)
-                lo, inclusive = dir_prefix + name + "0", True
-                jumped = True
-                break
-            if not jumped and len(rows) < _BATCH:
+                if slash >= 0:
+                    name = rest[:slash]
+                    if visible_name(name, at_root):
+                        yield Entry(name, True)
+                    lo, inclusive = dir_prefix + name + "0", True  # '0' follows '/'
+                    break
+                following = cursor.fetchone()
+                lo, inclusive = key, False
+                # keys under "key/" sort right after "key" and the keys that
+                # extend it with a character below '/': unless the next key
+                # starts with "key", there are none
+                if visible_name(rest, at_root) and not (
+                        following is not None and following[0].startswith(key)
+                        and self.has_children(bucket, key)):
+                    yield Entry(rest, False, int(size), float(mtime), etag)
+                row = following
+            else:
                 return
 
     async def glob(self, bucket: str, pattern: str) -> list[str]:
