@@ -61,7 +61,9 @@ COMMANDS = {
             "key shadowed by keys under KEY/ is refused: on disk the directory wins.",
     "PUSH": "Upload the file at the absolute path ABSPATH to KEY (multipart above 64 MiB). The "
             "uploaded bytes are installed in the cache, so the old version is never served "
-            "again. Relative paths, missing files and non-regular files are errors.",
+            "again, and the key is added to the listing at once. Relative paths, missing files "
+            "and non-regular files are errors. A client on this host running as another user "
+            "may push only files that user could read.",
     "GLOB": "Reply with the keys of the bucket's listing that match PATTERN, in key order. * and "
             "? do not cross /, ** does (**/ also matches no directory), [...] classes with ! or ^ "
             "negation, {a,b} alternatives, backslash escapes. Only keys under the literal prefix "

@@ -9,15 +9,17 @@ logs every request with its status and elapsed milliseconds.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable
 
 import trio
 
 from ..cache import Cache
-from ..errors import BadRequest, S3PoolError
+from ..errors import BadRequest, LocalFileError, S3PoolError
 from ..logs import RequestLog
 from ..settings import format_value
+from .peer import OpenedForPeer, local_peer_uid
 from .protocol import MAX_REQUEST_BYTES, Request, format_done, format_error, format_list, parse_request
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,10 @@ class ControlServer:
                 line = await self._receive_line(stream, complete)
                 request = parse_request(line)
                 summary = _summarize(request)
-                reply = await self.dispatch(request)
+                if request.command == "PUSH":
+                    reply = await self._push(request, local_peer_uid(stream.socket))
+                else:
+                    reply = await self.dispatch(request)
                 status = "OK"
             except S3PoolError as exc:
                 self.cache.stats.errors += 1
@@ -79,6 +84,17 @@ class ControlServer:
                     await stream.aclose()
             elapsed = (time.perf_counter() - started) * 1000
             self.request_log.write(f"{summary} -> {status} {elapsed:.1f}ms")
+
+    async def _push(self, request: Request, uid: int | None) -> bytes:
+        """PUSH for a client of this host reads only what its user may read."""
+        bucket, key, path = request.args
+        if uid is None or uid == os.geteuid():
+            return await self.dispatch(request)
+        if not os.path.isabs(path):
+            raise LocalFileError(f"path {path!r} is not absolute")
+        with OpenedForPeer(path, uid) as proxy_path:
+            await self.cache.push(bucket, key, proxy_path)
+        return format_done()
 
     async def _drain(self, stream: trio.SocketStream) -> None:
         """Read what the client is still sending (an oversized request).
