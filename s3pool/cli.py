@@ -105,12 +105,13 @@ def run_daemon(args: argparse.Namespace) -> int:
     try:
         daemon = Daemon(options)
         trio.run(daemon.run)
-    except StartupError as exc:
-        log.error("%s", exc)
-        return exc.code
     except KeyboardInterrupt:
         pass
     except Exception as exc:
+        startup = _find(exc, StartupError)  # trio wraps task errors in groups
+        if startup is not None:
+            log.error("%s", startup)
+            return startup.code
         log.exception("fatal error: %s", exc)
         return 1
     finally:
@@ -118,6 +119,18 @@ def run_daemon(args: argparse.Namespace) -> int:
             daemon.close()
     log.info("s3pool stopped")
     return 0
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """*exc* itself or the first *kind* inside (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -458,3 +458,23 @@ def test_sigterm_does_not_wait_for_a_slow_download(start_daemon, s3, bucket, mot
     assert list(tmp_dir.iterdir()) == []
     assert not (daemon.data / bucket / "crawl").exists()
     moto_server.app.slow_paths.clear()
+
+
+def test_port_in_use_is_a_clear_startup_error(tmp_path, moto_server):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "s3pool.cli", "-p", str(port), "-D", str(tmp_path / "h"),
+             "--embedded-s3", "no"], capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, AWS_ENDPOINT_URL=moto_server.endpoint),
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "h" / "s3pool.pid").exists()

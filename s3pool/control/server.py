@@ -16,7 +16,7 @@ from typing import Any, Callable
 import trio
 
 from ..cache import Cache
-from ..errors import BadRequest, LocalFileError, S3PoolError
+from ..errors import BadRequest, LocalFileError, S3PoolError, StartupError
 from ..logs import RequestLog
 from ..settings import format_value
 from .peer import OpenedForPeer, local_peer_uid
@@ -41,7 +41,10 @@ class ControlServer:
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         task_status.started(listeners)
         await trio.serve_listeners(self.handle, listeners)
 
