@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+from s3pool.client import exchange  # noqa: E402
 from s3pool.embedded import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,12 +104,8 @@ class Daemon:
             time.sleep(0.05)
 
     def request(self, *words: str) -> tuple[str, list[str]]:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=600) as sock:
-            sock.sendall(json.dumps(list(words)).encode() + b"\n")
-            chunks = []
-            while chunk := sock.recv(1 << 16):
-                chunks.append(chunk)
-        status, _, payload = b"".join(chunks).decode().partition("\n")
+        reply = exchange("127.0.0.1", self.port, json.dumps(list(words)).encode() + b"\n")
+        status, _, payload = reply.decode().partition("\n")
         return status, payload.split("\n")[:-1]
 
     def peak_rss(self) -> int:

@@ -21,6 +21,19 @@ class S3PoolClientError(Exception):
     """The daemon answered ERROR (the message is its one-line reason)."""
 
 
+def exchange(host: str, port: int, data: bytes, timeout: float | None = 600.0,
+             shut_write: bool = False) -> bytes:
+    """Send *data* on a new connection and read the reply until the server closes."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Client:
     def __init__(self, host: str = "127.0.0.1", port: int = 9000, timeout: float | None = 600.0):
         self.host = host
@@ -30,15 +43,8 @@ class Client:
     def request(self, *words: str) -> list[str]:
         """Send one request; return the OK payload's lines."""
         line = json.dumps(list(words)).encode() + b"\n"
-        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
-            sock.sendall(line)
-            chunks = []
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        reply = b"".join(chunks).decode("utf-8", "surrogateescape")
+        reply = exchange(self.host, self.port, line, self.timeout).decode(
+            "utf-8", "surrogateescape")
         status, _, payload = reply.partition("\n")
         if status == "ERROR":
             raise S3PoolClientError(payload.strip())

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
+from s3pool.client import exchange  # noqa: E402
 from s3pool.embedded import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,19 +123,9 @@ def bucket(s3):
     return name
 
 
-def raw_request(port: int, data: bytes, timeout: float = 30.0, shut_write: bool = True) -> bytes:
-    """Send bytes to the control socket, read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        if shut_write:
-            sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+def raw_request(port: int, data: bytes, timeout: float = 30.0) -> bytes:
+    """Send bytes to the control socket (then EOF), read until the server closes."""
+    return exchange("127.0.0.1", port, data, timeout, shut_write=True)
 
 
 def request(port: int, *words: str, timeout: float = 60.0) -> tuple[str, list[str]]:

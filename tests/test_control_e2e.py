@@ -295,24 +295,24 @@ def test_clean_restart_serves_the_cache_with_one_conditional_request(start_daemo
     assert daemon.stop() == 0
 
 
+def pull_in_the_background(daemon, moto_server, bucket, key, delay):
+    """Start a PULL that S3 answers slowly; return tmp/ once bytes arrive there."""
+    moto_server.app.slow_paths[f"/{bucket}/{key}"] = delay
+    threading.Thread(target=lambda: daemon.request("PULL", bucket, key), daemon=True).start()
+    tmp_dir = daemon.home / "tmp"
+    deadline = time.monotonic() + 20
+    while not any(p.stat().st_size for p in tmp_dir.iterdir()):
+        assert time.monotonic() < deadline, "the download never started"
+        time.sleep(0.02)
+    return tmp_dir
+
+
 def test_sigkill_mid_download_never_serves_a_partial_file(start_daemon, s3, bucket,
                                                           moto_server):
     body = os.urandom(3 << 20)
     put(s3, bucket, "slow", body)
-    moto_server.app.slow_paths[f"/{bucket}/slow"] = 0.05
     daemon = start_daemon()
-    puller = threading.Thread(target=lambda: daemon.request("PULL", bucket, "slow"),
-                              daemon=True)
-    puller.start()
-    tmp_dir = daemon.home / "tmp"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        partial = [p for p in tmp_dir.iterdir() if p.stat().st_size > 0]
-        if partial:
-            break
-        time.sleep(0.02)
-    else:
-        pytest.fail("the download never started")
+    tmp_dir = pull_in_the_background(daemon, moto_server, bucket, "slow", 0.05)
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait(10)
     assert not (daemon.data / bucket / "slow__meta__").exists()
@@ -442,16 +442,9 @@ def test_stale_on_error_serves_the_checked_copy_while_s3_is_down(start_daemon):
 
 def test_sigterm_does_not_wait_for_a_slow_download(start_daemon, s3, bucket, moto_server):
     put(s3, bucket, "crawl", os.urandom(2 << 20))
-    moto_server.app.slow_paths[f"/{bucket}/crawl"] = 0.5  # a minute for the whole body
     daemon = start_daemon()
-    puller = threading.Thread(target=lambda: daemon.request("PULL", bucket, "crawl"),
-                              daemon=True)
-    puller.start()
-    tmp_dir = daemon.home / "tmp"
-    deadline = time.monotonic() + 20
-    while not any(p.stat().st_size for p in tmp_dir.iterdir()):
-        assert time.monotonic() < deadline, "the download never started"
-        time.sleep(0.05)
+    # half a second per 64 KiB: a minute for the whole body
+    tmp_dir = pull_in_the_background(daemon, moto_server, bucket, "crawl", 0.5)
     started = time.monotonic()
     assert daemon.stop() == 0
     assert time.monotonic() - started < 10

@@ -23,6 +23,13 @@ def push_as(uid, port, bucket, key, path):
     return result.stdout
 
 
+def make_file(path, text, mode):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
 @pytest.fixture
 def public_dir():
     path = tempfile.mkdtemp(prefix="s3pool-push-", dir="/tmp")
@@ -33,20 +40,12 @@ def public_dir():
 
 def test_other_users_push_only_what_they_can_read(daemon, s3, bucket, public_dir):
     assert os.geteuid() == 0, "the daemon must run as root for this test"
-    readable = os.path.join(public_dir, "readable.txt")
-    with open(readable, "w") as f:
-        f.write("anyone may read this")
-    os.chmod(readable, 0o644)
-    secret = os.path.join(public_dir, "secret.txt")
-    with open(secret, "w") as f:
-        f.write("root only")
-    os.chmod(secret, 0o600)
+    readable = make_file(os.path.join(public_dir, "readable.txt"), "anyone may read this", 0o644)
+    secret = make_file(os.path.join(public_dir, "secret.txt"), "root only", 0o600)
     hidden_dir = os.path.join(public_dir, "private")
     os.mkdir(hidden_dir, 0o700)
-    behind = os.path.join(hidden_dir, "world-readable-but-unreachable.txt")
-    with open(behind, "w") as f:
-        f.write("x")
-    os.chmod(behind, 0o644)
+    behind = make_file(os.path.join(hidden_dir, "world-readable-but-unreachable.txt"), "x",
+                       0o644)
     link = os.path.join(public_dir, "link-to-secret")
     os.symlink(secret, link)
 
