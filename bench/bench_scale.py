@@ -40,12 +40,10 @@ import trio  # noqa: E402
 
 from common import Daemon, free_port, print_table, workdir  # noqa: E402
 
-from s3pool.access import AccessIndex  # noqa: E402
-from s3pool.backend import Backend  # noqa: E402
-from s3pool.cache import Cache  # noqa: E402
 from s3pool.evictor import Evictor, Usage  # noqa: E402
 from s3pool.layout import Layout  # noqa: E402
 from s3pool.settings import Settings  # noqa: E402
+from s3pool.store import Store  # noqa: E402
 
 OBJECT_SIZE = 1024
 
@@ -53,7 +51,8 @@ OBJECT_SIZE = 1024
 def bench_eviction(objects: int) -> str:
     work = workdir("s3pool-bench-evict-")
     layout = Layout.create(str(work / "home"))
-    access = AccessIndex(layout)
+    store = Store(layout)
+    access = store.access
     print(f"making {objects:,} cached objects in {layout.data_dir} ...", flush=True)
     now = time.time()
     order = list(range(objects))
@@ -69,14 +68,13 @@ def bench_eviction(objects: int) -> str:
         atime = now - 86400 + order[i]
         os.utime(path, (atime, atime))  # the original reads %A, the access time
         access.record("bkt", key, OBJECT_SIZE, when=atime)
-    access.flush()
+    access.flush_blocking()
     total = objects * OBJECT_SIZE
     cap = int(total / 0.95)  # the cache stands at 95 % of its cap
     settings = Settings(max_cache_size=cap, high_water=90, low_water=75)
-    cache = Cache(layout, Backend(endpoint_url="http://127.0.0.1:9"), settings, access)
-    evictor = Evictor(cache, grace=0)
-    evictor.usage = lambda: Usage(1 << 50, 0, access.total_bytes)
-    oldest_before = {k for _, k, _, _ in access.oldest(10)}
+    evictor = Evictor(store, settings, grace=0)
+    evictor.usage = lambda: Usage(1 << 50, 0, store.cache_bytes)
+    oldest_before = {k for _, k, _, _ in trio.run(access.oldest, 10)}
 
     # the original's method, on the same tree before anything is evicted
     runs = 3
@@ -87,13 +85,13 @@ def bench_eviction(objects: int) -> str:
     find_once = (time.perf_counter() - started) / runs
 
     started = time.perf_counter()
-    chosen = access.oldest(int(objects * 0.2))
+    chosen = trio.run(access.oldest, int(objects * 0.2))
     choose = time.perf_counter() - started
     assert len(chosen) == int(objects * 0.2)
     started = time.perf_counter()
     freed = trio.run(evictor.evict)
     ours = time.perf_counter() - started
-    evicted = cache.stats.evictions
+    evicted = evictor.evictions
     assert all(not os.path.exists(layout.object_path("bkt", k)) for k in oldest_before)
     assert access.total_bytes <= cap * 0.75
     original = find_once * (evicted / 10)

@@ -8,8 +8,10 @@ minutes at every start), and an index on the access time makes "the
 oldest N" a cheap ordered read however many objects there are, without
 holding them all in Python objects.
 
-Accesses are buffered in memory and written in batches, so a cached PULL
-costs a dict update, not a database write.
+Accesses are buffered in memory and written in batches by a worker
+thread, so a cached PULL costs a dict update, not a database write. The
+files themselves belong to the store (``store.py``): this module only
+keeps their rows.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import logging
 import os
 import sqlite3
 import time
+from typing import Iterable
 
-from .layout import INDEX_NAME, LIST_NAME, META_SUFFIX, Layout, unlink_quietly
+import trio
+
+from .layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +38,18 @@ CREATE TABLE IF NOT EXISTS objects (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_by_atime ON objects (atime);
 """
-FLUSH_AT = 5000
+TOUCH = -1
+FORGET = -2
 
 
 class AccessIndex:
-    """LRU bookkeeping for the cache; used from the trio thread only."""
+    """LRU bookkeeping for the store.
+
+    The trio thread only touches an in-memory dict of pending accesses;
+    every SQLite write (and the ordered read of victims) runs in a worker
+    thread, one at a time (``self.writer``, a leaf: nothing waits for
+    another lock while holding it).
+    """
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -47,98 +59,126 @@ class AccessIndex:
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;"
             + _SCHEMA
         )
+        # (bucket, key) -> (size, atime); size TOUCH: only if known, FORGET: drop the row
         self._pending: dict[tuple[str, str], tuple[int, float]] = {}
-        self.count, self.total_bytes = self._totals()
+        self._flushing: dict[tuple[str, str], tuple[int, float]] = {}
+        self.writer = trio.CapacityLimiter(1)
+        self.count, self.total_bytes = self.totals()
 
-    def _totals(self) -> tuple[int, int]:
-        count, total = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM objects").fetchone()
+    def totals(self) -> tuple[int, int]:
+        """Blocking: (objects, bytes) as the database has them."""
+        count, total = self.db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM objects").fetchone()
         return int(count), int(total)
 
     def record(self, bucket: str, key: str, size: int, when: float | None = None) -> None:
-        """Note an access (a PULL hit, a download, a FUSE open)."""
+        """Note an access (a PULL hit, a download, a FUSE open): a dict update."""
         self._pending[(bucket, key)] = (size, time.time() if when is None else when)
-        if len(self._pending) >= FLUSH_AT:
-            self.flush()
 
     def touch(self, bucket: str, key: str) -> None:
         """Note an access to an object only if it is still cached (size unknown here)."""
         pending = self._pending.get((bucket, key))
-        self._pending[(bucket, key)] = (pending[0] if pending else -1, time.time())
-        if len(self._pending) >= FLUSH_AT:
-            self.flush()
+        size = pending[0] if pending and pending[0] >= 0 else TOUCH
+        self._pending[(bucket, key)] = (size, time.time())
 
-    def flush(self) -> None:
-        if not self._pending:
-            return
+    def forget(self, bucket: str, key: str) -> None:
+        """The object left the cache (evicted, replaced by a directory, deleted on S3)."""
+        self._pending[(bucket, key)] = (FORGET, 0.0)
+
+    def pending_atime(self, bucket: str, key: str) -> float | None:
+        """The last access not yet written to disk, if any."""
+        for batch in (self._pending, self._flushing):
+            entry = batch.get((bucket, key))
+            if entry is not None and entry[0] != FORGET:
+                return entry[1]
+        return None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Write the pending accesses (worker thread)."""
+        async with self.writer:
+            if not self._pending:
+                return
+            self._flushing, self._pending = self._pending, {}
+            try:
+                await trio.to_thread.run_sync(self._apply, self._flushing)
+            except BaseException:
+                # keep what was not written, under anything recorded since
+                self._pending = {**self._flushing, **self._pending}
+                raise
+            finally:
+                self._flushing = {}
+
+    def flush_blocking(self) -> None:
+        """Write the pending accesses now (at shutdown, outside trio)."""
         pending, self._pending = self._pending, {}
+        self._apply(pending)
+
+    def _apply(self, pending: dict[tuple[str, str], tuple[int, float]]) -> None:
         db = self.db
+        count, total = self.count, self.total_bytes
         db.execute("BEGIN")
         try:
             for (bucket, key), (size, atime) in pending.items():
                 row = db.execute(
                     "SELECT size FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
                 ).fetchone()
-                if size < 0:  # a touch: only for objects still known
+                if size == FORGET:
+                    if row is not None:
+                        db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?",
+                                   (bucket, key))
+                        count -= 1
+                        total -= int(row[0])
+                    continue
+                if size == TOUCH:  # only for objects still known
                     if row is not None:
                         db.execute("UPDATE objects SET atime = ? WHERE bucket = ? AND key = ?",
                                    (atime, bucket, key))
                     continue
                 if row is None:
-                    self.count += 1
-                    self.total_bytes += size
+                    count += 1
+                    total += size
                 else:
-                    self.total_bytes += size - int(row[0])
+                    total += size - int(row[0])
                 db.execute(
                     "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (bucket, key, size, atime)
                 )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self.count, self.total_bytes = self._totals()
             raise
+        self.count, self.total_bytes = count, total
 
-    def forget(self, bucket: str, key: str) -> None:
-        """The object left the cache (evicted, replaced by a directory, deleted on S3)."""
-        self._pending.pop((bucket, key), None)
-        row = self.db.execute(
-            "DELETE FROM objects WHERE bucket = ? AND key = ? RETURNING size", (bucket, key)
-        ).fetchone()
-        if row is not None:
-            self.count -= 1
-            self.total_bytes -= int(row[0])
-
-    def oldest(self, limit: int, skip: int = 0) -> list[tuple[str, str, int, float]]:
+    async def oldest(self, limit: int, skip: int = 0) -> list[tuple[str, str, int, float]]:
         """The *limit* least recently accessed objects (after *skip* of them)."""
-        self.flush()
-        return self.db.execute(
-            "SELECT bucket, key, size, atime FROM objects ORDER BY atime LIMIT ? OFFSET ?",
-            (limit, skip),
-        ).fetchall()
+        await self.flush()
 
-    def last_access(self, bucket: str, key: str) -> float | None:
-        pending = self._pending.get((bucket, key))
-        if pending:
-            return pending[1]
-        row = self.db.execute(
-            "SELECT atime FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
-        ).fetchone()
-        return float(row[0]) if row else None
+        def query() -> list[tuple[str, str, int, float]]:
+            return self.db.execute(
+                "SELECT bucket, key, size, atime FROM objects ORDER BY atime LIMIT ? OFFSET ?",
+                (limit, skip),
+            ).fetchall()
+
+        async with self.writer:
+            return await trio.to_thread.run_sync(query)
 
     def close(self) -> None:
         try:
-            self.flush()
+            self.flush_blocking()
         finally:
             self.db.close()
 
     # --- start-up reconciliation (runs in a worker thread) -----------------
 
-    def reconcile(self) -> tuple[int, int]:
-        """Blocking: make the index agree with data/ after a restart or a crash.
+    def reconcile(self, walk: Iterable[tuple[str, str, int, float]]) -> tuple[int, int]:
+        """Blocking: make the index agree with *walk*, every complete cached
+        object (bucket, key, size, atime) the store found in data/.
 
-        Adds cached objects the index does not know (their access time
-        taken from the file), drops rows whose file is gone, and deletes
-        orphans: data without meta (a crash between the two renames) and
-        meta without data. Returns (added, dropped).
+        Adds objects the index does not know (their access time taken from
+        the file) and drops rows whose object is gone. Returns (added, dropped).
         """
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA busy_timeout=10000")
@@ -148,7 +188,7 @@ class AccessIndex:
         started = time.time()
         try:
             batch: list[tuple[str, str, int, float]] = []
-            for row in self._walk(started):
+            for row in walk:
                 batch.append(row)
                 if len(batch) >= 2000:
                     added += self._insert_missing(db, batch)
@@ -167,6 +207,11 @@ class AccessIndex:
             db.close()
         return added, dropped
 
+    async def recount(self) -> None:
+        """Take the totals from the database again (after a reconcile)."""
+        async with self.writer:
+            self.count, self.total_bytes = await trio.to_thread.run_sync(self.totals)
+
     @staticmethod
     def _insert_missing(db: sqlite3.Connection, batch: list[tuple[str, str, int, float]]) -> int:
         if not batch:
@@ -177,44 +222,3 @@ class AccessIndex:
         db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", batch)
         db.execute("COMMIT")
         return db.total_changes - after_seen
-
-    def _walk(self, started: float):
-        """Yield (bucket, key, size, atime) of every complete cached object.
-
-        Orphans older than a minute are deleted on the way; younger ones may
-        be a download between its data and meta renames, and are left be.
-        """
-        data_dir = self.layout.data_dir
-        for bucket in self.layout.buckets_on_disk():
-            root = os.path.join(data_dir, bucket)
-            stack = [("", root)]
-            while stack:
-                prefix, path = stack.pop()
-                try:
-                    entries = list(os.scandir(path))
-                except OSError:
-                    continue
-                names = {e.name for e in entries}
-                for entry in entries:
-                    name = entry.name
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((prefix + name + "/", entry.path))
-                        continue
-                    if not prefix and name in (LIST_NAME, INDEX_NAME):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                    orphan_ok = st.st_mtime < started - 60
-                    if name.endswith(META_SUFFIX):
-                        if name[: -len(META_SUFFIX)] not in names and orphan_ok:
-                            _remove_orphan(entry.path)  # meta without data
-                        continue
-                    if name + META_SUFFIX not in names:
-                        if orphan_ok:
-                            _remove_orphan(entry.path)  # data without meta: never served
-                        continue
-                    yield bucket, prefix + name, st.st_size, max(st.st_atime, st.st_mtime)
-
-
-def _remove_orphan(path: str) -> None:
-    if unlink_quietly(path):
-        log.info("removed orphan %s", path)

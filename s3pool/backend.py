@@ -101,28 +101,50 @@ class Backend:
 
     def __init__(self, endpoint_url: str | None = None, max_threads: int = 32,
                  region: str | None = None, credentials: dict[str, str] | None = None) -> None:
-        session = boto3.session.Session()
+        self._session = boto3.session.Session()
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") \
             or os.environ.get("AWS_ENDPOINT_URL")
-        config = Config(
-            max_pool_connections=max_threads,
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=30,
-            s3={"addressing_style": "path"} if self.endpoint_url else {},
-        )
-        self.region = region or session.region_name or "us-east-1"
-        self.client = session.client(
-            "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config,
-            **(credentials or {}),
-        )
-        self.client.meta.events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
+        self.region = region or self._session.region_name or "us-east-1"
+        self._credentials = credentials or {}
+        self.max_threads = max_threads
+        self.client = self._make_client(max_threads)
         self.limiter = trio.CapacityLimiter(max_threads)
         self.stopping = threading.Event()  # set at shutdown: worker threads give up
         self.transfer_config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
             max_concurrency=4, use_threads=True,
         )
+
+    def _make_client(self, pool_size: int) -> Any:
+        config = Config(
+            max_pool_connections=pool_size,
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=5,
+            read_timeout=30,
+            s3={"addressing_style": "path"} if self.endpoint_url else {},
+        )
+        client = self._session.client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config,
+            **self._credentials,
+        )
+        client.meta.events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
+        return client
+
+    @staticmethod
+    def threads_for(pull_concurrency: int) -> int:
+        """Worker threads (and pooled connections) for that many downloads at once,
+        with room beside them for HEADs, listings and ranged parts."""
+        return max(64, 2 * pull_concurrency)
+
+    def resize(self, pull_concurrency: int) -> None:
+        """Let *pull_concurrency* downloads run at once: more threads, and a
+        client with a larger connection pool (calls in flight finish on the old one)."""
+        wanted = self.threads_for(pull_concurrency)
+        if wanted > self.max_threads:
+            self.client = self._make_client(wanted)
+            log.info("S3 connection pool resized to %d", wanted)
+        self.max_threads = max(wanted, self.max_threads)
+        self.limiter.total_tokens = self.max_threads
 
     def describe(self) -> str:
         return self.endpoint_url or f"AWS S3 ({self.region})"

@@ -4,39 +4,36 @@ The control socket and the FUSE view are thin adapters over this module;
 both reach S3 through :meth:`Cache.fetch`, so a PULL and an ``open()`` of
 the same key share one download, one freshness record and one lock.
 
-A cached object is ``data/BUCKET/KEY`` plus ``KEY__meta__``. It is served
-only if the meta file parses and the data file's size equals the meta's
-ContentLength. Installing a new version: the old meta goes first, the
-data file is renamed in (after fsync), the directory is synced, then the
-new meta is renamed in. A crash at any point leaves at worst data without
-meta, which is not served.
+This module holds policy only: freshness, single-flight, downloads,
+pushes and listings. The files under ``data/``, their locks and access
+records belong to the store (``store.py``); room for a download comes from
+the evictor, handed in at construction.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
 import stat
-import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
-from .access import AccessIndex
 from .backend import Backend, ListEntry, ObjectResponse
 from .errors import (
     BadKey, BackendError, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
     S3PoolError,
 )
-from .layout import META_SUFFIX, Layout, check_bucket, check_key, unlink_quietly
+from .layout import check_bucket, check_key, unlink_quietly
 from .listing import Listings
 from .settings import Settings
+from .store import CachedObject, Store
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +41,9 @@ log = logging.getLogger(__name__)
 RANGED_THRESHOLD = 64 << 20
 RANGE_PART = 16 << 20
 RANGE_CONCURRENCY = 4
+# keys whose last ETag check is remembered (oldest forgotten first: a
+# forgotten key only costs one conditional GET)
+FRESHNESS_MEMORY = 1 << 20
 
 
 @dataclass
@@ -63,72 +63,55 @@ class Stats:
     globs: int = 0
     refreshes: int = 0
     errors: int = 0
-    evictions: int = 0
-    bytes_evicted: int = 0
 
 
-@dataclass
-class CachedObject:
-    path: str
-    meta: dict[str, Any]
-    handle: Any = None  # what fetch()'s opener returned, if one was given
+class Room(Protocol):
+    """What makes room for a download (the evictor)."""
 
-    @property
-    def size(self) -> int:
-        return int(self.meta["ContentLength"])
+    def make_room(self, nbytes: int) -> Awaitable[None]: ...
 
 
-class _KeyLock:
-    __slots__ = ("lock", "users")
+class NoEviction:
+    """Room for tests and tools that run without an evictor: nothing is evicted."""
 
-    def __init__(self) -> None:
-        self.lock = trio.Lock()
-        self.users = 0
+    async def make_room(self, nbytes: int) -> None:
+        return None
 
 
 class Cache:
     """The one path from a request (socket or FUSE) to S3 and the disk."""
 
-    def __init__(self, layout: Layout, backend: Backend, settings: Settings,
-                 access: AccessIndex, listings: Listings | None = None) -> None:
-        self.layout = layout
+    def __init__(self, store: Store, backend: Backend, settings: Settings,
+                 room: Room | None = None, listings: Listings | None = None) -> None:
+        self.store = store
+        self.layout = store.layout
         self.backend = backend
         self.settings = settings
-        self.access = access
-        self.listings = listings or Listings(layout, backend)
+        self.room = room or NoEviction()
+        self.listings = listings or Listings(store.layout, backend)
         self.stats = Stats()
         self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
-        self.disk_limiter = trio.CapacityLimiter(8)
         self.range_limiter = trio.CapacityLimiter(RANGE_CONCURRENCY)
-        self._key_locks: dict[tuple[str, str], _KeyLock] = {}
-        self._checked: dict[tuple[str, str], float] = {}  # last ETag check, monotonic
-        # (bucket, key) -> (stat signature of data and meta files, parsed meta)
-        self._meta_cache: dict[tuple[str, str], tuple[tuple[int, ...], dict[str, Any]]] = {}
+        # last ETag check (trio clock) per key, oldest first
+        self._checked: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.buckets_in_use: set[str] = set()
-        # set by the evictor: called with the bytes a download is about to add
-        self.make_room: Callable[[int], Any] | None = None
-        self.on_bucket_used: Callable[[str], None] | None = None
         settings.on_change(self._setting_changed)
 
     def _setting_changed(self, name: str, value: Any) -> None:
         if name == "pull_concurrency":
             self.download_limiter.total_tokens = value
+            self.backend.resize(value)
 
     def use_bucket(self, bucket: str) -> None:
-        if bucket not in self.buckets_in_use:
-            self.buckets_in_use.add(bucket)
-            if self.on_bucket_used:
-                self.on_bucket_used(bucket)
+        self.buckets_in_use.add(bucket)
 
     # --- locks and freshness ---------------------------------------------
 
-    def key_lock(self, bucket: str, key: str) -> "_LockedKey":
-        return _LockedKey(self, (bucket, key))
+    def key_lock(self, bucket: str, key: str) -> Any:
+        return self.store.key_lock(bucket, key)
 
     def is_busy(self, bucket: str, key: str) -> bool:
-        """True while a download, push or open of the key holds its lock."""
-        entry = self._key_locks.get((bucket, key))
-        return entry is not None and entry.users > 0
+        return self.store.is_busy(bucket, key)
 
     def _is_fresh(self, bucket: str, key: str) -> bool:
         return self._checked_within(bucket, key, self.settings.freshness_window)
@@ -138,54 +121,26 @@ class Cache:
         return checked is not None and trio.current_time() - checked < seconds
 
     def _mark_fresh(self, bucket: str, key: str) -> None:
+        """O(1) whatever the number of keys: the dict stays in check order,
+        so expired entries are dropped from its front."""
         now = trio.current_time()
-        self._checked[(bucket, key)] = now
-        if len(self._checked) > 100_000:
-            horizon = now - max(self.settings.freshness_window, self.settings.stale_on_error)
-            self._checked = {k: t for k, t in self._checked.items() if t >= horizon}
+        checked = self._checked
+        ident = (bucket, key)
+        checked[ident] = now
+        checked.move_to_end(ident)
+        horizon = now - max(self.settings.freshness_window, self.settings.stale_on_error)
+        for _ in range(2):  # amortized: at most two expired entries per new one
+            oldest = next(iter(checked.items()))
+            if oldest[1] >= horizon and len(checked) <= FRESHNESS_MEMORY:
+                break
+            checked.popitem(last=False)
 
-    # --- reading what is on disk -----------------------------------------
+    def _forget_checked(self, bucket: str, key: str) -> None:
+        self._checked.pop((bucket, key), None)
 
     def cached(self, bucket: str, key: str) -> CachedObject | None:
-        """The complete cached copy of a key, or None.
-
-        Complete means: the meta parses and the data file is a regular file
-        of exactly ContentLength bytes (a file truncated or deleted behind
-        our back is not served).
-        """
-        path = self.layout.object_path(bucket, key)
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        if stat.S_ISDIR(st.st_mode):
-            raise KeyConflict(
-                f"key {key!r} is shadowed by keys under {key + '/'!r}: on disk the directory wins"
-            )
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        try:
-            meta_st = os.stat(path + META_SUFFIX)
-        except OSError:
-            return None
-        # the parsed meta is kept while both files are the ones it was read from
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns, meta_st.st_ino, meta_st.st_mtime_ns)
-        known = self._meta_cache.get((bucket, key))
-        if known is not None and known[0] == signature:
-            meta = known[1]
-        else:
-            try:
-                with open(path + META_SUFFIX, "rb") as f:
-                    meta = json.loads(f.read())
-                size = int(meta["ContentLength"])
-            except (OSError, ValueError, KeyError, TypeError):
-                return None
-            if st.st_size != size:
-                return None
-            if len(self._meta_cache) >= 50_000:
-                self._meta_cache.clear()
-            self._meta_cache[(bucket, key)] = (signature, meta)
-        return CachedObject(path, meta)
+        """The complete cached copy of a key, or None (see Store.lookup)."""
+        return self.store.lookup(bucket, key)
 
     # --- PULL ------------------------------------------------------------
 
@@ -233,24 +188,26 @@ class Cache:
         """
         check_bucket(bucket)
         check_key(key)
-        self.use_bucket(bucket)
         self.stats.pulls += 1
-        if (bucket, key) not in self._key_locks and self._is_fresh(bucket, key):
+        store = self.store
+        if not store.is_locked(bucket, key) and self._is_fresh(bucket, key):
             # fast path: nobody is changing this key (no lock exists) and it
             # was checked within the window; no await happens in between
             self._check_conflict(bucket, key)
-            obj = self.cached(bucket, key)
+            obj = store.lookup(bucket, key)
             if obj is not None:
                 self.stats.hits += 1
-                self.access.record(bucket, key, obj.size)
+                store.record_access(bucket, key, obj.size)
                 if opener is not None:
                     obj.handle = opener(obj.path)
                 return obj
-        async with self.key_lock(bucket, key):
+        async with store.key_lock(bucket, key):
             obj = await self._fetch_locked(bucket, key)
-            self.access.record(bucket, key, obj.size)
+            store.record_access(bucket, key, obj.size)
             if opener is not None:
                 obj.handle = opener(obj.path)
+        # only now: a typo'd bucket never shows at the mount's root
+        self.use_bucket(bucket)
         return obj
 
     def _check_conflict(self, bucket: str, key: str) -> None:
@@ -276,7 +233,8 @@ class Cache:
             except NoSuchKey:
                 if obj is not None:
                     # deleted on S3: never serve it again
-                    await self._remove(bucket, key)
+                    await self.store.remove(bucket, key)
+                    self._forget_checked(bucket, key)
                 raise
             except BackendError as exc:
                 if obj is not None and self._checked_within(bucket, key,
@@ -300,14 +258,29 @@ class Cache:
 
     async def _download(self, bucket: str, key: str, response: ObjectResponse) -> CachedObject:
         size = response.content_length
-        if self.make_room is not None:
-            try:
-                await self.make_room(size)
-            except NoSpace:
-                response.body.close()
-                raise
+        try:
+            await self.room.make_room(size)
+        except NoSpace:
+            response.body.close()
+            raise
+        with self.store.reserve(size):
+            obj = await self._download_reserved(bucket, key, response)
+        await self._note_version(bucket, key, obj)
+        return obj
+
+    async def _note_version(self, bucket: str, key: str, obj: CachedObject) -> None:
+        """Put the version just installed into the listing index, so GLOB and
+        the mount show it (and its size) before the next listing has it."""
+        if self.listings.knows_version(bucket, key, obj.etag, obj.size):
+            return
+        await self.listings.add_key(bucket, ListEntry(key, obj.size, _listing_time(obj.meta),
+                                                      obj.etag))
+
+    async def _download_reserved(self, bucket: str, key: str, response: ObjectResponse
+                                 ) -> CachedObject:
+        size = response.content_length
         started = time.perf_counter()
-        fd, tmp_path = tempfile.mkstemp(prefix="dl.", dir=self.layout.tmp_dir)
+        fd, tmp_path = self.store.new_temp("dl.")
         try:
             try:
                 if size >= RANGED_THRESHOLD:
@@ -319,7 +292,7 @@ class Cache:
                         f"short download of s3://{bucket}/{key}: {written} of {size} bytes"
                     )
                 fetched = time.perf_counter()
-                await trio.to_thread.run_sync(os.fsync, fd, limiter=self.disk_limiter)
+                await trio.to_thread.run_sync(os.fsync, fd, limiter=self.store.disk_limiter)
                 synced = time.perf_counter()
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
@@ -327,7 +300,7 @@ class Cache:
                 raise
             finally:
                 os.close(fd)
-            obj = await self._install(bucket, key, tmp_path, response.meta)
+            obj = await self.store.install(bucket, key, tmp_path, response.meta)
         finally:
             unlink_quietly(tmp_path)
         log.debug("s3://%s/%s: %d bytes, fetched in %.3fs, synced in %.3fs, installed in %.3fs",
@@ -355,96 +328,14 @@ class Cache:
                 raise BackendError(f"short range of s3://{bucket}/{key} at {start}")
             written[0] += got
 
-        async with trio.open_nursery() as nursery:
-            for start in range(RANGE_PART, size, RANGE_PART):
-                nursery.start_soon(part, start)
-        return written[0]
-
-    async def _install(self, bucket: str, key: str, tmp_path: str, meta: dict[str, Any]
-                       ) -> CachedObject:
-        """Move a complete, synced temp file into data/ with its meta."""
-        path = self.layout.object_path(bucket, key)
-        meta_path = path + META_SUFFIX
-        meta_bytes = json.dumps(meta, indent=4).encode() + b"\n"
-        fd, tmp_meta = tempfile.mkstemp(prefix="meta.", dir=self.layout.tmp_dir)
-        with os.fdopen(fd, "wb") as f:
-            f.write(meta_bytes)
         try:
-            shadowed = await trio.to_thread.run_sync(
-                self._install_files, bucket, key, path, meta_path, tmp_path, tmp_meta,
-                limiter=self.disk_limiter,
-            )
-        except OSError as exc:
-            unlink_quietly(tmp_meta)
-            if exc.errno == errno.ENOSPC:
-                raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
-            raise
-        for dropped in shadowed:
-            self.forget_cached(bucket, dropped)
-        self._meta_cache.pop((bucket, key), None)
-        return CachedObject(path, meta)
-
-    def _install_files(self, bucket: str, key: str, path: str, meta_path: str,
-                       tmp_path: str, tmp_meta: str) -> list[str]:
-        """Blocking part of _install (worker thread); returns keys it displaced.
-
-        The meta file is not fsync'ed: after a crash a missing or garbled meta
-        only means the object is not cached. The data is synced before its
-        rename and the directory after it, so a meta that survives a crash
-        always describes the data beside it.
-        """
-        shadowed: list[str] = []
-        for attempt in range(3):
-            shadowed += self._make_parents(bucket, key)
-            unlink_quietly(meta_path)  # the old version's meta goes first
-            try:
-                os.rename(tmp_path, path)
-                break
-            except FileNotFoundError:
-                # the evictor removed an emptied parent directory meanwhile
-                if attempt == 2:
-                    raise
-            except IsADirectoryError:
-                raise KeyConflict(f"key {key!r} is shadowed by a directory of the same name")
-        _fsync_dir(os.path.dirname(path))
-        os.rename(tmp_meta, meta_path)
-        return shadowed
-
-    def _make_parents(self, bucket: str, key: str) -> list[str]:
-        """Create the directories of *key*; a cached file in the way yields (dir wins)."""
-        shadowed: list[str] = []
-        current = self.layout.bucket_dir(bucket)
-        os.makedirs(current, exist_ok=True)
-        parts = key.split("/")[:-1]
-        for i, part in enumerate(parts):
-            current = os.path.join(current, part)
-            try:
-                os.mkdir(current)
-            except FileExistsError:
-                if not os.path.isdir(current):
-                    shadowed_key = "/".join(parts[: i + 1])
-                    log.info("s3://%s/%s: key becomes a directory, dropping the cached file",
-                             bucket, shadowed_key)
-                    unlink_quietly(current + META_SUFFIX)
-                    unlink_quietly(current)
-                    os.mkdir(current)
-                    shadowed.append(shadowed_key)
-            except FileNotFoundError:
-                os.makedirs(current, exist_ok=True)
-        return shadowed
-
-    async def _remove(self, bucket: str, key: str) -> None:
-        """Drop a cached object (meta first, then data). Caller holds its lock."""
-        path = self.layout.object_path(bucket, key)
-        unlink_quietly(path + META_SUFFIX)
-        unlink_quietly(path)
-        self.forget_cached(bucket, key)
-
-    def forget_cached(self, bucket: str, key: str) -> None:
-        """Drop what memory holds about a cached object that left the disk."""
-        self._checked.pop((bucket, key), None)
-        self._meta_cache.pop((bucket, key), None)
-        self.access.forget(bucket, key)
+            async with trio.open_nursery() as nursery:
+                for start in range(RANGE_PART, size, RANGE_PART):
+                    nursery.start_soon(part, start)
+        except BaseExceptionGroup as group:
+            # one clear error for the client, not a group of parts
+            raise _first_error(group) from None
+        return written[0]
 
     # --- PUSH ------------------------------------------------------------
 
@@ -461,11 +352,13 @@ class Cache:
         if not stat.S_ISREG(st.st_mode):
             raise LocalFileError(f"{local_path!r} is not a regular file")
         self.use_bucket(bucket)
-        async with self.key_lock(bucket, key):
+        store = self.store
+        async with store.key_lock(bucket, key):
             self._check_conflict(bucket, key)
-            self.cached(bucket, key)  # raises KeyConflict for a directory on disk
+            store.lookup(bucket, key)  # raises KeyConflict for a directory on disk
             # whatever happens next, the old cached bytes are not served again
-            await self._remove(bucket, key)
+            await store.remove(bucket, key)
+            self._forget_checked(bucket, key)
             tmp_path = await self._copy_for_push(local_path, st.st_size)
             try:
                 # upload the copy when there is one: what is uploaded is then
@@ -475,9 +368,8 @@ class Cache:
                 self.stats.bytes_uploaded += st.st_size
                 meta = await self.backend.head_object(bucket, key)
                 if tmp_path and meta["ContentLength"] == os.path.getsize(tmp_path):
-                    await self._install(bucket, key, tmp_path, meta)
+                    await store.install(bucket, key, tmp_path, meta)
                     self._mark_fresh(bucket, key)
-                    self.access.record(bucket, key, meta["ContentLength"])
                 await self.listings.add_key(bucket, ListEntry(
                     key, meta["ContentLength"], _listing_time(meta), meta.get("ETag") or ""))
             finally:
@@ -488,17 +380,16 @@ class Cache:
     async def _copy_for_push(self, local_path: str, size: int) -> str | None:
         """A synced copy of *local_path* in tmp/, or None if the cache has no room."""
         try:
-            if self.make_room is not None:
-                await self.make_room(size)
+            await self.room.make_room(size)
         except NoSpace:
             log.info("%s (%d bytes) does not fit in the cache: uploading it uncached",
                      local_path, size)
             return None
-        fd, tmp_path = tempfile.mkstemp(prefix="push.", dir=self.layout.tmp_dir)
+        fd, tmp_path = self.store.new_temp("push.")
         os.close(fd)
         try:
             await trio.to_thread.run_sync(_copy_and_sync, local_path, tmp_path,
-                                          limiter=self.disk_limiter)
+                                          limiter=self.store.disk_limiter)
         except OSError as exc:
             unlink_quietly(tmp_path)
             if exc.errno == errno.ENOSPC:
@@ -528,33 +419,24 @@ class Cache:
         return await self.listings.glob(bucket, pattern)
 
 
-class _LockedKey:
-    """``async with cache.key_lock(b, k)``: the single-flight lock of one key."""
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to report for a group of failed parts: ours first, then any
+    other Exception; a group of cancellations stays a group."""
+    leaves: list[BaseException] = []
 
-    def __init__(self, cache: Cache, ident: tuple[str, str]) -> None:
-        self.cache = cache
-        self.ident = ident
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
 
-    async def __aenter__(self) -> None:
-        entry = self.cache._key_locks.get(self.ident)
-        if entry is None:
-            entry = self.cache._key_locks[self.ident] = _KeyLock()
-        entry.users += 1
-        try:
-            await entry.lock.acquire()
-        except BaseException:
-            self._release_user(entry)
-            raise
-        self.entry = entry
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.entry.lock.release()
-        self._release_user(self.entry)
-
-    def _release_user(self, entry: _KeyLock) -> None:
-        entry.users -= 1
-        if entry.users == 0:
-            self.cache._key_locks.pop(self.ident, None)
+    walk(group)
+    for kind in (S3PoolError, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return group
 
 
 def _listing_time(meta: dict[str, Any]) -> float:
@@ -568,14 +450,6 @@ def _copy_and_sync(src: str, dst: str) -> None:
     shutil.copyfile(src, dst)
     with open(dst, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["Cache", "CachedObject", "Stats", "BadKey"]

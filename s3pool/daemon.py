@@ -22,7 +22,6 @@ from typing import Any
 import trio
 
 from . import __version__
-from .access import AccessIndex
 from .backend import Backend
 from .cache import Cache
 from .control.server import ControlServer
@@ -33,6 +32,7 @@ from .layout import Layout
 from .logs import RequestLog, apply_verbosity
 from .refresher import Refresher
 from .settings import Settings
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Daemon:
                 options.buckets.append(DEMO_BUCKET)  # shown at the mount's root
         self.backend = Backend(
             endpoint_url=self.embedded.endpoint_url if self.embedded else None,
-            max_threads=max(64, 2 * self.settings.pull_concurrency),
+            max_threads=Backend.threads_for(self.settings.pull_concurrency),
             credentials=credentials,
         )
         if self.embedded:
@@ -137,13 +137,14 @@ class Daemon:
                         self.backend.describe())
         else:
             log.info("S3 endpoint: %s", self.backend.describe())
-        self.access = AccessIndex(self.layout)
+        self.store = Store(self.layout)
+        self.access = self.store.access
         self.exit_stack.callback(self.access.close)
-        self.cache = Cache(self.layout, self.backend, self.settings, self.access)
+        self.evictor = Evictor(self.store, self.settings)
+        self.cache = Cache(self.store, self.backend, self.settings, room=self.evictor)
         self.exit_stack.callback(self.cache.listings.close)
         for bucket in options.buckets:
             self.cache.use_bucket(bucket)
-        self.evictor = Evictor(self.cache)
         self.refresher = Refresher(
             self.cache.refresh, self.cache.buckets_in_use, lambda: self.settings.refresh_interval
         )
@@ -162,7 +163,6 @@ class Daemon:
 
     def status_lines(self) -> list[tuple[str, Any]]:
         stats = self.cache.stats
-        self.access.flush()
         usage = self.evictor.usage()
         lines: list[tuple[str, Any]] = [
             ("version", __version__),
@@ -174,10 +174,11 @@ class Daemon:
         ]
         for name in ("pulls", "hits", "misses", "revalidations", "stale_served", "downloads",
                      "bytes_downloaded",
-                     "pushes", "bytes_uploaded", "globs", "refreshes", "errors", "evictions",
-                     "bytes_evicted"):
+                     "pushes", "bytes_uploaded", "globs", "refreshes", "errors"):
             lines.append((name, getattr(stats, name)))
         lines += [
+            ("evictions", self.evictor.evictions),
+            ("bytes_evicted", self.evictor.bytes_evicted),
             ("cache_bytes", self.access.total_bytes),
             ("cache_objects", self.access.count),
             ("disk_used_percent", round(usage.disk_percent, 1)),
@@ -210,6 +211,7 @@ class Daemon:
                     host, port = listener.socket.getsockname()[:2]
                     log.info("control socket listening on %s:%d", host, port)
                 nursery.start_soon(self._flush_request_log)
+                await nursery.start(self.store.run)
                 await nursery.start(self.evictor.run)
                 await nursery.start(self.refresher.run)
                 if self.mountpoint:

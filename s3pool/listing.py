@@ -45,6 +45,11 @@ class Entry:
     etag: str = ""
 
 
+def same_etag(a: str | None, b: str | None) -> bool:
+    """ETags from LIST and GET compare equal with or without their quotes."""
+    return (a or "").strip('"') == (b or "").strip('"')
+
+
 def prefix_upper(prefix: str) -> str:
     return prefix + _TOP
 
@@ -73,8 +78,6 @@ class Listings:
         self._finished: dict[str, int] = {}
         # PUSHes made while a listing of their bucket runs
         self._pushed_meanwhile: dict[str, list[ListEntry]] = {}
-        # buckets whose __index__ holds keys (pushed) that __list__ lacks
-        self._list_stale: set[str] = set()
         self.disk_limiter = trio.CapacityLimiter(4)
 
     # --- refresh ---------------------------------------------------------
@@ -103,7 +106,6 @@ class Listings:
             finally:
                 pushed = self._pushed_meanwhile.pop(bucket, [])
             self._finished[bucket] = self._started[bucket]
-            self._list_stale.discard(bucket)
             # a PUSH during the listing may be missing from it: put it back
             for entry in pushed:
                 await self.add_key(bucket, entry)
@@ -112,9 +114,20 @@ class Listings:
         log.info("refreshed s3://%s: %d keys", bucket, count)
         return count
 
+    def knows_version(self, bucket: str, key: str, etag: str, size: int) -> bool:
+        """True unless the index lacks this version of *key* (no index: nothing to add)."""
+        conn = self.conn(bucket)
+        if conn is None:
+            return True
+        info = self.key_info(bucket, key)
+        return info is not None and info[0] == size and same_etag(info[2], etag)
+
     async def add_key(self, bucket: str, entry: ListEntry) -> None:
-        """Put a key we just uploaded into the index, so GLOB and the FUSE view
-        see it before the next listing (which will have it anyway)."""
+        """Put a key we just uploaded or downloaded into the index, so GLOB and
+        the FUSE view see it (and its size) before the next listing has it.
+
+        The index then holds a key ``__list__`` lacks: it says so on disk
+        (``list_complete`` 0), so this stays true across restarts."""
         if bucket in self._pushed_meanwhile:
             self._pushed_meanwhile[bucket].append(entry)
         path = self.layout.index_path(bucket)
@@ -126,6 +139,7 @@ class Listings:
             try:
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry))
+                db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
                 db.commit()
             finally:
                 db.close()
@@ -134,8 +148,6 @@ class Listings:
             await trio.to_thread.run_sync(insert, limiter=self.disk_limiter)
         except sqlite3.Error as exc:
             log.warning("could not add s3://%s/%s to the index: %s", bucket, entry.key, exc)
-            return
-        self._list_stale.add(bucket)
 
     def _build(self, bucket: str) -> int:
         """Blocking: list the bucket into tmp/, then rename into place."""
@@ -274,9 +286,10 @@ class Listings:
         matchers = compile_glob(pattern)
         path = self.layout.index_path(bucket)
         list_path = self.layout.list_path(bucket)
-        list_complete = bucket not in self._list_stale
 
         def candidates(conn: sqlite3.Connection, prefix: str) -> Iterable[str]:
+            row = conn.execute("SELECT value FROM info WHERE name = 'list_complete'").fetchone()
+            list_complete = row is None or bool(row[0])
             if not prefix and list_complete:
                 # the whole listing: reading __list__ beats walking the index
                 with open(list_path, encoding="utf-8", errors="surrogateescape") as f:

@@ -39,6 +39,8 @@ class CountingApp:
         self.requests: list[dict] = []
         # path -> seconds to sleep per 64 KiB of body: a slow S3 for one key
         self.slow_paths: dict[str, float] = {}
+        self.gets_in_flight = 0
+        self.max_gets_in_flight = 0  # the most GET bodies being sent at once
 
     def __call__(self, environ, start_response):
         record = {
@@ -56,10 +58,20 @@ class CountingApp:
         with self.lock:
             self.requests.append(record)
         body = self.app(environ, recording_start_response)
+        if record["method"] != "GET":
+            return body
         delay = self.slow_paths.get(record["path"])
-        if delay and record["method"] == "GET":
-            return _slow_body(body, delay)
-        return body
+        return self._counted(_slow_body(body, delay) if delay else body)
+
+    def _counted(self, body):
+        with self.lock:
+            self.gets_in_flight += 1
+            self.max_gets_in_flight = max(self.max_gets_in_flight, self.gets_in_flight)
+        try:
+            yield from body
+        finally:
+            with self.lock:
+                self.gets_in_flight -= 1
 
     def count(self, method: str | None = None, path: str | None = None,
               status: int | None = None) -> int:

@@ -150,6 +150,7 @@ class ControlServer:
             await cache.refresh(args[0])
             return format_done()
         if command == "STATUS":
+            await cache.store.flush_access()  # the figures count every access so far
             return format_list([f"{name} {format_value(value)}" for name, value in self.status_lines()])
         if command == "SET":
             cache.settings.set(args[0], args[1])

@@ -154,9 +154,6 @@ class S3PoolOperations(pyfuse3.Operations):
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
-        # (bucket, key) -> (etag, size, mtime, when) of a version opened since the
-        # last listing, which the listing does not show yet
-        self.opened_versions: dict[tuple[str, str], tuple[str, int, float]] = {}
         # inode -> the version whose pages and size the kernel holds
         self._kernel_etag: dict[int, str] = {}
         # inode -> a newer version waiting for the old version's readers to close
@@ -209,19 +206,6 @@ class S3PoolOperations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = ns
         return attr
 
-    def _file_view(self, bucket: str, key: str, size: int, mtime: float, etag: str
-                   ) -> tuple[int, float]:
-        """Size and mtime to show: the listing's, unless we opened a newer version."""
-        opened = self.opened_versions.get((bucket, key))
-        if opened is not None:
-            opened_etag, opened_size, opened_mtime, opened_at = opened
-            listed_at = self.listings.last_refresh.get(bucket, 0.0)
-            if opened_etag == etag or listed_at > opened_at:
-                del self.opened_versions[(bucket, key)]  # the listing caught up
-            else:
-                return opened_size, opened_mtime
-        return size, mtime
-
     def _remember(self, node: Node, inode: int | None = None) -> int:
         """Register a node the kernel is about to learn; returns its inode."""
         if inode is None:
@@ -239,9 +223,8 @@ class S3PoolOperations(pyfuse3.Operations):
         if entry.is_dir:
             return Node(bucket, dir_prefix + entry.name, True,
                         mtime=self.listings.last_refresh.get(bucket, self.started))
-        key = dir_prefix + entry.name
-        size, mtime = self._file_view(bucket, key, entry.size, entry.mtime, entry.etag)
-        return Node(bucket, key, False, size, mtime)
+        # the index has every version the cache installed (cache._note_version)
+        return Node(bucket, dir_prefix + entry.name, False, entry.size, entry.mtime)
 
     async def _bucket_exists(self, bucket: str) -> bool:
         try:
@@ -320,7 +303,7 @@ class S3PoolOperations(pyfuse3.Operations):
         if not node.is_dir:
             info = self.listings.key_info(node.bucket, node.path)
             if info is not None:
-                node.size, node.mtime = self._file_view(node.bucket, node.path, *info[:2], info[2])
+                node.size, node.mtime = info[0], info[1]
         return self._attrs(inode, node)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -467,7 +450,6 @@ class S3PoolOperations(pyfuse3.Operations):
     def _switch_kernel_to(self, inode: int, node: Node, version: tuple[str, int, float]) -> None:
         """Show *version*'s size and time from now on and drop the kernel's old pages."""
         etag, size, mtime = version
-        self.opened_versions[(node.bucket, node.path)] = (etag, size, mtime, time.time())
         node.size, node.mtime = size, mtime
         self._kernel_etag.pop(inode, None)
         if self.spawn is not None:
@@ -493,7 +475,7 @@ class S3PoolOperations(pyfuse3.Operations):
             return
         os.close(handle.fd)
         # reading counts as using: a file read for hours is not least recently used
-        self.cache.access.touch(handle.bucket, handle.key)
+        self.cache.store.touch(handle.bucket, handle.key)
         inode = handle.inode
         pending = self._pending_switch.get(inode)
         if pending is not None and not any(
