@@ -36,6 +36,10 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+# seconds that requests in flight get to end by themselves at shutdown
+STOP_GRACE = 5.0
+
+
 @dataclass
 class Options:
     port: int
@@ -225,7 +229,18 @@ class Daemon:
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
                     break
-                self.backend.stopping.set()
+                await self._stop_in_flight()
                 if self.fs is not None:
                     await self.fs.stop()
                 nursery.cancel_scope.cancel()
+
+    async def _stop_in_flight(self) -> None:
+        """Let what is in flight end with an error its caller sees: downloads
+        give up between chunks, so a PULL gets an ERROR saying the daemon is
+        stopping and a reader of the mount gets EIO, before anything is torn
+        down. Whatever has not ended after STOP_GRACE is cancelled."""
+        self.backend.stopping.set()
+        self.server.stopping = True
+        with trio.move_on_after(STOP_GRACE):
+            while self.server.active or self.store.locks.held():
+                await trio.sleep(0.05)

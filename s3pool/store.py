@@ -77,6 +77,10 @@ class KeyLocks:
     def __contains__(self, ident: tuple[str, str]) -> bool:
         return ident in self._locks
 
+    def held(self) -> int:
+        """How many keys are locked or awaited right now."""
+        return len(self._locks)
+
     def is_busy(self, ident: tuple[str, str]) -> bool:
         entry = self._locks.get(ident)
         return entry is not None and entry.users > 0

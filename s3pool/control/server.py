@@ -37,6 +37,8 @@ class ControlServer:
         self.status_lines = status_lines
         self.request_log = request_log or RequestLog(None)
         self.connections = 0
+        self.active = 0  # requests being carried out right now (read and parsed)
+        self.stopping = False
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
@@ -59,15 +61,29 @@ class ControlServer:
                 line = await self._receive_line(stream, complete)
                 request = parse_request(line)
                 summary = _summarize(request)
-                if request.command == "PUSH":
-                    reply = await self._push(request, local_peer_uid(stream.socket))
-                else:
-                    reply = await self.dispatch(request)
+                self.active += 1
+                try:
+                    if request.command == "PUSH":
+                        reply = await self._push(request, local_peer_uid(stream.socket))
+                    else:
+                        reply = await self.dispatch(request)
+                finally:
+                    self.active -= 1
                 status = "OK"
             except S3PoolError as exc:
                 self.cache.stats.errors += 1
-                reply = format_error(str(exc))
-                status = f"ERROR {exc}"
+                message = str(exc)
+                if self.stopping:
+                    message = f"s3pool is stopping, request not completed ({message})"
+                reply = format_error(message)
+                status = f"ERROR {message}"
+            except trio.Cancelled:
+                # shutdown cancelled the request: say so before the connection goes
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.send_all(format_error(
+                        "s3pool is stopping, request not completed"))
+                status = "ERROR stopping"
+                raise
             except Exception as exc:  # a bug of ours: answer, log, keep serving
                 self.cache.stats.errors += 1
                 log.exception("internal error handling %s", summary)

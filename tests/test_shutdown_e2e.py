@@ -1,0 +1,45 @@
+"""Stopping the daemon while downloads are in flight: exit 0, every request
+answered, readers of the mount get EIO, nothing half-installed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+
+def test_sigterm_during_a_mount_download_and_a_pull(start_daemon, s3, bucket, moto_server):
+    s3.put_object(Bucket=bucket, Key="slow-read", Body=os.urandom(2 << 20))
+    s3.put_object(Bucket=bucket, Key="slow-pull", Body=os.urandom(2 << 20))
+    daemon = start_daemon(mount=True, args=["--bucket", bucket])
+    for key in ("slow-read", "slow-pull"):
+        moto_server.app.slow_paths[f"/{bucket}/{key}"] = 0.3  # a minute for the body
+    try:
+        reader = subprocess.Popen(["cat", str(daemon.mountpoint / bucket / "slow-read")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        replies = []
+        puller = threading.Thread(
+            target=lambda: replies.append(daemon.request("PULL", bucket, "slow-pull")))
+        puller.start()
+        deadline = time.monotonic() + 20
+        while moto_server.app.gets_in_flight < 2:
+            assert time.monotonic() < deadline, "the downloads never started"
+            time.sleep(0.02)
+        time.sleep(0.3)
+        code = daemon.stop(signal.SIGTERM)
+        puller.join(10)
+        reader_code = reader.wait(10)
+    finally:
+        moto_server.app.slow_paths.clear()
+    log = daemon.log_text()
+    assert code == 0, log
+    assert "Traceback" not in log, log
+    assert replies and replies[0][0] == "ERROR", replies
+    assert "stopping" in " ".join(replies[0][1]), replies
+    assert reader_code != 0
+    assert b"Input/output error" in reader.stderr.read()
+    assert not os.path.ismount(daemon.mountpoint)
+    assert os.listdir(daemon.home / "tmp") == []
+    assert not (daemon.data / bucket / "slow-read__meta__").exists()
