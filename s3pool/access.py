@@ -148,7 +148,10 @@ class AccessIndex:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (a full disk does that)
             raise
         self.count, self.total_bytes = count, total
 

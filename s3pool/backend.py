@@ -22,6 +22,7 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import boto3
+import boto3.exceptions
 import botocore.exceptions
 import trio
 from boto3.s3.transfer import TransferConfig
@@ -155,6 +156,13 @@ class Backend:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate(exc, bucket, key) from exc
+        except boto3.exceptions.S3UploadFailedError as exc:
+            # its message names our temp file: report S3's own error instead
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, (botocore.exceptions.BotoCoreError,
+                                  botocore.exceptions.ClientError)):
+                raise translate(cause, bucket, key) from exc
+            raise BackendError(f"upload to s3://{bucket}/{key} failed") from exc
 
     # --- objects ---------------------------------------------------------
 
