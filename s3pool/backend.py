@@ -220,6 +220,19 @@ class Backend:
         )
         return meta_from_response(resp)
 
+    async def first_keys(self, bucket: str, prefix: str, limit: int) -> list[ListEntry]:
+        """Up to *limit* keys starting with *prefix*, in key order (one LIST request)."""
+        resp = await self._run(
+            lambda: self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=limit),
+            bucket=bucket,
+        )
+        fast = resp.get(FAST_ENTRIES)
+        if fast is not None:
+            return fast
+        return [ListEntry(item["Key"], int(item.get("Size", 0)),
+                          item["LastModified"].timestamp(), item.get("ETag", ""))
+                for item in resp.get("Contents", ())]
+
     async def upload_file(self, bucket: str, key: str, path: str) -> None:
         """Upload *path*; large files go multipart."""
         await self._run(

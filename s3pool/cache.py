@@ -44,6 +44,7 @@ RANGE_CONCURRENCY = 4
 # keys whose last ETag check is remembered (oldest forgotten first: a
 # forgotten key only costs one conditional GET)
 FRESHNESS_MEMORY = 1 << 20
+MISSING_MEMORY = 1 << 16
 
 
 @dataclass
@@ -95,6 +96,8 @@ class Cache:
         # last ETag check (trio clock) per key, oldest first
         self._checked: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.buckets_in_use: set[str] = set()
+        # names S3 said it does not have (discover), oldest first
+        self._missing: OrderedDict[tuple[str, str], float] = OrderedDict()
         settings.on_change(self._setting_changed)
 
     def _setting_changed(self, name: str, value: Any) -> None:
@@ -410,6 +413,44 @@ class Cache:
     async def ensure_listing(self, bucket: str) -> None:
         if not self.listings.has_index(bucket):
             await self.refresh(bucket)
+
+    async def discover(self, bucket: str, key: str) -> bool:
+        """Ask S3 about one name the listing lacks (a key written since the
+        last refresh): a HEAD, then a LIST of one key for a directory of that
+        name. What exists goes into the listing index; what does not is
+        remembered for the freshness window, so an ``ls`` storm of missing
+        names costs S3 nothing. True if the index gained something."""
+        check_bucket(bucket)
+        ident = (bucket, key)
+        missing_since = self._missing.get(ident)
+        window = self.settings.freshness_window
+        if missing_since is not None and trio.current_time() - missing_since < window:
+            return False
+        try:
+            check_key(key)
+            try:
+                meta = await self.backend.head_object(bucket, key)
+            except NoSuchKey:
+                meta = None
+            if meta is not None:
+                await self.listings.add_key(bucket, ListEntry(
+                    key, meta["ContentLength"], _listing_time(meta), meta.get("ETag") or ""))
+                return True
+            # a directory: one key under it is enough for the index to show it
+            under = await self.backend.first_keys(bucket, key + "/", 1)
+        except BadKey:
+            return False
+        except S3PoolError as exc:  # S3 unreachable: the name is just not there now
+            log.info("cannot ask S3 about s3://%s/%s: %s", bucket, key, exc)
+            return False
+        if under:
+            await self.listings.add_key(bucket, under[0])
+            return True
+        self._missing[ident] = trio.current_time()
+        self._missing.move_to_end(ident)
+        while len(self._missing) > MISSING_MEMORY:
+            self._missing.popitem(last=False)
+        return False
 
     async def glob(self, bucket: str, pattern: str) -> list[str]:
         check_bucket(bucket)

@@ -274,3 +274,23 @@ def test_a_pushed_key_appears_in_the_mount(mounted, bucket, tmp_path):
     assert "fresh.txt" in os.listdir(root)
     assert (root / "fresh.txt").read_bytes() == b"just pushed"
 
+
+
+def test_a_key_written_after_the_listing_shows_on_lookup(start_daemon, s3, bucket,
+                                                         moto_server):
+    s3.put_object(Bucket=bucket, Key="listed", Body=b"x")
+    daemon = start_daemon(mount=True, args=["--bucket", bucket])
+    root = daemon.mountpoint / bucket
+    assert os.listdir(root) == ["listed"]
+    s3.put_object(Bucket=bucket, Key="late.txt", Body=b"written by another host")
+    s3.put_object(Bucket=bucket, Key="newdir/inner", Body=b"y")
+    assert (root / "late.txt").read_bytes() == b"written by another host"
+    assert os.stat(root / "late.txt").st_size == len(b"written by another host")
+    assert (root / "newdir").is_dir()
+    assert sorted(os.listdir(root)) == ["late.txt", "listed", "newdir"]
+    # a missing name is asked about once, then remembered
+    heads = moto_server.app.count("HEAD", f"/{bucket}/nothing-here")
+    for _ in range(5):
+        assert not os.path.exists(root / "nothing-here")
+    assert moto_server.app.count("HEAD", f"/{bucket}/nothing-here") == heads + 1
+    assert daemon.stop() == 0

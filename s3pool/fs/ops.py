@@ -283,6 +283,10 @@ class S3PoolOperations(pyfuse3.Operations):
         else:
             await self._ensure_listing(parent.bucket)
             entry = self.listings.lookup(parent.bucket, parent.dir_prefix, text)
+            if entry is None and visible_name(text, at_root=not parent.path) \
+                    and await self.cache.discover(parent.bucket, parent.dir_prefix + text):
+                # written to S3 since the last listing
+                entry = self.listings.lookup(parent.bucket, parent.dir_prefix, text)
             if entry is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = self._entry_node(parent.bucket, parent.dir_prefix, entry)
