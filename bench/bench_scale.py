@@ -1,7 +1,9 @@
 """Scale benchmark: eviction over 100,000 cached objects, memory with a
-1,000,000-key listing.
+1,000,000-key listing, PULL misses with up to 1,000,000 keys in the
+freshness memory, cached PULLs while the access index is written.
 
     python bench/bench_scale.py [--objects 100000] [--keys 1000000]
+                                [--only evict|memory|fresh|flush]
 
 Eviction: a cache of N small objects (files and meta made directly in
 data/, access order recorded through s3pool's own access index) is brought
@@ -40,6 +42,8 @@ import trio  # noqa: E402
 
 from common import Daemon, free_port, print_table, workdir  # noqa: E402
 
+from s3pool.backend import ObjectResponse  # noqa: E402
+from s3pool.cache import Cache  # noqa: E402
 from s3pool.evictor import Evictor, Usage  # noqa: E402
 from s3pool.layout import Layout  # noqa: E402
 from s3pool.settings import Settings  # noqa: E402
@@ -196,13 +200,131 @@ def bench_memory(keys: int) -> str:
           f"{after_queries / list_size:.2f}", f"{glob_s * 1000:.0f} ms / {readdir_s * 1000:.0f} ms"]])
 
 
+class MemoryBackend:
+    """Objects served from memory with the calls the cache makes: a miss then
+    costs s3pool's own work (freshness, locks, temp file, fsync, install)."""
+
+    def __init__(self, size: int) -> None:
+        self.body = b"m" * size
+        self.meta = {"LastModified": "Wed, 25 Nov 2026 00:00:00 GMT", "ETag": '"e"',
+                     "ContentLength": size, "ContentType": "binary/octet-stream",
+                     "Metadata": {}, "AcceptRanges": "bytes"}
+
+    async def get_object(self, bucket, key, if_none_match=None):
+        import io
+        return ObjectResponse(dict(self.meta), io.BytesIO(self.body))
+
+    async def read_body_at(self, response, fd, offset, limit, bucket, key):
+        data = response.body.read(limit)
+        return os.pwrite(fd, data, offset)
+
+    def resize(self, n: int) -> None:
+        pass
+
+
+def old_mark_fresh(checked: dict, key, now: float, horizon: float) -> dict:
+    """The freshness bookkeeping before the store (the baseline)."""
+    checked[key] = now
+    if len(checked) > 100_000:
+        checked = {k: t for k, t in checked.items() if t >= horizon}
+    return checked
+
+
+def bench_freshness(sizes: list[int], misses: int, rounds: int = 5) -> str:
+    """PULL-miss cost with N keys already in the freshness memory.
+
+    The sizes are measured in turns (rounds), so the machine's noise (fsync
+    above all) falls on each alike; the median round is shown."""
+    caches = []
+    for known in sizes:
+        store = Store(Layout.create(str(workdir("s3pool-bench-fresh-") / "home")))
+        caches.append((known, store, Cache(store, MemoryBackend(1024),
+                                           Settings(freshness_window=3600))))
+    per_miss: dict[int, list[float]] = {known: [] for known in sizes}
+    old_cost: dict[int, float] = {}
+
+    async def run() -> None:
+        now = trio.current_time()
+        for known, _, cache in caches:  # checked within the window: none expires
+            for i in range(known):
+                cache._checked[("bkt", f"known{i}")] = now
+        for rnd in range(rounds):
+            for known, _, cache in caches:
+                started = time.perf_counter()
+                for i in range(misses):
+                    await cache.pull("bkt", f"miss{rnd}-{i}")
+                per_miss[known].append((time.perf_counter() - started) / misses)
+        for known in sizes:  # the old bookkeeping alone, on a dict of the same size
+            old = {("bkt", f"known{i}"): now for i in range(known)}
+            count = max(3, min(misses, 3_000_000 // max(known, 1)))
+            started = time.perf_counter()
+            for i in range(count):
+                old = old_mark_fresh(old, ("bkt", f"old{i}"), now, now - 3600)
+            old_cost[known] = (time.perf_counter() - started) / count
+
+    trio.run(run)
+    for _, store, _ in caches:
+        store.access.close()
+    medians = {k: sorted(v)[len(v) // 2] for k, v in per_miss.items()}
+    base = medians[sizes[0]]
+    rows = [[f"{known:,}", f"{medians[known] * 1e6:.0f}", f"{medians[known] / base:.2f}",
+             f"{old_cost[known] * 1e6:.0f}"] for known in sizes]
+    return print_table(
+        f"PULL miss (1 KiB, in-memory S3, fsync on) with N keys in the freshness memory, "
+        f"median of {rounds} rounds of {misses} misses",
+        ["keys checked", "us per miss", "ratio to the first row",
+         "old freshness bookkeeping alone, us per miss"], rows)
+
+
+def bench_flush_p99(pending: int, hits: int) -> str:
+    """Cached-PULL latency while the access index writes a big batch."""
+    work = workdir("s3pool-bench-flush-")
+    store = Store(Layout.create(str(work / "home")))
+    cache = Cache(store, MemoryBackend(1024), Settings(freshness_window=3600))
+
+    async def run() -> list[list[str]]:
+        await cache.pull("bkt", "hot")
+        results = []
+        for label in ("no flush", "flush in a worker thread (now)",
+                      "flush on the trio thread (before)"):
+            for i in range(pending):
+                store.access.record("bkt", f"cold{i}", 1024)
+            times = []
+            async with trio.open_nursery() as nursery:
+                if label.startswith("flush in"):
+                    nursery.start_soon(store.access.flush)
+                for i in range(hits):
+                    started = time.perf_counter()
+                    if label.startswith("flush on") and i == hits // 4:
+                        store.access.flush_blocking()  # what record() did at 5,000 rows
+                    await cache.pull("bkt", "hot")
+                    times.append(time.perf_counter() - started)
+                    await trio.sleep(0)
+            await store.access.flush()
+            times.sort()
+            results.append([label, f"{times[len(times) // 2] * 1e6:.0f}",
+                            f"{times[int(len(times) * 0.99)] * 1e6:.0f}",
+                            f"{times[-1] * 1e3:.1f}"])
+        return results
+
+    rows = trio.run(run)
+    store.access.close()
+    return print_table(
+        f"Cached PULL (in process) while {pending:,} access rows are written, {hits:,} PULLs",
+        ["case", "p50 us", "p99 us", "max ms"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=("evict", "memory"))
+    parser.add_argument("--only", choices=("evict", "memory", "fresh", "flush"))
     args = parser.parse_args()
     out = []
+    if args.only in (None, "fresh"):
+        out.append(bench_freshness([1_000, 100_000, 1_000_000], 100))
+    if args.only in (None, "flush"):
+        out.append(bench_flush_p99(50_000, 2_000))
     if args.only in (None, "evict"):
         out.append(bench_eviction(args.objects))
     if args.only in (None, "memory"):

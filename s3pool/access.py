@@ -37,9 +37,78 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_by_atime ON objects (atime);
+-- the totals kept by SQLite itself: a batch is applied with no Python per row
+CREATE TABLE IF NOT EXISTS totals (
+    id INTEGER PRIMARY KEY CHECK (id = 0), count INTEGER NOT NULL, bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals SELECT 0, count(*), coalesce(sum(size), 0) FROM objects;
+CREATE TRIGGER IF NOT EXISTS objects_added AFTER INSERT ON objects BEGIN
+    UPDATE totals SET count = count + 1, bytes = bytes + NEW.size WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS objects_dropped AFTER DELETE ON objects BEGIN
+    UPDATE totals SET count = count - 1, bytes = bytes - OLD.size WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS objects_resized AFTER UPDATE OF size ON objects BEGIN
+    UPDATE totals SET bytes = bytes + NEW.size - OLD.size WHERE id = 0;
+END;
 """
-TOUCH = -1
-FORGET = -2
+_UPSERT = ("INSERT INTO objects VALUES (?, ?, ?, ?) ON CONFLICT (bucket, key) "
+           "DO UPDATE SET size = excluded.size, atime = excluded.atime")
+
+
+class _Batch:
+    """Accesses not yet written, each key in exactly one of three dicts whose
+    values are the SQL parameters: records (bucket, key, size, atime),
+    touches (atime, bucket, key), forgets."""
+
+    __slots__ = ("records", "touches", "forgets")
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], tuple[str, str, int, float]] = {}
+        self.touches: dict[tuple[str, str], tuple[float, str, str]] = {}
+        self.forgets: dict[tuple[str, str], None] = {}
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.touches) + len(self.forgets)
+
+    def record(self, bucket: str, key: str, size: int, atime: float) -> None:
+        ident = (bucket, key)
+        self.records[ident] = (bucket, key, size, atime)
+        self.touches.pop(ident, None)
+        self.forgets.pop(ident, None)
+
+    def touch(self, bucket: str, key: str, atime: float) -> None:
+        ident = (bucket, key)
+        known = self.records.get(ident)
+        if known is not None:
+            self.records[ident] = (bucket, key, known[2], atime)
+        elif ident not in self.forgets:
+            self.touches[ident] = (atime, bucket, key)
+
+    def forget(self, bucket: str, key: str) -> None:
+        ident = (bucket, key)
+        self.records.pop(ident, None)
+        self.touches.pop(ident, None)
+        self.forgets[ident] = None
+
+    def atime(self, ident: tuple[str, str]) -> float | None:
+        known = self.records.get(ident)
+        if known is not None:
+            return known[3]
+        touched = self.touches.get(ident)
+        return touched[0] if touched is not None else None
+
+    def merged_with(self, newer: "_Batch") -> "_Batch":
+        """This batch with *newer* applied on top (a failed flush keeps its rows)."""
+        merged = _Batch()
+        for batch in (self, newer):
+            for ident in batch.forgets:
+                merged.forget(*ident)
+            for bucket, key, size, atime in batch.records.values():
+                merged.record(bucket, key, size, atime)
+            for atime, bucket, key in batch.touches.values():
+                merged.touch(bucket, key, atime)
+        return merged
 
 
 class AccessIndex:
@@ -59,38 +128,34 @@ class AccessIndex:
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;"
             + _SCHEMA
         )
-        # (bucket, key) -> (size, atime); size TOUCH: only if known, FORGET: drop the row
-        self._pending: dict[tuple[str, str], tuple[int, float]] = {}
-        self._flushing: dict[tuple[str, str], tuple[int, float]] = {}
+        self._pending = _Batch()
+        self._flushing = _Batch()
         self.writer = trio.CapacityLimiter(1)
         self.count, self.total_bytes = self.totals()
 
     def totals(self) -> tuple[int, int]:
         """Blocking: (objects, bytes) as the database has them."""
-        count, total = self.db.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM objects").fetchone()
+        count, total = self.db.execute("SELECT count, bytes FROM totals").fetchone()
         return int(count), int(total)
 
     def record(self, bucket: str, key: str, size: int, when: float | None = None) -> None:
         """Note an access (a PULL hit, a download, a FUSE open): a dict update."""
-        self._pending[(bucket, key)] = (size, time.time() if when is None else when)
+        self._pending.record(bucket, key, size, time.time() if when is None else when)
 
     def touch(self, bucket: str, key: str) -> None:
         """Note an access to an object only if it is still cached (size unknown here)."""
-        pending = self._pending.get((bucket, key))
-        size = pending[0] if pending and pending[0] >= 0 else TOUCH
-        self._pending[(bucket, key)] = (size, time.time())
+        self._pending.touch(bucket, key, time.time())
 
     def forget(self, bucket: str, key: str) -> None:
         """The object left the cache (evicted, replaced by a directory, deleted on S3)."""
-        self._pending[(bucket, key)] = (FORGET, 0.0)
+        self._pending.forget(bucket, key)
 
     def pending_atime(self, bucket: str, key: str) -> float | None:
         """The last access not yet written to disk, if any."""
         for batch in (self._pending, self._flushing):
-            entry = batch.get((bucket, key))
-            if entry is not None and entry[0] != FORGET:
-                return entry[1]
+            atime = batch.atime((bucket, key))
+            if atime is not None:
+                return atime
         return None
 
     @property
@@ -102,50 +167,32 @@ class AccessIndex:
         async with self.writer:
             if not self._pending:
                 return
-            self._flushing, self._pending = self._pending, {}
+            self._flushing, self._pending = self._pending, _Batch()
             try:
                 await trio.to_thread.run_sync(self._apply, self._flushing)
             except BaseException:
                 # keep what was not written, under anything recorded since
-                self._pending = {**self._flushing, **self._pending}
+                self._pending = self._flushing.merged_with(self._pending)
                 raise
             finally:
-                self._flushing = {}
+                self._flushing = _Batch()
 
     def flush_blocking(self) -> None:
         """Write the pending accesses now (at shutdown, outside trio)."""
-        pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending, _Batch()
         self._apply(pending)
 
-    def _apply(self, pending: dict[tuple[str, str], tuple[int, float]]) -> None:
+    def _apply(self, batch: "_Batch") -> None:
+        # the rows are already parameter tuples: no Python runs per row here,
+        # so the trio thread is not kept from the GIL by a big batch
         db = self.db
-        count, total = self.count, self.total_bytes
         db.execute("BEGIN")
         try:
-            for (bucket, key), (size, atime) in pending.items():
-                row = db.execute(
-                    "SELECT size FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
-                ).fetchone()
-                if size == FORGET:
-                    if row is not None:
-                        db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?",
-                                   (bucket, key))
-                        count -= 1
-                        total -= int(row[0])
-                    continue
-                if size == TOUCH:  # only for objects still known
-                    if row is not None:
-                        db.execute("UPDATE objects SET atime = ? WHERE bucket = ? AND key = ?",
-                                   (atime, bucket, key))
-                    continue
-                if row is None:
-                    count += 1
-                    total += size
-                else:
-                    total += size - int(row[0])
-                db.execute(
-                    "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (bucket, key, size, atime)
-                )
+            db.executemany(_UPSERT, batch.records.values())
+            db.executemany("UPDATE objects SET atime = ? WHERE bucket = ? AND key = ?",
+                           batch.touches.values())
+            db.executemany("DELETE FROM objects WHERE bucket = ? AND key = ?",
+                           batch.forgets.keys())
             db.execute("COMMIT")
         except BaseException:
             try:
@@ -153,7 +200,7 @@ class AccessIndex:
             except sqlite3.Error:
                 pass  # SQLite already rolled back (a full disk does that)
             raise
-        self.count, self.total_bytes = count, total
+        self.count, self.total_bytes = self.totals()
 
     async def oldest(self, limit: int, skip: int = 0) -> list[tuple[str, str, int, float]]:
         """The *limit* least recently accessed objects (after *skip* of them)."""
@@ -221,7 +268,7 @@ class AccessIndex:
             return 0
         db.execute("BEGIN")
         db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", [(b, k) for b, k, _, _ in batch])
-        after_seen = db.total_changes
-        db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", batch)
+        # rowcount counts the rows inserted here, not what the totals trigger did
+        added = db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", batch).rowcount
         db.execute("COMMIT")
-        return db.total_changes - after_seen
+        return added
