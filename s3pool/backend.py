@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -117,6 +118,14 @@ class Backend:
             **(credentials or {}),
         )
         self.client.meta.events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
+        self.errors = 0  # failed S3 calls (STATUS s3_errors)
+        # (operation, seconds, error code or None) for each S3 call; set by the metrics
+        self.observer: Callable[[str, float, str | None], None] | None = None
+        self._errors_lock = threading.Lock()
+        events = self.client.meta.events
+        events.register("before-call.s3", self._call_started)
+        events.register("after-call.s3", self._call_answered)
+        events.register("after-call-error.s3", self._call_failed)
         self.limiter = trio.CapacityLimiter(max_threads)
         self.stopping = threading.Event()  # set at shutdown: worker threads give up
         self.transfer_config = TransferConfig(
@@ -126,6 +135,29 @@ class Backend:
 
     def describe(self) -> str:
         return self.endpoint_url or f"AWS S3 ({self.region})"
+
+    # --- botocore hooks (worker threads): S3 errors and latency ----------
+
+    def _call_started(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        context["s3pool_call"] = (model.name, time.perf_counter())
+
+    def _call_answered(self, http_response: Any, context: dict[str, Any], **_: Any) -> None:
+        status = getattr(http_response, "status_code", 0)
+        # 304, 404 and 412 are answers (current, missing, changed), not failures
+        failed = status >= 400 and status not in (404, 412)
+        self._call_done(context, str(status) if failed else None)
+
+    def _call_failed(self, exception: Exception, context: dict[str, Any], **_: Any) -> None:
+        self._call_done(context, type(exception).__name__)
+
+    def _call_done(self, context: dict[str, Any], error: str | None) -> None:
+        operation, started = context.pop("s3pool_call", ("unknown", time.perf_counter()))
+        if error is not None:
+            with self._errors_lock:
+                self.errors += 1
+        observer = self.observer
+        if observer is not None:
+            observer(operation, time.perf_counter() - started, error)
 
     async def _run(self, fn: Callable[..., Any], *args: Any, bucket: str,
                    key: str | None = None) -> Any:

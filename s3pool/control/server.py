@@ -37,6 +37,8 @@ class ControlServer:
         self.status_lines = status_lines
         self.request_log = request_log or RequestLog(None)
         self.connections = 0
+        # (command, seconds, ok) after each request; set by the metrics
+        self.observe: Callable[[str, float, bool], None] | None = None
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
@@ -51,7 +53,7 @@ class ControlServer:
     async def handle(self, stream: trio.SocketStream) -> None:
         started = time.perf_counter()
         self.connections += 1
-        summary = "-"
+        summary = command = "-"
         status = "ERROR"
         complete = [False]  # did we read the whole request?
         try:
@@ -59,6 +61,7 @@ class ControlServer:
                 line = await self._receive_line(stream, complete)
                 request = parse_request(line)
                 summary = _summarize(request)
+                command = request.command
                 if request.command == "PUSH":
                     reply = await self._push(request, local_peer_uid(stream.socket))
                 else:
@@ -87,6 +90,8 @@ class ControlServer:
                     await stream.aclose()
             elapsed = (time.perf_counter() - started) * 1000
             self.request_log.write(f"{summary} -> {status} {elapsed:.1f}ms")
+            if self.observe is not None:
+                self.observe(command, elapsed / 1000, status.startswith("OK"))
 
     async def _push(self, request: Request, uid: int | None) -> bytes:
         """PUSH for a client of this host reads only what its user may read."""
