@@ -55,9 +55,14 @@ def _not_s3pool(reply: str, host: str, port: int) -> NotS3Pool:
         return NotS3Pool(f"{host}:{port} closed the connection without answering "
                          "(not s3pool, or s3pool is stopping)")
     first = reply.split("\n", 1)[0].strip()
-    shown = "".join(c if c.isprintable() else "?" for c in first)[:60]
-    what = "an HTTP server" if first.startswith("HTTP/") else "something else"
-    return NotS3Pool(f"{host}:{port} is not s3pool: {what} answered {shown!r}")
+    if first.startswith("HTTP/"):
+        what = f"an HTTP server answered {first[:60]!r}"
+    elif "<html" in reply[:2000].lower() or "<!doctype" in reply[:2000].lower():
+        what = "an HTTP server answered with a web page"
+    else:
+        shown = "".join(c if c.isprintable() else "?" for c in first)[:60]
+        what = f"something else answered {shown!r}"
+    return NotS3Pool(f"{host}:{port} is not s3pool: {what}")
 
 
 def exchange(host: str, port: int, data: bytes, timeout: float | None = 600.0,

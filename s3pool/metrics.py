@@ -14,7 +14,8 @@ import logging
 from typing import Any, Callable, Iterator
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
+                               start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .errors import StartupError
@@ -123,6 +124,7 @@ class Metrics:
     """The registry and the histograms; :meth:`serve` runs the HTTP endpoint."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they only double the output
         self.registry = CollectorRegistry(auto_describe=False)
         self.status = StatusCollector()
         self.registry.register(self.status)

@@ -155,6 +155,7 @@ class ProgressReporter:
         self.thread.join()
         if self.shown:
             if kind is None:
+                self._poll()  # the downloads that ended since the last poll count whole
                 self._draw(self.progress.summary() + "\n")
             else:
                 self._draw("")  # the error message gets a clean line
@@ -172,14 +173,17 @@ class ProgressReporter:
         except (OSError, ValueError):
             pass
 
+    def _poll(self) -> None:
+        try:
+            self.progress.update(self.poll())
+        except Exception:  # noqa: BLE001 - a failed poll only leaves the bar as it was
+            pass
+
     def _run(self) -> None:
         if self.stop.wait(self.delay):
             return  # done within the first second: no bar at all
         while True:
-            try:
-                self.progress.update(self.poll())
-            except Exception:  # noqa: BLE001 - a failed poll only leaves the bar as it was
-                pass
+            self._poll()
             if self.stop.is_set():
                 return
             self.shown = True
