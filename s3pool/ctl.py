@@ -120,7 +120,9 @@ def build_parser(prog: str = "s3poolctl") -> argparse.ArgumentParser:
                              "until interrupted")
 
     names = ", ".join(spec.name for spec in SPECS)
-    set_ = command("set", "NAME VALUE", f"change a setting: {names}", run_set)
+    set_ = command("set", "NAME VALUE", f"change a setting: {names}. refresh_interval is "
+                   "minutes, as in the original s3pool; any duration also takes 30s, 5m, 2h",
+                   run_set)
     set_.add_argument("name", metavar="NAME")
     set_.add_argument("value", metavar="VALUE", help="refresh_interval is minutes, as in the "
                       "original s3pool (or 30s, 5m, 2h); freshness_window and stale_on_error "
