@@ -79,7 +79,7 @@ def build_parser(prog: str = "s3poolctl") -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help, parents=[shared],
                                   epilog=EPILOG)
         sub.expects = expects
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, parser=sub)
         return sub
 
     pull = command("pull", "BUCKET KEY [KEY ...] or BUCKET --glob PATTERN",
@@ -352,7 +352,7 @@ def _is_terminal(stream: Any) -> bool:
 def main(argv: list[str] | None = None, prog: str = "s3poolctl") -> int:
     parser = build_parser(prog)
     args, extra = parser.parse_known_args(argv)
-    subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore
+    subparser = args.parser
     if extra:
         subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.prog = prog

@@ -158,7 +158,11 @@ class Daemon:
         self.server = ControlServer(self.cache, self.status_lines, self.request_log)
         self.metrics: Any = None
         if options.metrics_port:
-            from .metrics import Metrics  # prometheus_client only when asked for
+            try:
+                from .metrics import Metrics  # prometheus_client only when asked for
+            except ImportError as exc:
+                raise StartupError(f"--metrics-port needs prometheus_client ({exc}); "
+                                   "pip install prometheus_client") from None
 
             self.metrics = Metrics()
             self.server.observe = self.metrics.observe_request

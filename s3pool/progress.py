@@ -115,9 +115,10 @@ class PullProgress:
         """One line, at most *width* characters."""
         fraction = self.fraction()
         done, known = self.bytes_done, self.bytes_known
-        size = human_bytes(done) + (f" / {human_bytes(known)}" if known > done else "")
-        text = (f" {fraction * 100:3.0f}%  {self.objects_done}/{self.total_objects} objects  "
-                f"{size}  {human_bytes(self.rate())}/s")
+        text = f" {fraction * 100:3.0f}%  {self.objects_done}/{self.total_objects} objects"
+        if known:  # a daemon that lists no downloads in STATUS gives objects only
+            size = human_bytes(done) + (f" / {human_bytes(known)}" if known > done else "")
+            text += f"  {size}  {human_bytes(self.rate())}/s"
         bar_width = max(0, min(30, width - len(text) - 3))
         if bar_width >= 5:
             filled = int(fraction * bar_width)
@@ -127,9 +128,13 @@ class PullProgress:
     def summary(self) -> str:
         elapsed = self.clock() - self.started
         done = self.bytes_done
-        speed = f" ({human_bytes(done / elapsed)}/s)" if elapsed > 0 and done else ""
-        return (f"{self.objects_done}/{self.total_objects} objects, {human_bytes(done)} "
-                f"downloaded in {human_duration(elapsed)}{speed}")
+        text = f"{self.objects_done}/{self.total_objects} objects"
+        if done:
+            text += f", {human_bytes(done)} downloaded"
+        text += f" in {human_duration(elapsed)}"
+        if done and elapsed > 0:
+            text += f" ({human_bytes(done / elapsed)}/s)"
+        return text
 
 
 class ProgressReporter:

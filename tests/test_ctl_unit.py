@@ -220,6 +220,7 @@ def test_progress_of_cache_hits_is_objects_only():
     progress.update([])
     progress.completed(2)
     assert "2/2 objects" in progress.render() and "100%" in progress.render()
+    assert "B/s" not in progress.render() and "downloaded" not in progress.summary()
     assert human_bytes(0) == "0 B" and human_bytes(1536) == "1.5 KiB"
 
 
