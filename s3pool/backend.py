@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -107,6 +108,10 @@ class Backend:
             or os.environ.get("AWS_ENDPOINT_URL")
         self.region = region or self._session.region_name or "us-east-1"
         self._credentials = credentials or {}
+        self.errors = 0  # failed S3 calls (STATUS s3_errors)
+        # (operation, seconds, error code or None) for each S3 call; set by the metrics
+        self.observer: Callable[[str, float, str | None], None] | None = None
+        self._errors_lock = threading.Lock()
         self.max_threads = max_threads
         self.client = self._make_client(max_threads)
         self.limiter = trio.CapacityLimiter(max_threads)
@@ -128,7 +133,11 @@ class Backend:
             "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config,
             **self._credentials,
         )
-        client.meta.events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
+        events = client.meta.events
+        events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
+        events.register("before-call.s3", self._call_started)
+        events.register("after-call.s3", self._call_answered)
+        events.register("after-call-error.s3", self._call_failed)
         return client
 
     @staticmethod
@@ -149,6 +158,29 @@ class Backend:
 
     def describe(self) -> str:
         return self.endpoint_url or f"AWS S3 ({self.region})"
+
+    # --- botocore hooks (worker threads): S3 errors and latency ----------
+
+    def _call_started(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        context["s3pool_call"] = (model.name, time.perf_counter())
+
+    def _call_answered(self, http_response: Any, context: dict[str, Any], **_: Any) -> None:
+        status = getattr(http_response, "status_code", 0)
+        # 304, 404 and 412 are answers (current, missing, changed), not failures
+        failed = status >= 400 and status not in (404, 412)
+        self._call_done(context, str(status) if failed else None)
+
+    def _call_failed(self, exception: Exception, context: dict[str, Any], **_: Any) -> None:
+        self._call_done(context, type(exception).__name__)
+
+    def _call_done(self, context: dict[str, Any], error: str | None) -> None:
+        operation, started = context.pop("s3pool_call", ("unknown", time.perf_counter()))
+        if error is not None:
+            with self._errors_lock:
+                self.errors += 1
+        observer = self.observer
+        if observer is not None:
+            observer(operation, time.perf_counter() - started, error)
 
     async def _run(self, fn: Callable[..., Any], *args: Any, bucket: str,
                    key: str | None = None) -> Any:

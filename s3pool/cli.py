@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import trio
@@ -56,12 +57,45 @@ def build_parser() -> argparse.ArgumentParser:
                              "only when no S3 endpoint and no AWS credentials are configured")
     parser.add_argument("--allow-other", action="store_true",
                         help="let users other than the one running s3pool read the mount")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                        help="serve Prometheus metrics over HTTP on this port (default 0 = off)")
+    parser.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDRESS",
+                        help="address the metrics endpoint listens on (default 127.0.0.1)")
     for spec in SPECS:
-        names = [spec.option] if spec.name != "verbose" else ["-v", spec.option]
+        names = [*SHORT_OPTIONS.get(spec.name, ()), spec.option]
+        default = spec.show(spec.default) + (f" {spec.unit}" if spec.unit else "")
         parser.add_argument(*names, dest=spec.name, metavar=spec.metavar, default=None,
-                            type=spec.parse, help=f"{spec.help} (default {spec.default})")
+                            type=spec.parse,
+                            help=f"{spec.help} (default {default})".replace("%", "%%"))
+    add_original_flags(parser)
     parser.add_argument("--version", action="version", version=f"s3pool {__version__}")
     return parser
+
+
+# -v is ours; -c is the original s3pool's flag for the pull concurrency
+SHORT_OPTIONS = {"verbose": ("-v",), "pull_concurrency": ("-c",)}
+# start-up flags of the original s3pool that mean nothing here: accepted, warned about
+IGNORED_FLAGS = {"-daemonprep": "an internal flag of the original s3pool",
+                 "-s": "an internal flag of the original s3pool",
+                 "-M": "the original's master host for GLOB"}
+
+
+def add_original_flags(parser: argparse.ArgumentParser) -> None:
+    """The original s3pool's start-up flags, so its start scripts keep working."""
+    parser.add_argument("-n", dest="no_daemon", action="store_true",
+                        help="accepted for the original's start scripts: s3pool always runs "
+                             "in the foreground (the original forked into the background "
+                             "unless given -n)")
+    parser.add_argument("-pidfile", "--pidfile", metavar="PATH",
+                        help="also write the daemon's pid to PATH (relative to HOMEDIR, as in "
+                             "the original s3pool); removed at exit. The lock against a second "
+                             "daemon stays HOMEDIR/s3pool.pid")
+    parser.add_argument("-daemonprep", dest="ignored_daemonprep", action="store_true",
+                        help="ignored with a warning (an internal flag of the original)")
+    parser.add_argument("-s", dest="ignored_s", action="store_true",
+                        help="ignored with a warning (an internal flag of the original)")
+    parser.add_argument("-M", dest="ignored_M", metavar="HOST",
+                        help="ignored with a warning (the original's master host for GLOB)")
 
 
 CLIENT_COMMANDS = ("pull", "push", "glob", "refresh", "status", "set")
@@ -72,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in CLIENT_COMMANDS:
         from .ctl import main as ctl_main
 
-        return ctl_main(argv)
+        return ctl_main(argv, prog="s3pool")
     args = build_parser().parse_args(argv)
     return run_daemon(args)
 
@@ -93,13 +127,18 @@ def run_daemon(args: argparse.Namespace) -> int:
         print(f"s3pool: cannot use HOMEDIR {args.homedir}: {exc.strerror}", file=sys.stderr)
         return 1
     setup_logging(layout.log_dir, verbose)
+    for flag, what in IGNORED_FLAGS.items():
+        if getattr(args, "ignored_" + flag.lstrip("-"), None):
+            log.warning("ignoring %s: %s, which s3pool does not need", flag, what)
+    pidfile = args.pidfile and os.path.join(layout.home, args.pidfile)
     embedded = args.embedded_s3
     if embedded == "auto":
         embedded = "no" if endpoint_configured() else "yes"
     options = Options(
         port=args.port, home=args.homedir, bind=args.bind, mountpoint=args.mountpoint,
         buckets=args.bucket, embedded_s3=embedded, settings=settings,
-        allow_other=args.allow_other,
+        allow_other=args.allow_other, metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind, extra_pidfile=pidfile,
     )
     daemon = None
     try:

@@ -8,17 +8,61 @@
     keys = c.glob("bucket", "logs/**/*.gz")
 
 Every call opens a connection, sends one JSON line, reads the reply until
-the server closes. An ERROR reply raises :class:`S3PoolClientError`.
+the server closes. An ERROR reply raises :class:`S3PoolClientError`; a
+port where something else than s3pool answers raises :class:`NotS3Pool`
+(an ``OSError``, like a refused connection).
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from typing import NamedTuple
 
 
 class S3PoolClientError(Exception):
     """The daemon answered ERROR (the message is its one-line reason)."""
+
+
+class NotS3Pool(ConnectionError):
+    """Something answered on the port, but not the s3pool protocol."""
+
+
+class Download(NamedTuple):
+    """One ``download s3://BUCKET/KEY DONE TOTAL ELAPSED`` line of STATUS."""
+
+    bucket: str
+    key: str
+    done: int
+    total: int
+    elapsed: float
+
+
+def parse_download(value: str) -> Download | None:
+    """The value of a ``download`` STATUS line, or None if it is not one (keys may hold spaces)."""
+    parts = value.rsplit(" ", 3)
+    if len(parts) != 4 or not parts[0].startswith("s3://"):
+        return None
+    bucket, slash, key = parts[0][5:].partition("/")
+    try:
+        return Download(bucket, key, int(parts[1]), int(parts[2]), float(parts[3]))
+    except ValueError:
+        return None
+
+
+def _not_s3pool(reply: str, host: str, port: int) -> NotS3Pool:
+    if not reply:
+        return NotS3Pool(f"{host}:{port} closed the connection without answering "
+                         "(not s3pool, or s3pool is stopping)")
+    first = reply.split("\n", 1)[0].strip()
+    if first.startswith("HTTP/"):
+        what = f"an HTTP server answered {first[:60]!r}"
+    elif "<html" in reply[:2000].lower() or "<!doctype" in reply[:2000].lower():
+        what = "an HTTP server answered with a web page"
+    else:
+        shown = "".join(c if c.isprintable() else "?" for c in first)[:60]
+        what = f"something else answered {shown!r}"
+    return NotS3Pool(f"{host}:{port} is not s3pool: {what}")
 
 
 def exchange(host: str, port: int, data: bytes, timeout: float | None = 600.0,
@@ -45,11 +89,11 @@ class Client:
         line = json.dumps(list(words)).encode() + b"\n"
         reply = exchange(self.host, self.port, line, self.timeout).decode(
             "utf-8", "surrogateescape")
-        status, _, payload = reply.partition("\n")
-        if status == "ERROR":
+        status, newline, payload = reply.partition("\n")
+        if status == "ERROR" and newline:
             raise S3PoolClientError(payload.strip())
-        if status != "OK":
-            raise S3PoolClientError(f"unexpected reply from s3pool: {reply[:200]!r}")
+        if status != "OK" or not newline:
+            raise _not_s3pool(reply, self.host, self.port)
         if payload in ("", "\n"):
             return []
         return payload.split("\n")[:-1] if payload.endswith("\n") else payload.split("\n")
@@ -67,8 +111,22 @@ class Client:
     def refresh(self, bucket: str) -> None:
         self.request("REFRESH", bucket)
 
+    def status_lines(self) -> list[tuple[str, str]]:
+        """STATUS as (name, value) pairs, in order; ``download`` may come many times."""
+        pairs = []
+        for line in self.request("STATUS"):
+            name, _, value = line.partition(" ")
+            pairs.append((name, value))
+        return pairs
+
     def status(self) -> dict[str, str]:
-        return dict(line.split(" ", 1) for line in self.request("STATUS") if " " in line)
+        return {name: value for name, value in self.status_lines() if name != "download"}
+
+    def downloads(self) -> list[Download]:
+        """The downloads in flight, from STATUS (empty if the daemon does not list them)."""
+        found = (parse_download(value) for name, value in self.status_lines()
+                 if name == "download")
+        return [d for d in found if d is not None]
 
     def set(self, name: str, value: str) -> None:
         self.request("SET", name, str(value))

@@ -50,6 +50,9 @@ class Options:
     embedded_s3: str = "auto"  # auto | yes | no
     settings: dict[str, Any] = field(default_factory=dict)
     allow_other: bool = False
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+    metrics_bind: str = "127.0.0.1"
+    extra_pidfile: str | None = None  # the original's -pidfile PATH
 
 
 class PidFile:
@@ -116,6 +119,8 @@ class Daemon:
         self.layout = Layout.create(options.home)
         self.pidfile = PidFile(self.layout.pidfile)
         self.exit_stack.callback(self.pidfile.release)
+        if options.extra_pidfile:
+            self._write_extra_pidfile(options.extra_pidfile)
         removed = self.layout.clear_tmp()
         if removed:
             log.info("removed %d leftover partial downloads from tmp/", removed)
@@ -155,15 +160,47 @@ class Daemon:
         self.settings.on_change(self._setting_changed)
         self.request_log = RequestLog(os.path.join(self.layout.log_dir, "requests.log"))
         self.exit_stack.callback(self.request_log.flush)
-        self.server = ControlServer(self.cache, self.status_lines, self.request_log)
+        self.server = ControlServer(self.cache, self.status, self.request_log)
+        self.metrics: Any = None
+        if options.metrics_port:
+            try:
+                from .metrics import Metrics  # prometheus_client only when asked for
+            except ImportError as exc:
+                raise StartupError(f"--metrics-port needs prometheus_client ({exc}); "
+                                   "pip install prometheus_client") from None
+
+            self.metrics = Metrics()
+            self.server.observe = self.metrics.observe_request
+            self.backend.observer = self.metrics.observe_s3
         self.fs: Any = None
         self.started = time.time()
+
+    def _write_extra_pidfile(self, path: str) -> None:
+        try:
+            with open(path, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise StartupError(f"cannot write pidfile {path}: {exc.strerror}") from None
+
+        def remove() -> None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+        self.exit_stack.callback(remove)
 
     def _setting_changed(self, name: str, value: Any) -> None:
         if name == "refresh_interval":
             self.refresher.wake()
         if name == "verbose":
             apply_verbosity(value)
+
+    async def status(self) -> list[tuple[str, Any]]:
+        """STATUS as of now: the access records written first, so the
+        cache figures count every access so far."""
+        await self.store.flush_access()
+        return self.status_lines()
 
     def status_lines(self) -> list[tuple[str, Any]]:
         stats = self.cache.stats
@@ -191,11 +228,34 @@ class Daemon:
             ("refresh_rounds", self.refresher.rounds),
             ("refresh_failures", self.refresher.failures),
             ("connections", self.server.connections),
+            ("s3_errors", self.backend.errors),
         ]
         if self.fs is not None:
             lines += self.fs.status_lines()
+        lines += self.original_status_lines()
         lines += self.settings.items()
         return lines
+
+    def original_status_lines(self) -> list[tuple[str, Any]]:
+        """The names the original s3pool's STATUS had, for its clients and scripts.
+
+        Its pull_concurrency, refresh_interval (minutes) and verbose are
+        settings here and follow. count_pull counts objects, like count_pull_hit.
+        """
+        stats = self.cache.stats
+        up_since = time.localtime(self.started)
+        return [
+            ("count_glob", stats.globs),
+            ("count_pull", stats.pulls),
+            ("count_pull_hit", stats.hits),
+            ("count_push", stats.pushes),
+            ("count_refresh", stats.refreshes),
+            ("is_master", "false"),
+            ("master", ""),
+            ("revision", __version__),
+            ("standby", ""),
+            ("up_since", time.strftime("%Y-%m-%d %H:%M:%S %z %Z", up_since)),
+        ]
 
     async def _flush_request_log(self) -> None:
         while True:
@@ -216,6 +276,9 @@ class Daemon:
                     log.info("control socket listening on %s:%d", host, port)
                 nursery.start_soon(self._flush_request_log)
                 await nursery.start(self.store.run)
+                if self.metrics is not None:
+                    await nursery.start(self.metrics.serve, self.options.metrics_bind,
+                                        self.options.metrics_port, self.status)
                 await nursery.start(self.evictor.run)
                 await nursery.start(self.refresher.run)
                 if self.mountpoint:

@@ -37,7 +37,7 @@ def options_section(parser: argparse.ArgumentParser) -> list[str]:
             metavar = action.metavar or (action.dest.upper() if not action.choices
                                          else "{" + ",".join(action.choices) + "}")
             names += f" \\fI{esc(metavar)}\\fR"
-        out += [".TP", names, esc(action.help or "")]
+        out += [".TP", names, esc((action.help or "").replace("%%", "%"))]
     return out
 
 
@@ -72,9 +72,15 @@ COMMANDS = {
                "listings of one bucket never run at once.",
     "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
               "revalidations, downloads, bytes_downloaded, pushes, globs, refreshes, errors, "
-              "evictions, cache_bytes, cache_objects, disk_used_percent, uptime and more, then "
-              "every setting.",
+              "s3_errors, evictions, cache_bytes, cache_objects, disk_used_percent, uptime and "
+              "more; the original s3pool's names with the same figures (count_pull, "
+              "count_pull_hit, count_push, count_glob, count_refresh, is_master, master, "
+              "revision, standby, up_since); then every setting, in the units SET takes "
+              "(refresh_interval in minutes).",
     "SET": "Change a setting at run time: " + ", ".join(spec.name for spec in SPECS) + ". "
+           "refresh_interval is minutes, as the original s3pool's clients send it; "
+           "freshness_window and stale_on_error are seconds; any duration also takes a "
+           "unit suffix (30s, 5m, 2h, 1d); max_cache_size takes K/M/G/T. "
            "The evictor and the list monitor act on a new value at once.",
 }
 
@@ -140,7 +146,23 @@ def s3pool_page() -> str:
         "objects accessed in the last second, __list__ and the index files are never deleted; "
         "meta goes before data. A download that cannot fit even after eviction fails with "
         "ERROR (ENOSPC on the mount). The list monitor refreshes the listings of the buckets in "
-        "use every refresh_interval seconds (0 turns it off), one at a time with jitter.",
+        "use every refresh_interval minutes (0 turns it off), one at a time with jitter.",
+        ".SH METRICS",
+        "With \\fB\\-\\-metrics\\-port\\fR \\fIPORT\\fR the daemon serves Prometheus metrics "
+        "at http://127.0.0.1:PORT/metrics (\\fB\\-\\-metrics\\-bind\\fR to listen elsewhere): the "
+        "STATUS counters as s3pool_NAME_total (pulls, hits, downloads, bytes_downloaded, "
+        "s3_errors, ...), gauges s3pool_cache_bytes, s3pool_cache_objects, "
+        "s3pool_disk_used_percent, s3pool_downloads_in_progress, the settings as "
+        "s3pool_setting{name}, and histograms s3pool_request_seconds{command,status} (control "
+        "requests) and s3pool_s3_request_seconds{operation} (S3 calls), with "
+        "s3pool_s3_failures_total{operation,code}.",
+        ".SH COMPATIBILITY",
+        "The original s3pool's clients work unchanged: same framing, order, paths and exit "
+        "codes. Its start\\-up flags are accepted: \\fB\\-n\\fR (s3pool always runs in the "
+        "foreground; the original forked into the background without it, so start scripts "
+        "should run s3pool under a service manager or with &), \\fB\\-pidfile\\fR \\fIPATH\\fR, "
+        "\\fB\\-c\\fR \\fIN\\fR (pull concurrency); \\fB\\-daemonprep\\fR, \\fB\\-s\\fR and "
+        "\\fB\\-M\\fR \\fIHOST\\fR are ignored with a warning.",
         ".SH ENVIRONMENT",
         ".TP", "\\fBAWS_ENDPOINT_URL\\fR, \\fBAWS_ENDPOINT_URL_S3\\fR",
         "S3 endpoint (for MinIO, SeaweedFS, Ceph and other S3\\-compatible servers).",
@@ -171,16 +193,32 @@ def s3poolctl_page() -> str:
         "It prints the OK payload on standard output and an ERROR message on standard error.",
         ".SH OPTIONS", *options_section(parser),
         ".SH COMMANDS",
+        "Each command also takes \\fB\\-H\\fR and \\fB\\-p\\fR after its name; "
+        "\\fBs3poolctl\\fR \\fICOMMAND\\fR \\fB\\-\\-help\\fR shows its arguments.",
     ]
-    for usage, text in [
-        ("pull BUCKET KEY...", "print the local path of each key, in order"),
-        ("push BUCKET KEY FILE", "upload FILE (a relative path is made absolute)"),
-        ("glob BUCKET PATTERN", "print the matching keys"),
-        ("refresh BUCKET", "list the bucket again"),
-        ("status", "print counters and settings"),
-        ("set NAME VALUE", "change a setting: " + ", ".join(s.name for s in SPECS)),
-    ]:
-        out += [".TP", f"\\fB{esc(usage)}\\fR", esc(text)]
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        usage = " ".join(sub.format_usage().split()[1:])  # without "usage:"
+        usage = usage.replace(" [-h] [-H HOST] [-p PORT]", "")
+        out += [".TP", f"\\fB{esc(usage)}\\fR", esc(sub.description or "")]
+        own = [action for action in sub._actions if action.option_strings
+               and not isinstance(action, argparse._HelpAction)
+               and action.dest not in ("host", "port")]
+        if own:
+            out += [".RS"]
+            for action in own:
+                names = ", ".join(f"\\fB{esc(n)}\\fR" for n in action.option_strings)
+                if action.nargs != 0 and action.metavar:
+                    names += f" \\fI{esc(action.metavar)}\\fR"
+                out += [".TP", names, esc((action.help or "").replace("%%", "%"))]
+            out += [".RE"]
+    out += [".SH PROGRESS",
+            "A pull that takes more than a second draws a progress bar on standard error when "
+            "that is a terminal: objects done of total, bytes and rate of the downloads in "
+            "flight (read from STATUS every 0.3 s on a second connection). Standard output "
+            "carries only the paths, and nothing else is printed when standard error is not "
+            "a terminal."]
     out += [".SH EXIT STATUS", esc(parser.epilog or ""), ".SH SEE ALSO", "s3pool(1)"]
     return "\n".join(out) + "\n"
 

@@ -5,6 +5,12 @@ option (the name with dashes), a parser and a check. Changing a setting
 goes through :meth:`Settings.set`, which validates the new value against
 the others (``low_water`` must stay below ``high_water``) and tells the
 listeners (the limiter, the evictor, the refresher) so they act at once.
+
+A name the original s3pool had keeps the original's meaning on the wire:
+``refresh_interval`` is minutes in SET and STATUS (and so on the command
+line too: a bare number means the same everywhere), while the daemon keeps
+seconds inside. Durations also take a unit suffix (``30s``, ``5m``,
+``2h``, ``1d``); a bare number is the setting's own unit.
 """
 
 from __future__ import annotations
@@ -28,11 +34,38 @@ def parse_size(text: str) -> int:
     return int(float(number) * _SIZE_UNITS[unit.lower()])
 
 
-def parse_seconds(text: str) -> float:
-    value = float(text)
-    if value != value or value < 0 or value > 86400 * 365:
-        raise ValueError(f"not a duration in seconds: {text!r}")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+                   "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+                   "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400,
+                   "days": 86400}
+MAX_DURATION = 86400 * 365
+
+
+def parse_duration(text: str, bare_unit: float = 1.0) -> float:
+    """'30s', '5m', '2h', '1d' -> seconds; a bare number is *bare_unit* seconds each."""
+    match = _DURATION_RE.match(str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or (unit and unit not in _DURATION_UNITS):
+        raise ValueError(f"not a duration: {text!r} (use a number or 30s, 5m, 2h, 1d)")
+    value = float(match.group(1)) * (_DURATION_UNITS[unit] if unit else bare_unit)
+    if value > MAX_DURATION:
+        raise ValueError(f"duration too long: {text!r} (at most a year)")
     return value
+
+
+def parse_seconds(text: str) -> float:
+    """A duration whose bare number is seconds (s3pool's own settings)."""
+    return parse_duration(text, 1.0)
+
+
+def parse_minutes(text: str) -> float:
+    """A duration whose bare number is minutes (the original's refresh_interval); seconds."""
+    return parse_duration(text, 60.0)
+
+
+def seconds_to_minutes(seconds: float) -> float:
+    return round(seconds / 60, 4)
 
 
 def parse_percent(text: str) -> float:
@@ -63,10 +96,15 @@ class SettingSpec:
     parse: Callable[[str], Any]
     help: str
     metavar: str
+    unit: str = ""  # of the value on the wire (SET, STATUS) and the command line
+    to_wire: Callable[[Any], Any] = lambda value: value  # the internal value as STATUS shows it
 
     @property
     def option(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    def show(self, value: Any) -> str:
+        return format_value(self.to_wire(value))
 
 
 SPECS: tuple[SettingSpec, ...] = (
@@ -74,20 +112,23 @@ SPECS: tuple[SettingSpec, ...] = (
                 "how many objects are downloaded from S3 at once", "N"),
     SettingSpec("freshness_window", 120.0, parse_seconds,
                 "seconds after an ETag check during which a cached object is served "
-                "with no S3 request", "SECONDS"),
+                "with no S3 request; 30s, 5m, 1h also work", "SECONDS", "s"),
     SettingSpec("stale_on_error", 0.0, parse_seconds,
                 "if S3 cannot be reached, serve a cached copy checked within this many "
-                "seconds instead of failing (0 = never serve unchecked data)", "SECONDS"),
-    SettingSpec("refresh_interval", 300.0, parse_seconds,
-                "seconds between background refreshes of the listings of the buckets "
-                "in use", "SECONDS"),
+                "seconds instead of failing (0 = never serve unchecked data); 30s, 5m, 1h "
+                "also work", "SECONDS", "s"),
+    SettingSpec("refresh_interval", 300.0, parse_minutes,
+                "MINUTES between background refreshes of the listings of the buckets in "
+                "use, as in the original s3pool: a bare number is minutes here, in SET and "
+                "in STATUS; 30s, 5m, 2h also work; 0 = off", "MINUTES", "min",
+                seconds_to_minutes),
     SettingSpec("high_water", 90.0, parse_percent,
                 "disk use (percent of the filesystem holding HOMEDIR, or of "
-                "--max-cache-size) that starts eviction", "PERCENT"),
+                "--max-cache-size) that starts eviction", "PERCENT", "%"),
     SettingSpec("low_water", 75.0, parse_percent,
-                "disk use eviction brings the cache down to", "PERCENT"),
+                "disk use eviction brings the cache down to", "PERCENT", "%"),
     SettingSpec("max_cache_size", 0, parse_size,
-                "cap on the bytes the cache holds (K/M/G/T suffixes; 0 = no cap)", "BYTES"),
+                "cap on the bytes the cache holds (K/M/G/T suffixes; 0 = no cap)", "BYTES", "B"),
     SettingSpec("verbose", 1, parse_verbose,
                 "log level: 0 warnings, 1 info and requests, 2 and 3 debug", "LEVEL"),
 )
@@ -112,7 +153,8 @@ class Settings:
             raise AttributeError(name) from None
 
     def items(self) -> list[tuple[str, Any]]:
-        return [(spec.name, self._values[spec.name]) for spec in SPECS]
+        """(name, value) as STATUS shows them: in the wire's units (refresh_interval minutes)."""
+        return [(spec.name, spec.to_wire(self._values[spec.name])) for spec in SPECS]
 
     def on_change(self, listener: Callable[[str, Any], None]) -> None:
         self._listeners.append(listener)

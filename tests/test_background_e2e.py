@@ -144,7 +144,7 @@ def test_disk_high_water_on_a_small_filesystem(start_daemon, s3, bucket, tmp_pat
 
 def test_list_monitor_picks_up_changes_without_a_client_refresh(start_daemon, s3, bucket):
     s3.put_object(Bucket=bucket, Key="first", Body=b"1")
-    daemon = start_daemon(args=["--refresh-interval", "1"])
+    daemon = start_daemon(args=["--refresh-interval", "1s"])  # a bare 1 is a minute
     assert daemon.ok("GLOB", bucket, "*") == ["first"]
     s3.put_object(Bucket=bucket, Key="second", Body=b"2")
     s3.delete_object(Bucket=bucket, Key="first")
@@ -157,7 +157,7 @@ def test_list_monitor_picks_up_changes_without_a_client_refresh(start_daemon, s3
     assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize("interval", ["1"])
+@pytest.mark.parametrize("interval", ["1s", "0.02"])  # 0.02 minutes: 1.2 s
 def test_a_deleted_bucket_leaves_the_round(start_daemon, s3, interval):
     s3.create_bucket(Bucket="short-lived")
     s3.put_object(Bucket="short-lived", Key="x", Body=b"x")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -31,7 +31,8 @@ DRAIN_LIMIT = 64 << 20
 
 
 class ControlServer:
-    def __init__(self, cache: Cache, status_lines: Callable[[], list[tuple[str, Any]]],
+    def __init__(self, cache: Cache,
+                 status_lines: Callable[[], Awaitable[list[tuple[str, Any]]]],
                  request_log: RequestLog | None = None) -> None:
         self.cache = cache
         self.status_lines = status_lines
@@ -39,6 +40,8 @@ class ControlServer:
         self.connections = 0
         self.active = 0  # requests being carried out right now (read and parsed)
         self.stopping = False
+        # (command, seconds, ok) after each request; set by the metrics
+        self.observe: Callable[[str, float, bool], None] | None = None
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
@@ -53,7 +56,7 @@ class ControlServer:
     async def handle(self, stream: trio.SocketStream) -> None:
         started = time.perf_counter()
         self.connections += 1
-        summary = "-"
+        summary = command = "-"
         status = "ERROR"
         complete = [False]  # did we read the whole request?
         try:
@@ -61,6 +64,7 @@ class ControlServer:
                 line = await self._receive_line(stream, complete)
                 request = parse_request(line)
                 summary = _summarize(request)
+                command = request.command
                 self.active += 1
                 try:
                     if request.command == "PUSH":
@@ -103,6 +107,8 @@ class ControlServer:
                     await stream.aclose()
             elapsed = (time.perf_counter() - started) * 1000
             self.request_log.write(f"{summary} -> {status} {elapsed:.1f}ms")
+            if self.observe is not None:
+                self.observe(command, elapsed / 1000, status.startswith("OK"))
 
     async def _push(self, request: Request, uid: int | None) -> bytes:
         """PUSH for a client of this host reads only what its user may read."""
@@ -166,8 +172,8 @@ class ControlServer:
             await cache.refresh(args[0])
             return format_done()
         if command == "STATUS":
-            await cache.store.flush_access()  # the figures count every access so far
-            return format_list([f"{name} {format_value(value)}" for name, value in self.status_lines()])
+            lines = await self.status_lines()
+            return format_list([f"{name} {format_value(value)}" for name, value in lines])
         if command == "SET":
             cache.settings.set(args[0], args[1])
             return format_done()

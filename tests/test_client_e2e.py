@@ -1,0 +1,351 @@
+"""The client as a user runs it: ``s3poolctl`` (and ``s3pool pull``) as a subprocess
+against the real daemon (and, for the byte counts of the progress bar, against a
+small fake daemon that lists downloads in STATUS), stderr on a pseudo-terminal
+where the bar must show and on a pipe where it must not; the original's STATUS
+names, SET refresh_interval in minutes, its start-up flags, and the Prometheus
+endpoint."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+
+MIB = 1 << 20
+
+
+def ctl_env(port: int) -> dict[str, str]:
+    return dict(os.environ, S3POOL_PORT=str(port), PYTHONPATH=str(ROOT))
+
+
+def run_ctl(port: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "s3pool.ctl", *args], capture_output=True,
+                          text=True, env=ctl_env(port), timeout=timeout, cwd=str(ROOT))
+
+
+def run_with_tty_stderr(argv: list[str], env: dict[str, str], timeout: float = 30
+                        ) -> tuple[int, str, str]:
+    """Run *argv* with stderr on a pseudo-terminal (100 columns), stdout on a pipe."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave,
+                               stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT))
+    os.close(slave)
+    terminal = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                if process.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        stdout = process.stdout.read().decode()
+        code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+    return code, stdout, terminal.decode(errors="replace")
+
+
+# --- progress ------------------------------------------------------------------
+
+def test_progress_bar_on_a_terminal_during_a_slow_pull(daemon, s3, bucket, moto_server):
+    s3.put_object(Bucket=bucket, Key="slow.bin", Body=os.urandom(2 * MIB))
+    s3.put_object(Bucket=bucket, Key="fast.bin", Body=b"fast")
+    # 32 chunks of 64 KiB at 0.06 s each: about 2 s
+    moto_server.app.slow_paths[f"/{bucket}/slow.bin"] = 0.06
+    code, stdout, terminal = run_with_tty_stderr(
+        [sys.executable, "-m", "s3pool.cli", "pull", bucket, "fast.bin", "slow.bin"],
+        ctl_env(daemon.port))
+    assert code == 0, terminal
+    assert stdout.splitlines() == [str(daemon.data / bucket / "fast.bin"),
+                                   str(daemon.data / bucket / "slow.bin")]
+    assert "\r" in terminal and "objects" in terminal, terminal
+    assert re.search(r"\[[#.]+\]\s+\d+%\s+[0-2]/2 objects", terminal), terminal
+    assert "2/2 objects" in terminal  # the closing summary
+    assert all(len(line) < 100 for line in re.split(r"[\r\n]", terminal))
+
+
+def test_no_progress_when_stderr_is_not_a_terminal_and_glob_pulls_every_match(
+        daemon, s3, bucket, moto_server):
+    keys = [f"in/part-{i:02d}.csv" for i in range(12)]
+    for key in reversed(keys):
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    s3.put_object(Bucket=bucket, Key="in/readme.txt", Body=b"not a match")
+    s3.put_object(Bucket=bucket, Key="out/part-00.csv", Body=b"not a match")
+    moto_server.app.slow_paths[f"/{bucket}/in/part-05.csv"] = 1.5  # the pull takes > 1 s
+    started = time.monotonic()
+    result = run_ctl(daemon.port, "pull", bucket, "--glob", "in/*.csv", "--jobs", "3")
+    assert time.monotonic() - started > 1.2
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # a script sees the paths and nothing else
+    assert result.stdout.splitlines() == [str(daemon.data / bucket / key) for key in keys]
+    for key in keys:
+        assert (daemon.data / bucket / key).read_bytes() == key.encode()
+    assert not (daemon.data / bucket / "in" / "readme.txt").exists()
+    # no match: nothing on stdout, a note on stderr, success
+    none = run_ctl(daemon.port, "pull", bucket, "--glob", "nothing/*")
+    assert none.returncode == 0 and none.stdout == "" and "no key" in none.stderr
+    # a failed key fails the pull and is named; the rest is still cached
+    bad = run_ctl(daemon.port, "pull", bucket, "in/part-00.csv", "in/absent", "in/part-01.csv")
+    assert bad.returncode == 1 and bad.stdout == "" and "in/absent" in bad.stderr
+
+
+class FakeDaemon:
+    """Speaks the protocol: PULL takes *seconds*, STATUS lists the download growing."""
+
+    def __init__(self, seconds: float = 2.0, total: int = 8 * MIB) -> None:
+        self.seconds = seconds
+        self.total = total
+        self.pull_started: float | None = None
+        self.status_polls = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            words = json.loads(data)
+            if words[0] == "PULL":
+                self.pull_started = time.monotonic()
+                time.sleep(self.seconds)
+                self.pull_started = None
+                reply = "OK\n" + "".join(f"/cache/{words[1]}/{key}\n" for key in words[2:])
+            elif words[0] == "STATUS":
+                self.status_polls += 1
+                lines = ["pulls 1"]
+                started = self.pull_started
+                if started is not None:
+                    elapsed = time.monotonic() - started
+                    done = min(self.total, int(self.total * elapsed / self.seconds))
+                    lines.append(f"download s3://bkt/big file.bin {done} {self.total} "
+                                 f"{elapsed:.1f}")
+                    lines.append("download s3://bkt/not-ours 5 10 1.0")
+                reply = "OK\n" + "".join(line + "\n" for line in lines)
+            else:
+                reply = "ERROR\nunexpected\n"
+            conn.sendall(reply.encode())
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_progress_bar_shows_bytes_and_rate_from_status_download_lines():
+    fake = FakeDaemon(seconds=2.5)
+    try:
+        code, stdout, terminal = run_with_tty_stderr(
+            [sys.executable, "-m", "s3pool.ctl", "pull", "bkt", "big file.bin"],
+            ctl_env(fake.port))
+    finally:
+        fake.close()
+    assert code == 0, terminal
+    assert stdout == "/cache/bkt/big file.bin\n"
+    assert fake.status_polls >= 3  # polled a few times a second once the bar is up
+    frames = [frame for frame in re.split(r"[\r\n]", terminal) if "objects" in frame]
+    assert any(re.search(r"\d+\.\d MiB / 8\.0 MiB\s+\d+\.\d MiB/s", f) for f in frames), frames
+    percents = [int(m.group(1)) for f in frames if (m := re.search(r"\]\s+(\d+)%", f))]
+    assert percents and percents[0] >= 20 and percents == sorted(percents)  # after ~1 s
+    assert "1/1 objects, 8.0 MiB downloaded" in terminal
+
+
+def test_no_bar_when_the_pull_is_quick(daemon, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="quick", Body=b"q")
+    code, stdout, terminal = run_with_tty_stderr(
+        [sys.executable, "-m", "s3pool.ctl", "pull", bucket, "quick"], ctl_env(daemon.port))
+    assert code == 0 and stdout.strip() == str(daemon.data / bucket / "quick")
+    assert terminal == ""
+
+
+# --- status ---------------------------------------------------------------------
+
+def test_status_table_json_and_watch(daemon, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 3000)
+    daemon.ok("PULL", bucket, "k")
+    table = run_ctl(daemon.port, "status")
+    assert table.returncode == 0, table.stderr
+    rows = [row for row in table.stdout.splitlines() if row.strip()]
+    assert len({re.match(r"^\S+\s+", row).end() for row in rows}) == 1, table.stdout
+    values = {row.split()[0]: row.split(None, 1)[1] for row in rows}
+    assert values["pulls"] == "1" and values["refresh_interval"] == "5 min"
+    assert values["freshness_window"] == "120 s" and values["high_water"] == "90 %"
+    assert values["bytes_downloaded"] == "2.9 KiB (3000 B)"
+    as_json = json.loads(run_ctl(daemon.port, "status", "--json").stdout)
+    assert as_json["pulls"] == 1 and as_json["cache_objects"] == 1
+    assert as_json["refresh_interval"] == 5 and as_json["downloads"] == []
+    watch = subprocess.Popen([sys.executable, "-m", "s3pool.ctl", "status", "--watch", "0.2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=ctl_env(daemon.port), cwd=str(ROOT))
+    time.sleep(1.2)
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=10)
+    assert watch.returncode == 0, err
+    assert out.count("cache_objects") >= 3
+
+
+# --- drop-in compatibility with the original s3pool --------------------------------
+
+def test_status_answers_the_original_names(daemon, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    daemon.ok("PULL", bucket, "k")
+    daemon.ok("PULL", bucket, "k")
+    daemon.ok("GLOB", bucket, "*")
+    status = daemon.status()
+    assert status["count_pull"] == "2" and status["count_pull_hit"] == "1"
+    assert status["count_glob"] == "1" and status["count_push"] == "0"
+    assert int(status["count_refresh"]) >= 1
+    assert status["revision"] == status["version"]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}", status["up_since"])
+    assert status["is_master"] == "false"
+    assert status["pull_concurrency"] == "20" and status["verbose"] == "2"
+    assert status["pulls"] == "2"  # s3pool's own names stay
+
+
+def test_set_refresh_interval_is_minutes_as_in_the_original(daemon, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    daemon.ok("GLOB", bucket, "*")  # the bucket is in use: the list monitor refreshes it
+    assert daemon.status()["refresh_interval"] == "5"  # the default, 300 s, in minutes
+    daemon.ok("SET", "refresh_interval", "1")  # one minute, not one second
+    assert daemon.status()["refresh_interval"] == "1"
+    time.sleep(2.5)
+    assert daemon.status()["refresh_rounds"] == "0"
+    daemon.ok("SET", "refresh_interval", "1s")  # s3pool's suffixes work too
+    assert daemon.status()["refresh_interval"] == "0.0167"
+    deadline = time.monotonic() + 10
+    while daemon.status()["refresh_rounds"] == "0" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert int(daemon.status()["refresh_rounds"]) >= 1
+    daemon.ok("SET", "freshness_window", "2m")
+    assert daemon.status()["freshness_window"] == "120"
+    status, lines = daemon.request("SET", "refresh_interval", "soon")
+    assert status == "ERROR" and "refresh_interval" in lines[0]
+
+
+def test_refresh_interval_on_the_command_line_is_minutes_too(start_daemon):
+    daemon = start_daemon(args=["--refresh-interval", "2", "--freshness-window", "1m"])
+    status = daemon.status()
+    assert status["refresh_interval"] == "2" and status["freshness_window"] == "60"
+    assert daemon.stop() == 0
+
+
+def test_the_original_start_up_flags_are_accepted(start_daemon, tmp_path):
+    daemon = start_daemon(args=["-n", "-pidfile", "s3pool.custom.pid", "-c", "7",
+                                "-daemonprep"])
+    pidfile = daemon.home / "s3pool.custom.pid"  # relative to HOMEDIR, as the original
+    assert pidfile.read_text().strip() == str(daemon.process.pid)
+    assert daemon.status()["pull_concurrency"] == "7"
+    assert daemon.stop() == 0
+    assert not pidfile.exists()
+    assert "ignoring -daemonprep" in daemon.log_text()
+
+
+# --- Prometheus -----------------------------------------------------------------
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        return response.read().decode()
+
+
+def metric(text: str, metric_name: str, **labels: str) -> float:
+    """The value of one sample (prometheus_client sorts the labels)."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    key = metric_name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+                        if labels else "")
+    assert key in samples, f"{key} not in the metrics:\n{text}"
+    return samples[key]
+
+
+def test_metrics_endpoint_has_the_status_counters_and_latencies(start_daemon, s3, bucket):
+    from s3pool.embedded import free_port
+
+    port = free_port()
+    daemon = start_daemon(args=["--metrics-port", str(port)])
+    s3.put_object(Bucket=bucket, Key="m", Body=b"m" * 1000)
+    daemon.ok("PULL", bucket, "m")
+    daemon.ok("PULL", bucket, "m")
+    daemon.request("PULL", bucket, "../bad")
+    text = scrape(port)
+    status = daemon.status()
+    assert metric(text, "s3pool_pulls_total") == int(status["pulls"]) == 2
+    assert metric(text, "s3pool_hits_total") == 1
+    assert metric(text, "s3pool_bytes_downloaded_total") == 1000
+    assert metric(text, "s3pool_cache_bytes") == 1000
+    assert metric(text, "s3pool_cache_objects") == 1
+    assert metric(text, "s3pool_downloads_in_progress") == 0
+    assert metric(text, "s3pool_s3_errors_total") == 0
+    assert metric(text, "s3pool_request_seconds_count", command="PULL", status="ok") == 2
+    assert metric(text, "s3pool_request_seconds_count", command="PULL", status="error") == 1
+    assert metric(text, "s3pool_s3_request_seconds_count", operation="GetObject") >= 1
+    assert metric(text, "s3pool_setting", name="pull_concurrency") == 20
+    assert "count_pull" not in text  # the original's names are not exported twice
+    assert f"Prometheus metrics on http://127.0.0.1:{port}/metrics" in daemon.log_text()
+    assert daemon.stop() == 0
+
+
+def test_metrics_count_s3_errors_and_are_off_by_default(start_daemon, tmp_path):
+    from s3pool.embedded import free_port
+
+    dead = free_port()  # nothing listens there: every S3 call fails to connect
+    port = free_port()
+    daemon = start_daemon(args=["--metrics-port", str(port)], home=tmp_path / "dead",
+                          endpoint=f"http://127.0.0.1:{dead}")
+    status, lines = daemon.request("PULL", "bkt", "k")
+    assert status == "ERROR"
+    assert int(daemon.status()["s3_errors"]) >= 1
+    text = scrape(port)
+    assert metric(text, "s3pool_s3_errors_total") >= 1
+    assert metric(text, "s3pool_s3_failures_total", operation="GetObject",
+                  code="EndpointConnectionError") >= 1
+    assert daemon.stop() == 0
+    with pytest.raises(OSError):
+        scrape(port)  # gone with the daemon
+    quiet = start_daemon(home=tmp_path / "quiet")
+    assert "Prometheus" not in quiet.log_text()
+    with pytest.raises(OSError):
+        scrape(port)
+    assert quiet.stop() == 0
