@@ -56,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "only when no S3 endpoint and no AWS credentials are configured")
     parser.add_argument("--allow-other", action="store_true",
                         help="let users other than the one running s3pool read the mount")
+    parser.add_argument("--socket", metavar="PATH", dest="socket_path",
+                        help="also serve the control protocol on a Unix-domain socket at PATH "
+                             "(permissions from --socket-mode; replaced if stale, removed at "
+                             "exit). The kernel tells s3pool who the client is there, so local "
+                             "users should PUSH and SET through it")
+    parser.add_argument("--admin-group", metavar="GROUP",
+                        help="members of GROUP (a name or gid) may SET, besides the daemon's "
+                             "own user and root")
+    parser.add_argument("--allow-remote-admin", action="store_true",
+                        help="let clients on other hosts SET (they have no local uid to check)")
     for spec in SPECS:
         names = [spec.option] if spec.name != "verbose" else ["-v", spec.option]
         parser.add_argument(*names, dest=spec.name, metavar=spec.metavar, default=None,
@@ -99,7 +109,8 @@ def run_daemon(args: argparse.Namespace) -> int:
     options = Options(
         port=args.port, home=args.homedir, bind=args.bind, mountpoint=args.mountpoint,
         buckets=args.bucket, embedded_s3=embedded, settings=settings,
-        allow_other=args.allow_other,
+        allow_other=args.allow_other, socket_path=args.socket_path,
+        admin_group=args.admin_group, allow_remote_admin=args.allow_remote_admin,
     )
     daemon = None
     try:
