@@ -19,6 +19,7 @@ import pytest
 
 from s3pool.client import Client, S3PoolClientError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
 NOGROUP = 65534
 # nobody cannot run the venv's python (it lives under /root): the clients
@@ -167,12 +168,22 @@ def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(start_daemon, pu
     assert stat.S_ISSOCK(os.stat(sock).st_mode)
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666
     assert Client(socket_path=sock).status()["pid"] == str(daemon.process.pid)
+    # the shell client: --socket, or $S3POOL_SOCKET when neither -H nor -p is given
+    ctl = [daemon.process.args[0], "-m", "s3pool.ctl"]
+    env = dict(os.environ, S3POOL_SOCKET=sock, S3POOL_PORT="1")
+    for args in (["--socket", sock, "status"], ["status"]):
+        result = subprocess.run(ctl + args, capture_output=True, text=True, timeout=30, env=env,
+                                cwd=ROOT)
+        assert result.returncode == 0 and f"pid {daemon.process.pid}" in result.stdout, result
+    result = subprocess.run(ctl + ["-p", "1", "status"], capture_output=True, text=True,
+                            timeout=30, env=env, cwd=ROOT)
+    assert result.returncode == 3 and "127.0.0.1:1" in result.stderr, result
     # a second daemon (another HOMEDIR) must not steal a live socket
     result = subprocess.run(
         [daemon.process.args[0], "-m", "s3pool.cli", "-p", "0", "-D", str(tmp_path / "other"),
          "--embedded-s3", "no", "--socket", sock], capture_output=True, text=True, timeout=60,
         env=dict(os.environ, AWS_ENDPOINT_URL=moto_server.endpoint),
-        cwd=os.path.dirname(os.path.dirname(__file__)))
+        cwd=ROOT)
     assert result.returncode == 1, result.stderr
     assert "in use" in result.stderr and "Traceback" not in result.stderr
     assert Client(socket_path=sock).status()["pid"] == str(daemon.process.pid)
@@ -234,39 +245,59 @@ def test_idle_connections_do_not_starve_the_mount_or_cached_pulls(start_daemon, 
     daemon = start_daemon(mount=True, args=["--bucket", bucket], preexec_fn=_low_fd_limit)
     daemon.ok("PULL", bucket, *keys)  # all cached now
     mounted = daemon.mountpoint / bucket
-    pulls = reads = 0
     failures: list[str] = []
-    slowest = 0.0
-    with IdleConnections(daemon.port, 300) as attack:
-        time.sleep(1)  # let the idle connections pile up
-        deadline = time.monotonic() + 8
+    done = {"pulls": 0, "reads": 0}
+    pull_seconds: list[float] = []
+    stopping = threading.Event()
+
+    def pull_loop() -> None:
         i = 0
-        while time.monotonic() < deadline:
+        while not stopping.is_set():
             key = keys[i % len(keys)]
             i += 1
             started = time.monotonic()
             try:
                 status, lines = daemon.request("PULL", bucket, key, timeout=10)
-                if status == "OK" and lines == [str(daemon.data / bucket / key)]:
-                    pulls += 1
-                else:
-                    failures.append(f"PULL {key}: {status} {lines}")
             except OSError as exc:
                 failures.append(f"PULL {key}: {exc!r}")
-            slowest = max(slowest, time.monotonic() - started)
+                continue
+            pull_seconds.append(time.monotonic() - started)
+            if status == "OK" and lines == [str(daemon.data / bucket / key)]:
+                done["pulls"] += 1
+            else:
+                failures.append(f"PULL {key}: {status} {lines}")
+
+    def read_loop() -> None:
+        i = 0
+        while not stopping.is_set():
+            key = keys[i % len(keys)]
+            i += 1
             try:
                 with open(mounted / key, "rb") as f:
                     if f.read() == key.encode() * 100:
-                        reads += 1
+                        done["reads"] += 1
                     else:
                         failures.append(f"read {key}: wrong bytes")
             except OSError as exc:
                 failures.append(f"read {key}: {exc!r}")
+            time.sleep(0.02)
+
+    with IdleConnections(daemon.port, 300) as attack:
+        time.sleep(1)  # let the idle connections pile up
+        workers = [threading.Thread(target=pull_loop), threading.Thread(target=read_loop)]
+        for worker in workers:
+            worker.start()
+        time.sleep(8)
+        stopping.set()
+        for worker in workers:
+            worker.join(15)
         opened = attack.opened
-    print(f"pulls {pulls} reads {reads} slowest PULL {slowest:.2f}s idle connections opened "
-          f"{opened}")
+    slowest = max(pull_seconds, default=0.0)
+    print(f"pulls {done['pulls']} reads {done['reads']} slowest PULL {slowest:.2f}s "
+          f"idle connections opened {opened}")
     assert failures == [], f"{len(failures)} failures, first: {failures[:5]}"
-    assert pulls >= 10 and reads >= 10
+    assert done["pulls"] >= 5 and done["reads"] >= 20, done
+    assert slowest < 5, "a cached PULL waited as long as an idle client may"
     assert opened > 300, "the server never closed an idle connection"
     status = daemon.status()
     assert int(status["open_connections"]) <= int(status["connection_cap"]) <= 128

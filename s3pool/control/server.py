@@ -102,6 +102,12 @@ class ControlServer:
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         if unix_socket is not None:
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(unix_socket)))
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(self, listeners: list[Any], *,
+                              task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED
+                              ) -> None:
+        """Accept on every listener, within the connection cap, until cancelled."""
         self._slot_freed = trio.Event()
         self._peer_limiter = trio.CapacityLimiter(4)
         async with trio.open_nursery() as handlers:
@@ -110,7 +116,7 @@ class ControlServer:
                     acceptors.start_soon(self._accept_loop, listener, handlers)
                 task_status.started(listeners)
 
-    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: Any, handlers: trio.Nursery) -> None:
         backoff = ACCEPT_BACKOFF_MIN
         async with listener:
             while True:
@@ -267,6 +273,9 @@ class ControlServer:
             finally:
                 self._receiving.discard(receiving)
         if scope.cancelled_caught:
+            # what the client sent is read: nothing to drain, and draining
+            # would let an idle client hold its slot DRAIN_TIMEOUT longer
+            complete[0] = True
             if receiving.hurried:
                 raise BadRequest(f"no complete request within {BUSY_RECEIVE_TIMEOUT:g} s while "
                                  "the server is at its connection limit")
