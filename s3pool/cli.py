@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve Prometheus metrics over HTTP on this port (default 0 = off)")
     parser.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDRESS",
                         help="address the metrics endpoint listens on (default 127.0.0.1)")
+    parser.add_argument("--socket", metavar="PATH", dest="socket_path",
+                        help="also serve the control protocol on a Unix-domain socket at PATH "
+                             "(permissions from --socket-mode; replaced if stale, removed at "
+                             "exit). The kernel tells s3pool who the client is there, so local "
+                             "users should PUSH and SET through it")
+    parser.add_argument("--admin-group", metavar="GROUP",
+                        help="members of GROUP (a name or gid) may SET, besides the daemon's "
+                             "own user and root")
+    parser.add_argument("--allow-remote-admin", action="store_true",
+                        help="let clients on other hosts SET (they have no local uid to check)")
     for spec in SPECS:
         names = [*SHORT_OPTIONS.get(spec.name, ()), spec.option]
         default = spec.show(spec.default) + (f" {spec.unit}" if spec.unit else "")
@@ -138,7 +148,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         port=args.port, home=args.homedir, bind=args.bind, mountpoint=args.mountpoint,
         buckets=args.bucket, embedded_s3=embedded, settings=settings,
         allow_other=args.allow_other, metrics_port=args.metrics_port,
-        metrics_bind=args.metrics_bind, extra_pidfile=pidfile,
+        metrics_bind=args.metrics_bind, extra_pidfile=pidfile, socket_path=args.socket_path,
+        admin_group=args.admin_group, allow_remote_admin=args.allow_remote_admin,
     )
     daemon = None
     try:

@@ -6,6 +6,7 @@
     paths = c.pull("bucket", "k1", "k2")        # several: a list, in order
     c.push("bucket", "key", "/abs/file")
     keys = c.glob("bucket", "logs/**/*.gz")
+    c = Client(socket_path="/run/s3pool/s3pool.sock")   # the Unix socket (--socket)
 
 Every call opens a connection, sends one JSON line, reads the reply until
 the server closes. An ERROR reply raises :class:`S3PoolClientError`; a
@@ -65,10 +66,25 @@ def _not_s3pool(reply: str, host: str, port: int) -> NotS3Pool:
     return NotS3Pool(f"{host}:{port} is not s3pool: {what}")
 
 
+def _connect(host: str, port: int, timeout: float | None,
+             socket_path: str | None) -> socket.socket:
+    if socket_path is None:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def exchange(host: str, port: int, data: bytes, timeout: float | None = 600.0,
-             shut_write: bool = False) -> bytes:
-    """Send *data* on a new connection and read the reply until the server closes."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+             shut_write: bool = False, socket_path: str | None = None) -> bytes:
+    """Send *data* on a new connection (TCP, or the Unix socket at
+    *socket_path*) and read the reply until the server closes."""
+    with _connect(host, port, timeout, socket_path) as sock:
         sock.sendall(data)
         if shut_write:
             sock.shutdown(socket.SHUT_WR)
@@ -79,15 +95,22 @@ def exchange(host: str, port: int, data: bytes, timeout: float | None = 600.0,
 
 
 class Client:
-    def __init__(self, host: str = "127.0.0.1", port: int = 9000, timeout: float | None = 600.0):
+    """A client of one daemon: TCP to host:port, or the Unix socket at
+    *socket_path* (``s3pool --socket``), where PUSH and SET are judged by
+    the kernel's word on who you are."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9000, timeout: float | None = 600.0,
+                 socket_path: str | None = None):
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.socket_path = socket_path
 
     def request(self, *words: str) -> list[str]:
         """Send one request; return the OK payload's lines."""
         line = json.dumps(list(words)).encode() + b"\n"
-        reply = exchange(self.host, self.port, line, self.timeout).decode(
+        reply = exchange(self.host, self.port, line, self.timeout,
+                         socket_path=self.socket_path).decode(
             "utf-8", "surrogateescape")
         status, newline, payload = reply.partition("\n")
         if status == "ERROR" and newline:

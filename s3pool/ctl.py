@@ -1,6 +1,6 @@
 """``s3poolctl``: the control protocol for shell users (no nc needed).
 
-    s3poolctl [-H HOST] [-p PORT] pull BUCKET KEY [KEY ...]
+    s3poolctl [-H HOST] [-p PORT | -S SOCKET] pull BUCKET KEY [KEY ...]
     s3poolctl pull BUCKET --glob PATTERN  (every match, in key order)
     s3poolctl push BUCKET KEY FILE        (FILE may be relative here)
     s3poolctl glob BUCKET PATTERN
@@ -11,7 +11,9 @@
 ``s3poolctl CMD --help`` shows a command's arguments. Prints the OK payload
 on stdout; on ERROR prints the message on stderr and exits 1; exits 2 on a
 bad command line, 3 if s3pool cannot be reached (or something else answers
-on its port). The port defaults to $S3POOL_PORT, else 9000. ``s3pool pull
+on its port). The port defaults to $S3POOL_PORT, else 9000; with ``--socket``
+(or $S3POOL_SOCKET, when neither -H nor -p is given) it talks over the
+daemon's Unix socket instead. ``s3pool pull
 ...`` is the same program, and then says ``s3pool:`` in its messages.
 
 A pull of several keys goes out as a few requests in parallel (at most
@@ -56,13 +58,17 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """-H and -p, before the command or after it."""
-    host = os.environ.get("S3POOL_HOST", "127.0.0.1")
-    port = int(os.environ.get("S3POOL_PORT", "9000"))
-    parser.add_argument("-H", "--host", default=argparse.SUPPRESS if suppress else host,
+    """-H, -p and -S, before the command or after it (resolved in main)."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("-H", "--host", default=default,
                         help="daemon address (default $S3POOL_HOST or 127.0.0.1)")
-    parser.add_argument("-p", "--port", type=int, default=argparse.SUPPRESS if suppress else port,
+    parser.add_argument("-p", "--port", type=int, default=default,
                         help="daemon port (default $S3POOL_PORT or 9000)")
+    parser.add_argument("-S", "--socket", metavar="PATH", default=default,
+                        help="talk over the daemon's Unix socket at PATH (s3pool --socket) "
+                             "instead of TCP; the default is $S3POOL_SOCKET when set and "
+                             "neither -H nor -p is given. Use it to PUSH your files and, as "
+                             "an admin, to SET")
 
 
 def build_parser(prog: str = "s3poolctl") -> argparse.ArgumentParser:
@@ -120,7 +126,8 @@ def build_parser(prog: str = "s3poolctl") -> argparse.ArgumentParser:
                              "until interrupted")
 
     names = ", ".join(spec.name for spec in SPECS)
-    set_ = command("set", "NAME VALUE", f"change a setting: {names}. refresh_interval is "
+    set_ = command("set", "NAME VALUE", f"change a setting (the daemon's user, root and its "
+                   f"admin group only): {names}. refresh_interval is "
                    "minutes, as in the original s3pool; any duration also takes 30s, 5m, 2h",
                    run_set)
     set_.add_argument("name", metavar="NAME")
@@ -147,7 +154,7 @@ def run_pull(client: Client, args: argparse.Namespace) -> int:
     progress = PullProgress(args.bucket, keys)
     show = not args.no_progress and _is_terminal(sys.stderr)
     if show:
-        poller = Client(client.host, client.port, timeout=5.0)
+        poller = Client(client.host, client.port, timeout=5.0, socket_path=client.socket_path)
         with ProgressReporter(progress, poller.downloads, sys.stderr):
             paths, errors = pull_in_parallel(client, args.bucket, keys, args.jobs, progress)
     else:
@@ -356,7 +363,17 @@ def main(argv: list[str] | None = None, prog: str = "s3poolctl") -> int:
     if extra:
         subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.prog = prog
-    client = Client(args.host, args.port, timeout=None)
+    socket_path = args.socket
+    if socket_path is None and args.host is None and args.port is None:
+        socket_path = os.environ.get("S3POOL_SOCKET") or None
+    args.host = args.host or os.environ.get("S3POOL_HOST", "127.0.0.1")
+    if args.port is None:
+        try:
+            args.port = int(os.environ.get("S3POOL_PORT", "9000"))
+        except ValueError:
+            parser.error(f"$S3POOL_PORT is not a port number: {os.environ['S3POOL_PORT']!r}")
+    where = socket_path or f"{args.host}:{args.port}"
+    client = Client(args.host, args.port, timeout=None, socket_path=socket_path)
     try:
         return args.run(client, args)
     except UsageError as exc:
@@ -371,7 +388,7 @@ def main(argv: list[str] | None = None, prog: str = "s3poolctl") -> int:
         return 3
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        print(f"{prog}: cannot reach s3pool at {args.host}:{args.port}: {reason}\n"
+        print(f"{prog}: cannot reach s3pool at {where}: {reason}\n"
               f"{prog}: is the daemon running? Start it with "
               f"'s3pool -p {args.port} -D HOMEDIR', or point -p (or $S3POOL_PORT) at its port",
               file=sys.stderr)

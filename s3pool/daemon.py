@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import logging
 import os
+import resource
 import signal
+import socket
 import subprocess
 import time
 from contextlib import ExitStack
@@ -24,9 +27,11 @@ import trio
 from . import __version__
 from .backend import Backend
 from .cache import Cache
+from .control.peer import AccessPolicy
 from .control.server import ControlServer
+from .control.unixsocket import UnixSocket
 from .embedded import DEMO_BUCKET, EmbeddedS3
-from .errors import EXIT_MOUNT, EXIT_RUNNING, StartupError
+from .errors import EXIT_MOUNT, EXIT_RUNNING, EXIT_USAGE, StartupError
 from .evictor import Evictor
 from .layout import Layout
 from .logs import RequestLog, apply_verbosity
@@ -53,6 +58,9 @@ class Options:
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_bind: str = "127.0.0.1"
     extra_pidfile: str | None = None  # the original's -pidfile PATH
+    socket_path: str | None = None  # the Unix-domain control socket
+    admin_group: str | None = None  # a group name or gid whose members may SET
+    allow_remote_admin: bool = False  # clients on other hosts may SET
 
 
 class PidFile:
@@ -78,6 +86,38 @@ class PidFile:
         except FileNotFoundError:
             pass
         os.close(self.fd)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force.
+
+    Idle or slow clients each hold a descriptor; the connection cap is half
+    of this limit, so the more there is, the more room for both."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if target == resource.RLIM_INFINITY:  # NOFILE cannot exceed fs.nr_open
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, target, exc)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def resolve_group(name: str) -> int:
+    """A group name or number -> gid; an unknown name is a start-up error."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise StartupError(f"--admin-group {name}: no such group", EXIT_USAGE) from None
 
 
 def prepare_mountpoint(path: str) -> str:
@@ -116,6 +156,7 @@ class Daemon:
             raise
 
     def _setup(self, options: Options) -> None:
+        self.descriptor_limit = raise_descriptor_limit()
         self.layout = Layout.create(options.home)
         self.pidfile = PidFile(self.layout.pidfile)
         self.exit_stack.callback(self.pidfile.release)
@@ -160,7 +201,16 @@ class Daemon:
         self.settings.on_change(self._setting_changed)
         self.request_log = RequestLog(os.path.join(self.layout.log_dir, "requests.log"))
         self.exit_stack.callback(self.request_log.flush)
-        self.server = ControlServer(self.cache, self.status, self.request_log)
+        admin_gid = resolve_group(options.admin_group) if options.admin_group else None
+        policy = AccessPolicy(daemon_uid=os.geteuid(), admin_gid=admin_gid,
+                              admin_group_name=options.admin_group,
+                              allow_remote_admin=options.allow_remote_admin)
+        self.server = ControlServer(self.cache, self.status, self.request_log, policy,
+                                    self.descriptor_limit)
+        self.unix_socket: UnixSocket | None = None
+        if options.socket_path:
+            self.unix_socket = UnixSocket(options.socket_path, self.settings.socket_mode)
+            self.exit_stack.callback(self.unix_socket.close)
         self.metrics: Any = None
         if options.metrics_port:
             try:
@@ -195,6 +245,8 @@ class Daemon:
             self.refresher.wake()
         if name == "verbose":
             apply_verbosity(value)
+        if name == "socket_mode" and self.unix_socket is not None:
+            self.unix_socket.chmod(value)
 
     async def status(self) -> list[tuple[str, Any]]:
         """STATUS as of now: the access records written first, so the
@@ -229,6 +281,9 @@ class Daemon:
             ("refresh_failures", self.refresher.failures),
             ("connections", self.server.connections),
             ("s3_errors", self.backend.errors),
+            ("open_connections", self.server.open_connections),
+            ("connection_cap", self.server.connection_cap),
+            ("descriptor_limit", self.descriptor_limit),
         ]
         if self.fs is not None:
             lines += self.fs.status_lines()
@@ -269,11 +324,19 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 listeners = await nursery.start(
-                    self.server.serve, self.options.bind, self.options.port
+                    self.server.serve, self.options.bind, self.options.port,
+                    self.unix_socket.sock if self.unix_socket else None,
                 )
                 for listener in listeners:
-                    host, port = listener.socket.getsockname()[:2]
-                    log.info("control socket listening on %s:%d", host, port)
+                    if listener.socket.family == socket.AF_UNIX:
+                        assert self.unix_socket is not None
+                        log.info("control socket listening on %s (mode %s)",
+                                 self.unix_socket.path, self.settings.socket_mode)
+                    else:
+                        host, port = listener.socket.getsockname()[:2]
+                        log.info("control socket listening on %s:%d", host, port)
+                log.info("at most %d control connections at once (descriptor limit %d)",
+                         self.server.connection_cap, self.descriptor_limit)
                 nursery.start_soon(self._flush_request_log)
                 await nursery.start(self.store.run)
                 if self.metrics is not None:

@@ -19,6 +19,8 @@ import urllib.request
 import boto3
 import botocore.session
 
+from .logs import private_opener
+
 log = logging.getLogger(__name__)
 
 DEMO_BUCKET = "s3pool-demo"
@@ -56,7 +58,7 @@ class EmbeddedS3:
     def __init__(self, log_path: str) -> None:
         self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab", opener=private_opener)
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],

@@ -50,6 +50,10 @@ class LocalFileError(S3PoolError):
     """A local file named by a client (PUSH) is missing or not usable."""
 
 
+class PermissionDenied(S3PoolError):
+    """The client may not do this (SET by a non-admin, PUSH by an unknown local peer)."""
+
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

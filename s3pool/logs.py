@@ -4,6 +4,10 @@ The request log, HOMEDIR/log/requests.log, gets one line per control
 request: time, request, status, milliseconds. It is written in batches (at
 most a second late, and at shutdown) because a logging call per request
 costs a tenth of a cached PULL.
+
+Log files are created 0640 (less if the umask says so) and older ones are
+narrowed to that at start: at verbosity 3 they hold signed S3 request
+headers, and at any level they show who asked for what.
 """
 
 from __future__ import annotations
@@ -11,11 +15,50 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import stat
 import sys
 import time
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+LOG_FILE_MODE = 0o640
+
+
+def private_opener(path: str, flags: int) -> int:
+    """An ``open(..., opener=)`` that creates the file LOG_FILE_MODE and
+    narrows an existing one to it."""
+    fd = os.open(path, flags | os.O_CLOEXEC, LOG_FILE_MODE)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & ~LOG_FILE_MODE:
+            os.fchmod(fd, mode & LOG_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def restrict_log_files(log_dir: str) -> None:
+    """Narrow every file in *log_dir* (logs of older versions, rotations) to LOG_FILE_MODE."""
+    with os.scandir(log_dir) as entries:
+        for entry in entries:
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+                if mode & ~LOG_FILE_MODE:
+                    os.chmod(entry.path, mode & LOG_FILE_MODE)
+            except OSError as exc:
+                logging.getLogger(__name__).warning("cannot restrict %s: %s", entry.path, exc)
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler whose files (the first and each after a rollover)
+    are not world-readable."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                    opener=private_opener)
 
 
 def setup_logging(log_dir: str | None, verbose: int) -> None:
@@ -28,7 +71,8 @@ def setup_logging(log_dir: str | None, verbose: int) -> None:
     root.addHandler(stderr)
     if log_dir is not None:
         os.makedirs(log_dir, exist_ok=True)
-        rotating = logging.handlers.RotatingFileHandler(
+        restrict_log_files(log_dir)
+        rotating = PrivateRotatingFileHandler(
             os.path.join(log_dir, "s3pool.log"), maxBytes=16 << 20, backupCount=5
         )
         rotating.setFormatter(formatter)
@@ -76,7 +120,8 @@ class RequestLog:
             return
         lines, self._lines = self._lines, []
         try:
-            with open(self.path, "a", encoding="utf-8", errors="replace") as f:
+            with open(self.path, "a", encoding="utf-8", errors="replace",
+                      opener=private_opener) as f:
                 f.writelines(lines)
                 size = f.tell()
             if size > ROTATE_BYTES:

@@ -42,14 +42,18 @@ def options_section(parser: argparse.ArgumentParser) -> list[str]:
 
 
 PROTOCOL = """\
-The control socket speaks TCP on the bind address and port. One request per connection: one
+The control socket speaks TCP on the bind address and port, and with --socket also on a
+Unix-domain socket; both take the same requests. One request per connection: one
 line holding a JSON array of strings, ended by a newline (or by EOF). The reply is a status line,
 OK or ERROR, a newline, then the payload; the server then closes the connection. Command names
 are case-insensitive. An OK payload that lists things puts a newline after each item; a command
 with nothing to return sends a lone newline; an ERROR payload is one line naming what was wrong.
 Bad input (malformed JSON, a non-array, non-string items, unknown commands, wrong argument counts,
 requests over 1 MiB, a client that sends nothing for 5 seconds, keys that would leave the bucket
-directory) gets an ERROR reply; it never stops the daemon."""
+directory) gets an ERROR reply; it never stops the daemon. At most max_connections connections
+are open at once (and never more than half the descriptor limit); the kernel queues the others,
+and while the daemon is at that limit a connection that has not sent its request within 0.5
+seconds is closed with an ERROR."""
 
 COMMANDS = {
     "PULL": "Fetch one or more keys (in parallel, at most pull_concurrency downloads at once) and "
@@ -63,7 +67,8 @@ COMMANDS = {
             "uploaded bytes are installed in the cache, so the old version is never served "
             "again, and the key is added to the listing at once. Relative paths, missing files "
             "and non-regular files are errors. A client on this host running as another user "
-            "may push only files that user could read.",
+            "may push only files that user could read; a local client the daemon cannot "
+            "identify may not push (see SECURITY).",
     "GLOB": "Reply with the keys of the bucket's listing that match PATTERN, in key order. * and "
             "? do not cross /, ** does (**/ also matches no directory), [...] classes with ! or ^ "
             "negation, {a,b} alternatives, backslash escapes. Only keys under the literal prefix "
@@ -81,13 +86,60 @@ COMMANDS = {
            "refresh_interval is minutes, as the original s3pool's clients send it; "
            "freshness_window and stale_on_error are seconds; any duration also takes a "
            "unit suffix (30s, 5m, 2h, 1d); max_cache_size takes K/M/G/T. "
-           "The evictor and the list monitor act on a new value at once.",
+           "The evictor and the list monitor act on a new value at once. Only the daemon's "
+           "own user, root and members of --admin-group may SET (see SECURITY).",
 }
+
+SECURITY = [
+    ("Who can reach the control socket",
+     "TCP: anyone who can connect to the bind address and port; by default (127.0.0.1) every "
+     "user of this host and no other host. The Unix socket (\\-\\-socket): whoever may "
+     "write to the socket file (socket_mode, default 0666: every local user) and search its "
+     "directory. The mode only decides who may connect; what a client may do is decided per "
+     "request from who it is, whichever socket it uses."),
+    ("What everyone may do",
+     "PULL, GLOB, REFRESH and STATUS: fetch into the cache anything the daemon's S3 "
+     "credentials can read, and learn its local path."),
+    ("Who the client is",
+     "On the Unix socket the kernel says so: SO_PEERCRED gives the client's uid and gid, "
+     "SO_PEERGROUPS its supplementary groups, fixed when it connected. On TCP from this host "
+     "the uid is the owner of the client's socket in /proc/net/tcp, and the groups are that "
+     "user's in the group database. A TCP client whose socket is already closed when the "
+     "daemon looks (orphaned: uid 0, inode 0, or gone), or that cannot be looked up, is an "
+     "unknown local client and gets no privilege: it is never taken for root. A client on "
+     "another host has no local uid."),
+    ("Who may PUSH",
+     "The daemon's own user and root: any file the daemon can read. Another local user: only "
+     "files that user could read (checked on the file actually opened). An unknown local "
+     "client: nothing; the ERROR says to keep the connection open until the reply or to use "
+     "the Unix socket. Clients on other hosts: any file the daemon can read, so bind wider "
+     "than loopback only on a network whose hosts you trust."),
+    ("Who may SET",
+     "The daemon's own user, root, and members of \\-\\-admin\\-group; clients on other "
+     "hosts only with \\-\\-allow\\-remote\\-admin; never an unknown local client. Other "
+     "users get an ERROR naming their uid; PULL, GLOB and STATUS stay open to them."),
+    ("Who can read what",
+     "Data and meta files handed out by PULL follow the daemon's umask (0644 by default): any "
+     "local user who can reach HOMEDIR can read every cached object, not only their own "
+     "pulls. Log files are 0640 (the daemon's user and group): at verbose 3 they hold signed "
+     "S3 request headers, and requests.log shows who asked for which key. Standard error goes "
+     "wherever the service manager sends it (the journal under systemd)."),
+    ("Which socket to use",
+     "Local jobs and shell users: the Unix socket (s3poolctl \\-\\-socket PATH, "
+     "$S3POOL_SOCKET, or Client(socket_path=PATH) in Python), always for PUSH and SET. TCP: "
+     "the 2019 clients, nc, and other hosts."),
+    ("Known limits",
+     "A program running as root that relays connections to the TCP port (a proxy, "
+     "docker\\-proxy) makes its clients look like root there: have them use the Unix socket. "
+     "With net.ipv4.ip_nonlocal_bind=1, clients on other hosts cannot be told from local "
+     "ones and are treated as unknown local clients."),
+]
 
 LAYOUT = [
     ("log/", "s3pool.log, what the daemon did; requests.log, one line per control request "
-             "with its status and milliseconds (written within a second); both rotated at "
-             "16 MiB, 5 kept; embedded\\-s3.log when the demo S3 runs."),
+             "with its status and milliseconds (written within a second; PUSH and SET lines "
+             "name the client's uid); both rotated at 16 MiB, 5 kept; embedded\\-s3.log when "
+             "the demo S3 runs. Log files are created 0640 and narrowed to that at start."),
     ("tmp/", "partial downloads and listings; emptied at start-up."),
     ("state/access.db", "SQLite: last access of every cached object, read by the evictor; "
                         "survives restarts."),
@@ -138,6 +190,9 @@ def s3pool_page() -> str:
     out += [".SH HOMEDIR LAYOUT"]
     for path, text in LAYOUT:
         out += [".TP", f"\\fI{esc(path)}\\fR", text]
+    out += [".SH SECURITY"]
+    for title, text in SECURITY:
+        out += [".TP", f"\\fB{title}\\fR", text]
     out += [
         ".SH BACKGROUND TASKS",
         "The disk monitor deletes cached objects, least recently accessed first, when the "
@@ -187,8 +242,8 @@ def s3poolctl_page() -> str:
         f'.TH S3POOLCTL 1 "{DATE}" "s3pool {__version__}" "User Commands"',
         ".SH NAME", "s3poolctl \\- talk to a running s3pool daemon",
         ".SH SYNOPSIS",
-        "\\fBs3poolctl\\fR [\\fB\\-H\\fR \\fIHOST\\fR] [\\fB\\-p\\fR \\fIPORT\\fR] "
-        "\\fICOMMAND\\fR \\fIargs\\fR...",
+        "\\fBs3poolctl\\fR [\\fB\\-H\\fR \\fIHOST\\fR] [\\fB\\-p\\fR \\fIPORT\\fR | "
+        "\\fB\\-S\\fR \\fIPATH\\fR] \\fICOMMAND\\fR \\fIargs\\fR...",
         ".SH DESCRIPTION", esc(parser.description or ""),
         "It prints the OK payload on standard output and an ERROR message on standard error.",
         ".SH OPTIONS", *options_section(parser),

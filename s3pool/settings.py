@@ -89,6 +89,33 @@ def parse_verbose(text: str) -> int:
     return value
 
 
+def parse_connections(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65536:
+        raise ValueError(f"not a connection count from 1 to 65536: {text!r}")
+    return value
+
+
+class FileMode(int):
+    """Permission bits that print in octal (0660), as chmod takes them."""
+
+    def __str__(self) -> str:
+        return f"0{self:03o}"
+
+    __repr__ = __str__
+
+
+def parse_mode(text: str) -> FileMode:
+    """'0660', '660' or '0o660' -> permission bits."""
+    digits = str(text).strip().lower().removeprefix("0o")
+    if not digits or any(c not in "01234567" for c in digits):
+        raise ValueError(f"not an octal file mode: {text!r} (such as 0660)")
+    value = int(digits, 8)
+    if value > 0o777:
+        raise ValueError(f"file mode out of range (0000 to 0777): {text!r}")
+    return FileMode(value)
+
+
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
@@ -129,6 +156,13 @@ SPECS: tuple[SettingSpec, ...] = (
                 "disk use eviction brings the cache down to", "PERCENT", "%"),
     SettingSpec("max_cache_size", 0, parse_size,
                 "cap on the bytes the cache holds (K/M/G/T suffixes; 0 = no cap)", "BYTES", "B"),
+    SettingSpec("max_connections", 256, parse_connections,
+                "most control connections open at once (never more than half the "
+                "descriptor limit, so the mount and downloads keep theirs); more wait "
+                "in the kernel's queue", "N"),
+    SettingSpec("socket_mode", FileMode(0o666), parse_mode,
+                "permissions of the --socket file; who may PUSH and SET is decided per "
+                "request from the peer's credentials, whatever the mode", "MODE"),
     SettingSpec("verbose", 1, parse_verbose,
                 "log level: 0 warnings, 1 info and requests, 2 and 3 debug", "LEVEL"),
 )

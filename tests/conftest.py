@@ -165,8 +165,10 @@ class Daemon:
     """The real s3pool command as a subprocess."""
 
     def __init__(self, home: Path, endpoint: str, mountpoint: Path | None = None,
-                 extra_args: list[str] | None = None, port: int | None = None) -> None:
+                 extra_args: list[str] | None = None, port: int | None = None,
+                 preexec_fn=None) -> None:
         self.home = home
+        self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. setrlimit)
         self.endpoint = endpoint
         self.mountpoint = mountpoint
         self.extra_args = extra_args or []
@@ -187,7 +189,8 @@ class Daemon:
         self.stderr_path = self.home.parent / f"daemon-{self.port}.stderr"
         self.stderr = open(self.stderr_path, "ab")
         self.process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=self.stderr, stderr=self.stderr, cwd=str(ROOT))
+                                        stdout=self.stderr, stderr=self.stderr, cwd=str(ROOT),
+                                        preexec_fn=self.preexec_fn)
         if wait:
             self.wait_ready()
         return self
@@ -254,16 +257,18 @@ def _stale_mount(path: Path) -> bool:
 
 @pytest.fixture
 def start_daemon(tmp_path, moto_server):
-    """Factory: start_daemon(mount=False, args=[...], home=None, endpoint=None)."""
+    """Factory: start_daemon(mount=False, args=[...], home=None, endpoint=None,
+    preexec_fn=None)."""
     started: list[Daemon] = []
 
     def start(mount: bool = False, args: list[str] | None = None, home: Path | None = None,
-              endpoint: str | None = None, port: int | None = None) -> Daemon:
+              endpoint: str | None = None, port: int | None = None,
+              preexec_fn=None) -> Daemon:
         if mount:
             fuse_available()
         mountpoint = tmp_path / f"mnt{len(started)}" if mount else None
         daemon = Daemon(home or tmp_path / "home", endpoint or moto_server.endpoint,
-                        mountpoint, args, port)
+                        mountpoint, args, port, preexec_fn)
         started.append(daemon)
         return daemon.start()
 

@@ -31,8 +31,8 @@ def test_man_page_renders():
     result = subprocess.run(["man", "-l", str(ROOT / "man" / "s3pool.1")], capture_output=True,
                             text=True, env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
-    for section in ("OPTIONS", "PROTOCOL", "COMMANDS", "HOMEDIR LAYOUT", "SIGNALS",
-                    "EXIT STATUS"):
+    for section in ("OPTIONS", "PROTOCOL", "COMMANDS", "HOMEDIR LAYOUT", "SECURITY",
+                    "SIGNALS", "EXIT STATUS"):
         assert section in result.stdout
 
 

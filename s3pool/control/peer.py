@@ -1,26 +1,87 @@
-"""Who is on the other end of a control connection, and may they read a file.
+"""Who is on the other end of a control connection, and what they may do.
 
-The daemon often runs as root; PUSH reads a local file named by the
-client. Without a check, any local user could PUSH /etc/shadow to a bucket
-they can read. For a connection from this host, the client's uid is found
-in /proc/net/tcp{,6} (the row whose local address is the client's end), and
-PUSH is refused unless that uid could read the file itself: search
-permission on every directory above it and read permission on the file,
-by owner, group (with supplementary groups) or other bits. Connections
-from other hosts have no local uid; they are trusted as the bind address
-says (see the README's trust model).
+The daemon often runs as root, and two commands need to know who asks:
+PUSH reads a local file named by the client, and SET changes how the
+daemon behaves (and what it logs). A :class:`Peer` is what the kernel tells
+us about the client:
+
+- On the Unix socket (``--socket``), SO_PEERCRED gives the uid and gid of
+  the process that connected, SO_PEERGROUPS its supplementary groups. Both
+  were fixed at connect(2) and stay true after the client closes.
+- On TCP from this host, the uid is the owner of the client's socket in
+  /proc/net/tcp{,6} (the row whose local address is the client's end).
+  That row exists only while the client keeps its socket: a client that
+  closes at once leaves an orphaned socket (uid 0, inode 0) or none at all.
+  Such a peer is "unknown local" and gets no privilege, never root's.
+- On TCP from another host there is no local uid; those clients are
+  trusted as the bind address says (see the README's trust model), except
+  for SET, which needs ``--allow-remote-admin``.
+
+PUSH by a known local user is refused unless that user could read the file
+itself: search permission on every directory above it and read permission
+on the file, by owner, group (with supplementary groups) or other bits.
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import ipaddress
 import os
 import pwd
 import socket
 import stat
+import struct
+from dataclasses import dataclass
 
-from ..errors import LocalFileError
+from ..errors import LocalFileError, PermissionDenied
+
+# Linux's value; Python's socket module does not name it
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The client of one connection, as far as the kernel tells us."""
+
+    uid: int | None  # None: not known
+    gids: frozenset[int]  # primary and supplementary groups (empty if unknown)
+    local: bool  # on this host (or we cannot tell that it is not)
+    source: str  # how we learned it, or why we could not
+
+    @classmethod
+    def unknown_local(cls, why: str) -> "Peer":
+        return cls(None, frozenset(), True, why)
+
+    @classmethod
+    def remote(cls, address: str) -> "Peer":
+        return cls(None, frozenset(), False, f"remote {address}")
+
+    def describe(self) -> str:
+        if not self.local:
+            return f"client at {self.source.removeprefix('remote ')} (another host)"
+        if self.uid is None:
+            return f"unknown local client ({self.source})"
+        return f"uid {self.uid} ({self.source})"
+
+
+def unix_peer(sock: socket.socket) -> Peer:
+    """The client of a Unix-domain connection, from SO_PEERCRED. May block
+    briefly (group database) when SO_PEERGROUPS is unavailable."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError as exc:
+        return Peer.unknown_local(f"SO_PEERCRED failed: {exc.strerror}")
+    _pid, uid, gid = struct.unpack("3i", creds)
+    if uid < 0:
+        return Peer.unknown_local("SO_PEERCRED gave no uid")
+    try:
+        # as many groups as fit in the 1 KiB CPython allows; ERANGE beyond that
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        groups = set(struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) // 4 * 4]))
+    except OSError:
+        groups = groups_of(uid)
+    return Peer(uid, frozenset(groups | {gid}), True, "SO_PEERCRED")
 
 
 def _proc_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
@@ -38,15 +99,36 @@ def _forms(host: str, port: int) -> list[str]:
     return forms
 
 
-def local_peer_uid(sock: socket.socket) -> int | None:
-    """The uid owning the client end of *sock* if it is on this host, else None."""
+def is_local_address(host: str) -> bool:
+    """Is *host* an address of this host? True unless the kernel says it is
+    not (EADDRNOTAVAIL): any other failure counts as local, so that a
+    lookup that fails (EMFILE, say) never makes a local client "remote"."""
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip, host = ip.ipv4_mapped, str(ip.ipv4_mapped)
+    if ip.is_loopback:
+        return True
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        return exc.errno != errno.EADDRNOTAVAIL
+    return True
+
+
+def tcp_peer(sock: socket.socket) -> Peer:
+    """The client of a TCP connection. Blocks (reads /proc): call it in a thread."""
     try:
         peer_host, peer_port = sock.getpeername()[:2]
         our_host, our_port = sock.getsockname()[:2]
+    except OSError as exc:
+        return Peer.unknown_local(f"no peer address: {exc.strerror}")
+    try:
         wanted = {(peer, ours) for peer in _forms(peer_host, peer_port)
                   for ours in _forms(our_host, our_port)}
-    except (OSError, ValueError):
-        return None
+    except ValueError:
+        return Peer.unknown_local(f"unexpected peer address {peer_host!r}")
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -54,13 +136,59 @@ def local_peer_uid(sock: socket.socket) -> int | None:
                 for line in f:
                     fields = line.split()
                     if (fields[1], fields[2]) in wanted:
-                        return int(fields[7])
-        except (OSError, StopIteration, IndexError, ValueError):
+                        uid, inode = int(fields[7]), int(fields[9])
+                        if inode == 0:  # no process holds it: orphaned or TIME_WAIT
+                            return Peer.unknown_local(
+                                "its socket was closed, /proc/net/tcp shows no owner")
+                        return Peer(uid, frozenset(groups_of(uid)), True, "/proc/net/tcp")
+        except FileNotFoundError:
             continue
-    return None
+        except (OSError, StopIteration, IndexError, ValueError) as exc:
+            return Peer.unknown_local(f"cannot read {table}: {exc}")
+    if is_local_address(peer_host):
+        return Peer.unknown_local("its socket is not in /proc/net/tcp")
+    return Peer.remote(peer_host)
 
 
-def _groups_of(uid: int) -> set[int]:
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may SET (and, for local users, what PUSH may read; see OpenedForPeer)."""
+
+    daemon_uid: int
+    admin_gid: int | None = None
+    admin_group_name: str | None = None
+    allow_remote_admin: bool = False
+
+    def who_may_set(self) -> str:
+        who = f"the daemon's user (uid {self.daemon_uid}), root"
+        if self.admin_gid is not None:
+            who += f", members of group {self.admin_group_name or self.admin_gid}"
+        if self.allow_remote_admin:
+            who += ", clients on other hosts"
+        return who
+
+    def check_admin(self, peer: Peer, command: str) -> None:
+        """Raise PermissionDenied unless *peer* may change settings."""
+        if not peer.local:
+            if self.allow_remote_admin:
+                return
+            raise PermissionDenied(
+                f"{command} refused for {peer.describe()}: start s3pool with "
+                f"--allow-remote-admin to allow it")
+        if peer.uid is None:
+            raise PermissionDenied(
+                f"{command} refused for an {peer.describe()}: keep the connection open until "
+                f"the reply, or use the Unix socket (s3pool --socket)")
+        if peer.uid in (0, self.daemon_uid):
+            return
+        if self.admin_gid is not None and self.admin_gid in peer.gids:
+            return
+        raise PermissionDenied(
+            f"{command} refused for {peer.describe()}: only {self.who_may_set()} may "
+            f"change settings")
+
+
+def groups_of(uid: int) -> set[int]:
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
@@ -71,7 +199,7 @@ def _groups_of(uid: int) -> set[int]:
         return {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
 
 
-def _allowed(st: os.stat_result, uid: int, groups: set[int], bits: tuple[int, int, int]) -> bool:
+def _allowed(st: os.stat_result, uid: int, groups: set[int] | frozenset[int], bits: tuple[int, int, int]) -> bool:
     owner_bit, group_bit, other_bit = bits
     if st.st_uid == uid:
         return bool(st.st_mode & owner_bit)
@@ -81,17 +209,20 @@ def _allowed(st: os.stat_result, uid: int, groups: set[int], bits: tuple[int, in
 
 
 class OpenedForPeer:
-    """``with OpenedForPeer(path, uid) as proxy_path``: the file opened by us,
-    checked against what *uid* may read, named by a /proc/self/fd path.
+    """``with OpenedForPeer(path, uid, groups) as proxy_path``: the file opened
+    by us, checked against what *uid* (in *groups*) may read, named by a
+    /proc/self/fd path.
 
     The checks look at the file actually opened (its inode, and the real
     path the kernel reports for the descriptor), so swapping a symlink or a
     directory between the check and the copy gains nothing.
     """
 
-    def __init__(self, path: str, uid: int) -> None:
+    def __init__(self, path: str, uid: int, groups: set[int] | frozenset[int] | None = None
+                 ) -> None:
         self.path = path
         self.uid = uid
+        self.groups = groups
         self.fd = -1
 
     def __enter__(self) -> str:
@@ -104,7 +235,7 @@ class OpenedForPeer:
             if not stat.S_ISREG(st.st_mode):
                 raise LocalFileError(f"{self.path!r} is not a regular file")
             actual = os.readlink(f"/proc/self/fd/{self.fd}")
-            check_readable_by(actual, self.uid, st)
+            check_readable_by(actual, self.uid, st, self.groups)
         except BaseException:
             os.close(self.fd)
             raise
@@ -114,12 +245,15 @@ class OpenedForPeer:
         os.close(self.fd)
 
 
-def check_readable_by(real: str, uid: int, st: os.stat_result) -> None:
-    """Raise LocalFileError unless user *uid* could open the file *st*, at the
+def check_readable_by(real: str, uid: int, st: os.stat_result,
+                      groups: set[int] | frozenset[int] | None = None) -> None:
+    """Raise LocalFileError unless user *uid* (in *groups*; default: the
+    user's groups in the group database) could open the file *st*, at the
     symlink-free path *real*, for reading."""
     if uid == 0:
         return
-    groups = _groups_of(uid)
+    if groups is None:
+        groups = groups_of(uid)
     path = real
     parts = real.split(os.sep)
     # search permission on every directory above the file
