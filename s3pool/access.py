@@ -92,10 +92,17 @@ class AccessIndex:
                     "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (bucket, key, size, atime)
                 )
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            if db.in_transaction:  # SQLite has already rolled back after SQLITE_FULL
+                db.execute("ROLLBACK")
             self.count, self.total_bytes = self._totals()
-            raise
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            # a full cache disk: keep the records for the next flush (access
+            # times are advisory; failing the PULL or the eviction that
+            # called us would be worse)
+            self._pending = {**pending, **self._pending}
+            log.warning("access index not updated (kept in memory): %s", exc)
 
     def forget(self, bucket: str, key: str) -> None:
         """The object left the cache (evicted, replaced by a directory, deleted on S3)."""

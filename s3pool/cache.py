@@ -14,6 +14,7 @@ meta, which is not served.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import json
 import logging
@@ -37,6 +38,7 @@ from .errors import (
 from .layout import META_SUFFIX, Layout, check_bucket, check_key, unlink_quietly
 from .listing import Listings
 from .settings import Settings
+from .transfer import Transfer, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 RANGED_THRESHOLD = 64 << 20
 RANGE_PART = 16 << 20
 RANGE_CONCURRENCY = 4
+
+# who asked for a download, for its log line ("PULL" or "the mount")
+DOWNLOAD_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("download_source",
+                                                                      default="")
 
 
 @dataclass
@@ -100,6 +106,7 @@ class Cache:
         self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
         self.disk_limiter = trio.CapacityLimiter(8)
         self.range_limiter = trio.CapacityLimiter(RANGE_CONCURRENCY)
+        self.transfers = Transfers(settings, backend.stopping)  # downloads in flight
         self._key_locks: dict[tuple[str, str], _KeyLock] = {}
         self._checked: dict[tuple[str, str], float] = {}  # last ETag check, monotonic
         # (bucket, key) -> (stat signature of data and meta files, parsed meta)
@@ -235,6 +242,7 @@ class Cache:
         check_key(key)
         self.use_bucket(bucket)
         self.stats.pulls += 1
+        DOWNLOAD_SOURCE.set("the mount" if opener is not None else "PULL")
         if (bucket, key) not in self._key_locks and self._is_fresh(bucket, key):
             # fast path: nobody is changing this key (no lock exists) and it
             # was checked within the window; no await happens in between
@@ -307,17 +315,25 @@ class Cache:
                 response.body.close()
                 raise
         started = time.perf_counter()
+        transfer = self.transfers.begin(bucket, key, size, DOWNLOAD_SOURCE.get())
         fd, tmp_path = tempfile.mkstemp(prefix="dl.", dir=self.layout.tmp_dir)
         try:
             try:
+                digest = response.digest
                 if size >= RANGED_THRESHOLD:
-                    written = await self._download_ranged(bucket, key, response, fd)
+                    written = await self._download_ranged(bucket, key, response, fd, transfer)
+                    if written == size and digest is not None:  # parts came out of order
+                        await trio.to_thread.run_sync(digest.update_from_file, fd, size,
+                                                      limiter=self.disk_limiter)
                 else:
-                    written = await self.backend.read_body_at(response, fd, 0, size, bucket, key)
+                    written = await self.backend.read_body_at(response, fd, 0, size, bucket, key,
+                                                              transfer, digest)
                 if written != size:
                     raise BackendError(
                         f"short download of s3://{bucket}/{key}: {written} of {size} bytes"
                     )
+                if digest is not None:
+                    digest.check()  # a mismatch is never installed
                 fetched = time.perf_counter()
                 await trio.to_thread.run_sync(os.fsync, fd, limiter=self.disk_limiter)
                 synced = time.perf_counter()
@@ -325,39 +341,61 @@ class Cache:
                 if exc.errno == errno.ENOSPC:
                     raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
                 raise
+            except NoSpace as exc:
+                raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
             finally:
                 os.close(fd)
-            obj = await self._install(bucket, key, tmp_path, response.meta)
+                self.transfers.end(transfer)
+            try:
+                obj = await self._install(bucket, key, tmp_path, response.meta)
+            except OSError as exc:  # the meta file's write
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
+                raise
         finally:
             unlink_quietly(tmp_path)
-        log.debug("s3://%s/%s: %d bytes, fetched in %.3fs, synced in %.3fs, installed in %.3fs",
-                  bucket, key, size, fetched - started, synced - fetched,
-                  time.perf_counter() - synced)
+        seconds = fetched - started
+        log.info("downloaded s3://%s/%s (%s): %d bytes in %.2fs, %.1f MiB/s, %s; "
+                 "fsync %.3fs, install %.3fs", bucket, key, transfer.source or "-", size,
+                 seconds, size / (1 << 20) / max(seconds, 1e-6),
+                 f"{digest.what} verified" if digest is not None else "length verified",
+                 synced - fetched, time.perf_counter() - synced)
         self.stats.downloads += 1
         self.stats.bytes_downloaded += size
         return obj
 
     async def _download_ranged(self, bucket: str, key: str, response: ObjectResponse,
-                               fd: int) -> int:
+                               fd: int, transfer: Transfer) -> int:
         """A large object: the first part from the open GET, the rest in
         parallel ranged GETs pinned to the same ETag (If-Match), so a version
         that changes mid-way fails the download instead of mixing."""
         size = response.content_length
         etag = response.meta.get("ETag") or ""
         os.ftruncate(fd, size)
-        written = [await self.backend.read_body_at(response, fd, 0, RANGE_PART, bucket, key)]
+        written = [await self.backend.read_body_at(response, fd, 0, RANGE_PART, bucket, key,
+                                                   transfer)]
 
         async def part(start: int) -> None:
             length = min(RANGE_PART, size - start)
             async with self.range_limiter:
-                got = await self.backend.get_range_into(bucket, key, etag, start, length, fd)
+                got = await self.backend.get_range_into(bucket, key, etag, start, length, fd,
+                                                        transfer)
             if got != length:
-                raise BackendError(f"short range of s3://{bucket}/{key} at {start}")
+                transfer.fail(f"short range of s3://{bucket}/{key} at {start}")
+                raise BackendError(f"short range of s3://{bucket}/{key} at {start}: "
+                                   f"{got} of {length} bytes")
             written[0] += got
 
-        async with trio.open_nursery() as nursery:
-            for start in range(RANGE_PART, size, RANGE_PART):
-                nursery.start_soon(part, start)
+        try:
+            async with trio.open_nursery() as nursery:
+                for start in range(RANGE_PART, size, RANGE_PART):
+                    nursery.start_soon(part, start)
+        except BaseExceptionGroup as group:
+            # one error for the client: a full disk first, else the first part's
+            errors = _leaves(group)
+            if not all(isinstance(e, S3PoolError) for e in errors):
+                raise
+            raise next((e for e in errors if isinstance(e, NoSpace)), errors[0]) from group
         return written[0]
 
     async def _install(self, bucket: str, key: str, tmp_path: str, meta: dict[str, Any]
@@ -555,6 +593,13 @@ class _LockedKey:
         entry.users -= 1
         if entry.users == 0:
             self.cache._key_locks.pop(self.ident, None)
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
 
 
 def _listing_time(meta: dict[str, Any]) -> float:

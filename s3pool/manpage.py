@@ -72,8 +72,9 @@ COMMANDS = {
                "listings of one bucket never run at once.",
     "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
               "revalidations, downloads, bytes_downloaded, pushes, globs, refreshes, errors, "
-              "evictions, cache_bytes, cache_objects, disk_used_percent, uptime and more, then "
-              "every setting.",
+              "evictions, cache_bytes, cache_objects, disk_used_percent, uptime and more; then "
+              "one line per download in flight, 'download s3://BUCKET/KEY DONE TOTAL SECONDS' "
+              "(bytes received, object size, seconds since it started); then every setting.",
     "SET": "Change a setting at run time: " + ", ".join(spec.name for spec in SPECS) + ". "
            "The evictor and the list monitor act on a new value at once.",
 }

@@ -28,6 +28,13 @@ def parse_size(text: str) -> int:
     return int(float(number) * _SIZE_UNITS[unit.lower()])
 
 
+def parse_positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1 byte: {text!r}")
+    return value
+
+
 def parse_seconds(text: str) -> float:
     value = float(text)
     if value != value or value < 0 or value > 86400 * 365:
@@ -88,6 +95,11 @@ SPECS: tuple[SettingSpec, ...] = (
                 "disk use eviction brings the cache down to", "PERCENT"),
     SettingSpec("max_cache_size", 0, parse_size,
                 "cap on the bytes the cache holds (K/M/G/T suffixes; 0 = no cap)", "BYTES"),
+    SettingSpec("download_stall_timeout", 60.0, parse_seconds,
+                "a download that takes longer than this many seconds to receive "
+                "download_stall_bytes bytes fails and frees its slot (0 = never)", "SECONDS"),
+    SettingSpec("download_stall_bytes", 256 << 10, parse_positive_size,
+                "see download_stall_timeout (K/M/G suffixes)", "BYTES"),
     SettingSpec("verbose", 1, parse_verbose,
                 "log level: 0 warnings, 1 info and requests, 2 and 3 debug", "LEVEL"),
 )
