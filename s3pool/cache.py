@@ -38,7 +38,7 @@ from .errors import (
 from .layout import META_SUFFIX, Layout, check_bucket, check_key, unlink_quietly
 from .listing import Listings
 from .settings import Settings
-from .transfer import Transfer, Transfers
+from .transfer import Digest, Transfer, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -321,10 +321,8 @@ class Cache:
             try:
                 digest = response.digest
                 if size >= RANGED_THRESHOLD:
-                    written = await self._download_ranged(bucket, key, response, fd, transfer)
-                    if written == size and digest is not None:  # parts came out of order
-                        await trio.to_thread.run_sync(digest.update_from_file, fd, size,
-                                                      limiter=self.disk_limiter)
+                    written = await self._download_ranged(bucket, key, response, fd, transfer,
+                                                          digest)
                 else:
                     written = await self.backend.read_body_at(response, fd, 0, size, bucket, key,
                                                               transfer, digest)
@@ -365,15 +363,29 @@ class Cache:
         return obj
 
     async def _download_ranged(self, bucket: str, key: str, response: ObjectResponse,
-                               fd: int, transfer: Transfer) -> int:
+                               fd: int, transfer: Transfer, digest: Digest | None) -> int:
         """A large object: the first part from the open GET, the rest in
         parallel ranged GETs pinned to the same ETag (If-Match), so a version
-        that changes mid-way fails the download instead of mixing."""
+        that changes mid-way fails the download instead of mixing.
+
+        *digest* needs the bytes in order: the first part is hashed as it
+        arrives, the others are read back from the file as soon as every part
+        before them has landed, while later parts are still downloading."""
         size = response.content_length
         etag = response.meta.get("ETag") or ""
         os.ftruncate(fd, size)
         written = [await self.backend.read_body_at(response, fd, 0, RANGE_PART, bucket, key,
-                                                   transfer)]
+                                                   transfer, digest)]
+        starts = range(RANGE_PART, size, RANGE_PART)
+        landed = {start: trio.Event() for start in starts}
+
+        async def hash_in_order() -> None:
+            assert digest is not None
+            for start in starts:
+                await landed[start].wait()
+                await trio.to_thread.run_sync(digest.update_from_file, fd, start,
+                                              min(RANGE_PART, size - start),
+                                              limiter=self.disk_limiter)
 
         async def part(start: int) -> None:
             length = min(RANGE_PART, size - start)
@@ -385,11 +397,14 @@ class Cache:
                 raise BackendError(f"short range of s3://{bucket}/{key} at {start}: "
                                    f"{got} of {length} bytes")
             written[0] += got
+            landed[start].set()
 
         try:
             async with trio.open_nursery() as nursery:
-                for start in range(RANGE_PART, size, RANGE_PART):
+                for start in starts:
                     nursery.start_soon(part, start)
+                if digest is not None and written[0] == RANGE_PART:
+                    nursery.start_soon(hash_in_order)
         except BaseExceptionGroup as group:
             # one error for the client: a full disk first, else the first part's
             errors = _leaves(group)

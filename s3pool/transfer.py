@@ -187,15 +187,15 @@ class Digest:
     def update(self, data: Any) -> None:
         self.hasher.update(data)
 
-    def update_from_file(self, fd: int, size: int) -> None:
-        """Hash bytes [0, size) of *fd* (blocking: a worker thread)."""
-        buffer = bytearray(1 << 20)
+    def update_from_file(self, fd: int, offset: int, length: int) -> None:
+        """Hash bytes [offset, offset+length) of *fd* (blocking: a worker thread)."""
+        buffer = bytearray(min(1 << 20, max(length, 1)))
         view = memoryview(buffer)
-        offset = 0
-        while offset < size:
-            got = os.preadv(fd, [view[:min(len(buffer), size - offset)]], offset)
+        end = offset + length
+        while offset < end:
+            got = os.preadv(fd, [view[:min(len(buffer), end - offset)]], offset)
             if got <= 0:
-                raise BackendError(f"download of {self.url}: file ended at {offset} of {size}")
+                raise BackendError(f"download of {self.url}: file ended at {offset} of {end}")
             self.hasher.update(view[:got])
             offset += got
 

@@ -205,7 +205,7 @@ def test_trickling_download_fails_and_frees_its_slot(proxy, start_daemon, s3, bu
 def test_status_lists_downloads_in_flight(proxy, start_daemon, s3, bucket):
     """Issue 9.5: STATUS has one `download s3://B/K DONE TOTAL ELAPSED` line per
     download in flight, after the counters; a finished download is logged at INFO."""
-    sizes = {"slowA": 300 * KIB, "slowB": 200 * KIB}
+    sizes = {"slowA": 600 * KIB, "slowB": 400 * KIB}  # 3.8 s and 2.5 s at 160 KiB/s
     for key, size in sizes.items():
         s3.put_object(Bucket=bucket, Key=key, Body=os.urandom(size))
         proxy.trickle[f"/{bucket}/{key}"] = (8 * KIB, 0.05)
