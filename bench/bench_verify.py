@@ -6,7 +6,9 @@ Every PULL is a miss (each round starts a daemon on an empty HOMEDIR), of
 64 MiB objects (ranged download: parallel parts, then one hashing pass over
 the assembled file), 8 MiB objects (one GET, hashed as the bytes arrive)
 and 16 KiB objects. "off" is the same code with S3POOL_BENCH_NO_VERIFY=1
-(length still checked, no hash). Modes alternate (off, on, off, on, ...)
+(length still checked, no hash). Wall time per PULL and the daemon's CPU
+time (user + system, from psutil) per PULL are both shown: on a shared
+machine the CPU time is the steadier measure of the hashing cost. Modes alternate (off, on, off, on, ...)
 so drifts of the machine hit both. With --baseline-tree pointing at a
 checkout of the code before verification (e.g. `git worktree add` or
 `git archive` of the parent commit), that code is timed too, to show the
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import boto3  # noqa: E402
+import psutil  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from common import CREDS, Daemon, S3Server, print_table, workdir  # noqa: E402
 
@@ -84,6 +87,7 @@ def main() -> None:
         modes = ["off", "on"] + (["before"] if args.baseline_tree else [])
         # (mode, flavour, size) -> seconds of each PULL
         times: dict[tuple[str, str, int], list[float]] = {}
+        cpu: dict[tuple[str, str, int], list[float]] = {}  # daemon CPU seconds per group
         verified: dict[str, set[str]] = {}
         for round_no in range(args.rounds):
             for mode in modes:
@@ -95,15 +99,19 @@ def main() -> None:
                     os.environ.pop("S3POOL_BENCH_NO_VERIFY", None)
                 home = work / f"home-{mode}-{round_no}"
                 daemon = Daemon(server.endpoint, home)
+                process = psutil.Process(daemon.process.pid)
                 try:
                     for flavour in flavours:
                         for size, _ in SIZES:
+                            cpu_before = sum(process.cpu_times()[:2])
                             for name in keys[(flavour, size)]:
                                 started = time.perf_counter()
                                 status, lines = daemon.request("PULL", "bench", name)
                                 elapsed = time.perf_counter() - started
                                 assert status == "OK", lines
                                 times.setdefault((mode, flavour, size), []).append(elapsed)
+                            cpu.setdefault((mode, flavour, size), []).append(
+                                sum(process.cpu_times()[:2]) - cpu_before)
                 finally:
                     daemon.stop()
                 log_text = (home / "log" / "s3pool.log").read_text(errors="replace")
@@ -119,15 +127,18 @@ def main() -> None:
             for size, count in SIZES:
                 off = statistics.median(times[("off", flavour, size)])
                 on = statistics.median(times[("on", flavour, size)])
+                cpu_off = sum(cpu[("off", flavour, size)]) / (count * args.rounds)
+                cpu_on = sum(cpu[("on", flavour, size)]) / (count * args.rounds)
                 row = [f"{label(size)} ({'CRC32' if flavour == 'crc' else 'ETag MD5'})",
                        count * args.rounds, f"{off * 1000:.2f}", f"{on * 1000:.2f}",
-                       f"{on / off:.2f}", f"{size / MIB / on:.0f}"]
+                       f"{on / off:.2f}", f"{cpu_off * 1000:.2f}", f"{cpu_on * 1000:.2f}",
+                       f"{cpu_on / cpu_off:.2f}"]
                 if args.baseline_tree:
                     before = statistics.median(times[("before", flavour, size)])
                     row += [f"{before * 1000:.2f}", f"{on / before:.2f}"]
                 rows.append(row)
-        header = ["object (validator)", "PULLs per mode", "verify off p50 ms",
-                  "verify on p50 ms", "on / off", "on MiB/s"]
+        header = ["object (validator)", "PULLs per mode", "off p50 ms", "on p50 ms",
+                  "on / off", "off CPU ms/PULL", "on CPU ms/PULL", "CPU on / off"]
         if args.baseline_tree:
             header += ["before p50 ms", "on / before"]
         out.append(print_table(f"Cold PULL with and without verification ({args.s3} S3 on "
