@@ -214,7 +214,8 @@ class MemoryBackend:
         import io
         return ObjectResponse(dict(self.meta), io.BytesIO(self.body))
 
-    async def read_body_at(self, response, fd, offset, limit, bucket, key):
+    async def read_body_at(self, response, fd, offset, limit, bucket, key, transfer=None,
+                           digest=None):
         data = response.body.read(limit)
         return os.pwrite(fd, data, offset)
 

@@ -170,10 +170,14 @@ class AccessIndex:
             self._flushing, self._pending = self._pending, _Batch()
             try:
                 await trio.to_thread.run_sync(self._apply, self._flushing)
-            except BaseException:
+            except BaseException as exc:
                 # keep what was not written, under anything recorded since
                 self._pending = self._flushing.merged_with(self._pending)
-                raise
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                # a full cache disk: access times are advisory, failing the PULL
+                # or the eviction that asked for this flush would be worse
+                log.warning("access index not updated (kept in memory): %s", exc)
             finally:
                 self._flushing = _Batch()
 

@@ -26,11 +26,13 @@ import boto3
 import boto3.exceptions
 import botocore.exceptions
 import trio
+import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.utils import parse_timestamp
 
 from .errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey
+from .transfer import Digest, Transfer, digest_for, write_all
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class ObjectResponse:
 
     meta: dict[str, Any]
     body: Any  # botocore StreamingBody
+    digest: Digest | None = None  # what the bytes must hash to, if S3 said
 
     @property
     def content_length(self) -> int:
@@ -213,24 +216,31 @@ class Backend:
                 if status == 304 or code == "304":
                     return None
                 raise
-            return ObjectResponse(meta_from_response(resp), resp["Body"])
+            return ObjectResponse(meta_from_response(resp), resp["Body"],
+                                  digest_for(resp, bucket, key))
 
         return await self._run(call, bucket=bucket, key=key)
 
     async def read_body_at(self, response: ObjectResponse, fd: int, offset: int, limit: int,
-                           bucket: str, key: str) -> int:
-        """Write up to *limit* bytes of the body at *offset* of *fd*; close the body."""
+                           bucket: str, key: str, transfer: Transfer | None = None,
+                           digest: Digest | None = None) -> int:
+        """Write up to *limit* bytes of the body at *offset* of *fd*; close the body.
+
+        *transfer* counts the bytes (and stops a stalled copy); *digest*, if
+        given, hashes them as they arrive (they must come in order from 0).
+        """
 
         def call() -> int:
             try:
-                return _copy_into(response.body, fd, offset, limit, self.stopping)
+                return _copy_into(response.body, fd, offset, limit,
+                                  transfer or self._transfer(bucket, key, limit), digest)
             finally:
                 response.body.close()
 
         return await self._run(call, bucket=bucket, key=key)
 
     async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
-                             fd: int) -> int:
+                             fd: int, transfer: Transfer | None = None) -> int:
         """GET bytes [start, start+length) of the version *etag* into *fd* at *start*."""
 
         def call() -> int:
@@ -238,13 +248,20 @@ class Backend:
                                       "Range": f"bytes={start}-{start + length - 1}"}
             if etag:
                 kwargs["IfMatch"] = etag
+            if transfer is not None:
+                transfer.check()
             body = self.client.get_object(**kwargs)["Body"]
             try:
-                return _copy_into(body, fd, start, length, self.stopping)
+                return _copy_into(body, fd, start, length,
+                                  transfer or self._transfer(bucket, key, length))
             finally:
                 body.close()
 
         return await self._run(call, bucket=bucket, key=key)
+
+    def _transfer(self, bucket: str, key: str, total: int) -> Transfer:
+        """A counter for a copy nobody watches: only the shutdown stops it."""
+        return Transfer(bucket, key, total, 0, 1, self.stopping)
 
     async def head_object(self, bucket: str, key: str) -> dict[str, Any]:
         resp = await self._run(
@@ -301,26 +318,41 @@ class Backend:
             raise translate(exc, bucket) from exc
 
 
-def _copy_into(body: Any, fd: int, offset: int, limit: int, stopping: threading.Event) -> int:
-    """Copy up to *limit* bytes of a streaming body to *fd* at *offset*.
+def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,
+               digest: Digest | None = None) -> int:
+    """Copy up to *limit* bytes of a streaming body to *fd* at *offset* (worker thread).
 
-    One reused buffer (readinto) instead of a new bytes object per chunk:
-    at hundreds of MiB/s the allocations alone cost a third of the time.
-    A worker thread cannot be cancelled, so it looks at *stopping* between
-    chunks: a shutdown does not wait for a large download to finish.
+    Reads with ``read1`` (one socket read at most, bounded by the read
+    timeout), so a trickling body returns to this loop often and
+    ``transfer.check()`` can fail it: ``readinto`` of a 1 MiB buffer would
+    wait for the whole MiB however slowly it came. Every write is checked
+    (:func:`write_all`). Any failure is told to *transfer*, so the other
+    parts of a ranged download stop at their next chunk.
     """
-    buffer = bytearray(min(CHUNK, max(limit, 1)))
-    view = memoryview(buffer)
+    raw = getattr(body, "_raw_stream", None)  # urllib3's response under botocore's
+    read1 = getattr(raw, "read1", None)
     written = 0
-    while written < limit:
-        if stopping.is_set():
-            raise BackendError("download abandoned: s3pool is shutting down")
-        want = min(len(buffer), limit - written)
-        got = body.readinto(view[:want])
-        if not got:
-            break
-        os.pwrite(fd, view[:got], offset + written)
-        written += got
+    try:
+        while written < limit:
+            transfer.check()
+            want = min(CHUNK, limit - written)
+            try:
+                chunk = read1(want) if read1 is not None else body.read(want)
+            except (urllib3.exceptions.HTTPError, botocore.exceptions.BotoCoreError,
+                    OSError) as exc:
+                raise BackendError(f"reading {transfer.url} failed after {transfer.done} "
+                                   f"bytes: {exc}") from exc
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            if digest is not None:
+                digest.update(view)
+            write_all(fd, view, offset + written)
+            written += len(chunk)
+            transfer.add(len(chunk))
+    except BaseException as exc:
+        transfer.fail(str(exc) or repr(exc))
+        raise
     return written
 
 

@@ -12,6 +12,7 @@ the evictor, handed in at construction.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import logging
 import os
@@ -34,6 +35,7 @@ from .layout import check_bucket, check_key, unlink_quietly
 from .listing import Listings
 from .settings import Settings
 from .store import CachedObject, Store
+from .transfer import Digest, Transfer, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ RANGE_CONCURRENCY = 4
 # forgotten key only costs one conditional GET)
 FRESHNESS_MEMORY = 1 << 20
 MISSING_MEMORY = 1 << 16
+
+# who asked for a download, for its log line ("PULL" or "the mount")
+DOWNLOAD_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("download_source",
+                                                                      default="")
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Cache:
         self.stats = Stats()
         self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
         self.range_limiter = trio.CapacityLimiter(RANGE_CONCURRENCY)
+        self.transfers = Transfers(settings, backend.stopping)  # downloads in flight
         # last ETag check (trio clock) per key, oldest first
         self._checked: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.buckets_in_use: set[str] = set()
@@ -192,6 +199,7 @@ class Cache:
         check_bucket(bucket)
         check_key(key)
         self.stats.pulls += 1
+        DOWNLOAD_SOURCE.set("the mount" if opener is not None else "PULL")
         store = self.store
         if not store.is_locked(bucket, key) and self._is_fresh(bucket, key):
             # fast path: nobody is changing this key (no lock exists) and it
@@ -283,60 +291,93 @@ class Cache:
                                  ) -> CachedObject:
         size = response.content_length
         started = time.perf_counter()
+        transfer = self.transfers.begin(bucket, key, size, DOWNLOAD_SOURCE.get())
         fd, tmp_path = self.store.new_temp("dl.")
         try:
             try:
+                digest = response.digest
                 if size >= RANGED_THRESHOLD:
-                    written = await self._download_ranged(bucket, key, response, fd)
+                    written = await self._download_ranged(bucket, key, response, fd, transfer,
+                                                          digest)
                 else:
-                    written = await self.backend.read_body_at(response, fd, 0, size, bucket, key)
+                    written = await self.backend.read_body_at(response, fd, 0, size, bucket, key,
+                                                              transfer, digest)
                 if written != size:
                     raise BackendError(
                         f"short download of s3://{bucket}/{key}: {written} of {size} bytes"
                     )
+                if digest is not None:
+                    digest.check()  # a mismatch is never installed
                 fetched = time.perf_counter()
                 await trio.to_thread.run_sync(os.fsync, fd, limiter=self.store.disk_limiter)
                 synced = time.perf_counter()
             except OSError as exc:
-                if exc.errno == errno.ENOSPC:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
                 raise
+            except NoSpace as exc:
+                raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
             finally:
                 os.close(fd)
+                self.transfers.end(transfer)
             obj = await self.store.install(bucket, key, tmp_path, response.meta)
         finally:
             unlink_quietly(tmp_path)
-        log.debug("s3://%s/%s: %d bytes, fetched in %.3fs, synced in %.3fs, installed in %.3fs",
-                  bucket, key, size, fetched - started, synced - fetched,
-                  time.perf_counter() - synced)
+        seconds = fetched - started
+        log.info("downloaded s3://%s/%s (%s): %d bytes in %.2fs, %.1f MiB/s, %s; "
+                 "fsync %.3fs, install %.3fs", bucket, key, transfer.source or "-", size,
+                 seconds, size / (1 << 20) / max(seconds, 1e-6),
+                 f"{digest.what} verified" if digest is not None else "length verified",
+                 synced - fetched, time.perf_counter() - synced)
         self.stats.downloads += 1
         self.stats.bytes_downloaded += size
         return obj
 
     async def _download_ranged(self, bucket: str, key: str, response: ObjectResponse,
-                               fd: int) -> int:
+                               fd: int, transfer: Transfer, digest: Digest | None) -> int:
         """A large object: the first part from the open GET, the rest in
         parallel ranged GETs pinned to the same ETag (If-Match), so a version
-        that changes mid-way fails the download instead of mixing."""
+        that changes mid-way fails the download instead of mixing.
+
+        *digest* needs the bytes in order: the first part is hashed as it
+        arrives, the others are read back from the file as soon as every part
+        before them has landed, while later parts are still downloading."""
         size = response.content_length
         etag = response.meta.get("ETag") or ""
         os.ftruncate(fd, size)
-        written = [await self.backend.read_body_at(response, fd, 0, RANGE_PART, bucket, key)]
+        written = [await self.backend.read_body_at(response, fd, 0, RANGE_PART, bucket, key,
+                                                   transfer, digest)]
+        starts = range(RANGE_PART, size, RANGE_PART)
+        landed = {start: trio.Event() for start in starts}
+
+        async def hash_in_order() -> None:
+            assert digest is not None
+            for start in starts:
+                await landed[start].wait()
+                await trio.to_thread.run_sync(digest.update_from_file, fd, start,
+                                              min(RANGE_PART, size - start),
+                                              limiter=self.store.disk_limiter)
 
         async def part(start: int) -> None:
             length = min(RANGE_PART, size - start)
             async with self.range_limiter:
-                got = await self.backend.get_range_into(bucket, key, etag, start, length, fd)
+                got = await self.backend.get_range_into(bucket, key, etag, start, length, fd,
+                                                        transfer)
             if got != length:
-                raise BackendError(f"short range of s3://{bucket}/{key} at {start}")
+                transfer.fail(f"short range of s3://{bucket}/{key} at {start}")
+                raise BackendError(f"short range of s3://{bucket}/{key} at {start}: "
+                                   f"{got} of {length} bytes")
             written[0] += got
+            landed[start].set()
 
         try:
             async with trio.open_nursery() as nursery:
-                for start in range(RANGE_PART, size, RANGE_PART):
+                for start in starts:
                     nursery.start_soon(part, start)
+                if digest is not None and written[0] == RANGE_PART:
+                    nursery.start_soon(hash_in_order)
         except BaseExceptionGroup as group:
-            # one clear error for the client, not a group of parts
+            # one clear error for the client, not a group of parts (a full disk first)
             raise _first_error(group) from None
         return written[0]
 
@@ -473,7 +514,7 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
             leaves.append(exc)
 
     walk(group)
-    for kind in (S3PoolError, Exception):
+    for kind in (NoSpace, S3PoolError, Exception):
         for leaf in leaves:
             if isinstance(leaf, kind):
                 return leaf

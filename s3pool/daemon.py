@@ -287,6 +287,7 @@ class Daemon:
         ]
         if self.fs is not None:
             lines += self.fs.status_lines()
+        lines += self.cache.transfers.status_lines()  # download URL DONE TOTAL SECONDS
         lines += self.original_status_lines()
         lines += self.settings.items()
         return lines

@@ -78,7 +78,9 @@ COMMANDS = {
     "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
               "revalidations, downloads, bytes_downloaded, pushes, globs, refreshes, errors, "
               "s3_errors, evictions, cache_bytes, cache_objects, disk_used_percent, uptime and "
-              "more; the original s3pool's names with the same figures (count_pull, "
+              "more; then one line per download in flight, 'download s3://BUCKET/KEY DONE "
+              "TOTAL SECONDS' (bytes received, object size, seconds since it started); the "
+              "original s3pool's names with the same figures (count_pull, "
               "count_pull_hit, count_push, count_glob, count_refresh, is_master, master, "
               "revision, standby, up_since); then every setting, in the units SET takes "
               "(refresh_interval in minutes).",

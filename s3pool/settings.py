@@ -54,6 +54,13 @@ def parse_duration(text: str, bare_unit: float = 1.0) -> float:
     return value
 
 
+def parse_positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1 byte: {text!r}")
+    return value
+
+
 def parse_seconds(text: str) -> float:
     """A duration whose bare number is seconds (s3pool's own settings)."""
     return parse_duration(text, 1.0)
@@ -163,6 +170,11 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("socket_mode", FileMode(0o666), parse_mode,
                 "permissions of the --socket file; who may PUSH and SET is decided per "
                 "request from the peer's credentials, whatever the mode", "MODE"),
+    SettingSpec("download_stall_timeout", 60.0, parse_seconds,
+                "a download that takes longer than this many seconds to receive "
+                "download_stall_bytes bytes fails and frees its slot (0 = never)", "SECONDS", "s"),
+    SettingSpec("download_stall_bytes", 256 << 10, parse_positive_size,
+                "see download_stall_timeout (K/M/G suffixes)", "BYTES", "B"),
     SettingSpec("verbose", 1, parse_verbose,
                 "log level: 0 warnings, 1 info and requests, 2 and 3 debug", "LEVEL"),
 )

@@ -246,7 +246,7 @@ class Store:
                 limiter=self.disk_limiter,
             )
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
             raise
         for dropped in shadowed:

@@ -1,0 +1,119 @@
+"""A fault-injecting HTTP proxy on loopback, between the daemon and moto's server.
+
+It forwards every request as it came (headers, body, signature) and
+passes the response back, except for the paths it was told to spoil:
+
+- ``trickle[path] = (bytes_per_step, seconds_per_step)`` sends that
+  response body a few bytes at a time (a slow, not silent, S3);
+- ``corrupt[path] = offset`` flips the byte at that offset of the object
+  in whichever response (whole or ranged) carries it.
+
+Each response is sent with ``Connection: close``; botocore reconnects.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
+               "upgrade", "trailer"}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/")
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.trickle: dict[str, tuple[int, float]] = {}
+        self.corrupt: dict[str, int] = {}
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.trickling = 0  # response bodies being trickled right now
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in _HOP_BY_HOP}
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port,
+                                                      timeout=60)
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                    path = self.path.split("?", 1)[0]
+                    if self.command == "GET" and path in proxy.corrupt:
+                        data = _flip(data, proxy.corrupt[path],
+                                     response.getheader("Content-Range"))
+                    self.send_response(response.status, response.reason)
+                    for name, value in response.getheaders():
+                        if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
+                            self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    if self.command == "HEAD":
+                        return
+                    trickle = proxy.trickle.get(path) if self.command == "GET" else None
+                    if trickle is None:
+                        self.wfile.write(data)
+                    else:
+                        self._trickle(data, *trickle)
+                finally:
+                    upstream.close()
+
+            def _trickle(self, data: bytes, step: int, pause: float) -> None:
+                with proxy.lock:
+                    proxy.trickling += 1
+                try:
+                    for start in range(0, len(data), step):
+                        if proxy.stopping.is_set():
+                            return
+                        self.wfile.write(data[start:start + step])
+                        self.wfile.flush()
+                        time.sleep(pause)
+                except OSError:
+                    pass  # the daemon gave up on us: what the test wants
+                finally:
+                    with proxy.lock:
+                        proxy.trickling -= 1
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def _flip(data: bytes, offset: int, content_range: str | None) -> bytes:
+    start = 0
+    if content_range:
+        match = _CONTENT_RANGE.match(content_range)
+        if match:
+            start = int(match.group(1))
+    index = offset - start
+    if not 0 <= index < len(data):
+        return data
+    spoiled = bytearray(data)
+    spoiled[index] ^= 0xFF
+    return bytes(spoiled)
