@@ -190,7 +190,7 @@ def _parse_braces(pattern: str) -> list:
             elif c == "}":
                 if opened_at is None:
                     raise BadRequest(f"unmatched '}}' {_where(pattern, pos)} "
-                                     "(escape a literal one as \\}})")
+                                     "(escape a literal one as \\})")
                 break
             elif c == "," and opened_at is not None:
                 break

@@ -91,6 +91,8 @@ class ControlServer:
     async def _push(self, request: Request, uid: int | None) -> bytes:
         """PUSH for a client of this host reads only what its user may read."""
         bucket, key, path = request.args
+        if "\0" in path:  # no file has such a name; os.stat would raise ValueError
+            raise LocalFileError(f"path {path!r} contains a NUL character")
         if uid is None or uid == os.geteuid():
             return await self.dispatch(request)
         if not os.path.isabs(path):
