@@ -22,6 +22,7 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import boto3
+import boto3.exceptions
 import botocore.exceptions
 import trio
 from boto3.s3.transfer import TransferConfig
@@ -132,6 +133,14 @@ class Backend:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise translate(exc, bucket, key) from exc
+        except boto3.exceptions.Boto3Error as exc:
+            # upload_file wraps S3's answer (NoSuchBucket, AccessDenied...) in
+            # S3UploadFailedError: translate the answer it wraps
+            wrapped = exc.__cause__ or exc.__context__
+            if isinstance(wrapped, (botocore.exceptions.BotoCoreError,
+                                    botocore.exceptions.ClientError)):
+                raise translate(wrapped, bucket, key) from exc
             raise translate(exc, bucket, key) from exc
 
     # --- objects ---------------------------------------------------------

@@ -30,6 +30,8 @@ INDEX_NAME = "__index__"
 RESERVED_ROOT_NAMES = frozenset({LIST_NAME, INDEX_NAME})
 # Linux NAME_MAX: a longer segment could never be a file name.
 MAX_SEGMENT_BYTES = 255
+# the last segment names the data file and, with META_SUFFIX, the meta file
+MAX_FILE_NAME_BYTES = MAX_SEGMENT_BYTES - len(META_SUFFIX)
 MAX_KEY_BYTES = 1024  # S3's own limit
 
 # used with fullmatch: '$' alone would let a trailing newline through
@@ -50,7 +52,7 @@ def check_key(key: str) -> str:
     '/'), '.' and '..' segments, NUL and newline, lone surrogates (S3 keys
     are UTF-8; such a key has no file name), segments that end in __meta__
     (they would alias a meta file), our own root files, and segments too
-    long for the local filesystem.
+    long for the local filesystem (the last one, with __meta__ appended).
     """
     if not isinstance(key, str) or not key:
         raise BadKey("empty key")
@@ -75,6 +77,9 @@ def check_key(key: str) -> str:
             raise BadKey(f"key {key!r} collides with s3pool meta files (*{META_SUFFIX})")
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise BadKey(f"key {key!r} has a path segment longer than {MAX_SEGMENT_BYTES} bytes")
+    if len(segments[-1].encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        raise BadKey(f"key {key!r} ends in a name longer than {MAX_FILE_NAME_BYTES} bytes "
+                     f"(with {META_SUFFIX} appended it would not fit a file name)")
     if segments[0] in RESERVED_ROOT_NAMES:
         raise BadKey(f"key {key!r} collides with s3pool's own file {segments[0]}")
     return key

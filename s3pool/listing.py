@@ -330,7 +330,8 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]])
     Both are built in tmp/ a page at a time and renamed into the BUCKETDIR,
     so readers see the old listing or the new one, never a mix.
     """
-    stamp = f"{bucket}.{os.getpid()}.{time.monotonic_ns()}"
+    # a bucket name may take 255 characters: only its start goes in a file name
+    stamp = f"{bucket[:64]}.{os.getpid()}.{time.monotonic_ns()}"
     tmp_list = os.path.join(layout.tmp_dir, f"list.{stamp}")
     tmp_index = os.path.join(layout.tmp_dir, f"index.{stamp}")
     count = 0
