@@ -17,8 +17,8 @@ construction with the subset states cached, as RE2 does): each character
 of a key costs one dictionary lookup once the states it meets are known,
 and at worst one step over the pattern's bit set; nothing backtracks.
 Only patterns whose regular expression provably cannot backtrack much (at
-most one ``*``-like wildcard per alternative: each way of splitting the
-key is tried once) still go to ``re``, which is faster for them.
+most one wildcard, or at most one ``*`` per ``/``-separated segment; see
+:func:`_regex_is_linear`) still go to ``re``, which is faster for them.
 
 A pattern is first expanded into its brace alternatives; each one's
 literal prefix (the text before its first wildcard) lets the listing
@@ -473,18 +473,19 @@ class CompiledGlob:
     engine: str  # "re" or "nfa"
     _regex: re.Pattern[str] | None = field(default=None, repr=False)
     _dfa: _LazyDfa | None = field(default=None, repr=False)
+    _suffix: str = ""  # every match ends with it
 
     def match(self, key: str) -> bool:
         if self._regex is not None:
             return self._regex.fullmatch(key) is not None
         assert self._dfa is not None
-        return self._dfa.match(key)
+        return key.endswith(self._suffix) and self._dfa.match(key)
 
-    def matcher_under(self, prefix: str) -> Callable[[str], bool]:
-        """A test for keys that all start with *prefix* (one of :attr:`prefixes`)."""
+    def matcher_under(self, prefix: str) -> Callable[[str], object]:
+        """A test for keys that all start with *prefix* (one of :attr:`prefixes`):
+        its result is true for a key that matches."""
         if self._regex is not None:
-            fullmatch = self._regex.fullmatch
-            return lambda key: fullmatch(key) is not None
+            return self._regex.fullmatch  # a call per key less than a wrapper
         dfa = self._dfa
         assert dfa is not None
         # the prefix is read once, not once per key
@@ -492,11 +493,14 @@ class CompiledGlob:
         if not after:
             return lambda key: False
         cut = len(prefix)
+        suffix = self._suffix
         # the cache may be rebuilt mid-scan; then start from the prefix again
         sets, start = dfa.sets, after
 
         def matches(key: str) -> bool:
             nonlocal sets, start
+            if not key.endswith(suffix):
+                return False
             if dfa.sets is not sets:
                 sets, start = dfa.sets, dfa.run(prefix)
             return dfa.match(key[cut:], start) if start else False
@@ -519,13 +523,79 @@ def compile_glob(pattern: str, engine: str = "auto") -> CompiledGlob:
                          f"{len(compiled)} alternatives hold more than {MAX_POSITIONS} "
                          "characters and wildcards")
     prefixes = _disjoint_prefixes([prefix for prefix, _ in compiled])
-    simple = (len(compiled) <= _RE_MAX_ALTERNATIVES and all(
-        len(tokens) <= _RE_MAX_TOKENS
-        and sum(1 for token in tokens if token[0] in _WILDCARDS) <= 1
-        for _, tokens in compiled))
+    simple = len(compiled) <= _RE_MAX_ALTERNATIVES and all(
+        _regex_is_linear(tokens) for _, tokens in compiled)
     if engine == "re" or (engine == "auto" and simple):
         source = "|".join(f"(?:{regex_source(tokens)})" for _, tokens in compiled)
         return CompiledGlob(pattern, alternatives, prefixes, "re",
                             _regex=re.compile(source, re.DOTALL))
     return CompiledGlob(pattern, alternatives, prefixes, "nfa",
-                        _dfa=_LazyDfa(_BitNfa([tokens for _, tokens in compiled])))
+                        _dfa=_LazyDfa(_BitNfa([tokens for _, tokens in compiled])),
+                        _suffix=_common_literal_suffix([tokens for _, tokens in compiled]))
+
+
+_SLASH = (_LIT, "/")
+
+
+def _one_star_per_segment(tokens: list[Token]) -> bool:
+    stars = 0
+    for token in tokens:
+        if token == _SLASH:
+            stars = 0
+        elif token[0] == _STAR:
+            stars += 1
+            if stars > 1:
+                return False
+        elif token[0] in _WILDCARDS:
+            return False
+    return True
+
+
+def _regex_is_linear(tokens: list[Token]) -> bool:
+    """Does Python's backtracking `re` match these tokens in time
+    O(len(key) x len(tokens))? True, for patterns of at most 128 tokens, when
+
+    - there is at most one wildcard (``*``, ``**``, ``**/``): each split of
+      the key is tried once;
+    - there is no ``**`` and at most one ``*`` between two '/': what follows a
+      ``*`` up to the next '/' holds no '/', so only one length of the ``*``
+      reaches that '/', and each segment is entered once;
+    - as above, plus one ``**/`` at the start or right after a '/' followed
+      by a last segment with at most one ``*``: that segment is tried after
+      each '/' of the key, and each try reads one key segment.
+
+    A segment with two stars (``*a*b``) is what backtracks exponentially.
+    """
+    if len(tokens) > _RE_MAX_TOKENS:
+        return False
+    kinds = [token[0] for token in tokens]
+    if sum(kind in _WILDCARDS for kind in kinds) <= 1:
+        return True
+    if _DSTAR in kinds:
+        return False
+    at = [i for i, kind in enumerate(kinds) if kind == _DSTAR_SLASH]
+    if not at:
+        return _one_star_per_segment(tokens)
+    if len(at) > 1 or (at[0] > 0 and tokens[at[0] - 1] != _SLASH):
+        return False
+    tail = tokens[at[0] + 1:]
+    if _SLASH in tail or sum(kind == _STAR for kind in kinds[at[0] + 1:]) > 1:
+        return False
+    return _one_star_per_segment(tokens[:at[0]])
+
+
+def _common_literal_suffix(alternatives: list[list[Token]]) -> str:
+    """The literal text every match ends with (a cheap test before the DFA)."""
+    suffixes = []
+    for tokens in alternatives:
+        tail: list[str] = []
+        for token in reversed(tokens):
+            if token[0] != _LIT:
+                break
+            tail.append(token[1])
+        suffixes.append("".join(reversed(tail)))
+    common = suffixes[0]
+    for suffix in suffixes[1:]:
+        while not suffix.endswith(common):
+            common = common[1:]
+    return common

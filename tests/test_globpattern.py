@@ -142,7 +142,7 @@ def test_the_nfa_agrees_with_the_regex_on_random_patterns():
             # matching under a prefix gives the same answer
             for prefix in nfa.prefixes:
                 if key.startswith(prefix):
-                    assert nfa.matcher_under(prefix)(key) is regex.match(key), (pattern, key)
+                    assert bool(nfa.matcher_under(prefix)(key)) is regex.match(key), (pattern, key)
 
 
 @pytest.mark.parametrize("pattern", [
@@ -211,12 +211,35 @@ def test_the_dfa_cache_is_bounded_and_still_right_after_it_is_dropped(monkeypatc
     assert compiled.match("a" * 80 + "b") is True
     # a scan under a prefix survives the cache being dropped mid-scan
     under = compiled.matcher_under("")
-    assert [under(key) for key in keys] == [star_glob(pattern, key) for key in keys]
+    assert [bool(under(key)) for key in keys] == [star_glob(pattern, key) for key in keys]
 
 
 def test_simple_patterns_keep_the_regex_fast_path():
-    assert compile_glob("logs/2026/*.gz").engine == "re"
-    assert compile_glob("img/*.{png,jpg}").engine == "re"
-    assert compile_glob("a/b?/[0-9]").engine == "re"
-    assert compile_glob("a/**/b*").engine == "nfa"
-    assert compile_glob("*a*").engine == "nfa"
+    for pattern in ["logs/2026/*.gz", "img/*.{png,jpg}", "a/b?/[0-9]", "a/**/b*", "**/*.json",
+                    "logs/*/*/x?/*.json", "*/*", "a*/**/b*c"]:
+        assert compile_glob(pattern).engine == "re", pattern
+    for pattern in ["*a*", "a*b*/c", "**a*", "**/a/*", "x**/y*", "a/**/b/**/c", "*/**/*/*",
+                    "{*a*,b}", "{a,b,c,d,e}*"]:
+        assert compile_glob(pattern).engine == "nfa", pattern
+
+
+def test_patterns_left_to_the_regex_do_not_backtrack_much():
+    rng = random.Random(11)
+    keys = ["a" * 1024, ("a" * 30 + "/") * 33, "/" * 1000, ("a/" * 500)[:-1]]
+    chosen = 0
+    for _ in range(3000):
+        pattern = "".join(rng.choice(PIECES + ["a*", "*a", "/*/"])
+                          for _ in range(rng.randrange(2, 9)))
+        try:
+            compiled = compile_glob(pattern)
+        except BadRequest:
+            continue
+        if compiled.engine != "re":
+            continue
+        chosen += 1
+        for key in keys:
+            started = time.perf_counter()
+            compiled.match(key)
+            compiled.match(key + "b")
+            assert time.perf_counter() - started < 0.05, (pattern, key[:20])
+    assert chosen > 300
