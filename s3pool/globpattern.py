@@ -42,7 +42,8 @@ MAX_POSITIONS = 65536
 # Patterns small enough for the `re` fast path: its worst case is one pass
 # of the fixed part per split point of the key, (key length) x (this).
 _RE_MAX_TOKENS = 128
-_RE_MAX_ALTERNATIVES = 4
+_RE_MAX_ALTERNATIVES = 16
+_RE_MAX_TOTAL_TOKENS = 512
 # Cached DFA states (each a bit set of at most ~4k bits) before the cache
 # is dropped and rebuilt as needed; bounds memory, not correctness.
 _DFA_MAX_STATES = 2048
@@ -271,12 +272,26 @@ def tokenize(alternative: str) -> tuple[str, list[Token]]:
         else:
             tokens.append((_LIT, c))
             i += 1
+        if len(tokens) > 1 and tokens[-1][0] in _WILDCARDS and tokens[-2][0] in _WILDCARDS:
+            _merge_wildcards(tokens)
         if literal_so_far:
             if tokens[-1][0] == _LIT:
                 prefix.append(tokens[-1][1])
             else:
                 literal_so_far = False
     return "".join(prefix), tokens
+
+
+def _merge_wildcards(tokens: list[Token]) -> None:
+    """Fold the last two tokens, both wildcards, into one where they are
+    equivalent to one (``**/**/`` is ``**/``, ``**/**`` is ``**``...), so
+    that no chain of them makes the NFA's epsilon closure long."""
+    first, second = tokens[-2][0], tokens[-1][0]
+    if first == _DSTAR or (first == _DSTAR_SLASH and second == _DSTAR_SLASH):
+        del tokens[-1]  # '.*' absorbs what follows; '(?:.*/)?(?:.*/)?' is one
+    elif second == _DSTAR:
+        del tokens[-2]  # what comes before '.*' is absorbed
+    # '**/' then '*' stays two: '(?:.*/)?[^/]*' is no single wildcard
 
 
 # --- the `re` fast path -----------------------------------------------------
@@ -523,8 +538,10 @@ def compile_glob(pattern: str, engine: str = "auto") -> CompiledGlob:
                          f"{len(compiled)} alternatives hold more than {MAX_POSITIONS} "
                          "characters and wildcards")
     prefixes = _disjoint_prefixes([prefix for prefix, _ in compiled])
-    simple = len(compiled) <= _RE_MAX_ALTERNATIVES and all(
-        _regex_is_linear(tokens) for _, tokens in compiled)
+    # alternatives are tried one after the other: their costs add up
+    simple = (len(compiled) <= _RE_MAX_ALTERNATIVES
+              and sum(len(tokens) for _, tokens in compiled) <= _RE_MAX_TOTAL_TOKENS
+              and all(_regex_is_linear(tokens) for _, tokens in compiled))
     if engine == "re" or (engine == "auto" and simple):
         source = "|".join(f"(?:{regex_source(tokens)})" for _, tokens in compiled)
         return CompiledGlob(pattern, alternatives, prefixes, "re",

@@ -88,6 +88,16 @@ def test_literal_prefixes_are_disjoint_and_in_key_order():
     assert compile_glob("{b*,a?,*c}").prefixes == ("",)
 
 
+def test_runs_of_wildcards_fold_into_one():
+    from s3pool.globpattern import tokenize
+
+    assert tokenize("a/**/**/**/b")[1] == tokenize("a/**/b")[1]
+    assert tokenize("**/**")[1] == tokenize("**")[1]
+    assert len(tokenize("**/" * 1000 + "x")[1]) == 2
+    compiled = compile_glob("**/" * 1000 + "*x*y", engine="nfa")
+    assert compiled.match("a/b/zxzy") and not compiled.match("a/b/zx/y")
+
+
 def test_brace_expansion_is_bounded():
     assert len(expand_braces("{a,b}{c,d}{e,f}")) == 8
     with pytest.raises(BadRequest):
@@ -216,10 +226,11 @@ def test_the_dfa_cache_is_bounded_and_still_right_after_it_is_dropped(monkeypatc
 
 def test_simple_patterns_keep_the_regex_fast_path():
     for pattern in ["logs/2026/*.gz", "img/*.{png,jpg}", "a/b?/[0-9]", "a/**/b*", "**/*.json",
-                    "logs/*/*/x?/*.json", "*/*", "a*/**/b*c"]:
+                    "logs/*/*/x?/*.json", "*/*", "a*/**/b*c", "{2021,2022,2023,2024,2025}/*.csv",
+                    "a/**/**/**/b*", "**/***", "a/**/**"]:
         assert compile_glob(pattern).engine == "re", pattern
     for pattern in ["*a*", "a*b*/c", "**a*", "**/a/*", "x**/y*", "a/**/b/**/c", "*/**/*/*",
-                    "{*a*,b}", "{a,b,c,d,e}*"]:
+                    "{*a*,b}", "{a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q}*", "x/" + "*/" * 200]:
         assert compile_glob(pattern).engine == "nfa", pattern
 
 
