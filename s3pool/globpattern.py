@@ -445,6 +445,17 @@ class _LazyDfa:
 
     def run(self, text: str, state: int = 1) -> int:
         """The state after reading *text* from *state* (0: no match possible)."""
+        start, table = state, self.table
+        try:  # every transition already known: the common case, kept tight
+            for char in text:
+                state = table[state][char]
+                if not state:
+                    return 0
+            return state
+        except KeyError:
+            return self._run_adding(text, start)
+
+    def _run_adding(self, text: str, state: int) -> int:
         table = self.table
         for char in text:
             following = table[state].get(char)
@@ -518,7 +529,18 @@ class CompiledGlob:
                 return False
             if dfa.sets is not sets:
                 sets, start = dfa.sets, dfa.run(prefix)
-            return dfa.match(key[cut:], start) if start else False
+            if not start:
+                return False
+            # LazyDfa.run inlined: this runs once per key of the scan
+            state, table = start, dfa.table
+            try:
+                for char in key[cut:]:
+                    state = table[state][char]
+                    if not state:
+                        return False
+            except KeyError:
+                state = dfa.run(key[cut:], start)
+            return dfa.accepting[state]
 
         return matches
 
