@@ -77,8 +77,15 @@ Token = tuple  # (kind,) | (_LIT, char) | (_CLASS, _Class)
 # --- syntax: check the pattern, expand its braces ---------------------------
 
 
+def _shown(pattern: str) -> str:
+    """*pattern* quoted for an error message, cut if it is long."""
+    if len(pattern) <= 200:
+        return repr(pattern)
+    return f"{pattern[:200]!r}... ({len(pattern)} characters)"
+
+
 def _where(pattern: str, index: int) -> str:
-    return f"at offset {index} of glob pattern {pattern!r}"
+    return f"at offset {index} of glob pattern {_shown(pattern)}"
 
 
 def _class_end(pattern: str, start: int) -> int:
@@ -161,7 +168,7 @@ def _parse_braces(pattern: str) -> list:
             c = pattern[pos]
             if c == "\\":
                 if pos + 1 >= n:
-                    raise BadRequest(f"glob pattern {pattern!r} ends with a lone backslash "
+                    raise BadRequest(f"glob pattern {_shown(pattern)} ends with a lone backslash "
                                      "(escape it as \\\\)")
                 chunk.append(pattern[pos:pos + 2])
                 pos += 2
@@ -556,7 +563,7 @@ def compile_glob(pattern: str, engine: str = "auto") -> CompiledGlob:
     alternatives = tuple(dict.fromkeys(expand_braces(pattern)))
     compiled = [tokenize(alternative) for alternative in alternatives]
     if sum(len(tokens) + 2 for _, tokens in compiled) > MAX_POSITIONS:
-        raise BadRequest(f"glob pattern {pattern[:60]!r}... is too complex: its "
+        raise BadRequest(f"glob pattern {_shown(pattern)} is too complex: its "
                          f"{len(compiled)} alternatives hold more than {MAX_POSITIONS} "
                          "characters and wildcards")
     prefixes = _disjoint_prefixes([prefix for prefix, _ in compiled])

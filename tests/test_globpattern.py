@@ -108,6 +108,12 @@ def test_brace_expansion_is_bounded():
         compile_glob("{a,b}" * 10 + "x" * 100)
 
 
+def test_a_long_malformed_pattern_gets_a_short_message():
+    with pytest.raises(BadRequest) as caught:
+        compile_glob("a" * 4000 + "[")
+    assert "unclosed '[' at offset 4000" in str(caught.value) and len(str(caught.value)) < 400
+
+
 @pytest.mark.parametrize("pattern, words", [
     ("[abc", "unclosed '[' at offset 0"),
     ("ab[!c", "unclosed '[' at offset 2"),
