@@ -12,10 +12,11 @@ Any user can PUSH a key, so a pattern must not be able to make matching
 slow: translated into a regular expression for Python's backtracking
 ``re``, ``*a*a*a*a*a*a*a*a*b`` against sixty ``a`` took seconds and each
 more star multiplied that. So a pattern is compiled into a small NFA,
-one bit per position, and run as a lazily built DFA (Thompson's
-construction with the subset states cached, as RE2 does): each character
-of a key costs one dictionary lookup once the states it meets are known,
-and at worst one step over the pattern's bit set; nothing backtracks.
+one bit per position, run as a lazily built DFA (Thompson's construction
+with the subset states cached, as RE2 does; see :mod:`s3pool.globmatch`):
+each character of a key costs one dictionary lookup once the states it
+meets are known, and at worst one step over the pattern's bit set;
+nothing backtracks.
 Only patterns whose regular expression provably cannot backtrack much (at
 most one wildcard, or at most one ``*`` per ``/``-separated segment; see
 :func:`_regex_is_linear`) still go to ``re``, which is faster for them.
@@ -32,6 +33,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import BadRequest
+from .globmatch import (
+    CLASS, DSTAR, DSTAR_SLASH, LIT, ONE, STAR, WILDCARDS, BitNfa, CharClass, LazyDfa, Token,
+)
 
 MAX_ALTERNATIVES = 1024
 MAX_PATTERN_LENGTH = 4096
@@ -44,35 +48,6 @@ MAX_POSITIONS = 65536
 _RE_MAX_TOKENS = 128
 _RE_MAX_ALTERNATIVES = 16
 _RE_MAX_TOTAL_TOKENS = 512
-# Cached DFA states (each a bit set of at most ~4k bits) before the cache
-# is dropped and rebuilt as needed; bounds memory, not correctness.
-_DFA_MAX_STATES = 2048
-_DFA_MAX_TRANSITIONS = 200_000
-
-# token kinds of a brace-free pattern
-_LIT = "lit"  # one literal character
-_ONE = "one"  # ? : any character but '/'
-_CLASS = "class"  # [...] : never '/'
-_STAR = "star"  # * : any run of characters without '/'
-_DSTAR = "dstar"  # ** : any run of characters
-_DSTAR_SLASH = "dstar/"  # **/ : nothing, or any run of characters ending in '/'
-_WILDCARDS = (_STAR, _DSTAR, _DSTAR_SLASH)
-
-
-@dataclass(frozen=True)
-class _Class:
-    negate: bool
-    ranges: tuple[tuple[str, str], ...]
-
-    def matches(self, char: str) -> bool:
-        if char == "/":
-            return False
-        inside = any(lo <= char <= hi for lo, hi in self.ranges)
-        return inside != self.negate
-
-
-Token = tuple  # (kind,) | (_LIT, char) | (_CLASS, _Class)
-
 
 # --- syntax: check the pattern, expand its braces ---------------------------
 
@@ -105,7 +80,7 @@ def _class_end(pattern: str, start: int) -> int:
     return -1
 
 
-def _parse_class(pattern: str, start: int, end: int) -> _Class:
+def _parse_class(pattern: str, start: int, end: int) -> CharClass:
     """The class between the '[' at *start* and the ']' at *end*."""
     i = start + 1
     negate = pattern[i] in "!^"
@@ -142,7 +117,7 @@ def _parse_class(pattern: str, start: int, end: int) -> _Class:
         else:
             ranges.append((atom, atom))
             j += 1
-    return _Class(negate, tuple(ranges))
+    return CharClass(negate, tuple(ranges))
 
 
 class _Alt:
@@ -254,35 +229,35 @@ def tokenize(alternative: str) -> tuple[str, list[Token]]:
     while i < n:
         c = alternative[i]
         if c == "\\":
-            tokens.append((_LIT, alternative[i + 1]))
+            tokens.append((LIT, alternative[i + 1]))
             i += 2
         elif c == "*":
             if i + 1 < n and alternative[i + 1] == "*":
                 if i + 2 < n and alternative[i + 2] == "/":
-                    tokens.append((_DSTAR_SLASH,))
+                    tokens.append((DSTAR_SLASH,))
                     i += 3
                 else:
-                    tokens.append((_DSTAR,))
+                    tokens.append((DSTAR,))
                     i += 2
                     while i < n and alternative[i] == "*":
                         i += 1
             else:
-                tokens.append((_STAR,))
+                tokens.append((STAR,))
                 i += 1
         elif c == "?":
-            tokens.append((_ONE,))
+            tokens.append((ONE,))
             i += 1
         elif c == "[":
             end = _class_end(alternative, i)
-            tokens.append((_CLASS, _parse_class(alternative, i, end)))
+            tokens.append((CLASS, _parse_class(alternative, i, end)))
             i = end + 1
         else:
-            tokens.append((_LIT, c))
+            tokens.append((LIT, c))
             i += 1
-        if len(tokens) > 1 and tokens[-1][0] in _WILDCARDS and tokens[-2][0] in _WILDCARDS:
+        if len(tokens) > 1 and tokens[-1][0] in WILDCARDS and tokens[-2][0] in WILDCARDS:
             _merge_wildcards(tokens)
         if literal_so_far:
-            if tokens[-1][0] == _LIT:
+            if tokens[-1][0] == LIT:
                 prefix.append(tokens[-1][1])
             else:
                 literal_so_far = False
@@ -294,9 +269,9 @@ def _merge_wildcards(tokens: list[Token]) -> None:
     equivalent to one (``**/**/`` is ``**/``, ``**/**`` is ``**``...), so
     that no chain of them makes the NFA's epsilon closure long."""
     first, second = tokens[-2][0], tokens[-1][0]
-    if first == _DSTAR or (first == _DSTAR_SLASH and second == _DSTAR_SLASH):
+    if first == DSTAR or (first == DSTAR_SLASH and second == DSTAR_SLASH):
         del tokens[-1]  # '.*' absorbs what follows; '(?:.*/)?(?:.*/)?' is one
-    elif second == _DSTAR:
+    elif second == DSTAR:
         del tokens[-2]  # what comes before '.*' is absorbed
     # '**/' then '*' stays two: '(?:.*/)?[^/]*' is no single wildcard
 
@@ -309,18 +284,18 @@ def regex_source(tokens: list[Token]) -> str:
     out = []
     for token in tokens:
         kind = token[0]
-        if kind == _LIT:
+        if kind == LIT:
             out.append(re.escape(token[1]))
-        elif kind == _ONE:
+        elif kind == ONE:
             out.append("[^/]")
-        elif kind == _STAR:
+        elif kind == STAR:
             out.append("[^/]*")
-        elif kind == _DSTAR:
+        elif kind == DSTAR:
             out.append(".*")
-        elif kind == _DSTAR_SLASH:
+        elif kind == DSTAR_SLASH:
             out.append("(?:.*/)?")
         else:
-            cls: _Class = token[1]
+            cls: CharClass = token[1]
             items = "".join(re.escape(lo) if lo == hi else f"{re.escape(lo)}-{re.escape(hi)}"
                             for lo, hi in cls.ranges)
             if cls.negate:
@@ -330,153 +305,6 @@ def regex_source(tokens: list[Token]) -> str:
             else:
                 out.append("(?!)")
     return "".join(out)
-
-
-# --- the NFA, run as a lazily built DFA -------------------------------------
-
-
-class _BitNfa:
-    """Every alternative's tokens as positions of one bit set.
-
-    A set bit means "about to match this token". Each token takes one
-    bit, ``**/`` two (an entry that may skip the group, and a loop that
-    must end in '/'); after each alternative's tokens comes its accept bit.
-    """
-
-    def __init__(self, alternatives: list[list[Token]]) -> None:
-        self.literal: dict[str, int] = {}
-        self.one = 0  # advances on any character but '/'
-        self.classes: list[tuple[int, _Class]] = []
-        self.stay_not_slash = 0  # '*' positions: stay on any character but '/'
-        self.stay_any = 0  # '**' positions and the loop of '**/': stay on anything
-        self.advance_slash = 0  # the loop of '**/' advances on '/'
-        self.skip_one = 0  # epsilon to the next bit
-        self.skip_two = 0  # epsilon over the next bit (entry of '**/')
-        self.accept = 0
-        start = 0
-        bit = 0
-        for tokens in alternatives:
-            start |= 1 << bit
-            for token in tokens:
-                kind, here = token[0], 1 << bit
-                if kind == _LIT:
-                    self.literal[token[1]] = self.literal.get(token[1], 0) | here
-                elif kind == _ONE:
-                    self.one |= here
-                elif kind == _CLASS:
-                    self.classes.append((here, token[1]))
-                elif kind == _STAR:
-                    self.stay_not_slash |= here
-                    self.skip_one |= here
-                elif kind == _DSTAR:
-                    self.stay_any |= here
-                    self.skip_one |= here
-                else:  # '**/': entry bit, then loop bit
-                    self.skip_one |= here
-                    self.skip_two |= here
-                    bit += 1
-                    self.stay_any |= 1 << bit
-                    self.advance_slash |= 1 << bit
-                bit += 1
-            self.accept |= 1 << bit
-            bit += 1
-        self.start = self.closure(start)
-        self._advance_cache: dict[str, int] = {}
-
-    def closure(self, state: int) -> int:
-        while True:
-            grown = state | ((state & self.skip_one) << 1) | ((state & self.skip_two) << 2)
-            if grown == state:
-                return state
-            state = grown
-
-    def _advance(self, char: str) -> int:
-        mask = self._advance_cache.get(char)
-        if mask is None:
-            mask = self.literal.get(char, 0)
-            if char == "/":
-                mask |= self.advance_slash
-            else:
-                mask |= self.one
-                for here, cls in self.classes:
-                    if cls.matches(char):
-                        mask |= here
-            if len(self._advance_cache) < 65536:
-                self._advance_cache[char] = mask
-        return mask
-
-    def step(self, state: int, char: str) -> int:
-        stay = self.stay_any | (self.stay_not_slash if char != "/" else 0)
-        return self.closure(((state & self._advance(char)) << 1) | (state & stay))
-
-
-class _LazyDfa:
-    """DFA states (NFA bit sets) numbered and their transitions cached.
-
-    State 0 is the dead state, 1 the start. Not thread-safe: one GLOB
-    compiles its own.
-    """
-
-    def __init__(self, nfa: _BitNfa) -> None:
-        self.nfa = nfa
-        self._reset()
-
-    def _reset(self) -> None:
-        self.ids: dict[int, int] = {}
-        self.sets: list[int] = []
-        self.table: list[dict[str, int]] = []
-        self.accepting: list[bool] = []
-        self.transitions = 0
-        self._intern(0)
-        self._intern(self.nfa.start)
-
-    def _intern(self, bits: int) -> int:
-        found = self.ids.get(bits)
-        if found is None:
-            found = len(self.sets)
-            self.ids[bits] = found
-            self.sets.append(bits)
-            self.table.append({})
-            self.accepting.append(bool(bits & self.nfa.accept))
-        return found
-
-    def _add(self, state: int, char: str) -> int:
-        bits = self.nfa.step(self.sets[state], char)
-        if len(self.sets) >= _DFA_MAX_STATES or self.transitions >= _DFA_MAX_TRANSITIONS:
-            self._reset()  # the caller holds no other state id
-            return self._intern(bits)
-        target = self._intern(bits)
-        self.table[state][char] = target
-        self.transitions += 1
-        return target
-
-    def run(self, text: str, state: int = 1) -> int:
-        """The state after reading *text* from *state* (0: no match possible)."""
-        start, table = state, self.table
-        try:  # every transition already known: the common case, kept tight
-            for char in text:
-                state = table[state][char]
-                if not state:
-                    return 0
-            return state
-        except KeyError:
-            return self._run_adding(text, start)
-
-    def _run_adding(self, text: str, state: int) -> int:
-        table = self.table
-        for char in text:
-            following = table[state].get(char)
-            if following is None:
-                following = self._add(state, char)
-                table = self.table
-            state = following
-            if not state:
-                return 0
-        return state
-
-    def match(self, key: str, state: int = 1) -> bool:
-        end = self.run(key, state)  # may rebuild the cache: look at it after
-        return self.accepting[end]
 
 
 # --- the compiled pattern ---------------------------------------------------
@@ -505,7 +333,7 @@ class CompiledGlob:
     prefixes: tuple[str, ...]
     engine: str  # "re" or "nfa"
     _regex: re.Pattern[str] | None = field(default=None, repr=False)
-    _dfa: _LazyDfa | None = field(default=None, repr=False)
+    _dfa: LazyDfa | None = field(default=None, repr=False)
     _suffix: str = ""  # every match ends with it
 
     def match(self, key: str) -> bool:
@@ -576,11 +404,11 @@ def compile_glob(pattern: str, engine: str = "auto") -> CompiledGlob:
         return CompiledGlob(pattern, alternatives, prefixes, "re",
                             _regex=re.compile(source, re.DOTALL))
     return CompiledGlob(pattern, alternatives, prefixes, "nfa",
-                        _dfa=_LazyDfa(_BitNfa([tokens for _, tokens in compiled])),
+                        _dfa=LazyDfa(BitNfa([tokens for _, tokens in compiled])),
                         _suffix=_common_literal_suffix([tokens for _, tokens in compiled]))
 
 
-_SLASH = (_LIT, "/")
+_SLASH = (LIT, "/")
 
 
 def _one_star_per_segment(tokens: list[Token]) -> bool:
@@ -588,11 +416,11 @@ def _one_star_per_segment(tokens: list[Token]) -> bool:
     for token in tokens:
         if token == _SLASH:
             stars = 0
-        elif token[0] == _STAR:
+        elif token[0] == STAR:
             stars += 1
             if stars > 1:
                 return False
-        elif token[0] in _WILDCARDS:
+        elif token[0] in WILDCARDS:
             return False
     return True
 
@@ -615,17 +443,17 @@ def _regex_is_linear(tokens: list[Token]) -> bool:
     if len(tokens) > _RE_MAX_TOKENS:
         return False
     kinds = [token[0] for token in tokens]
-    if sum(kind in _WILDCARDS for kind in kinds) <= 1:
+    if sum(kind in WILDCARDS for kind in kinds) <= 1:
         return True
-    if _DSTAR in kinds:
+    if DSTAR in kinds:
         return False
-    at = [i for i, kind in enumerate(kinds) if kind == _DSTAR_SLASH]
+    at = [i for i, kind in enumerate(kinds) if kind == DSTAR_SLASH]
     if not at:
         return _one_star_per_segment(tokens)
     if len(at) > 1 or (at[0] > 0 and tokens[at[0] - 1] != _SLASH):
         return False
     tail = tokens[at[0] + 1:]
-    if _SLASH in tail or sum(kind == _STAR for kind in kinds[at[0] + 1:]) > 1:
+    if _SLASH in tail or sum(kind == STAR for kind in kinds[at[0] + 1:]) > 1:
         return False
     return _one_star_per_segment(tokens[:at[0]])
 
@@ -636,7 +464,7 @@ def _common_literal_suffix(alternatives: list[list[Token]]) -> str:
     for tokens in alternatives:
         tail: list[str] = []
         for token in reversed(tokens):
-            if token[0] != _LIT:
+            if token[0] != LIT:
                 break
             tail.append(token[1])
         suffixes.append("".join(reversed(tail)))

@@ -208,10 +208,10 @@ def _skip_stars(pattern, positions):
 
 
 def test_the_dfa_cache_is_bounded_and_still_right_after_it_is_dropped(monkeypatch):
-    from s3pool import globpattern
+    from s3pool import globmatch
 
     # a small cache, so that keys walk through more states than it holds
-    monkeypatch.setattr(globpattern, "_DFA_MAX_STATES", 16)
+    monkeypatch.setattr(globmatch, "DFA_MAX_STATES", 16)
     pattern = "*a?" * 40 + "b"
     compiled = compile_glob(pattern, engine="nfa")
     rng = random.Random(3)
@@ -222,7 +222,7 @@ def test_the_dfa_cache_is_bounded_and_still_right_after_it_is_dropped(monkeypatc
         before = compiled._dfa.sets
         assert compiled.match(key) is star_glob(pattern, key), key
         dropped += compiled._dfa.sets is not before
-        assert len(compiled._dfa.sets) <= globpattern._DFA_MAX_STATES
+        assert len(compiled._dfa.sets) <= globmatch.DFA_MAX_STATES
     assert dropped, "the test should make the cache overflow"
     assert compiled.match("a" * 80 + "b") is True
     # a scan under a prefix survives the cache being dropped mid-scan
