@@ -1,9 +1,10 @@
 """Scale benchmark: eviction over 100,000 cached objects, memory with a
 1,000,000-key listing, PULL misses with up to 1,000,000 keys in the
-freshness memory, cached PULLs while the access index is written.
+freshness memory, cached PULLs while the access index is written, the
+GLOB matcher over 100,000 keys.
 
-    python bench/bench_scale.py [--objects 100000] [--keys 1000000]
-                                [--only evict|memory|fresh|flush]
+    python bench/bench_scale.py [--objects 100000] [--keys 1000000] [--glob-keys 100000]
+        [--only evict|memory|fresh|flush|glob]
 
 Eviction: a cache of N small objects (files and meta made directly in
 data/, access order recorded through s3pool's own access index) is brought
@@ -18,12 +19,21 @@ endpoint on loopback (a minimal ListObjectsV2 server in this script: real
 HTTP, real botocore parsing, pages of 1,000), then answers a GLOB and a
 FUSE readdir on it; its peak RSS (VmHWM) is compared to the size of the
 __list__ file it wrote.
+
+GLOB matcher: the keys of bench_control.py's GLOB table, held in memory and
+sorted as the index holds them; each pattern is matched over the keys under
+its literal prefixes (what the index range query hands the matcher) by the
+linear matcher GLOB uses now ("auto": `re` for patterns with one wildcard,
+else the NFA), by the NFA alone, and by the backtracking regex GLOB used
+before. Then one hostile key against patterns that make the regex backtrack.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
+import re
 import os
 import random
 import subprocess
@@ -45,6 +55,7 @@ from common import Daemon, free_port, print_table, workdir  # noqa: E402
 from s3pool.backend import ObjectResponse  # noqa: E402
 from s3pool.cache import Cache  # noqa: E402
 from s3pool.evictor import Evictor, Usage  # noqa: E402
+from s3pool.globpattern import compile_glob, expand_braces, regex_source, tokenize  # noqa: E402
 from s3pool.layout import Layout  # noqa: E402
 from s3pool.settings import Settings  # noqa: E402
 from s3pool.store import Store  # noqa: E402
@@ -315,11 +326,90 @@ def bench_flush_p99(pending: int, hits: int) -> str:
         ["case", "p50 us", "p99 us", "max ms"], rows)
 
 
+def _old_regex_glob(pattern: str) -> list[tuple[str, re.Pattern[str]]]:
+    """GLOB before the linear matcher: one backtracking regex per alternative."""
+    return [(prefix, re.compile(regex_source(tokens), re.DOTALL))
+            for prefix, tokens in (tokenize(a) for a in dict.fromkeys(expand_braces(pattern)))]
+
+
+def _under(keys: list[str], prefix: str) -> list[str]:
+    return keys[bisect.bisect_left(keys, prefix):bisect.bisect_left(keys, prefix + chr(0x10FFFF))]
+
+
+def _best_ms(fn, runs: int = 7) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2] * 1000
+
+
+def _interleaved_ms(fns, runs: int = 15) -> list[float]:
+    """p50 of each, run in turn so that a noisy neighbour hits all alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, spent in zip(fns, times):
+            started = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - started)
+    return [sorted(spent)[runs // 2] * 1000 for spent in times]
+
+
+def bench_glob_matcher(count: int) -> str:
+    from bench_control import glob_keys
+
+    keys = glob_keys(count)
+    rows = []
+    for pattern in ["logs/2026/11/07/host07/*", "logs/2026/11/0[1-3]/host1?/*.json",
+                    "**/*.json", "logs/**/part-0000??.csv.gz", "logs/*/*/*/host0?/*.json",
+                    "{logs/2026/11/01/*/*.json,logs/**/part-00001?.*}",
+                    # the NFA's everyday cost: patterns re could backtrack on
+                    "logs/**/host0?/*.json", "logs/2026/11/*/host*/*-0000*"]:
+        found: dict[str, list[str]] = {}
+
+        def run(engine: str) -> None:
+            compiled = compile_glob(pattern, engine=engine)
+            found[engine] = [k for prefix in compiled.prefixes
+                             for test in [compiled.matcher_under(prefix)]
+                             for k in _under(keys, prefix) if test(k)]
+
+        def run_old() -> None:
+            out: set[str] = set()
+            for prefix, regex in _old_regex_glob(pattern):
+                out.update(k for k in _under(keys, prefix) if regex.fullmatch(k))
+            found["old"] = sorted(out)
+
+        auto_ms, nfa_ms, old_ms = _interleaved_ms([lambda: run("auto"), lambda: run("nfa"),
+                                                    run_old])
+        assert found["auto"] == found["nfa"] == found["old"], pattern
+        rows.append([f"`{pattern}`", compile_glob(pattern).engine,
+                     len(_under(keys, compile_glob(pattern).prefixes[0])), len(found["old"]),
+                     f"{auto_ms:.1f}", f"{nfa_ms:.1f}", f"{old_ms:.1f}",
+                     f"{auto_ms / old_ms:.2f}"])
+    hostile_key = "a" * 60
+    for stars in (5, 6):
+        pattern = "*a" * stars + "b"
+        compiled = compile_glob(pattern)
+        old = _old_regex_glob(pattern)[0][1]
+        new_ms = _best_ms(lambda: compiled.match(hostile_key), 3)
+        old_ms = _best_ms(lambda: old.fullmatch(hostile_key), 3)
+        rows.append([f"hostile: `{pattern}` on one key of 60 `a`", compiled.engine, 1, 0,
+                     f"{new_ms:.3f}", f"{new_ms:.3f}", f"{old_ms:.1f}",
+                     f"{new_ms / old_ms:.5f}"])
+    return print_table(
+        f"GLOB matcher over a {len(keys):,}-key listing (in process, p50 of 15; the keys under "
+        "the literal prefixes only, as the index range query yields them)",
+        ["pattern", "engine chosen", "keys read", "matches", "now ms", "NFA only ms",
+         "old regex ms", "now / old"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=("evict", "memory", "fresh", "flush"))
+    parser.add_argument("--glob-keys", type=int, default=100_000)
+    parser.add_argument("--only", choices=("evict", "memory", "fresh", "flush", "glob"))
     args = parser.parse_args()
     out = []
     if args.only in (None, "fresh"):
@@ -330,6 +420,8 @@ def main() -> None:
         out.append(bench_eviction(args.objects))
     if args.only in (None, "memory"):
         out.append(bench_memory(args.keys))
+    if args.only in (None, "glob"):
+        out.append(bench_glob_matcher(args.glob_keys))
     Path(workdir("s3pool-bench-scale-") / "tables.md").write_text("\n".join(out))
 
 

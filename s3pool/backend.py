@@ -191,13 +191,14 @@ class Backend:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate(exc, bucket, key) from exc
-        except boto3.exceptions.S3UploadFailedError as exc:
-            # its message names our temp file: report S3's own error instead
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, (botocore.exceptions.BotoCoreError,
-                                  botocore.exceptions.ClientError)):
-                raise translate(cause, bucket, key) from exc
-            raise BackendError(f"upload to s3://{bucket}/{key} failed") from exc
+        except boto3.exceptions.Boto3Error as exc:
+            # upload_file wraps S3's answer (NoSuchBucket, AccessDenied...) in
+            # S3UploadFailedError: translate the answer it wraps
+            wrapped = exc.__cause__ or exc.__context__
+            if isinstance(wrapped, (botocore.exceptions.BotoCoreError,
+                                    botocore.exceptions.ClientError)):
+                raise translate(wrapped, bucket, key) from exc
+            raise translate(exc, bucket, key) from exc
 
     # --- objects ---------------------------------------------------------
 

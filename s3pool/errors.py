@@ -46,6 +46,10 @@ class NoSpace(S3PoolError):
     """The object does not fit in the cache even after eviction."""
 
 
+class ShuttingDown(S3PoolError):
+    """The daemon is stopping: a long request was abandoned."""
+
+
 class LocalFileError(S3PoolError):
     """A local file named by a client (PUSH) is missing or not usable."""
 

@@ -30,14 +30,17 @@ INDEX_NAME = "__index__"
 RESERVED_ROOT_NAMES = frozenset({LIST_NAME, INDEX_NAME})
 # Linux NAME_MAX: a longer segment could never be a file name.
 MAX_SEGMENT_BYTES = 255
+# the last segment names the data file and, with META_SUFFIX, the meta file
+MAX_FILE_NAME_BYTES = MAX_SEGMENT_BYTES - len(META_SUFFIX)
 MAX_KEY_BYTES = 1024  # S3's own limit
 
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+# used with fullmatch: '$' alone would let a trailing newline through
+_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 def check_bucket(bucket: str) -> str:
     """Return *bucket* if it is a name we can use as a directory, else raise."""
-    if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
+    if not isinstance(bucket, str) or not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
         raise BadBucket(f"invalid bucket name {bucket!r}")
     return bucket
 
@@ -46,15 +49,21 @@ def check_key(key: str) -> str:
     """Return *key* if it maps to exactly one path inside a BUCKETDIR.
 
     Refused: empty keys, leading '/', empty segments ('a//b', trailing
-    '/'), '.' and '..' segments, NUL and newline, segments that end in
-    __meta__ (they would alias a meta file), our own root files, and
-    segments too long for the local filesystem.
+    '/'), '.' and '..' segments, NUL and newline, lone surrogates (S3 keys
+    are UTF-8; such a key has no file name), segments that end in __meta__
+    (they would alias a meta file), our own root files, and segments too
+    long for the local filesystem (the last one, with __meta__ appended).
     """
     if not isinstance(key, str) or not key:
         raise BadKey("empty key")
     if "\0" in key or "\n" in key or "\r" in key:
         raise BadKey(f"key {key!r} contains NUL or newline")
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadKey(f"key {key!r} holds a lone surrogate at offset {exc.start}: "
+                     "S3 keys are UTF-8 text") from None
+    if len(encoded) > MAX_KEY_BYTES:
         raise BadKey(f"key {key[:40]!r}... is longer than {MAX_KEY_BYTES} bytes")
     if key.startswith("/"):
         raise BadKey(f"key {key!r} starts with '/'")
@@ -66,8 +75,11 @@ def check_key(key: str) -> str:
             raise BadKey(f"key {key!r} has a '{segment}' path segment")
         if segment.endswith(META_SUFFIX):
             raise BadKey(f"key {key!r} collides with s3pool meta files (*{META_SUFFIX})")
-        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise BadKey(f"key {key!r} has a path segment longer than {MAX_SEGMENT_BYTES} bytes")
+    if len(segments[-1].encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        raise BadKey(f"key {key!r} ends in a name longer than {MAX_FILE_NAME_BYTES} bytes "
+                     f"(with {META_SUFFIX} appended it would not fit a file name)")
     if segments[0] in RESERVED_ROOT_NAMES:
         raise BadKey(f"key {key!r} collides with s3pool's own file {segments[0]}")
     return key
@@ -133,7 +145,7 @@ class Layout:
             return []
         return sorted(
             n for n in names
-            if _BUCKET_RE.match(n) and os.path.isdir(os.path.join(self.data_dir, n))
+            if _BUCKET_RE.fullmatch(n) and os.path.isdir(os.path.join(self.data_dir, n))
         )
 
     def clear_tmp(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -21,6 +22,7 @@ from typing import Iterable, Iterator
 import trio
 
 from .backend import Backend, ListEntry
+from .errors import ShuttingDown
 from .globpattern import compile_glob
 from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout
 
@@ -32,6 +34,8 @@ CREATE TABLE info (name TEXT PRIMARY KEY, value);
 """
 # Sorts after every character a key can hold: the end of a prefix range.
 _TOP = chr(0x10FFFF)
+# keys a GLOB scan matches between two looks at the stopping flag
+_STOP_CHECK_EVERY = 128
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,11 @@ class Listings:
         # PUSHes made while a listing of their bucket runs
         self._pushed_meanwhile: dict[str, list[ListEntry]] = {}
         self.disk_limiter = trio.CapacityLimiter(4)
+        # GLOB scans have their own: long ones must not hold up index writes
+        self.glob_limiter = trio.CapacityLimiter(4)
+        # set at shutdown (it is the backend's): a GLOB scan in a worker
+        # thread, which cannot be cancelled, gives up
+        self.stopping: threading.Event = getattr(backend, "stopping", None) or threading.Event()
 
     # --- refresh ---------------------------------------------------------
 
@@ -282,10 +291,16 @@ class Listings:
                 return
 
     async def glob(self, bucket: str, pattern: str) -> list[str]:
-        """Keys of the listing matching *pattern*, in key order."""
-        matchers = compile_glob(pattern)
+        """Keys of the listing matching *pattern*, in key order.
+
+        Compiling and scanning run in a worker thread (a pattern with many
+        alternatives takes a while to compile; a scan of a big listing
+        takes a while to match); the matcher is linear in the key, and the
+        scan gives up when the daemon stops.
+        """
         path = self.layout.index_path(bucket)
         list_path = self.layout.list_path(bucket)
+        stopping = self.stopping
 
         def candidates(conn: sqlite3.Connection, prefix: str) -> Iterable[str]:
             row = conn.execute("SELECT value FROM info WHERE name = 'list_complete'").fetchone()
@@ -296,26 +311,30 @@ class Listings:
                     for line in f:
                         yield line[:-1]
                 return
-            rows = conn.execute("SELECT key FROM keys WHERE key >= ? AND key < ?",
+            rows = conn.execute("SELECT key FROM keys WHERE key >= ? AND key < ? ORDER BY key",
                                 (prefix, prefix_upper(prefix)))
             for (key,) in rows:
                 yield key
 
         def scan() -> list[str]:
+            compiled = compile_glob(pattern)
+            found: list[str] = []
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                if len(matchers) == 1:  # keys come in key order already
-                    match = matchers[0].regex.fullmatch
-                    return [k for k in candidates(conn, matchers[0].prefix) if match(k)]
-                found: set[str] = set()
-                for matcher in matchers:
-                    match = matcher.regex.fullmatch
-                    found.update(k for k in candidates(conn, matcher.prefix) if match(k))
-                return sorted(found)
+                # the prefixes' key ranges are disjoint and in key order, so
+                # the keys found come in key order, each once
+                for prefix in compiled.prefixes:
+                    matches = compiled.matcher_under(prefix)
+                    for seen, key in enumerate(candidates(conn, prefix)):
+                        if not seen % _STOP_CHECK_EVERY and stopping.is_set():
+                            raise ShuttingDown("the daemon is stopping: GLOB abandoned")
+                        if matches(key):
+                            found.append(key)
             finally:
                 conn.close()
+            return found
 
-        return await trio.to_thread.run_sync(scan, limiter=self.disk_limiter)
+        return await trio.to_thread.run_sync(scan, limiter=self.glob_limiter)
 
 
 def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]]) -> int:
@@ -324,7 +343,8 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]])
     Both are built in tmp/ a page at a time and renamed into the BUCKETDIR,
     so readers see the old listing or the new one, never a mix.
     """
-    stamp = f"{bucket}.{os.getpid()}.{time.monotonic_ns()}"
+    # a bucket name may take 255 characters: only its start goes in a file name
+    stamp = f"{bucket[:64]}.{os.getpid()}.{time.monotonic_ns()}"
     tmp_list = os.path.join(layout.tmp_dir, f"list.{stamp}")
     tmp_index = os.path.join(layout.tmp_dir, f"index.{stamp}")
     count = 0

@@ -71,7 +71,10 @@ COMMANDS = {
             "identify may not push (see SECURITY).",
     "GLOB": "Reply with the keys of the bucket's listing that match PATTERN, in key order. * and "
             "? do not cross /, ** does (**/ also matches no directory), [...] classes with ! or ^ "
-            "negation, {a,b} alternatives, backslash escapes. Only keys under the literal prefix "
+            "negation, {a,b} alternatives, backslash escapes. A malformed pattern (an unclosed [ "
+            "or {, a } without {, a trailing lone backslash, a reversed range) is an ERROR "
+            "naming the problem. Matching takes time linear in the key, whatever the pattern. "
+            "Only keys under the literal prefix "
             "of the pattern are read. Runs REFRESH first if the bucket has no listing yet.",
     "REFRESH": "List the bucket again into data/BUCKET/__list__ and __index__, atomically. Two "
                "listings of one bucket never run at once.",

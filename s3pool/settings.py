@@ -21,17 +21,45 @@ from typing import Any, Callable
 
 from .errors import BadRequest
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"\s*(\d+)(?:\.(\d+))?\s*([kmgtp]?)(i?b?)\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+# what a file offset can hold; more is a typo, not a cache
+MAX_SIZE = (1 << 63) - 1
+_SHOWN_CHARS = 40
+
+
+def _shown(text: str) -> str:
+    """*text* quoted for an error message, cut if it is long."""
+    text = str(text)
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} characters)"
 
 
 def parse_size(text: str) -> int:
     """'0', '1048576', '512M', '10GiB', '1.5g' -> bytes (binary units)."""
-    match = _SIZE_RE.match(str(text))
+    match = _SIZE_RE.fullmatch(str(text))
     if not match:
-        raise ValueError(f"not a size: {text!r} (use bytes or a K/M/G/T suffix)")
-    number, unit, _ = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
+        raise ValueError(f"not a size: {_shown(text)} (use bytes or a K/M/G/T suffix)")
+    whole, fraction, unit, _ = match.groups()
+    if len(whole.lstrip("0")) > 20:  # more digits than MAX_SIZE has: no int() of them
+        raise ValueError(f"size {_shown(text)} is too large (at most {MAX_SIZE} bytes)")
+    scale = _SIZE_UNITS[unit.lower()]
+    # exact integer arithmetic: a float would turn 400 digits into infinity
+    value = int(whole) * scale
+    if fraction:
+        fraction = fraction[:20]
+        value += int(fraction) * scale // 10 ** len(fraction)
+    if value > MAX_SIZE:
+        raise ValueError(f"size {_shown(text)} is too large (at most {MAX_SIZE} bytes)")
+    return value
+
+
+def _number(text: str, kind: type, what: str) -> float | int:
+    try:
+        return kind(text)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"not {what}: {_shown(text)}") from None
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -47,17 +75,17 @@ def parse_duration(text: str, bare_unit: float = 1.0) -> float:
     match = _DURATION_RE.match(str(text))
     unit = match.group(2).lower() if match else None
     if not match or (unit and unit not in _DURATION_UNITS):
-        raise ValueError(f"not a duration: {text!r} (use a number or 30s, 5m, 2h, 1d)")
+        raise ValueError(f"not a duration: {_shown(text)} (use a number or 30s, 5m, 2h, 1d)")
     value = float(match.group(1)) * (_DURATION_UNITS[unit] if unit else bare_unit)
     if value > MAX_DURATION:
-        raise ValueError(f"duration too long: {text!r} (at most a year)")
+        raise ValueError(f"duration too long: {_shown(text)} (at most a year)")
     return value
 
 
 def parse_positive_size(text: str) -> int:
     value = parse_size(text)
     if value < 1:
-        raise ValueError(f"must be at least 1 byte: {text!r}")
+        raise ValueError(f"must be at least 1 byte: {_shown(text)}")
     return value
 
 
@@ -76,23 +104,23 @@ def seconds_to_minutes(seconds: float) -> float:
 
 
 def parse_percent(text: str) -> float:
-    value = float(text)
+    value = _number(text, float, "a percentage from 1 to 100")
     if not 1 <= value <= 100:
-        raise ValueError(f"not a percentage from 1 to 100: {text!r}")
+        raise ValueError(f"not a percentage from 1 to 100: {_shown(text)}")
     return value
 
 
 def parse_concurrency(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "a concurrency from 1 to 1000")
     if not 1 <= value <= 1000:
-        raise ValueError(f"not a concurrency from 1 to 1000: {text!r}")
+        raise ValueError(f"not a concurrency from 1 to 1000: {_shown(text)}")
     return value
 
 
 def parse_verbose(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "a verbosity from 0 to 3")
     if not 0 <= value <= 3:
-        raise ValueError(f"verbose is 0 (warnings) to 3 (debug): {text!r}")
+        raise ValueError(f"verbose is 0 (warnings) to 3 (debug): {_shown(text)}")
     return value
 
 
@@ -218,11 +246,11 @@ class Settings:
         spec = SPEC_BY_NAME.get(name.lower())
         if spec is None:
             raise BadRequest(
-                f"unknown setting {name!r}; settable: {', '.join(SPEC_BY_NAME)}"
+                f"unknown setting {_shown(name)}; settable: {', '.join(SPEC_BY_NAME)}"
             )
         try:
             value = spec.parse(text)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, ArithmeticError) as exc:
             raise BadRequest(f"bad value for {spec.name}: {exc}") from None
         candidate = dict(self._values, **{spec.name: value})
         self._check(candidate)

@@ -10,7 +10,7 @@ from s3pool.layout import Layout, check_bucket, check_key
 
 @pytest.mark.parametrize("key", [
     "a", "a/b/c.txt", "with space", "ünïcödé/ключ", "a..b", ".hidden", "x__meta__y",
-    "__init__.py", "dir/__list__", "a" * 255,
+    "__init__.py", "dir/__list__", "a" * 247, "d" * 255 + "/x",
 ])
 def test_good_keys(key):
     assert check_key(key) == key
@@ -19,14 +19,15 @@ def test_good_keys(key):
 @pytest.mark.parametrize("key", [
     "", "/abs", "a//b", "a/", "../x", "a/../../x", "./a", "a/.", "..", ".",
     "x__meta__", "d/x__meta__/y", "__list__", "__index__", "a\x00b", "a\nb", "a\rb",
-    "a" * 256, "b/" * 600,
+    "a" * 256, "a" * 248, "d/" + "é" * 124, "b/" * 600, "\ud800", "a/\udc80b", "x\udfff",
 ])
 def test_bad_keys(key):
     with pytest.raises(BadKey):
         check_key(key)
 
 
-@pytest.mark.parametrize("bucket", ["", ".", "..", "a/b", "-x", "a..b", "x" * 300, "a b"])
+@pytest.mark.parametrize("bucket", ["", ".", "..", "a/b", "-x", "a..b", "x" * 300, "a b",
+                                    "bkt\n", "bkt\ud800", "\u0661bkt"])
 def test_bad_buckets(bucket):
     with pytest.raises(BadBucket):
         check_bucket(bucket)
@@ -49,3 +50,9 @@ def test_clear_tmp_removes_partials(tmp_path):
     (tmp_path / "tmp" / "dir").mkdir()
     assert layout.clear_tmp() == 2
     assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_surrogate_key_is_refused_before_any_path_is_built(tmp_path):
+    layout = Layout.create(str(tmp_path))
+    with pytest.raises(BadKey, match="surrogate"):
+        layout.object_path("bkt", "dir/\ud800")

@@ -1,6 +1,7 @@
 """Unit tests of bucket listings: one listing at a time, atomic replacement,
 pushed keys kept across a refresh (fake backends, real files)."""
 
+import pytest
 import trio
 
 from s3pool.layout import Layout
@@ -102,3 +103,50 @@ async def test_a_push_during_a_refresh_survives_the_new_listing(tmp_path):
         release.set()
     assert await listings.glob("bkt", "*") == ["a", "b", "c"]
     assert listings.key_info("bkt", "b") == (5, 0.0, '"x"')
+
+
+async def test_glob_with_alternatives_reads_each_range_once_in_key_order(tmp_path):
+    from s3pool.backend import ListEntry
+    from s3pool.globpattern import compile_glob
+    from s3pool.listing import Listings, write_listing
+
+    keys = sorted({f"{top}/{mid}/{leaf}" for top in ("a", "ab", "b", "logs", "x")
+                   for mid in ("1", "2", "10", "a b") for leaf in ("f.txt", "g.csv", "h")}
+                  | {"a", "ab", "logs", "z.txt"})
+    layout = Layout.create(str(tmp_path))
+    write_listing(layout, "bkt", [[ListEntry(k, 1, 0.0, "") for k in keys]])
+
+    class NoBackend:
+        limiter = trio.CapacityLimiter(1)
+
+    listings = Listings(layout, NoBackend())
+    for pattern in ["{b,a}*/**", "{a,ab}/*/*.txt", "{logs/1*/*,logs/**,x/1/h}", "{x,a}/?/h",
+                    "{*.txt,**/h}", "{logs,a}", "{b/1/*,a/1/*}"]:
+        compiled = compile_glob(pattern)
+        expected = [k for k in keys if compiled.match(k)]
+        assert expected, pattern
+        assert await listings.glob("bkt", pattern) == expected, pattern
+    # a pushed key is only in the index: a whole-listing GLOB reads the index then
+    await listings.add_key("bkt", ListEntry("zz/new.txt", 1, 0.0, ""))
+    assert (await listings.glob("bkt", "{**/new.txt,z.*}")) == ["z.txt", "zz/new.txt"]
+
+
+async def test_a_glob_scan_gives_up_when_the_daemon_stops(tmp_path):
+    import threading
+
+    from s3pool.backend import ListEntry
+    from s3pool.errors import ShuttingDown
+    from s3pool.listing import Listings, write_listing
+
+    layout = Layout.create(str(tmp_path))
+    write_listing(layout, "bkt", [[ListEntry(f"k/{i:05d}", 1, 0.0, "") for i in range(3000)]])
+
+    class StoppingBackend:
+        limiter = trio.CapacityLimiter(1)
+        stopping = threading.Event()
+
+    listings = Listings(layout, StoppingBackend())
+    assert len(await listings.glob("bkt", "k/*")) == 3000
+    StoppingBackend.stopping.set()
+    with pytest.raises(ShuttingDown):
+        await listings.glob("bkt", "**")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from ..errors import BadRequest
 
 MAX_REQUEST_BYTES = 1 << 20
+# an ERROR line naming a megabyte of input is cut (a key is at most 1 KiB)
+MAX_ERROR_CHARS = 4096
 
 # name -> (least, most) arguments after the command name (None: no limit)
 ARITY: dict[str, tuple[int, int | None]] = {
@@ -53,6 +55,9 @@ def parse_request(line: bytes) -> Request:
         raise BadRequest("request is not UTF-8") from None
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply; expected a flat array "
+                         "of strings") from None
     if not isinstance(value, list):
         raise BadRequest(f"request must be a JSON array, got {type(value).__name__}")
     if not value:
@@ -60,6 +65,14 @@ def parse_request(line: bytes) -> Request:
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise BadRequest(f"item {i} of the request is {type(item).__name__}, not a string")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # a JSON escape such as "\ud800": no file name or S3 key can hold it
+            raise BadRequest(
+                f"item {i} of the request holds a lone surrogate {item[exc.start]!r} at "
+                f"offset {exc.start}: strings must be valid Unicode"
+            ) from None
     command, args = value[0].upper(), value[1:]
     if command not in ARITY:
         raise BadRequest(f"unknown command {value[0]!r}; known: {', '.join(ARITY)}")
@@ -81,4 +94,6 @@ def format_done() -> bytes:
 
 def format_error(message: str) -> bytes:
     one_line = " ".join(str(message).split()) or "error"
+    if len(one_line) > MAX_ERROR_CHARS:
+        one_line = one_line[:MAX_ERROR_CHARS] + "..."
     return f"ERROR\n{one_line}\n".encode("utf-8", "replace")

@@ -255,6 +255,8 @@ class ControlServer:
         """PUSH for a client of this host reads only what its user may read;
         a local client we cannot identify may not PUSH at all."""
         bucket, key, path = request.args
+        if "\0" in path:  # no file has such a name; os.stat would raise ValueError
+            raise LocalFileError(f"path {path!r} contains a NUL character")
         if not peer.local or peer.uid == os.geteuid():  # other hosts: trusted per bind
             return await self.dispatch(request)
         if peer.uid is None:
