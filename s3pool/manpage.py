@@ -203,9 +203,11 @@ def s3pool_page() -> str:
         "The disk monitor deletes cached objects, least recently accessed first, when the "
         "filesystem holding HOMEDIR passes high_water percent or the cache passes high_water "
         "percent of max_cache_size, until low_water is reached. Objects being downloaded, "
-        "objects accessed in the last second, __list__ and the index files are never deleted; "
-        "meta goes before data. A download that cannot fit even after eviction fails with "
-        "ERROR (ENOSPC on the mount). The list monitor refreshes the listings of the buckets in "
+        "pushed or opened (their key is locked), __list__ and the index files are never "
+        "deleted; meta goes before data. The background pass also spares objects accessed in "
+        "the last second; a download that needs room now does not (the caps are hard), it "
+        "evicts the least recently used first. A download that cannot fit even after eviction "
+        "fails with ERROR (ENOSPC on the mount). The list monitor refreshes the listings of the buckets in "
         "use every refresh_interval minutes (0 turns it off), one at a time with jitter.",
         ".SH METRICS",
         "With \\fB\\-\\-metrics\\-port\\fR \\fIPORT\\fR the daemon serves Prometheus metrics "
