@@ -1,7 +1,7 @@
 """A small Python client for the control socket.
 
     from s3pool.client import Client
-    c = Client(port=9000)
+    c = Client()                                # $S3POOL_HOST:$S3POOL_PORT, else 127.0.0.1:9000
     path = c.pull("bucket", "key")              # one path
     paths = c.pull("bucket", "k1", "k2")        # several: a list, in order
     c.push("bucket", "key", "/abs/file")
@@ -14,6 +14,7 @@ the server closes. An ERROR reply raises :class:`S3PoolClientError`.
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 
@@ -35,9 +36,13 @@ def exchange(host: str, port: int, data: bytes, timeout: float | None = 600.0,
 
 
 class Client:
-    def __init__(self, host: str = "127.0.0.1", port: int = 9000, timeout: float | None = 600.0):
-        self.host = host
-        self.port = port
+    """The daemon at *host*:*port*; by default $S3POOL_HOST and $S3POOL_PORT (as
+    s3poolctl reads them), else 127.0.0.1:9000."""
+
+    def __init__(self, host: str | None = None, port: int | None = None,
+                 timeout: float | None = 600.0):
+        self.host = host or os.environ.get("S3POOL_HOST", "127.0.0.1")
+        self.port = port or int(os.environ.get("S3POOL_PORT", "9000"))
         self.timeout = timeout
 
     def request(self, *words: str) -> list[str]:
