@@ -151,7 +151,7 @@ def main() -> None:
         port = port_block()
         (work / "mini").mkdir()
         mini = subprocess.Popen(
-            [weed, "mini", f"-dir={work / 'mini'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            [weed, "-logtostderr=true", "mini", f"-dir={work / 'mini'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-s3.port={port}", f"-master.port={port + 1}", f"-volume.port={port + 2}",
              f"-filer.port={port + 3}", f"-admin.port={port + 4}", f"-webdav.port={port + 5}",
              f"-s3.port.iceberg={port + 6}", f"-s3.port.lance={port + 7}",

@@ -12,18 +12,7 @@ import time
 import boto3
 import psutil
 
-from conftest import ROOT, free_port, request
-from s3pool.embedded import INTERNAL_PORTS, port_is_free
-
-
-def free_port_block() -> int:
-    """A port that is free with the ports the embedded S3 uses after it."""
-    for _ in range(100):
-        port = free_port()
-        if port + len(INTERNAL_PORTS) < 65536 and all(
-                port_is_free(port + i) for i in range(1, len(INTERNAL_PORTS) + 1)):
-            return port
-    raise AssertionError("no block of free ports")
+from conftest import ROOT, free_port, free_port_block, request
 
 
 class DemoDaemon:

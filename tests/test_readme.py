@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, free_port, fuse_available, request
-from test_embedded_e2e import free_port_block
+from conftest import ROOT, free_port, free_port_block, fuse_available, request
 
 MARK = "<!-- example -->"
 
