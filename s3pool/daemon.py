@@ -30,7 +30,7 @@ from .cache import Cache
 from .control.peer import AccessPolicy
 from .control.server import ControlServer
 from .control.unixsocket import UnixSocket
-from .embedded import DEMO_BUCKET, EmbeddedS3
+from .embedded import DEFAULT_PORT as EMBEDDED_S3_PORT, DEMO_BUCKET, EmbeddedS3
 from .errors import EXIT_MOUNT, EXIT_RUNNING, EXIT_USAGE, StartupError
 from .evictor import Evictor
 from .layout import Layout
@@ -53,6 +53,7 @@ class Options:
     mountpoint: str | None = None
     buckets: list[str] = field(default_factory=list)
     embedded_s3: str = "auto"  # auto | yes | no
+    embedded_s3_port: int = EMBEDDED_S3_PORT
     settings: dict[str, Any] = field(default_factory=dict)
     allow_other: bool = False
     metrics_port: int = 0  # 0: no Prometheus endpoint
@@ -170,8 +171,10 @@ class Daemon:
         self.embedded: EmbeddedS3 | None = None
         credentials = None
         if options.embedded_s3 == "yes":
-            log.info("starting the embedded S3 (moto server) for a demo setup")
-            self.embedded = EmbeddedS3(os.path.join(self.layout.log_dir, "embedded-s3.log"))
+            log.info("starting the embedded S3 (SeaweedFS) for a demo setup")
+            self.embedded = EmbeddedS3(os.path.join(self.layout.home, "s3"),
+                                       os.path.join(self.layout.log_dir, "embedded-s3.log"),
+                                       options.embedded_s3_port)
             self.exit_stack.callback(self.embedded.stop)
             credentials = self.embedded.credentials()
             if DEMO_BUCKET not in options.buckets:
@@ -182,9 +185,10 @@ class Daemon:
             credentials=credentials,
         )
         if self.embedded:
-            log.warning("S3 endpoint: EMBEDDED demo S3 at %s (moto; bucket s3pool-demo). "
+            log.warning("S3 endpoint: EMBEDDED demo S3 at %s (SeaweedFS, data in %s; bucket %s). "
                         "Set AWS_ENDPOINT_URL or AWS credentials to use a real S3.",
-                        self.backend.describe())
+                        self.backend.describe(), self.embedded.dir, DEMO_BUCKET)
+            log.warning("embedded S3 for the aws CLI or boto3: %s", self.embedded.usage())
         else:
             log.info("S3 endpoint: %s", self.backend.describe())
         self.store = Store(self.layout)
@@ -265,6 +269,13 @@ class Daemon:
             ("endpoint", self.backend.describe()),
             ("mountpoint", self.mountpoint or "-"),
         ]
+        if self.embedded is not None:
+            credentials = self.embedded.credentials()
+            lines += [
+                ("embedded_s3_endpoint", self.embedded.endpoint_url),
+                ("embedded_s3_access_key_id", credentials["aws_access_key_id"]),
+                ("embedded_s3_secret_access_key", credentials["aws_secret_access_key"]),
+            ]
         for name in ("pulls", "hits", "misses", "revalidations", "stale_served", "downloads",
                      "bytes_downloaded",
                      "pushes", "bytes_uploaded", "globs", "refreshes", "errors"):

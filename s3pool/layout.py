@@ -7,6 +7,7 @@ that no other module can build a path that leaves ``data/BUCKET/``.
     HOMEDIR/tmp/                   partial downloads, emptied at start-up
     HOMEDIR/state/                 our own databases (access records)
     HOMEDIR/s3pool.pid             pidfile of the running daemon
+    HOMEDIR/s3/                    the embedded demo S3's own data (see embedded.py)
     HOMEDIR/data/BUCKET/KEY        object bytes
     HOMEDIR/data/BUCKET/KEY__meta__  object meta (aws s3api get-object shape)
     HOMEDIR/data/BUCKET/__list__   every key of the bucket, one a line

@@ -85,8 +85,10 @@ COMMANDS = {
               "TOTAL SECONDS' (bytes received, object size, seconds since it started); the "
               "original s3pool's names with the same figures (count_pull, "
               "count_pull_hit, count_push, count_glob, count_refresh, is_master, master, "
-              "revision, standby, up_since); then every setting, in the units SET takes "
-              "(refresh_interval in minutes).",
+              "revision, standby, up_since); with the embedded demo S3 also "
+              "embedded_s3_endpoint, embedded_s3_access_key_id and "
+              "embedded_s3_secret_access_key, what the aws CLI or boto3 needs to reach it; "
+              "then every setting, in the units SET takes (refresh_interval in minutes).",
     "SET": "Change a setting at run time: " + ", ".join(spec.name for spec in SPECS) + ". "
            "refresh_interval is minutes, as the original s3pool's clients send it; "
            "freshness_window and stale_on_error are seconds; any duration also takes a "
@@ -149,6 +151,9 @@ LAYOUT = [
     ("state/access.db", "SQLite: last access of every cached object, read by the evictor; "
                         "survives restarts."),
     ("s3pool.pid", "pid of the running daemon, locked with flock(2)."),
+    ("s3/", "only with the embedded demo S3: its objects (SeaweedFS volumes and filer "
+            "metadata), kept across restarts; s3/weed.pid is its pid, so that a start after a "
+            "crash kills a leftover."),
     ("data/BUCKET/KEY", "the object's bytes; / in keys are directory separators."),
     ("data/BUCKET/KEY__meta__", "JSON meta in the shape of aws s3api get\\-object: "
                                 "LastModified, ETag (with its quotes), ContentLength, "

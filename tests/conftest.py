@@ -22,12 +22,22 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 from s3pool.client import exchange  # noqa: E402
-from s3pool.embedded import free_port  # noqa: E402
+from s3pool.embedded import INTERNAL_PORTS, free_port, port_is_free  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
 
+
+
+def free_port_block() -> int:
+    """A port that is free with the ports the embedded S3 uses after it."""
+    for _ in range(100):
+        port = free_port()
+        if port + len(INTERNAL_PORTS) < 65536 and all(
+                port_is_free(port + i) for i in range(1, len(INTERNAL_PORTS) + 1)):
+            return port
+    raise AssertionError("no block of free ports")
 
 
 class CountingApp:
