@@ -183,9 +183,14 @@ class EmbeddedS3:
         self._log = None
         weed = find_weed()
         os.makedirs(self.data_dir, exist_ok=True)
-        kill_leftover(self.pidfile, self.data_dir)
+        killed = kill_leftover(self.pidfile, self.data_dir)
         self.ports = {name: port + offset for name, offset in INTERNAL_PORTS.items()}
-        busy = [p for p in [port, *self.ports.values()] if not port_is_free(p)]
+        wanted = [port, *self.ports.values()]
+        busy = [p for p in wanted if not port_is_free(p)]
+        deadline = time.monotonic() + 5
+        while busy and killed and time.monotonic() < deadline:
+            time.sleep(0.1)  # the leftover's sockets are still being torn down
+            busy = [p for p in wanted if not port_is_free(p)]
         if busy:
             raise StartupError(
                 f"the embedded S3 needs ports {port}-{port + len(INTERNAL_PORTS)} on 127.0.0.1, "

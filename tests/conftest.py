@@ -31,11 +31,16 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 
 def free_port_block() -> int:
-    """A port that is free with the ports the embedded S3 uses after it."""
-    for _ in range(100):
-        port = free_port()
-        if port + len(INTERNAL_PORTS) < 65536 and all(
-                port_is_free(port + i) for i in range(1, len(INTERNAL_PORTS) + 1)):
+    """A port that is free with the ports the embedded S3 uses after it.
+
+    Taken below the kernel's ephemeral range (32768 and up), where outgoing
+    connections of anything else on the machine cannot land on it between
+    this check and a restart of the daemon (as a fixed port, 8333, is)."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        if all(port_is_free(port + i) for i in range(len(INTERNAL_PORTS) + 1)):
             return port
     raise AssertionError("no block of free ports")
 
