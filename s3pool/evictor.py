@@ -62,6 +62,9 @@ class Evictor:
         self.runs = 0
         self.evictions = 0
         self.bytes_evicted = 0
+        # bytes that passes under way have chosen to free: passes run side by
+        # side (none waits for another), and each leaves these to the others
+        self.freeing = 0
         settings.on_change(self._setting_changed)
 
     def _setting_changed(self, name: str, value: Any) -> None:
@@ -89,7 +92,7 @@ class Evictor:
             if usage.disk_used + extra > usage.disk_total * settings.high_water / 100:
                 need = max(need, usage.disk_used + extra
                            - int(usage.disk_total * settings.low_water / 100))
-        return need
+        return max(0, need - self.freeing) if need else 0
 
     async def make_room(self, nbytes: int) -> None:
         """Called before a download of *nbytes*: evict now if it would cross the mark.
@@ -142,7 +145,10 @@ class Evictor:
 
         With *spare_recent* (the background pass) objects used within
         ``grace`` seconds stay; without it (a download needs the room now)
-        only objects in use are skipped.
+        only objects in use are skipped. Passes run side by side and never
+        wait for one another: what a pass has chosen to free counts in
+        ``freeing`` until its removals show in the totals, so a second pass
+        only frees what is still missing.
         """
         await self.store.flush_access()
         need = self.bytes_to_free(extra)
@@ -150,35 +156,38 @@ class Evictor:
             return 0
         self.runs += 1
         started = time.monotonic()
-        freed = count = 0
-        skip = 0
+        freed = count = skip = claimed = 0
         horizon = time.time() - self.grace if spare_recent else float("inf")
-        access = self.store.access
-        while freed < need:
-            batch = await access.oldest(BATCH, skip)
-            if not batch:
-                break
-            victims = []
-            batch_bytes = 0
-            too_recent = False
-            for bucket, key, size, atime in batch:
-                if atime > horizon:
-                    too_recent = True  # everything after it is newer still
+        try:
+            while freed < need:
+                batch = await self.store.access.oldest(BATCH, skip)
+                if not batch:
                     break
-                victims.append((bucket, key, size, atime))
-                batch_bytes += size
-                if freed + batch_bytes >= need:
+                victims = []
+                batch_bytes = 0
+                too_recent = False
+                for bucket, key, size, atime in batch:
+                    if atime > horizon:
+                        too_recent = True  # everything after it is newer still
+                        break
+                    victims.append((bucket, key, size, atime))
+                    batch_bytes += size
+                    if freed + batch_bytes >= need:
+                        break
+                if not victims:
                     break
-            if not victims:
-                break
-            freed_now, deleted = await self.store.evict(victims)
-            freed += freed_now
-            count += deleted
-            # what stayed (in use, or used since it was chosen) is skipped next time
-            skip += len(victims) - deleted
-            if too_recent or len(batch) < BATCH and deleted == len(victims):
-                break
-        await self.store.flush_access()  # the totals now count the removals
+                self.freeing += batch_bytes
+                claimed += batch_bytes
+                freed_now, deleted, taken = await self.store.evict(victims)
+                freed += freed_now
+                count += deleted
+                # what stayed (in use, or used since it was chosen) is skipped next time
+                skip += len(victims) - taken
+                if too_recent or len(batch) < BATCH and taken == len(victims):
+                    break
+            await self.store.flush_access()  # the totals now count the removals
+        finally:
+            self.freeing -= claimed
         self.evictions += count
         self.bytes_evicted += freed
         level = logging.INFO if freed >= need else logging.WARNING

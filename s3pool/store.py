@@ -324,9 +324,10 @@ class Store:
 
     # --- eviction --------------------------------------------------------
 
-    async def evict(self, victims: list[tuple[str, str, int, float]]) -> tuple[int, int]:
+    async def evict(self, victims: list[tuple[str, str, int, float]]) -> tuple[int, int, int]:
         """Remove the victims (bucket, key, size, atime) that are free right now
-        and not used since *atime*; returns (bytes, objects) removed.
+        and not used since *atime*; returns (bytes freed, objects removed,
+        victims taken: the others stay, in use).
 
         A victim whose key lock is held or awaited is skipped: eviction
         never waits for a key lock.
@@ -342,11 +343,10 @@ class Store:
             paths = [self.layout.object_path(b, k) for b, k, _, _ in chosen]
             freed = await trio.to_thread.run_sync(
                 _delete_objects, self.layout.data_dir, paths, limiter=self.disk_limiter)
-            removed = 0
-            for (bucket, key, _, _), gone in zip(chosen, freed):
+            for bucket, key, _, _ in chosen:
                 self._forget(bucket, key)
-                removed += gone
-            return removed, len(chosen)
+            # an object already gone (another pass took it) frees nothing
+            return sum(freed), sum(1 for gone in freed if gone), len(chosen)
         finally:
             for _, lock in held:
                 lock.release()

@@ -35,3 +35,21 @@ def test_pull_of_a_missing_bucket_leaves_no_trace(daemon):
     assert status == "ERROR" and "no such bucket" in lines[0], lines
     assert not (daemon.data / "no-such-bucket-typo").exists()
     assert "no-such-bucket-typo" not in daemon.status()["buckets_in_use"]
+
+
+def test_a_client_that_resets_mid_request_is_no_internal_error(daemon):
+    import socket
+    import struct
+    import time
+
+    for partial in (b"", b'["STATUS"'):
+        sock = socket.create_connection(("127.0.0.1", daemon.port))
+        sock.sendall(partial)
+        time.sleep(0.2)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # an RST, not a FIN
+    time.sleep(0.5)
+    assert daemon.status()["errors"] == "0"
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log_text()
+    assert "internal error" not in daemon.log_text()

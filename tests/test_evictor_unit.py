@@ -161,3 +161,18 @@ async def test_without_a_wake_up_the_loop_acts_at_its_poll_interval(setup, autoj
             await trio.to_thread.run_sync(time.sleep, 0.01)
         assert evictor.runs >= 1
         nursery.cancel_scope.cancel()
+
+
+async def test_passes_side_by_side_free_only_what_is_missing(setup):
+    layout, access, store, evictor, settings = setup
+    for i in range(9):
+        put_cached(layout, access, f"k{i}", 1000, atime=1000 + i)
+    await access.flush()
+    # five downloads of 1,000 bytes need room at once: 9,000 + 1,000 passes the
+    # mark (9,000), and low water is 5,000, so 5,000 bytes must go, not more
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(evictor.make_room, 1000)
+    await access.flush()
+    assert access.total_bytes == 4000, access.total_bytes
+    assert evictor.evictions == 5  # objects removed, each counted once

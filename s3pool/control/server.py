@@ -215,6 +215,8 @@ class ControlServer:
                 finally:
                     self.active -= 1
                 status = "OK"
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise  # the client went away (a reset): not a bug of ours, see below
             except S3PoolError as exc:
                 self.cache.stats.errors += 1
                 message = str(exc)
