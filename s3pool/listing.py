@@ -326,6 +326,8 @@ class Listings:
         url = f"s3://{bucket}/{self.fleet.key}"
         with open(path, "rb") as f:
             published = PublishedListing(f, url)
+            if published.bucket != bucket:
+                raise BackendError(f"{url} is the listing of bucket {published.bucket!r}")
             if self._too_old(url, published.listed_at, max_age):
                 return None
             # keys this host wrote or saw after the publisher's LIST started

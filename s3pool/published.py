@@ -56,7 +56,8 @@ def write_published(index_path: str, out_path: str, bucket: str, listed_at: floa
         total = db.execute("SELECT count(*) FROM keys").fetchone()[0]
         with open(out_path, "wb") as raw:
             # mtime=0: the same listing gives the same bytes (and ETag)
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
+            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6,
+                               mtime=0) as out:
                 text = io.TextIOWrapper(out, encoding="utf-8", errors="surrogatepass",
                                         newline="\n")
                 header = {"format": FORMAT, "version": VERSION, "bucket": bucket,
@@ -92,6 +93,7 @@ class PublishedListing:
             raise BackendError(f"published listing {url} has version {header.get('version')!r}, "
                                f"this s3pool reads version {VERSION}")
         try:
+            self.bucket = str(header.get("bucket", ""))
             self.listed_at = float(header["listed_at"])
             self.count = int(header.get("count", 0))
         except (KeyError, TypeError, ValueError):
