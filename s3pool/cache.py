@@ -487,6 +487,8 @@ class Cache:
         remembered for the freshness window, so an ``ls`` storm of missing
         names costs S3 nothing. True if the index gained something."""
         check_bucket(bucket)
+        if self.listings.hidden(key + "/"):
+            return False  # s3pool's own .s3pool/ objects are never shown
         ident = (bucket, key)
         missing_since = self._missing.get(ident)
         window = self.settings.freshness_window

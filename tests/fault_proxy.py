@@ -11,7 +11,8 @@ passes the response back, except for the paths it was told to spoil:
 - ``blank_etag`` paths are served with ``ETag: ""`` and a GET carrying
   ``If-None-Match: ""`` is answered 304 (a tier's remote mount before it
   has fetched the object);
-- ``unquote_etag`` paths are served with their ETag unquoted.
+- ``unquote_etag`` paths are served with their ETag unquoted;
+- ``always_304`` paths answer every GET 304, asked or not.
 
 ``seen`` records (method, path, If-None-Match) of every request.
 
@@ -39,6 +40,7 @@ class FaultProxy:
         self.corrupt_times: dict[str, int] = {}
         self.blank_etag: set[str] = set()
         self.unquote_etag: set[str] = set()
+        self.always_304: set[str] = set()
         self.seen: list[tuple[str, str, str | None]] = []
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -60,7 +62,8 @@ class FaultProxy:
                 if_none_match = self.headers.get("If-None-Match")
                 with proxy.lock:
                     proxy.seen.append((self.command, path, if_none_match))
-                if path in proxy.blank_etag and if_none_match == '""':
+                if path in proxy.blank_etag and if_none_match == '""' \
+                        or self.command == "GET" and path in proxy.always_304:
                     self.send_response(304)
                     self.send_header("ETag", '""')
                     self.send_header("Content-Length", "0")

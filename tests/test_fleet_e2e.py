@@ -176,6 +176,11 @@ def test_empty_etag_is_no_validator(start_daemon, proxy, moto_server, bucket):
     path = daemon.ok("PULL", bucket, "k")[0]
     assert open(path, "rb").read() == b"version two"
     assert [s for s in proxy.seen if s[1] == f"/{bucket}/k" and s[2] is not None] == []
+    # a 304 to a GET that carried no validator says nothing: an error, not "fresh"
+    s3.put_object(Bucket=bucket, Key="k", Body=b"version three")
+    proxy.always_304.add(f"/{bucket}/k")
+    status, lines = daemon.request("PULL", bucket, "k")
+    assert status == "ERROR" and "304" in lines[0], (status, lines)
 
 
 def test_unquoted_etag_still_validates(start_daemon, proxy, moto_server, bucket):
