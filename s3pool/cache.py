@@ -101,8 +101,7 @@ class Cache:
         self.push_backend = push_backend or backend
         self.settings = settings
         self.room = room or NoEviction()
-        self.listings = listings or Listings(store.layout, backend,
-                                             push_backend=self.push_backend)
+        self.listings = listings or Listings(store.layout, backend)
         self.stats = Stats()
         self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
         self.range_limiter = trio.CapacityLimiter(RANGE_CONCURRENCY)

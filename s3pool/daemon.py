@@ -34,7 +34,8 @@ from .embedded import DEMO_BUCKET, EmbeddedS3
 from .errors import EXIT_MOUNT, EXIT_RUNNING, EXIT_USAGE, StartupError
 from .evictor import Evictor
 from .layout import Layout
-from .listing import Fleet, Listings
+from .fleet import Fleet, FleetListings
+from .listing import Listings
 from .logs import RequestLog, apply_verbosity
 from .published import DEFAULT_KEY as DEFAULT_PUBLISHED_KEY
 from .refresher import Refresher
@@ -206,7 +207,8 @@ class Daemon:
                       use_published=options.use_published_listing,
                       key=options.published_listing_key,
                       max_age=lambda: self.settings.published_listing_max_age)
-        listings = Listings(self.layout, self.backend, fleet, self.push_backend)
+        listings = Listings(self.layout, self.backend)
+        self.fleet = FleetListings(listings, fleet, self.push_backend)
         self.cache = Cache(self.store, self.backend, self.settings, room=self.evictor,
                            listings=listings, push_backend=self.push_backend)
         self.exit_stack.callback(self.cache.listings.close)
@@ -297,7 +299,7 @@ class Daemon:
             ("downloads_in_progress", self.cache.download_limiter.borrowed_tokens),
             ("refresh_rounds", self.refresher.rounds),
             ("refresh_failures", self.refresher.failures),
-            *self.cache.listings.status_lines(),
+            *self.fleet.status_lines(),
             ("connections", self.server.connections),
             ("s3_errors", self.backend.errors),
             ("open_connections", self.server.open_connections),

@@ -14,20 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import trio
 
 from .backend import Backend, ListEntry
-from .errors import BackendError, NoSuchBucket, NoSuchKey, S3PoolError
 from .globpattern import compile_glob
-from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, unlink_quietly
-from .published import (
-    DEFAULT_KEY, HIDDEN_ROOT, LISTED_AT_META, PublishedListing, is_hidden, write_published,
-)
+from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout
+from .published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +36,6 @@ CREATE TABLE local_adds (key TEXT PRIMARY KEY, added_at REAL) WITHOUT ROWID;
 # listing taken before then
 _LOCAL_ADDS = "CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL) " \
     "WITHOUT ROWID"
-# seconds before a published listing was taken from which keys known here but
-# missing from it are kept (LastModified has whole seconds; clocks drift)
-CARRY_MARGIN = 5.0
 # Sorts after every character a key can hold: the end of a prefix range.
 _TOP = chr(0x10FFFF)
 
@@ -76,35 +69,24 @@ def visible_name(name: str, at_root: bool) -> bool:
     return len(name.encode("utf-8", "surrogatepass")) <= 255
 
 
-@dataclass
-class Fleet:
-    """How this host shares listings with the others (see published.py)."""
+class FleetHooks(Protocol):
+    """The published listing's part in a refresh (fleet.FleetListings)."""
 
-    publish: bool = False  # upload the listing after each LIST
-    use_published: bool = False  # fetch the published listing instead of listing
-    key: str = DEFAULT_KEY
-    max_age: Callable[[], float] = lambda: 900.0  # seconds a published listing is good for
+    async def fetch(self, bucket: str) -> int | None: ...
 
-    @property
-    def source(self) -> str:
-        return "published" if self.use_published else "s3"
+    async def listed(self, bucket: str, listed_at: float) -> None: ...
 
 
 class Listings:
     """Per-bucket listing files: refresh them, query them."""
 
-    def __init__(self, layout: Layout, backend: Backend, fleet: Fleet | None = None,
-                 push_backend: Backend | None = None) -> None:
+    def __init__(self, layout: Layout, backend: Backend) -> None:
         self.layout = layout
         self.backend = backend
-        self.fleet = fleet or Fleet()
-        # where the published listing is uploaded (--push-endpoint, else S3 itself)
-        self.push_backend = push_backend or backend
-        self.published_used = 0  # published listings installed
-        self.published_unchanged = 0  # conditional GETs of it answered 304
-        self.published_fallbacks = 0  # missing, stale or unreadable: listed instead
-        self.listings_published = 0
-        self.publish_failures = 0
+        # the published listing (fleet.py sets these): where it is, and what
+        # fetches it instead of a LIST and publishes after one
+        self.published_key = DEFAULT_KEY
+        self.fleet: FleetHooks | None = None
         self._locks: dict[str, trio.Lock] = {}
         self._conns: dict[str, tuple[int, sqlite3.Connection]] = {}
         self.last_refresh: dict[str, float] = {}
@@ -143,23 +125,22 @@ class Listings:
             # a PUSH during the listing may be missing from it: put it back
             for entry in pushed:
                 await self.add_key(bucket, entry)
-            if listed_at is not None and self.fleet.publish:
-                await self._publish(bucket, listed_at)
+            if listed_at is not None and self.fleet is not None:
+                await self.fleet.listed(bucket, listed_at)
         self.last_refresh[bucket] = time.time()
         self._drop_conn(bucket)
         return count
 
     def hidden(self, key: str) -> bool:
-        return is_hidden(key, self.fleet.key)
+        return is_hidden(key, self.published_key)
 
     async def _list(self, bucket: str) -> tuple[int, float | None]:
         """(keys, when the LIST started) after listing *bucket*; the time is
         None when the listing came from the published one."""
-        if self.fleet.use_published:
-            count = await self._from_published(bucket)
+        if self.fleet is not None:
+            count = await self.fleet.fetch(bucket)
             if count is not None:
                 return count, None
-            self.published_fallbacks += 1
         listed_at = time.time()
         count = await trio.to_thread.run_sync(self._build, bucket, listed_at,
                                               limiter=self.backend.limiter)
@@ -211,161 +192,6 @@ class Listings:
         return write_listing(self.layout, bucket, self.backend.iter_listing(bucket),
                              info={"source": "s3", "listed_at": listed_at}, hidden=self.hidden)
 
-    # --- the published listing --------------------------------------------
-
-    async def _publish(self, bucket: str, listed_at: float) -> None:
-        """Upload the index just built as the bucket's published listing.
-        A failure is logged and counted; the local listing stands."""
-        key = self.fleet.key
-        fd, tmp_path = tempfile.mkstemp(prefix="publish.", dir=self.layout.tmp_dir)
-        os.close(fd)
-        try:
-            count = await trio.to_thread.run_sync(
-                write_published, self.layout.index_path(bucket), tmp_path, bucket, listed_at,
-                limiter=self.disk_limiter)
-            await self.push_backend.upload_file(
-                bucket, key, tmp_path, extra_args={
-                    "Metadata": {LISTED_AT_META: repr(listed_at)},
-                    "ContentType": "application/gzip"})
-            self.listings_published += 1
-            log.info("published the listing of s3://%s (%d keys, %d bytes) as %s", bucket,
-                     count, os.path.getsize(tmp_path), key)
-        except (S3PoolError, OSError, sqlite3.Error) as exc:
-            self.publish_failures += 1
-            log.warning("could not publish the listing of s3://%s as %s: %s", bucket, key, exc)
-        finally:
-            unlink_quietly(tmp_path)
-
-    def _published_state(self, bucket: str) -> tuple[str, float] | None:
-        """(ETag, listed_at) of the published listing the index was built
-        from, or None if it was not built from one."""
-        conn = self.conn(bucket)
-        if conn is None:
-            return None
-        try:
-            info = dict(conn.execute("SELECT name, value FROM info WHERE name IN "
-                                     "('source', 'published_etag', 'listed_at')"))
-            if info.get("source") != "published" or not info.get("published_etag"):
-                return None
-            return str(info["published_etag"]), float(info["listed_at"])
-        except (sqlite3.Error, KeyError, TypeError, ValueError):
-            return None
-
-    async def _from_published(self, bucket: str) -> int | None:
-        """Refresh *bucket* from its published listing; None if that cannot be
-        done (missing, older than published_listing_max_age, unreadable) and
-        the bucket must be listed instead."""
-        key = self.fleet.key
-        url = f"s3://{bucket}/{key}"
-        max_age = self.fleet.max_age()
-        previous = self._published_state(bucket)
-        try:
-            response = await self.backend.get_object(
-                bucket, key, if_none_match=previous[0] if previous else None)
-        except NoSuchKey:
-            log.info("no published listing at %s: listing the bucket", url)
-            return None
-        except NoSuchBucket:
-            raise
-        except BackendError as exc:
-            log.warning("cannot fetch the published listing %s (%s): listing the bucket",
-                        url, exc)
-            return None
-        if response is None:  # 304: the one the index was built from
-            assert previous is not None
-            if not self._too_old(url, previous[1], max_age):
-                self.published_unchanged += 1
-                log.info("published listing %s unchanged", url)
-                return self._count(bucket)
-            return None
-        try:
-            stamp = float(response.meta["Metadata"].get(LISTED_AT_META, "nan"))
-        except ValueError:
-            stamp = float("nan")
-        if stamp == stamp and self._too_old(url, stamp, max_age):
-            response.body.close()
-            return None
-        fd, tmp_path = tempfile.mkstemp(prefix="published.", dir=self.layout.tmp_dir)
-        try:
-            try:
-                size = response.content_length
-                written = await self.backend.read_body_at(response, fd, 0, size, bucket, key,
-                                                          None, response.digest)
-                if written != size:
-                    raise BackendError(f"short download: {written} of {size} bytes")
-                if response.digest is not None:
-                    response.digest.check()
-            finally:
-                os.close(fd)
-            etag = response.meta.get("ETag") or ""
-            count = await trio.to_thread.run_sync(self._install_published, bucket, tmp_path,
-                                                  etag, max_age, limiter=self.disk_limiter)
-        except (BackendError, OSError, sqlite3.Error) as exc:
-            log.warning("published listing %s not used (%s): listing the bucket", url, exc)
-            return None
-        finally:
-            unlink_quietly(tmp_path)
-        if count is not None:
-            self.published_used += 1
-            log.info("refreshed s3://%s from the published listing %s: %d keys", bucket, key,
-                     count)
-        return count
-
-    @staticmethod
-    def _too_old(url: str, listed_at: float, max_age: float) -> bool:
-        age = time.time() - listed_at
-        if age <= max_age:
-            return False
-        log.warning("published listing %s is %.0fs old (published_listing_max_age %gs): "
-                    "listing the bucket", url, age, max_age)
-        return True
-
-    def _install_published(self, bucket: str, path: str, etag: str, max_age: float
-                           ) -> int | None:
-        """Blocking: the downloaded published listing becomes the bucket's listing."""
-        url = f"s3://{bucket}/{self.fleet.key}"
-        with open(path, "rb") as f:
-            published = PublishedListing(f, url)
-            if published.bucket != bucket:
-                raise BackendError(f"{url} is the listing of bucket {published.bucket!r}")
-            if self._too_old(url, published.listed_at, max_age):
-                return None
-            # keys this host wrote or saw after the publisher's LIST started
-            # (host clocks differ a little: a margin)
-            newer = self._added_since(bucket, published.listed_at - CARRY_MARGIN)
-            info = {"source": "published", "listed_at": published.listed_at,
-                    "published_etag": etag if etag.strip('"') else ""}
-            return write_listing(self.layout, bucket, published.pages(), info=info,
-                                 extra=newer, hidden=self.hidden)
-
-    def _added_since(self, bucket: str, when: float) -> list[tuple[ListEntry, float]]:
-        """Keys this host put into the index (PUSH, download, lookup) after *when*."""
-        path = self.layout.index_path(bucket)
-        if not os.path.exists(path):
-            return []
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return [(ListEntry(*row[:4]), row[4]) for row in db.execute(
-                "SELECT k.key, k.size, k.mtime, k.etag, a.added_at FROM local_adds a "
-                "JOIN keys k ON k.key = a.key WHERE a.added_at > ?", (when,))]
-        except sqlite3.OperationalError:  # an index from before local_adds
-            return []
-        finally:
-            db.close()
-
-    def status_lines(self) -> list[tuple[str, Any]]:
-        fleet = self.fleet
-        return [
-            ("listing_source", fleet.source),
-            ("publish_listing", "yes" if fleet.publish else "no"),
-            ("published_listing_key", fleet.key),
-            ("published_listings_used", self.published_used),
-            ("published_listings_unchanged", self.published_unchanged),
-            ("published_listing_fallbacks", self.published_fallbacks),
-            ("listings_published", self.listings_published),
-            ("publish_failures", self.publish_failures),
-        ]
-
     # --- queries ---------------------------------------------------------
 
     def _open(self, bucket: str) -> sqlite3.Connection | None:
@@ -404,6 +230,10 @@ class Listings:
     def close(self) -> None:
         for bucket in list(self._conns):
             self._drop_conn(bucket)
+
+    def key_count(self, bucket: str) -> int:
+        """Keys in the bucket's listing (as counted when it was written)."""
+        return self._count(bucket)
 
     def _count(self, bucket: str) -> int:
         conn = self.conn(bucket)

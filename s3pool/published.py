@@ -19,7 +19,8 @@ object's user metadata ``s3pool-listed-at``, so a stale copy is turned
 down before its body is read.
 
 Keys under ``.s3pool/`` are s3pool's own: they are left out of every
-listing, GLOB and the mount.
+listing, GLOB and the mount. This module is the format; ``fleet.py``
+fetches and publishes it as part of a refresh.
 """
 
 from __future__ import annotations

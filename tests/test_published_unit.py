@@ -12,6 +12,7 @@ import pytest
 from s3pool.backend import ListEntry, validator
 from s3pool.errors import BackendError
 from s3pool.layout import Layout
+from s3pool.fleet import Fleet, FleetListings
 from s3pool.listing import Listings, write_listing
 from s3pool.published import DEFAULT_KEY, PublishedListing, is_hidden, write_published
 
@@ -78,6 +79,7 @@ def test_etag_validators():
 async def test_keys_added_here_outlive_an_older_published_listing(tmp_path):
     layout = Layout.create(str(tmp_path))
     listings = Listings(layout, backend=None)
+    fleet = FleetListings(listings, Fleet(use_published=True))
     write_listing(layout, "bkt", [[ListEntry("old", 1, 0.0, "")]])
     await listings.add_key("bkt", ListEntry("pushed", 1, 0.0, ""))
     # a listing published before the PUSH, installed after it
@@ -85,12 +87,12 @@ async def test_keys_added_here_outlive_an_older_published_listing(tmp_path):
                                      ListEntry("gone", 1, 0.0, "")]])
     pub = tmp_path / "pub.gz"
     write_published(layout.index_path("other"), str(pub), "bkt", time.time() - 60)
-    assert listings._install_published("bkt", str(pub), '"e"', 900.0) == 2
+    assert fleet._install_published("bkt", str(pub), '"e"', 900.0) == 2
     assert await listings.glob("bkt", "*") == ["gone", "old", "pushed"]
     # taken after the PUSH: the publisher's word stands
     write_published(layout.index_path("other"), str(pub), "bkt", time.time() + 60)
-    listings._install_published("bkt", str(pub), '"f"', 900.0)
+    fleet._install_published("bkt", str(pub), '"f"', 900.0)
     assert await listings.glob("bkt", "*") == ["gone", "old"]
     # too old: not installed
     write_published(layout.index_path("other"), str(pub), "bkt", time.time() - 1000)
-    assert listings._install_published("bkt", str(pub), '"g"', 900.0) is None
+    assert fleet._install_published("bkt", str(pub), '"g"', 900.0) is None
