@@ -76,6 +76,16 @@ def meta_from_response(resp: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def validator(etag: str | None) -> str | None:
+    """The ETag as an HTTP validator (quoted), or None when it validates nothing.
+
+    Tiers in front of S3 send ETags unquoted, or an empty ``""`` for an
+    object they have not fetched yet; ``If-None-Match: ""`` would then be
+    answered 304 for whatever the object now holds."""
+    bare = (etag or "").strip().strip('"')
+    return f'"{bare}"' if bare else None
+
+
 def _error_code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
     err = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -206,15 +216,20 @@ class Backend:
                          if_none_match: str | None = None) -> ObjectResponse | None:
         """Start a GET; None when S3 answers 304 (our copy is current)."""
 
+        condition = validator(if_none_match)
+
         def call() -> ObjectResponse | None:
             kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
-            if if_none_match:
-                kwargs["IfNoneMatch"] = if_none_match
+            if condition:
+                kwargs["IfNoneMatch"] = condition
             try:
                 resp = self.client.get_object(**kwargs)
             except botocore.exceptions.ClientError as exc:
                 code, status = _error_code(exc)
                 if status == 304 or code == "304":
+                    if condition is None:  # "not modified" since nothing: no answer
+                        raise BackendError(f"S3 answered 304 to an unconditional GET of "
+                                           f"s3://{bucket}/{key}") from None
                     return None
                 raise
             return ObjectResponse(meta_from_response(resp), resp["Body"],
@@ -247,8 +262,8 @@ class Backend:
         def call() -> int:
             kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key,
                                       "Range": f"bytes={start}-{start + length - 1}"}
-            if etag:
-                kwargs["IfMatch"] = etag
+            if validator(etag):
+                kwargs["IfMatch"] = validator(etag)
             if transfer is not None:
                 transfer.check()
             body = self.client.get_object(**kwargs)["Body"]
@@ -283,10 +298,13 @@ class Backend:
                           item["LastModified"].timestamp(), item.get("ETag", ""))
                 for item in resp.get("Contents", ())]
 
-    async def upload_file(self, bucket: str, key: str, path: str) -> None:
-        """Upload *path*; large files go multipart."""
+    async def upload_file(self, bucket: str, key: str, path: str,
+                          extra_args: dict[str, Any] | None = None) -> None:
+        """Upload *path*; large files go multipart. *extra_args*: boto3's
+        ExtraArgs (Metadata, ContentType)."""
         await self._run(
-            lambda: self.client.upload_file(path, bucket, key, Config=self.transfer_config),
+            lambda: self.client.upload_file(path, bucket, key, ExtraArgs=extra_args,
+                                            Config=self.transfer_config),
             bucket=bucket, key=key,
         )
 

@@ -28,7 +28,7 @@ import trio
 
 from .backend import Backend, ListEntry, ObjectResponse
 from .errors import (
-    BadKey, BackendError, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
+    BadKey, BackendError, DigestMismatch, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
     S3PoolError,
 )
 from .layout import check_bucket, check_key, unlink_quietly
@@ -47,6 +47,8 @@ RANGE_CONCURRENCY = 4
 # forgotten key only costs one conditional GET)
 FRESHNESS_MEMORY = 1 << 20
 MISSING_MEMORY = 1 << 16
+# a download that fails its ETag MD5 or checksum is fetched again this many times
+DIGEST_RETRIES = 2
 
 # who asked for a download, for its log line ("PULL" or "the mount")
 DOWNLOAD_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("download_source",
@@ -64,6 +66,7 @@ class Stats:
     revalidations: int = 0  # conditional GETs answered 304
     stale_served: int = 0  # copies served unchecked because S3 failed (stale_on_error)
     downloads: int = 0
+    digest_retries: int = 0  # downloads fetched again after their bytes failed the check
     bytes_downloaded: int = 0
     pushes: int = 0
     bytes_uploaded: int = 0
@@ -89,10 +92,13 @@ class Cache:
     """The one path from a request (socket or FUSE) to S3 and the disk."""
 
     def __init__(self, store: Store, backend: Backend, settings: Settings,
-                 room: Room | None = None, listings: Listings | None = None) -> None:
+                 room: Room | None = None, listings: Listings | None = None,
+                 push_backend: Backend | None = None) -> None:
         self.store = store
         self.layout = store.layout
         self.backend = backend
+        # PUSH goes here (--push-endpoint): a read tier in front of S3 takes no writes
+        self.push_backend = push_backend or backend
         self.settings = settings
         self.room = room or NoEviction()
         self.listings = listings or Listings(store.layout, backend)
@@ -263,9 +269,27 @@ class Cache:
                 self._mark_fresh(bucket, key)
                 return obj
             self.stats.misses += 1
-            obj = await self._download(bucket, key, response)
+            obj = await self._download_checked(bucket, key, response)
         self._mark_fresh(bucket, key)
         return obj
+
+    async def _download_checked(self, bucket: str, key: str, response: ObjectResponse
+                                ) -> CachedObject:
+        """Download; bytes that fail their ETag MD5 or checksum (a tier that
+        served a damaged or half-synced object) are never installed: the key
+        is fetched again, DIGEST_RETRIES times at most, then the PULL fails."""
+        for attempt in range(DIGEST_RETRIES + 1):
+            try:
+                return await self._download(bucket, key, response)
+            except DigestMismatch as exc:
+                if attempt == DIGEST_RETRIES:
+                    raise
+                self.stats.digest_retries += 1
+                log.warning("%s; fetching it again (%d of %d)", exc, attempt + 1, DIGEST_RETRIES)
+                retry = await self.backend.get_object(bucket, key)
+                assert retry is not None  # an unconditional GET is never 304
+                response = retry
+        raise AssertionError("unreachable")
 
     async def _download(self, bucket: str, key: str, response: ObjectResponse) -> CachedObject:
         size = response.content_length
@@ -407,10 +431,10 @@ class Cache:
             try:
                 # upload the copy when there is one: what is uploaded is then
                 # exactly what is installed, even if the caller rewrites its file
-                await self.backend.upload_file(bucket, key, tmp_path or local_path)
+                await self.push_backend.upload_file(bucket, key, tmp_path or local_path)
                 self.stats.pushes += 1
                 self.stats.bytes_uploaded += st.st_size
-                meta = await self.backend.head_object(bucket, key)
+                meta = await self.push_backend.head_object(bucket, key)
                 if tmp_path and meta["ContentLength"] == os.path.getsize(tmp_path):
                     await store.install(bucket, key, tmp_path, meta)
                     self._mark_fresh(bucket, key)
@@ -462,6 +486,8 @@ class Cache:
         remembered for the freshness window, so an ``ls`` storm of missing
         names costs S3 nothing. True if the index gained something."""
         check_bucket(bucket)
+        if self.listings.hidden(key + "/"):
+            return False  # s3pool's own .s3pool/ objects are never shown
         ident = (bucket, key)
         missing_since = self._missing.get(ident)
         window = self.settings.freshness_window

@@ -16,6 +16,7 @@ import sys
 import trio
 
 from . import __version__
+from .published import DEFAULT_KEY
 from .settings import SPECS
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "own user and root")
     parser.add_argument("--allow-remote-admin", action="store_true",
                         help="let clients on other hosts SET (they have no local uid to check)")
+    parser.add_argument("--publish-listing", action="store_true",
+                        help="after each REFRESH, upload the listing (compressed, with the "
+                             "time it was taken) to --published-listing-key in the bucket, for "
+                             "hosts run with --use-published-listing")
+    parser.add_argument("--use-published-listing", action="store_true",
+                        help="REFRESH (and the background refresher) fetch the published "
+                             "listing with a conditional GET instead of listing the bucket; "
+                             "they list when it is missing or older than "
+                             "published_listing_max_age")
+    parser.add_argument("--published-listing-key", default=DEFAULT_KEY, metavar="KEY",
+                        help=f"key of the published listing in each bucket (default "
+                             f"{DEFAULT_KEY}; keys under .s3pool/ are never shown)")
+    parser.add_argument("--push-endpoint", metavar="URL",
+                        help="send PUSH (and the published listing) to this S3 endpoint "
+                             "instead of AWS_ENDPOINT_URL: for a read tier in front of S3, "
+                             "which must not take writes")
     for spec in SPECS:
         names = [*SHORT_OPTIONS.get(spec.name, ()), spec.option]
         default = spec.show(spec.default) + (f" {spec.unit}" if spec.unit else "")
@@ -135,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_daemon(args: argparse.Namespace) -> int:
     # imported here so `s3pool --help` and the client stay quick
     from .daemon import Daemon, Options
-    from .errors import StartupError
+    from .errors import BadKey, StartupError
     from .embedded import endpoint_configured
-    from .layout import Layout
+    from .layout import Layout, check_key
     from .logs import setup_logging
 
     settings = {spec.name: getattr(args, spec.name) for spec in SPECS}
@@ -151,6 +168,15 @@ def run_daemon(args: argparse.Namespace) -> int:
     for flag, what in IGNORED_FLAGS.items():
         if getattr(args, "ignored_" + flag.lstrip("-"), None):
             log.warning("ignoring %s: %s, which s3pool does not need", flag, what)
+    if args.publish_listing and args.use_published_listing:
+        print("s3pool: --publish-listing and --use-published-listing exclude each other: "
+              "the publisher lists the bucket itself", file=sys.stderr)
+        return 2
+    try:
+        check_key(args.published_listing_key)
+    except BadKey as exc:
+        print(f"s3pool: --published-listing-key: {exc}", file=sys.stderr)
+        return 2
     pidfile = args.pidfile and os.path.join(layout.home, args.pidfile)
     embedded = args.embedded_s3
     if embedded == "auto":
@@ -162,6 +188,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         allow_other=args.allow_other, metrics_port=args.metrics_port,
         metrics_bind=args.metrics_bind, extra_pidfile=pidfile, socket_path=args.socket_path,
         admin_group=args.admin_group, allow_remote_admin=args.allow_remote_admin,
+        publish_listing=args.publish_listing, use_published_listing=args.use_published_listing,
+        published_listing_key=args.published_listing_key, push_endpoint=args.push_endpoint,
     )
     daemon = None
     try:

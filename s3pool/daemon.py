@@ -34,7 +34,10 @@ from .embedded import DEFAULT_PORT as EMBEDDED_S3_PORT, DEMO_BUCKET, EmbeddedS3
 from .errors import EXIT_MOUNT, EXIT_RUNNING, EXIT_USAGE, StartupError
 from .evictor import Evictor
 from .layout import Layout
+from .fleet import Fleet, FleetListings
+from .listing import Listings
 from .logs import RequestLog, apply_verbosity
+from .published import DEFAULT_KEY as DEFAULT_PUBLISHED_KEY
 from .refresher import Refresher
 from .settings import Settings
 from .store import Store
@@ -62,6 +65,10 @@ class Options:
     socket_path: str | None = None  # the Unix-domain control socket
     admin_group: str | None = None  # a group name or gid whose members may SET
     allow_remote_admin: bool = False  # clients on other hosts may SET
+    publish_listing: bool = False  # upload each listing for the fleet
+    use_published_listing: bool = False  # refresh from the published listing
+    published_listing_key: str = DEFAULT_PUBLISHED_KEY
+    push_endpoint: str | None = None  # PUSH here instead of the read endpoint
 
 
 class PidFile:
@@ -195,7 +202,19 @@ class Daemon:
         self.access = self.store.access
         self.exit_stack.callback(self.access.close)
         self.evictor = Evictor(self.store, self.settings)
-        self.cache = Cache(self.store, self.backend, self.settings, room=self.evictor)
+        self.push_backend = self.backend
+        if options.push_endpoint:
+            self.push_backend = Backend(endpoint_url=options.push_endpoint, max_threads=16,
+                                        credentials=credentials)
+            log.info("PUSH endpoint: %s", self.push_backend.describe())
+        fleet = Fleet(publish=options.publish_listing,
+                      use_published=options.use_published_listing,
+                      key=options.published_listing_key,
+                      max_age=lambda: self.settings.published_listing_max_age)
+        listings = Listings(self.layout, self.backend)
+        self.fleet = FleetListings(listings, fleet, self.push_backend)
+        self.cache = Cache(self.store, self.backend, self.settings, room=self.evictor,
+                           listings=listings, push_backend=self.push_backend)
         self.exit_stack.callback(self.cache.listings.close)
         for bucket in options.buckets:
             self.cache.use_bucket(bucket)
@@ -267,6 +286,7 @@ class Daemon:
             ("uptime", round(time.time() - self.started, 1)),
             ("homedir", self.layout.home),
             ("endpoint", self.backend.describe()),
+            ("push_endpoint", self.push_backend.describe()),
             ("mountpoint", self.mountpoint or "-"),
         ]
         if self.embedded is not None:
@@ -277,7 +297,7 @@ class Daemon:
                 ("embedded_s3_secret_access_key", credentials["aws_secret_access_key"]),
             ]
         for name in ("pulls", "hits", "misses", "revalidations", "stale_served", "downloads",
-                     "bytes_downloaded",
+                     "digest_retries", "bytes_downloaded",
                      "pushes", "bytes_uploaded", "globs", "refreshes", "errors"):
             lines.append((name, getattr(stats, name)))
         lines += [
@@ -290,6 +310,7 @@ class Daemon:
             ("downloads_in_progress", self.cache.download_limiter.borrowed_tokens),
             ("refresh_rounds", self.refresher.rounds),
             ("refresh_failures", self.refresher.failures),
+            *self.fleet.status_lines(),
             ("connections", self.server.connections),
             ("s3_errors", self.backend.errors),
             ("open_connections", self.server.open_connections),

@@ -42,6 +42,10 @@ class BackendError(S3PoolError):
     """S3 failed or could not be reached (after the backend's retries)."""
 
 
+class DigestMismatch(BackendError):
+    """Downloaded bytes that do not hash to what S3 said (retried, never installed)."""
+
+
 class NoSpace(S3PoolError):
     """The object does not fit in the cache even after eviction."""
 

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import trio
 
@@ -25,13 +25,19 @@ from .backend import Backend, ListEntry
 from .errors import ShuttingDown
 from .globpattern import compile_glob
 from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout
+from .published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
 
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE keys (key TEXT PRIMARY KEY, size INTEGER, mtime REAL, etag TEXT) WITHOUT ROWID;
 CREATE TABLE info (name TEXT PRIMARY KEY, value);
+CREATE TABLE local_adds (key TEXT PRIMARY KEY, added_at REAL) WITHOUT ROWID;
 """
+# keys put into the index here (add_key), with when: kept over a published
+# listing taken before then
+_LOCAL_ADDS = "CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL) " \
+    "WITHOUT ROWID"
 # Sorts after every character a key can hold: the end of a prefix range.
 _TOP = chr(0x10FFFF)
 # keys a GLOB scan matches between two looks at the stopping flag
@@ -62,9 +68,17 @@ def visible_name(name: str, at_root: bool) -> bool:
     """Can *name* be shown as one path component of the FUSE view?"""
     if name in ("", ".", "..") or name.endswith(META_SUFFIX):
         return False
-    if at_root and name in RESERVED_ROOT_NAMES:
+    if at_root and (name in RESERVED_ROOT_NAMES or name == HIDDEN_ROOT):
         return False
     return len(name.encode("utf-8", "surrogatepass")) <= 255
+
+
+class FleetHooks(Protocol):
+    """The published listing's part in a refresh (fleet.FleetListings)."""
+
+    async def fetch(self, bucket: str) -> int | None: ...
+
+    async def listed(self, bucket: str, listed_at: float) -> None: ...
 
 
 class Listings:
@@ -73,6 +87,10 @@ class Listings:
     def __init__(self, layout: Layout, backend: Backend) -> None:
         self.layout = layout
         self.backend = backend
+        # the published listing (fleet.py sets these): where it is, and what
+        # fetches it instead of a LIST and publishes after one
+        self.published_key = DEFAULT_KEY
+        self.fleet: FleetHooks | None = None
         self._locks: dict[str, trio.Lock] = {}
         self._conns: dict[str, tuple[int, sqlite3.Connection]] = {}
         self.last_refresh: dict[str, float] = {}
@@ -109,19 +127,34 @@ class Listings:
             self._started[bucket] = self._started.get(bucket, 0) + 1
             self._pushed_meanwhile[bucket] = []
             try:
-                count = await trio.to_thread.run_sync(
-                    self._build, bucket, limiter=self.backend.limiter
-                )
+                count, listed_at = await self._list(bucket)
             finally:
                 pushed = self._pushed_meanwhile.pop(bucket, [])
             self._finished[bucket] = self._started[bucket]
             # a PUSH during the listing may be missing from it: put it back
             for entry in pushed:
                 await self.add_key(bucket, entry)
+            if listed_at is not None and self.fleet is not None:
+                await self.fleet.listed(bucket, listed_at)
         self.last_refresh[bucket] = time.time()
         self._drop_conn(bucket)
-        log.info("refreshed s3://%s: %d keys", bucket, count)
         return count
+
+    def hidden(self, key: str) -> bool:
+        return is_hidden(key, self.published_key)
+
+    async def _list(self, bucket: str) -> tuple[int, float | None]:
+        """(keys, when the LIST started) after listing *bucket*; the time is
+        None when the listing came from the published one."""
+        if self.fleet is not None:
+            count = await self.fleet.fetch(bucket)
+            if count is not None:
+                return count, None
+        listed_at = time.time()
+        count = await trio.to_thread.run_sync(self._build, bucket, listed_at,
+                                              limiter=self.backend.limiter)
+        log.info("refreshed s3://%s: %d keys", bucket, count)
+        return count, listed_at
 
     def knows_version(self, bucket: str, key: str, etag: str, size: int) -> bool:
         """True unless the index lacks this version of *key* (no index: nothing to add)."""
@@ -137,6 +170,8 @@ class Listings:
 
         The index then holds a key ``__list__`` lacks: it says so on disk
         (``list_complete`` 0), so this stays true across restarts."""
+        if self.hidden(entry.key):
+            return  # s3pool's own objects are no part of the listing
         if bucket in self._pushed_meanwhile:
             self._pushed_meanwhile[bucket].append(entry)
         path = self.layout.index_path(bucket)
@@ -149,6 +184,9 @@ class Listings:
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry))
                 db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
+                db.execute(_LOCAL_ADDS)
+                db.execute("INSERT OR REPLACE INTO local_adds VALUES (?, ?)",
+                           (entry.key, time.time()))
                 db.commit()
             finally:
                 db.close()
@@ -158,9 +196,10 @@ class Listings:
         except sqlite3.Error as exc:
             log.warning("could not add s3://%s/%s to the index: %s", bucket, entry.key, exc)
 
-    def _build(self, bucket: str) -> int:
+    def _build(self, bucket: str, listed_at: float) -> int:
         """Blocking: list the bucket into tmp/, then rename into place."""
-        return write_listing(self.layout, bucket, self.backend.iter_listing(bucket))
+        return write_listing(self.layout, bucket, self.backend.iter_listing(bucket),
+                             info={"source": "s3", "listed_at": listed_at}, hidden=self.hidden)
 
     # --- queries ---------------------------------------------------------
 
@@ -200,6 +239,10 @@ class Listings:
     def close(self) -> None:
         for bucket in list(self._conns):
             self._drop_conn(bucket)
+
+    def key_count(self, bucket: str) -> int:
+        """Keys in the bucket's listing (as counted when it was written)."""
+        return self._count(bucket)
 
     def _count(self, bucket: str) -> int:
         conn = self.conn(bucket)
@@ -337,11 +380,18 @@ class Listings:
         return await trio.to_thread.run_sync(scan, limiter=self.glob_limiter)
 
 
-def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]]) -> int:
+def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
+                  info: dict[str, Any] | None = None,
+                  extra: Iterable[tuple[ListEntry, float]] = (),
+                  hidden: Callable[[str], bool] = is_hidden) -> int:
     """Blocking: write ``__list__`` and ``__index__`` from listing pages.
 
     Both are built in tmp/ a page at a time and renamed into the BUCKETDIR,
-    so readers see the old listing or the new one, never a mix.
+    so readers see the old listing or the new one, never a mix. Keys for
+    which *hidden* is true (s3pool's own ``.s3pool/`` objects) are left out.
+    *info* goes into the index's info table; *extra* (entry, added_at)
+    pairs go into the index only (keys added here that the pages may lack),
+    which marks it ``list_complete`` 0.
     """
     # a bucket name may take 255 characters: only its start goes in a file name
     stamp = f"{bucket[:64]}.{os.getpid()}.{time.monotonic_ns()}"
@@ -354,6 +404,8 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]])
             db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
             with open(tmp_list, "w", encoding="utf-8", errors="surrogateescape") as listing:
                 for page in pages:
+                    if any(hidden(e.key) for e in page):
+                        page = [e for e in page if not hidden(e.key)]
                     listing.writelines(e.key + "\n" for e in page if "\n" not in e.key)
                     db.executemany(
                         "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
@@ -362,8 +414,17 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]])
                     count += len(page)
                 listing.flush()
                 os.fsync(listing.fileno())
+            extra = [(e, at) for e, at in extra if not hidden(e.key)]
+            if extra:
+                db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+                               [tuple(e) for e, _ in extra])
+                db.executemany("INSERT OR REPLACE INTO local_adds VALUES (?, ?)",
+                               [(e.key, at) for e, at in extra])
+                db.execute("INSERT INTO info VALUES ('list_complete', 0)")
             db.execute("INSERT INTO info VALUES ('refreshed_at', ?)", (time.time(),))
             db.execute("INSERT INTO info VALUES ('count', ?)", (count,))
+            for name, value in (info or {}).items():
+                db.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (name, value))
             db.commit()
         finally:
             db.close()

@@ -7,7 +7,8 @@ A failure is logged and tried again next round; a bucket that no longer
 exists on S3 is dropped from the round. A SET of ``refresh_interval``
 wakes it so the new interval applies at once, counted from the last round.
 Listings of one bucket never overlap: the client's REFRESH and this loop
-share the lock in ``Listings.refresh``.
+share the lock in ``Listings.refresh``. With ``--use-published-listing`` a
+round fetches the published listing instead of listing (``published.py``).
 """
 
 from __future__ import annotations

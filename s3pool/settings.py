@@ -184,6 +184,10 @@ SPECS: tuple[SettingSpec, ...] = (
                 "use, as in the original s3pool: a bare number is minutes here, in SET and "
                 "in STATUS; 30s, 5m, 2h also work; 0 = off", "MINUTES", "min",
                 seconds_to_minutes),
+    SettingSpec("published_listing_max_age", 900.0, parse_seconds,
+                "with --use-published-listing: a published listing taken longer ago than "
+                "this is not used and the bucket is listed instead; 30s, 5m, 1h also work",
+                "SECONDS", "s"),
     SettingSpec("high_water", 90.0, parse_percent,
                 "disk use (percent of the filesystem holding HOMEDIR, or of "
                 "--max-cache-size) that starts eviction", "PERCENT", "%"),

@@ -32,7 +32,7 @@ import time
 import zlib
 from typing import Any, Callable
 
-from .errors import BackendError, NoSpace
+from .errors import BackendError, DigestMismatch, NoSpace
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class Digest:
 
     def check(self) -> None:
         if self.hasher.digest() != self.expected:
-            raise BackendError(f"download of {self.url} did not match its {self.what}")
+            raise DigestMismatch(f"download of {self.url} did not match its {self.what}")
 
 
 def digest_for(response: dict[str, Any], bucket: str, key: str) -> Digest | None:

@@ -6,7 +6,15 @@ passes the response back, except for the paths it was told to spoil:
 - ``trickle[path] = (bytes_per_step, seconds_per_step)`` sends that
   response body a few bytes at a time (a slow, not silent, S3);
 - ``corrupt[path] = offset`` flips the byte at that offset of the object
-  in whichever response (whole or ranged) carries it.
+  in whichever response (whole or ranged) carries it; with
+  ``corrupt_times[path] = n`` only the next n GETs are spoiled;
+- ``blank_etag`` paths are served with ``ETag: ""`` and a GET carrying
+  ``If-None-Match: ""`` is answered 304 (a tier's remote mount before it
+  has fetched the object);
+- ``unquote_etag`` paths are served with their ETag unquoted;
+- ``always_304`` paths answer every GET 304, asked or not.
+
+``seen`` records (method, path, If-None-Match) of every request.
 
 Each response is sent with ``Connection: close``; botocore reconnects.
 """
@@ -29,6 +37,11 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.trickle: dict[str, tuple[int, float]] = {}
         self.corrupt: dict[str, int] = {}
+        self.corrupt_times: dict[str, int] = {}
+        self.blank_etag: set[str] = set()
+        self.unquote_etag: set[str] = set()
+        self.always_304: set[str] = set()
+        self.seen: list[tuple[str, str, str | None]] = []
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.trickling = 0  # response bodies being trickled right now
@@ -45,18 +58,35 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in _HOP_BY_HOP}
+                path = self.path.split("?", 1)[0]
+                if_none_match = self.headers.get("If-None-Match")
+                with proxy.lock:
+                    proxy.seen.append((self.command, path, if_none_match))
+                if path in proxy.blank_etag and if_none_match == '""' \
+                        or self.command == "GET" and path in proxy.always_304:
+                    self.send_response(304)
+                    self.send_header("ETag", '""')
+                    self.send_header("Content-Length", "0")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port,
                                                       timeout=60)
                 try:
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     data = response.read()
-                    path = self.path.split("?", 1)[0]
-                    if self.command == "GET" and path in proxy.corrupt:
+                    if self.command == "GET" and path in proxy.corrupt \
+                            and proxy._spoil_once_more(path):
                         data = _flip(data, proxy.corrupt[path],
                                      response.getheader("Content-Range"))
                     self.send_response(response.status, response.reason)
                     for name, value in response.getheaders():
+                        if name.lower() == "etag" and path in proxy.blank_etag:
+                            value = '""'
+                        elif name.lower() == "etag" and path in proxy.unquote_etag:
+                            value = value.strip('"')
                         if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
                             self.send_header(name, value)
                     self.send_header("Content-Length", str(len(data)))
@@ -97,6 +127,16 @@ class FaultProxy:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def _spoil_once_more(self, path: str) -> bool:
+        with self.lock:
+            left = self.corrupt_times.get(path)
+            if left is None:
+                return True
+            if left <= 0:
+                return False
+            self.corrupt_times[path] = left - 1
+            return True
 
     def stop(self) -> None:
         self.stopping.set()

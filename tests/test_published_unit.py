@@ -1,0 +1,98 @@
+"""Unit tests of the published listing's format, hidden keys and ETag validators
+(real files, no S3)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import time
+
+import pytest
+
+from s3pool.backend import ListEntry, validator
+from s3pool.errors import BackendError
+from s3pool.layout import Layout
+from s3pool.fleet import Fleet, FleetListings
+from s3pool.listing import Listings, write_listing
+from s3pool.published import DEFAULT_KEY, PublishedListing, is_hidden, write_published
+
+ODD_KEYS = ["a", "dir/b", "tab\there", "new\nline", "quote\"s", "ünï/ç", "z" * 900]
+
+
+def test_published_listing_round_trips_every_key(tmp_path):
+    layout = Layout.create(str(tmp_path))
+    entries = [ListEntry(k, i, 1.7e9 + i, f'"{i:032x}"') for i, k in enumerate(ODD_KEYS)]
+    entries.append(ListEntry(DEFAULT_KEY, 9, 0.0, '"p"'))  # our own: left out
+    write_listing(layout, "bkt", [entries])
+    out = tmp_path / "pub.gz"
+    assert write_published(layout.index_path("bkt"), str(out), "bkt", 1234.5) == len(ODD_KEYS)
+    with open(out, "rb") as f:
+        published = PublishedListing(f, "s3://bkt/x")
+        assert published.listed_at == 1234.5 and published.count == len(ODD_KEYS)
+        got = [e for page in published.pages() for e in page]
+    assert got == sorted(entries[:-1])
+    # the same listing gives the same bytes (and so the same ETag)
+    again = tmp_path / "again.gz"
+    write_published(layout.index_path("bkt"), str(again), "bkt", 1234.5)
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize("body", [
+    b"plain text",
+    gzip.compress(b'{"format": "other"}\n'),
+    gzip.compress(b'{"format": "s3pool-listing", "version": 99, "listed_at": 1}\n'),
+    gzip.compress(b'{"format": "s3pool-listing", "version": 1, "listed_at": 1, "count": 2}\n'
+                  b'["a", 1, 0, "e"]\n'),
+    gzip.compress(b'{"format": "s3pool-listing", "version": 1, "listed_at": 1, "count": 1}\n'
+                  b'["a", 1]\n'),
+])
+def test_damaged_published_listings_are_refused(body):
+    with pytest.raises(BackendError):
+        published = PublishedListing(io.BytesIO(body), "s3://bkt/x")
+        for _ in published.pages():
+            pass
+
+
+def test_hidden_keys():
+    assert is_hidden(".s3pool/listing.jsonl.gz") and is_hidden(".s3pool/other")
+    assert not is_hidden(".s3poolx/a") and not is_hidden("a/.s3pool/b")
+    assert is_hidden("meta/listing.gz", "meta/listing.gz")
+
+
+async def test_hidden_keys_never_enter_the_index(tmp_path):
+    layout = Layout.create(str(tmp_path))
+    write_listing(layout, "bkt", [[ListEntry(".s3pool/x", 1, 0.0, ""),
+                                   ListEntry("a", 1, 0.0, "")]])
+    listings = Listings(layout, backend=None)
+    await listings.add_key("bkt", ListEntry(".s3pool/y", 1, 0.0, ""))
+    assert await listings.glob("bkt", "**") == ["a"]
+    assert (tmp_path / "data" / "bkt" / "__list__").read_text() == "a\n"
+    assert listings.lookup("bkt", "", ".s3pool") is None
+
+
+def test_etag_validators():
+    assert validator('"abc"') == '"abc"'
+    assert validator("abc") == '"abc"'  # a tier that drops the quotes
+    assert validator('""') is None and validator("") is None and validator(None) is None
+
+
+async def test_keys_added_here_outlive_an_older_published_listing(tmp_path):
+    layout = Layout.create(str(tmp_path))
+    listings = Listings(layout, backend=None)
+    fleet = FleetListings(listings, Fleet(use_published=True))
+    write_listing(layout, "bkt", [[ListEntry("old", 1, 0.0, "")]])
+    await listings.add_key("bkt", ListEntry("pushed", 1, 0.0, ""))
+    # a listing published before the PUSH, installed after it
+    write_listing(layout, "other", [[ListEntry("old", 1, 0.0, ""),
+                                     ListEntry("gone", 1, 0.0, "")]])
+    pub = tmp_path / "pub.gz"
+    write_published(layout.index_path("other"), str(pub), "bkt", time.time() - 60)
+    assert fleet._install_published("bkt", str(pub), '"e"', 900.0) == 2
+    assert await listings.glob("bkt", "*") == ["gone", "old", "pushed"]
+    # taken after the PUSH: the publisher's word stands
+    write_published(layout.index_path("other"), str(pub), "bkt", time.time() + 60)
+    fleet._install_published("bkt", str(pub), '"f"', 900.0)
+    assert await listings.glob("bkt", "*") == ["gone", "old"]
+    # too old: not installed
+    write_published(layout.index_path("other"), str(pub), "bkt", time.time() - 1000)
+    assert fleet._install_published("bkt", str(pub), '"g"', 900.0) is None
