@@ -239,8 +239,18 @@ class Backend:
 
         return await self._run(call, bucket=bucket, key=key)
 
+    async def read_body_part(self, body: Any, fd: int, offset: int, limit: int, bucket: str,
+                             key: str, transfer: Transfer, digest: Digest | None = None,
+                             on_progress: Callable[[int], None] | None = None) -> int:
+        """Write the next *limit* bytes of an open body at *offset* of *fd*; the
+        body stays open for the caller to read on or close. *on_progress* is
+        told (from the worker thread) how many bytes have been written so far."""
+        return await self._run(_copy_into, body, fd, offset, limit, transfer, digest,
+                               on_progress, bucket=bucket, key=key)
+
     async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
-                             fd: int, transfer: Transfer | None = None) -> int:
+                             fd: int, transfer: Transfer | None = None,
+                             on_progress: Callable[[int], None] | None = None) -> int:
         """GET bytes [start, start+length) of the version *etag* into *fd* at *start*."""
 
         def call() -> int:
@@ -253,7 +263,8 @@ class Backend:
             body = self.client.get_object(**kwargs)["Body"]
             try:
                 return _copy_into(body, fd, start, length,
-                                  transfer or self._transfer(bucket, key, length))
+                                  transfer or self._transfer(bucket, key, length), None,
+                                  on_progress)
             finally:
                 body.close()
 
@@ -319,7 +330,8 @@ class Backend:
 
 
 def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,
-               digest: Digest | None = None) -> int:
+               digest: Digest | None = None,
+               on_progress: Callable[[int], None] | None = None) -> int:
     """Copy up to *limit* bytes of a streaming body to *fd* at *offset* (worker thread).
 
     Reads with ``read1`` (one socket read at most, bounded by the read
@@ -350,6 +362,8 @@ def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,
             write_all(fd, view, offset + written)
             written += len(chunk)
             transfer.add(len(chunk))
+            if on_progress is not None:
+                on_progress(written)
     except BaseException as exc:
         transfer.fail(str(exc) or repr(exc))
         raise
