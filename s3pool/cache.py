@@ -100,6 +100,8 @@ class Cache:
         # downloads in flight, shared by every opener of the key until installed
         self._downloads: dict[tuple[str, str], Download] = {}
         self._nursery: trio.Nursery | None = None  # where downloads run (see run())
+        self.downloads_running = 0  # Download.run() tasks alive
+        self.waiting_reads = 0  # reads of the mount waiting for bytes
         self.on_install: Callable[[], None] | None = None  # the checkpoint's nudge
         settings.on_change(self._setting_changed)
 
@@ -339,6 +341,10 @@ class Cache:
 
     def downloads_in_flight(self) -> int:
         return len(self._downloads)
+
+    def busy(self) -> bool:
+        """True while a download runs or a read waits for one (shutdown waits)."""
+        return bool(self.downloads_running or self.waiting_reads)
 
     def stop_downloads(self, reason: str) -> None:
         """Fail every download in flight (shutdown): its readers get EIO, its PULLs ERROR."""

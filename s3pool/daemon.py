@@ -387,5 +387,5 @@ class Daemon:
         self.cache.stop_downloads("download abandoned: s3pool is shutting down")
         with trio.move_on_after(STOP_GRACE):
             while self.server.active or self.store.locks.held() \
-                    or self.cache.downloads_in_flight():
+                    or self.cache.busy():
                 await trio.sleep(0.05)

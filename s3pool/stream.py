@@ -157,10 +157,14 @@ class Download:
             return b""
         if not self.has(offset, end):
             self._want_for_read(offset, end, reader)
-            while not self.has(offset, end):
-                if self.error is not None:
-                    raise _as_read_error(self.error, self)
-                await self._wait_change()
+            self.cache.waiting_reads += 1  # shutdown lets these answer first
+            try:
+                while not self.has(offset, end):
+                    if self.error is not None:
+                        raise _as_read_error(self.error, self)
+                    await self._wait_change()
+            finally:
+                self.cache.waiting_reads -= 1
         else:
             self._want_for_read(offset, end, reader)
         return os.pread(reader.fd, end - offset, offset)
@@ -174,13 +178,18 @@ class Download:
             if not self.claimed[index] and not self.wanted[index]:
                 self.wanted[index] = 1
                 self.demanded.append(index)
-        # read-ahead: doubles with every sequential read, none after a random one
+        # read-ahead: one part after a first sequential read, doubled each time
+        # sequential reads enter a new part, none after a random read
         if offset == reader.next_offset:
-            reader.ahead = min(self.cache.settings.download_part_concurrency,
-                               reader.ahead * 2 if reader.ahead else 1)
+            if not reader.ahead:
+                reader.ahead = 1
+            elif last > reader.last_part:
+                reader.ahead = min(self.cache.settings.download_part_concurrency,
+                                   reader.ahead * 2)
         else:
             reader.ahead = 0
         reader.next_offset = end
+        reader.last_part = last
         for index in range(last + 1, min(self.parts, last + 1 + reader.ahead)):
             self.wanted[index] = 1
         self._schedule()
@@ -228,6 +237,7 @@ class Download:
         """The download's own task: the body stream, the parts, the digest, the install."""
         cache = self.cache
         self.running = True
+        cache.downloads_running += 1
         try:
             with cache.store.reserve(self.size):
                 try:
@@ -257,6 +267,7 @@ class Download:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            cache.downloads_running -= 1
             self._release_slot()
             self.cache.transfers.end(self.transfer)
             self._wake()
@@ -426,6 +437,7 @@ class Reader:
         self.meta = meta
         self.next_offset = 0  # where a sequential read would start
         self.ahead = 0  # read-ahead parts
+        self.last_part = 0  # the last part the previous read touched
         self.closed = False
 
     @property
