@@ -331,6 +331,8 @@ class Cache:
         self._downloads[(bucket, key)] = download
         if self._nursery is not None:
             self._nursery.start_soon(download.run)
+        # the mount shows this version's size from now on, while it streams
+        await self._note_version(bucket, key, CachedObject("", response.meta))
         return download
 
     def download_ended(self, download: Download) -> None:
@@ -374,7 +376,6 @@ class Cache:
                  installed - download.fetched_at)
         self.stats.downloads += 1
         self.stats.bytes_downloaded += size
-        await self._note_version(bucket, key, obj)
         return obj
 
     def checkpoint_needed(self) -> None:
