@@ -56,6 +56,7 @@ class ObjectResponse:
     meta: dict[str, Any]
     body: Any  # botocore StreamingBody
     digest: Digest | None = None  # what the bytes must hash to, if S3 said
+    data: bytes | None = None  # the whole body, already read and hashed (small objects)
 
     @property
     def content_length(self) -> int:
@@ -201,9 +202,16 @@ class Backend:
 
     # --- objects ---------------------------------------------------------
 
-    async def get_object(self, bucket: str, key: str,
-                         if_none_match: str | None = None) -> ObjectResponse | None:
-        """Start a GET; None when S3 answers 304 (our copy is current)."""
+    async def get_object(self, bucket: str, key: str, if_none_match: str | None = None,
+                         read_up_to: int = 0,
+                         then: Callable[[ObjectResponse], Any] | None = None
+                         ) -> ObjectResponse | None:
+        """Start a GET; None when S3 answers 304 (our copy is current).
+
+        A body of at most *read_up_to* bytes is read (and hashed) in the same
+        worker thread and handed back as ``data``, and *then* (if given) is
+        called with the response in that thread too: a small object costs
+        one thread hop, like a plain boto3 GET."""
 
         def call() -> ObjectResponse | None:
             kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
@@ -216,8 +224,13 @@ class Backend:
                 if status == 304 or code == "304":
                     return None
                 raise
-            return ObjectResponse(meta_from_response(resp), resp["Body"],
-                                  digest_for(resp, bucket, key))
+            response = ObjectResponse(meta_from_response(resp), resp["Body"],
+                                      digest_for(resp, bucket, key))
+            if response.content_length <= read_up_to:
+                _read_small(response, bucket, key)
+                if then is not None:
+                    then(response)
+            return response
 
         return await self._run(call, bucket=bucket, key=key)
 
@@ -327,6 +340,24 @@ class Backend:
                 ]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate(exc, bucket) from exc
+
+
+def _read_small(response: ObjectResponse, bucket: str, key: str) -> None:
+    """Read a small body whole (worker thread), hash it, close it."""
+    size = response.content_length
+    try:
+        try:
+            data = response.body.read()
+        except (urllib3.exceptions.HTTPError, botocore.exceptions.BotoCoreError,
+                OSError) as exc:
+            raise BackendError(f"reading s3://{bucket}/{key} failed: {exc}") from exc
+    finally:
+        response.body.close()
+    if len(data) != size:
+        raise BackendError(f"short download of s3://{bucket}/{key}: {len(data)} of {size} bytes")
+    if response.digest is not None:
+        response.digest.update(data)
+    response.data = data
 
 
 def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,

@@ -39,6 +39,8 @@ from .transfer import Transfers
 
 log = logging.getLogger(__name__)
 
+# bodies up to this size are read whole with the GET's headers (one thread hop)
+SMALL_OBJECT = 256 << 10
 # keys whose last ETag check is remembered (oldest forgotten first: a
 # forgotten key only costs one conditional GET)
 FRESHNESS_MEMORY = 1 << 20
@@ -256,6 +258,7 @@ class Cache:
         if self._nursery is not None or download.running:
             return await download.wait_installed()
         download.want_all = True
+        download.running = True  # other waiters wait for this run, they start none
         async with trio.open_nursery() as nursery:
             nursery.start_soon(download.run)  # it reports its errors to its waiters
         return await download.wait_installed()
@@ -281,10 +284,13 @@ class Cache:
             return obj
         slot = object()  # the download_limiter slot, handed to the download
         await self.download_limiter.acquire_on_behalf_of(slot)
+        small = SmallInstall(self.store, bucket, key)
         try:
             try:
                 response = await self.backend.get_object(
-                    bucket, key, if_none_match=obj.meta.get("ETag") if obj else None
+                    bucket, key, if_none_match=obj.meta.get("ETag") if obj else None,
+                    read_up_to=min(SMALL_OBJECT, self.settings.download_part_size),
+                    then=small,
                 )
             except NoSuchKey:
                 if obj is not None:
@@ -308,6 +314,10 @@ class Cache:
                 self._mark_fresh(bucket, key)
                 return obj
             self.stats.misses += 1
+            if response.data is not None:  # small: read whole and installed with the headers
+                obj = await self._installed_small(bucket, key, response, small, source)
+                self._mark_fresh(bucket, key)
+                return obj
             download = await self._start_download(bucket, key, response, source)
             download.take_slot(slot)
             slot = None
@@ -334,6 +344,28 @@ class Cache:
         # the mount shows this version's size from now on, while it streams
         await self._note_version(bucket, key, CachedObject("", response.meta))
         return download
+
+    async def _installed_small(self, bucket: str, key: str, response: ObjectResponse,
+                               small: "SmallInstall", source: str) -> CachedObject:
+        """A body read whole, checked and installed in the GET's own worker thread:
+        the bookkeeping, then room for it (a small object may overshoot the
+        mark by its size until the evictor catches up)."""
+        if small.error is not None:
+            raise small.error
+        size = response.content_length
+        obj = self.store.installed(bucket, key, response.meta, small.shadowed)
+        self.checkpoint_needed()
+        digest = response.digest
+        log.info("downloaded s3://%s/%s (%s): %d bytes, %s", bucket, key, source or "-", size,
+                 f"{digest.what} verified" if digest is not None else "length verified")
+        self.stats.downloads += 1
+        self.stats.bytes_downloaded += size
+        await self._note_version(bucket, key, obj)
+        try:
+            await self.room.make_room(0)
+        except NoSpace:
+            pass  # the evictor's own round reports it
+        return obj
 
     def download_ended(self, download: Download) -> None:
         """The download installed its file or failed: the next opener starts afresh."""
@@ -519,6 +551,33 @@ def _listing_time(meta: dict[str, Any]) -> float:
         return parsedate_to_datetime(meta["LastModified"]).timestamp()
     except (KeyError, TypeError, ValueError):
         return time.time()
+
+
+class SmallInstall:
+    """Run in the worker thread of a small GET: check the body, install it."""
+
+    def __init__(self, store: Store, bucket: str, key: str) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.key = key
+        self.shadowed: list[str] = []
+        self.error: S3PoolError | None = None
+
+    def __call__(self, response: ObjectResponse) -> None:
+        bucket, key = self.bucket, self.key
+        try:
+            if response.digest is not None:
+                response.digest.check()  # a mismatch is never installed
+            self.shadowed = self.store.install_blocking(bucket, key, None, response.meta,
+                                                        response.data)
+        except S3PoolError as exc:
+            self.error = exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.error = NoSpace(f"no space left in the cache for s3://{bucket}/{key}")
+            else:
+                self.error = LocalFileError(f"cannot install s3://{bucket}/{key}: "
+                                            f"{exc.strerror or exc}")
 
 
 def _open_readonly(path: str) -> int:

@@ -41,6 +41,7 @@ import trio
 from .access import AccessIndex
 from .errors import KeyConflict, NoSpace
 from .layout import INDEX_NAME, LIST_NAME, META_SUFFIX, Layout
+from .transfer import write_all
 
 log = logging.getLogger(__name__)
 
@@ -244,33 +245,55 @@ class Store:
 
     # --- install and remove (caller holds the key's lock) ----------------
 
-    async def install(self, bucket: str, key: str, tmp_path: str, meta: dict[str, Any]
-                      ) -> CachedObject:
-        """Move a complete temp file into data/ with its meta."""
-        path = self.layout.object_path(bucket, key)
+    async def install(self, bucket: str, key: str, tmp_path: str | None,
+                      meta: dict[str, Any], data: bytes | None = None) -> CachedObject:
+        """Move a complete temp file into data/ with its meta; with *data* instead
+        of a temp file, the bytes are written to one first (same worker thread)."""
         try:
             shadowed = await trio.to_thread.run_sync(
-                self._install_files, bucket, key, path, tmp_path, meta,
+                self.install_blocking, bucket, key, tmp_path, meta, data,
                 limiter=self.disk_limiter,
             )
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
             raise
+        return self.installed(bucket, key, meta, shadowed)
+
+    def install_blocking(self, bucket: str, key: str, tmp_path: str | None,
+                         meta: dict[str, Any], data: bytes | None = None) -> list[str]:
+        """The file work of :meth:`install`, for a worker thread that already
+        runs (a small GET's); then call :meth:`installed` on the trio thread."""
+        path = self.layout.object_path(bucket, key)
+        return self._install_files(bucket, key, path, tmp_path, meta, data)
+
+    def installed(self, bucket: str, key: str, meta: dict[str, Any], shadowed: list[str]
+                  ) -> CachedObject:
+        """The bookkeeping of an install (trio thread)."""
+        path = self.layout.object_path(bucket, key)
         for dropped in shadowed:
             self._forget(bucket, dropped)
         self._meta.pop((bucket, key), None)
         self.access.record(bucket, key, int(meta["ContentLength"]))
         return CachedObject(path, meta)
 
-    def _install_files(self, bucket: str, key: str, path: str, tmp_path: str,
-                       meta: dict[str, Any]) -> list[str]:
+    def _install_files(self, bucket: str, key: str, path: str, tmp_path: str | None,
+                       meta: dict[str, Any], data: bytes | None = None) -> list[str]:
         """Blocking part of install (worker thread); returns keys it displaced.
 
         Nothing is fsync'ed here (see the module docstring): the renames
         order data before meta for the process, the checkpoint covers the
         machine.
         """
+        if tmp_path is None:
+            fd, tmp_path = self.new_temp("dl.")
+            try:
+                write_all(fd, memoryview(data or b""), 0)
+            except BaseException:
+                os.close(fd)
+                _unlink(tmp_path)
+                raise
+            os.close(fd)
         os.chmod(tmp_path, self.file_mode)  # mkstemp made it 0600
         fd, tmp_meta = self.new_temp("meta.")
         try:
@@ -294,6 +317,8 @@ class Store:
             os.rename(tmp_meta, path + META_SUFFIX)
         finally:
             _unlink(tmp_meta)
+            if data is not None:
+                _unlink(tmp_path)  # still there if a rename failed
         return shadowed
 
     def _make_parents(self, bucket: str, key: str) -> list[str]:
