@@ -103,6 +103,8 @@ class Download:
         self._nursery: trio.Nursery | None = None
         self._limiter_owner: object | None = None  # holds a download_limiter slot
         self._stream_part = 0  # the part the body stream is writing
+        self._first_free = 0  # every part below it is claimed
+        self._horizon = 0  # parts below it may be wanted by read-ahead
         self.running = False  # run() has begun
         self.superseded = False  # a PUSH replaced the key: never install this one
 
@@ -190,9 +192,12 @@ class Download:
             reader.ahead = 0
         reader.next_offset = end
         reader.last_part = last
-        for index in range(last + 1, min(self.parts, last + 1 + reader.ahead)):
+        horizon = min(self.parts, last + 1 + reader.ahead)
+        for index in range(last + 1, horizon):
             self.wanted[index] = 1
-        self._schedule()
+        if self.demanded or horizon > self._horizon:
+            self._horizon = max(self._horizon, horizon)
+            self._schedule()
 
     def attach_reader(self) -> "Reader":
         self.readers += 1
@@ -315,9 +320,13 @@ class Download:
         limit = self.cache.settings.download_part_concurrency
         if self.active_parts >= limit:
             return
-        for index in range(self.parts):
+        while self._first_free < self.parts and self.claimed[self._first_free]:
+            self._first_free += 1
+        for index in range(self._first_free, self.parts):
             if self.active_parts >= limit:
                 break
+            if not self.want_all and index >= self._horizon and not self.wanted[index]:
+                break  # nothing wanted beyond the furthest read-ahead
             if not self.claimed[index] and (self.want_all or self.wanted[index]):
                 if index == self._stream_next():
                     continue  # the open body is about to carry it

@@ -256,7 +256,7 @@ def test_an_unclean_reboot_drops_what_was_installed_after_the_checkpoint(
     daemon = start_daemon(home=home, args=["--checkpoint-interval", "0.1"])
     daemon.ok("PULL", bucket, "synced")
     installed = time.time()
-    _wait(lambda: json.loads(state.read_text())["time"] > installed,
+    _wait(lambda: state.exists() and json.loads(state.read_text())["time"] > installed,
           what="a checkpoint after the install")
     assert json.loads(state.read_text())["boot_id"] == "boot-1"
     daemon.ok("SET", "checkpoint_interval", "1h")
