@@ -149,7 +149,7 @@ LAYOUT = [
                          "cache filesystem (every checkpoint_interval seconds when something "
                          "was installed, and at exit). Objects are installed without an "
                          "fsync each; after a reboot that followed no clean stop, objects "
-                         "installed after that time are dropped at start\-up and fetched "
+                         "installed after that time are dropped at start\\-up and fetched "
                          "again when asked for."),
     ("s3pool.pid", "pid of the running daemon, locked with flock(2)."),
     ("data/BUCKET/KEY", "the object's bytes; / in keys are directory separators."),
