@@ -257,7 +257,7 @@ class Cache:
     async def _wait_download(self, download: Download) -> CachedObject:
         if self._nursery is not None or download.running:
             return await download.wait_installed()
-        download.want_all = True
+        download.want_everything()
         download.running = True  # other waiters wait for this run, they start none
         async with trio.open_nursery() as nursery:
             nursery.start_soon(download.run)  # it reports its errors to its waiters

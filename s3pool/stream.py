@@ -104,6 +104,8 @@ class Download:
         self._limiter_owner: object | None = None  # holds a download_limiter slot
         self._stream_part = 0  # the part the body stream is writing
         self._first_free = 0  # every part below it is claimed
+        self._stream_go = trio.Event()  # the first read (or a PULL) came
+        self._stream_abandoned = False  # ... and it was not for part 0
         self._horizon = 0  # parts below it may be wanted by read-ahead
         self.running = False  # run() has begun
         self.superseded = False  # a PUSH replaced the key: never install this one
@@ -176,15 +178,22 @@ class Download:
             return
         part_size = self.part_size
         first, last = offset // part_size, (end - 1) // part_size
+        if not self._stream_go.is_set():
+            # the open GET's body carries part 0 only if part 0 is read first:
+            # a first read elsewhere (a Parquet footer) closes it unread
+            self._stream_abandoned = first != 0
+            self._stream_go.set()
         for index in range(first, last + 1):
-            if not self.claimed[index] and not self.wanted[index]:
+            if not self.wanted[index]:
                 self.wanted[index] = 1
-                self.demanded.append(index)
-        # read-ahead: one part after a first sequential read, doubled each time
-        # sequential reads enter a new part, none after a random read
+                if not self.claimed[index]:
+                    self.demanded.append(index)
+        # read-ahead: one part from the second read in order on, doubled each
+        # time reads in order enter a new part; none after a random read
+        # (`head -c 1` so costs part 0 alone)
         if offset == reader.next_offset:
             if not reader.ahead:
-                reader.ahead = 1
+                reader.ahead = 1 if offset else 0
             elif last > reader.last_part:
                 reader.ahead = min(self.cache.settings.download_part_concurrency,
                                    reader.ahead * 2)
@@ -221,6 +230,7 @@ class Download:
     def want_everything(self) -> None:
         if not self.want_all:
             self.want_all = True
+            self._stream_go.set()
             self._schedule()
 
     async def wait_installed(self) -> CachedObject:
@@ -370,6 +380,12 @@ class Download:
         body = self.response.body
         index = 0
         try:
+            await self._stream_go.wait()
+            if self._stream_abandoned and not self.want_all:
+                self.claimed[0] = 0  # a ranged GET fetches it if it is read later
+                if self.wanted[0]:
+                    self.demanded.append(0)
+                return
             while True:
                 start, end = self.part_range(index)
                 got = await backend.read_body_part(
@@ -395,6 +411,7 @@ class Download:
             self.stream_done = True
             body.close()  # no worker thread reads it now; closing a socket does not block
             self._wake()
+            self._schedule()
 
     async def _hash_rest(self) -> None:
         """Hash, in order, what the body stream did not (read back from the file)."""
