@@ -284,7 +284,7 @@ class Cache:
             return obj
         slot = object()  # the download_limiter slot, handed to the download
         await self.download_limiter.acquire_on_behalf_of(slot)
-        small = SmallInstall(self.store, bucket, key)
+        small = SmallInstall(self.store, bucket, key, self.settings.max_cache_size)
         try:
             try:
                 response = await self.backend.get_object(
@@ -556,8 +556,9 @@ def _listing_time(meta: dict[str, Any]) -> float:
 class SmallInstall:
     """Run in the worker thread of a small GET: check the body, install it."""
 
-    def __init__(self, store: Store, bucket: str, key: str) -> None:
+    def __init__(self, store: Store, bucket: str, key: str, max_cache_size: int) -> None:
         self.store = store
+        self.max_cache_size = max_cache_size
         self.bucket = bucket
         self.key = key
         self.shadowed: list[str] = []
@@ -566,6 +567,9 @@ class SmallInstall:
     def __call__(self, response: ObjectResponse) -> None:
         bucket, key = self.bucket, self.key
         try:
+            cap, size = self.max_cache_size, response.content_length
+            if cap and size > cap:  # what the evictor's make_room would say
+                raise NoSpace(f"object of {size} bytes is larger than max_cache_size ({cap})")
             if response.digest is not None:
                 response.digest.check()  # a mismatch is never installed
             self.shadowed = self.store.install_blocking(bucket, key, None, response.meta,

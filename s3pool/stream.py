@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 4 << 20  # bytes hashed per worker-thread call
+STREAM_DECIDE = 1.0  # seconds the open GET's body waits for the first read
 
 
 class DownloadCancelled(BackendError):
@@ -380,7 +381,11 @@ class Download:
         body = self.response.body
         index = 0
         try:
-            await self._stream_go.wait()
+            # an open that reads nothing for a while is taken as reading from
+            # the start (S3 would drop a body left unread for long)
+            with trio.move_on_after(STREAM_DECIDE):
+                await self._stream_go.wait()
+            self.transfer.resume()  # waiting for the first read is not a stall
             if self._stream_abandoned and not self.want_all:
                 self.claimed[0] = 0  # a ranged GET fetches it if it is read later
                 if self.wanted[0]:
