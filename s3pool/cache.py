@@ -1,8 +1,11 @@
 """The cache: PULL, PUSH, GLOB and REFRESH over the local copy of S3.
 
 The control socket and the FUSE view are thin adapters over this module;
-both reach S3 through :meth:`Cache.fetch`, so a PULL and an ``open()`` of
-the same key share one download, one freshness record and one lock.
+a PULL (:meth:`Cache.fetch`) and an ``open()`` (:meth:`Cache.open`) reach
+S3 through the same path (``_current``), so they share one download, one
+freshness record and one lock. A miss starts a :class:`~.stream.Download`
+in the cache's nursery: ``open()`` returns once the GET's headers are in
+and reads wait only for their bytes; a PULL waits for the install.
 
 This module holds policy only: freshness, single-flight, downloads,
 pushes and listings. The files under ``data/``, their locks and access

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -522,5 +522,3 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
                 return leaf
     return group
 
-
-Progress = Callable[[int], None]

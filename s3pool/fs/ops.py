@@ -2,9 +2,10 @@
 
 A thin adapter over :class:`s3pool.cache.Cache`: names and attributes come
 from the bucket's listing index (no S3 request per file for ``ls -l``),
-``open()`` goes through ``Cache.fetch`` (the PULL path: ETag check,
-freshness window, single-flight download) and keeps the file descriptor
-of the version it opened, and ``read()`` is a ``pread`` on that local file.
+``open()`` goes through ``Cache.open`` (the PULL path: ETag check,
+freshness window, single-flight download) and keeps a reader of the
+version it opened; ``read()`` is a ``pread`` of the local file, which for
+a cold object waits only until the bytes it needs have arrived.
 
 Inode numbers are a hash of (bucket, path, kind): stable for as long as
 the name exists, across refreshes and even across mounts, with no table
