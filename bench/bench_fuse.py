@@ -1,6 +1,14 @@
-"""FUSE benchmark: sequential reads through the mount, and walking a big tree.
+"""FUSE benchmark: cold reads, sequential reads through the mount, and walking a big tree.
 
     python bench/bench_fuse.py [--s3 weed|moto] [--size-mib 256] [--keys 10000]
+                               [--huge-mib 1024] [--small 2000] [--cold-only]
+
+Cold reads (nothing cached, issue 11) stand beside boto3 against the same
+server in the same run: time to first byte (`head -c 1`) against the first
+byte of a GET, a cold sequential read against `download_file`, the first
+and last 64 KiB of a 1 GiB object (with the bytes S3 sent, counted by a
+relay in front of the server for a second daemon), and 2,000 cold 16 KiB
+files read one after another against a loop of `get_object`.
 
 Needs root (to drop the page cache) and /dev/fuse. Every figure stands
 beside baselines measured in the same run: `cat` of the same file straight
@@ -22,7 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Daemon, S3Server, drop_caches, print_table, workdir  # noqa: E402
+from common import (  # noqa: E402
+    CountingRelay, Daemon, S3Server, drop_caches, print_table, workdir,
+)
 
 MIB = 1 << 20
 
@@ -39,11 +49,174 @@ def command_seconds(*cmd: str) -> float:
     return time.perf_counter() - started
 
 
+def first_byte_seconds(path: Path, offset: int = 0, length: int = 1) -> float:
+    """What `head -c 1` (offset 0) or a Parquet footer read (the tail) costs:
+    open, one read, close."""
+    started = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+    took = time.perf_counter() - started
+    assert len(data) == length, (path, offset, len(data))
+    return took
+
+
+def cold_reads(args: argparse.Namespace, server: S3Server, s3, work: Path) -> list[str]:
+    out = []
+    size = args.size_mib * MIB
+    huge = args.huge_mib * MIB
+    blob = work / "blob"
+    with open(blob, "wb") as f:
+        for _ in range(args.size_mib):
+            f.write(os.urandom(MIB))
+    for i in range(3):
+        s3.upload_file(str(blob), "bench", f"cold/big{i}.bin")
+    with open(work / "huge", "wb") as f:
+        for _ in range(args.huge_mib):
+            f.write(os.urandom(MIB))
+    s3.upload_file(str(work / "huge"), "bench", "cold/huge.bin")
+    (work / "huge").unlink()
+    small = [f"small/f{i:05d}" for i in range(args.small)]
+    payload = os.urandom(16 << 10)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket="bench", Key=k, Body=payload),
+                      small + [f"pullsmall/f{i:05d}" for i in range(args.small)]))
+
+    # --- boto3 baselines on the same server --------------------------------
+    def boto_first_byte() -> float:
+        started = time.perf_counter()
+        body = s3.get_object(Bucket="bench", Key="cold/huge.bin")["Body"]
+        body.read(1)
+        took = time.perf_counter() - started
+        body.close()
+        return took
+
+    boto_first_byte()  # a pooled connection, as the daemon has
+    boto_ttfb = statistics.median(boto_first_byte() for _ in range(7))
+
+    def boto_tail() -> float:
+        started = time.perf_counter()
+        s3.get_object(Bucket="bench", Key="cold/huge.bin",
+                      Range=f"bytes={huge - 65536}-{huge - 1}")["Body"].read()
+        return time.perf_counter() - started
+
+    boto_tail_s = statistics.median(boto_tail() for _ in range(7))
+    target = work / "downloaded"
+    boto_dl = []
+    for _ in range(3):
+        started = time.perf_counter()
+        s3.download_file("bench", "cold/big0.bin", str(target))
+        boto_dl.append(time.perf_counter() - started)
+        target.unlink()
+    boto_seq = statistics.median(boto_dl)
+    started = time.perf_counter()
+    for key in small:
+        s3.get_object(Bucket="bench", Key=key)["Body"].read()
+    boto_small = time.perf_counter() - started
+    one_get = []
+    for key in small[:200]:
+        started = time.perf_counter()
+        s3.get_object(Bucket="bench", Key=key)["Body"].read()
+        one_get.append(time.perf_counter() - started)
+    boto_one = statistics.median(one_get)
+
+    # --- s3pool, cold ------------------------------------------------------
+    mnt = work / "cmnt"
+    daemon = Daemon(server.endpoint, work / "chome", mnt, ["--bucket", "bench"])
+    try:
+        daemon.request("REFRESH", "bench")
+        root = mnt / "bench"
+        os.stat(root / "cold" / "huge.bin")
+        for i in range(3):
+            os.stat(root / "cold" / f"big{i}.bin")
+        # head -c 1 and the footer: the download stops at close, so every trial is cold
+        ttfbs = [first_byte_seconds(root / "cold" / "huge.bin") for _ in range(7)]
+        tails = [first_byte_seconds(root / "cold" / "huge.bin", huge - 65536, 65536)
+                 for _ in range(7)]
+        time.sleep(1)
+        assert not (work / "chome" / "data" / "bench" / "cold" / "huge.bin").exists()
+        seqs = [cat_seconds(root / "cold" / f"big{i}.bin") for i in range(3)]
+        for d in ("small", "pullsmall"):
+            daemon.request("GLOB", "bench", f"{d}/*")
+        os.listdir(root / "small")
+        started = time.perf_counter()
+        for key in small:
+            with open(root / key, "rb") as f:
+                f.read()
+        mount_small = time.perf_counter() - started
+        pulls = []
+        for i in range(args.small):
+            started = time.perf_counter()
+            status, _ = daemon.request("PULL", "bench", f"pullsmall/f{i:05d}")
+            pulls.append(time.perf_counter() - started)
+            assert status == "OK"
+        pull_small = sum(pulls)
+        pull_one = statistics.median(pulls[:200])
+        status_lines = dict(line.split(" ", 1) for line in daemon.request("STATUS")[1])
+    finally:
+        daemon.stop()
+
+    # bytes S3 sent for head -c 1 and the footer, through a counting relay
+    relay = CountingRelay(server.port)
+    mnt2 = work / "rmnt"
+    daemon = Daemon(relay.endpoint, work / "rhome", mnt2, ["--bucket", "bench"])
+    try:
+        os.stat(mnt2 / "bench" / "cold" / "huge.bin")
+        time.sleep(0.5)
+        relay.take()
+        first_byte_seconds(mnt2 / "bench" / "cold" / "huge.bin")
+        time.sleep(1)
+        head_bytes = relay.take()
+        first_byte_seconds(mnt2 / "bench" / "cold" / "huge.bin", huge - 65536, 65536)
+        time.sleep(1)
+        tail_bytes = relay.take()
+    finally:
+        daemon.stop()
+        relay.stop()
+
+    ttfb = statistics.median(ttfbs)
+    tail = statistics.median(tails)
+    seq = statistics.median(seqs)
+    part = int(status_lines.get("download_part_size", 8 << 20))
+    rows = [
+        ["time to first byte: open + read 1 byte of a cold 1 GiB object", f"{ttfb * 1000:.1f} ms",
+         f"{boto_ttfb * 1000:.1f} ms (GET, first byte)", f"{ttfb / boto_ttfb:.2f}x (goal <= 2)"],
+        ["last 64 KiB of a cold 1 GiB object (open + read + close)", f"{tail * 1000:.1f} ms",
+         f"{boto_tail_s * 1000:.1f} ms (ranged GET)",
+         f"{tail / boto_ttfb:.2f}x of GET first byte (goal < 2)"],
+        ["bytes S3 sent for head -c 1 of it", f"{head_bytes / MIB:.1f} MiB",
+         f"part size {part / MIB:.0f} MiB", f"{head_bytes / part:.2f} parts (goal <= 2)"],
+        ["bytes S3 sent for its last 64 KiB", f"{tail_bytes / MIB:.1f} MiB",
+         f"part size {part / MIB:.0f} MiB", f"{tail_bytes / part:.2f} parts (goal <= 2)"],
+        [f"cold sequential read (cat) of a {args.size_mib} MiB object",
+         f"{size / MIB / seq:.0f} MiB/s", f"{size / MIB / boto_seq:.0f} MiB/s (download_file)",
+         f"{boto_seq / seq:.2f}x (goal >= 1)"],
+        [f"{args.small:,} cold 16 KiB files through the mount, one after another",
+         f"{args.small / mount_small:.0f} files/s",
+         f"{args.small / boto_small:.0f} files/s (get_object loop)",
+         f"{boto_small / mount_small:.2f}x (goal >= 0.9)"],
+        [f"{args.small:,} cold 16 KiB PULLs, one after another",
+         f"{args.small / pull_small:.0f} files/s",
+         f"{args.small / boto_small:.0f} files/s (get_object loop)",
+         f"{boto_small / pull_small:.2f}x"],
+        ["one cold 16 KiB PULL (median)", f"{pull_one * 1000:.2f} ms",
+         f"{boto_one * 1000:.2f} ms (get_object)", f"{pull_one / boto_one:.2f}x (goal <= 1.3)"],
+    ]
+    out.append(print_table(f"Cold reads ({args.s3} S3; medians of 7 first-byte and tail "
+                           "trials, 3 sequential)", ["what", "s3pool", "boto3", "ratio"], rows))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--s3", choices=("weed", "moto"), default="weed")
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--huge-mib", type=int, default=1024)
+    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--cold-only", action="store_true")
     args = parser.parse_args()
     size = args.size_mib * MIB
     work = workdir("s3pool-bench-fuse-")
@@ -53,6 +226,9 @@ def main() -> None:
     try:
         s3 = server.client()
         s3.create_bucket(Bucket="bench")
+        out += cold_reads(args, server, s3, work)
+        if args.cold_only:
+            return
         blob = work / "blob"
         with open(blob, "wb") as f:
             for _ in range(args.size_mib):

@@ -158,6 +158,11 @@ class AccessIndex:
                 return atime
         return None
 
+    def pending_bytes(self) -> int:
+        """At most how many bytes the records not yet written add to total_bytes."""
+        return sum(r[2] for batch in (self._pending, self._flushing)
+                   for r in batch.records.values())
+
     @property
     def backlog(self) -> int:
         return len(self._pending)

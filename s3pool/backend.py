@@ -56,6 +56,7 @@ class ObjectResponse:
     meta: dict[str, Any]
     body: Any  # botocore StreamingBody
     digest: Digest | None = None  # what the bytes must hash to, if S3 said
+    data: bytes | None = None  # the whole body, already read and hashed (small objects)
 
     @property
     def content_length(self) -> int:
@@ -212,9 +213,16 @@ class Backend:
 
     # --- objects ---------------------------------------------------------
 
-    async def get_object(self, bucket: str, key: str,
-                         if_none_match: str | None = None) -> ObjectResponse | None:
-        """Start a GET; None when S3 answers 304 (our copy is current)."""
+    async def get_object(self, bucket: str, key: str, if_none_match: str | None = None,
+                         read_up_to: int = 0,
+                         then: Callable[[ObjectResponse], Any] | None = None
+                         ) -> ObjectResponse | None:
+        """Start a GET; None when S3 answers 304 (our copy is current).
+
+        A body of at most *read_up_to* bytes is read (and hashed) in the same
+        worker thread and handed back as ``data``, and *then* (if given) is
+        called with the response in that thread too: a small object costs
+        one thread hop, like a plain boto3 GET."""
 
         condition = validator(if_none_match)
 
@@ -232,8 +240,13 @@ class Backend:
                                            f"s3://{bucket}/{key}") from None
                     return None
                 raise
-            return ObjectResponse(meta_from_response(resp), resp["Body"],
-                                  digest_for(resp, bucket, key))
+            response = ObjectResponse(meta_from_response(resp), resp["Body"],
+                                      digest_for(resp, bucket, key))
+            if response.content_length <= read_up_to:
+                _read_small(response, bucket, key)
+                if then is not None:
+                    then(response)
+            return response
 
         return await self._run(call, bucket=bucket, key=key)
 
@@ -255,8 +268,18 @@ class Backend:
 
         return await self._run(call, bucket=bucket, key=key)
 
+    async def read_body_part(self, body: Any, fd: int, offset: int, limit: int, bucket: str,
+                             key: str, transfer: Transfer, digest: Digest | None = None,
+                             on_progress: Callable[[int], None] | None = None) -> int:
+        """Write the next *limit* bytes of an open body at *offset* of *fd*; the
+        body stays open for the caller to read on or close. *on_progress* is
+        told (from the worker thread) how many bytes have been written so far."""
+        return await self._run(_copy_into, body, fd, offset, limit, transfer, digest,
+                               on_progress, bucket=bucket, key=key)
+
     async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
-                             fd: int, transfer: Transfer | None = None) -> int:
+                             fd: int, transfer: Transfer | None = None,
+                             on_progress: Callable[[int], None] | None = None) -> int:
         """GET bytes [start, start+length) of the version *etag* into *fd* at *start*."""
 
         def call() -> int:
@@ -269,7 +292,8 @@ class Backend:
             body = self.client.get_object(**kwargs)["Body"]
             try:
                 return _copy_into(body, fd, start, length,
-                                  transfer or self._transfer(bucket, key, length))
+                                  transfer or self._transfer(bucket, key, length), None,
+                                  on_progress)
             finally:
                 body.close()
 
@@ -337,8 +361,27 @@ class Backend:
             raise translate(exc, bucket) from exc
 
 
+def _read_small(response: ObjectResponse, bucket: str, key: str) -> None:
+    """Read a small body whole (worker thread), hash it, close it."""
+    size = response.content_length
+    try:
+        try:
+            data = response.body.read()
+        except (urllib3.exceptions.HTTPError, botocore.exceptions.BotoCoreError,
+                OSError) as exc:
+            raise BackendError(f"reading s3://{bucket}/{key} failed: {exc}") from exc
+    finally:
+        response.body.close()
+    if len(data) != size:
+        raise BackendError(f"short download of s3://{bucket}/{key}: {len(data)} of {size} bytes")
+    if response.digest is not None:
+        response.digest.update(data)
+    response.data = data
+
+
 def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,
-               digest: Digest | None = None) -> int:
+               digest: Digest | None = None,
+               on_progress: Callable[[int], None] | None = None) -> int:
     """Copy up to *limit* bytes of a streaming body to *fd* at *offset* (worker thread).
 
     Reads with ``read1`` (one socket read at most, bounded by the read
@@ -369,6 +412,8 @@ def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,
             write_all(fd, view, offset + written)
             written += len(chunk)
             transfer.add(len(chunk))
+            if on_progress is not None:
+                on_progress(written)
     except BaseException as exc:
         transfer.fail(str(exc) or repr(exc))
         raise

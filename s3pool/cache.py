@@ -1,8 +1,11 @@
 """The cache: PULL, PUSH, GLOB and REFRESH over the local copy of S3.
 
 The control socket and the FUSE view are thin adapters over this module;
-both reach S3 through :meth:`Cache.fetch`, so a PULL and an ``open()`` of
-the same key share one download, one freshness record and one lock.
+a PULL (:meth:`Cache.fetch`) and an ``open()`` (:meth:`Cache.open`) reach
+S3 through the same path (``_current``), so they share one download, one
+freshness record and one lock. A miss starts a :class:`~.stream.Download`
+in the cache's nursery: ``open()`` returns once the GET's headers are in
+and reads wait only for their bytes; a PULL waits for the install.
 
 This module holds policy only: freshness, single-flight, downloads,
 pushes and listings. The files under ``data/``, their locks and access
@@ -12,7 +15,6 @@ the evictor, handed in at construction.
 
 from __future__ import annotations
 
-import contextvars
 import errno
 import logging
 import os
@@ -35,14 +37,13 @@ from .layout import check_bucket, check_key, unlink_quietly
 from .listing import Listings
 from .settings import Settings
 from .store import CachedObject, Store
-from .transfer import Digest, Transfer, Transfers
+from .stream import Download, Reader
+from .transfer import Transfers
 
 log = logging.getLogger(__name__)
 
-# objects this large are fetched as parallel ranged GETs of RANGE_PART bytes
-RANGED_THRESHOLD = 64 << 20
-RANGE_PART = 16 << 20
-RANGE_CONCURRENCY = 4
+# bodies up to this size are read whole with the GET's headers (one thread hop)
+SMALL_OBJECT = 256 << 10
 # keys whose last ETag check is remembered (oldest forgotten first: a
 # forgotten key only costs one conditional GET)
 FRESHNESS_MEMORY = 1 << 20
@@ -50,9 +51,6 @@ MISSING_MEMORY = 1 << 16
 # a download that fails its ETag MD5 or checksum is fetched again this many times
 DIGEST_RETRIES = 2
 
-# who asked for a download, for its log line ("PULL" or "the mount")
-DOWNLOAD_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("download_source",
-                                                                      default="")
 
 
 @dataclass
@@ -104,14 +102,32 @@ class Cache:
         self.listings = listings or Listings(store.layout, backend)
         self.stats = Stats()
         self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
-        self.range_limiter = trio.CapacityLimiter(RANGE_CONCURRENCY)
         self.transfers = Transfers(settings, backend.stopping)  # downloads in flight
         # last ETag check (trio clock) per key, oldest first
         self._checked: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.buckets_in_use: set[str] = set()
         # names S3 said it does not have (discover), oldest first
         self._missing: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # downloads in flight, shared by every opener of the key until installed
+        self._downloads: dict[tuple[str, str], Download] = {}
+        self._nursery: trio.Nursery | None = None  # where downloads run (see run())
+        self.downloads_running = 0  # Download.run() tasks alive
+        self.waiting_reads = 0  # reads of the mount waiting for bytes
+        self.on_install: Callable[[], None] | None = None  # the checkpoint's nudge
         settings.on_change(self._setting_changed)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Background: the nursery downloads run in, so they outlive the open()
+        or PULL that started them. Without it (tools, unit tests) a download
+        runs inside the request that waits for it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
 
     def _setting_changed(self, name: str, value: Any) -> None:
         if name == "pull_concurrency":
@@ -194,18 +210,60 @@ class Cache:
                 raise result
         return [r for r in results if isinstance(r, str)]
 
-    async def fetch(self, bucket: str, key: str, opener: Callable[[str], Any] | None = None
-                    ) -> CachedObject:
-        """Make the cached copy of a key current and return it.
+    async def fetch(self, bucket: str, key: str) -> CachedObject:
+        """Make the cached copy of a key current and return it (complete and
+        installed; a download in flight for the key is waited for, not repeated).
 
-        *opener*, if given, is called with the path while the key is still
-        locked (the FUSE view opens its file descriptor there, so the handle
-        holds exactly the version that was checked).
+        Bytes that fail their ETag MD5 or checksum (a tier that served a
+        damaged or half-synced object) are never installed: the key is
+        fetched again, DIGEST_RETRIES times at most, then the PULL fails."""
+        for attempt in range(DIGEST_RETRIES + 1):
+            try:
+                got = await self._current(bucket, key, "PULL")
+                if isinstance(got, CachedObject):
+                    return got
+                return await self._wait_download(got)
+            except DigestMismatch as exc:
+                if attempt == DIGEST_RETRIES:
+                    raise
+                self._digest_failed(exc, attempt, bucket, key)
+        raise AssertionError("unreachable")
+
+    def _digest_failed(self, exc: DigestMismatch, attempt: int, bucket: str, key: str) -> None:
+        self.stats.digest_retries += 1
+        self._forget_checked(bucket, key)  # the next try asks S3 again
+        log.warning("%s; fetching it again (%d of %d)", exc, attempt + 1, DIGEST_RETRIES)
+
+    async def open(self, bucket: str, key: str) -> Reader:
+        """A reader of the current version of a key, for the mount.
+
+        Returns as soon as the ETag check has answered: a cached copy is read
+        from its file; a miss shares the download in flight, whose reads wait
+        only for the bytes they need. The reader keeps the version it opened.
         """
+        for attempt in range(DIGEST_RETRIES + 1):
+            try:
+                got = await self._current(bucket, key, "the mount", reader=True)
+                break
+            except DigestMismatch as exc:  # a small object, checked before open returns
+                if attempt == DIGEST_RETRIES:
+                    raise
+                self._digest_failed(exc, attempt, bucket, key)
+        if isinstance(got, Reader):
+            return got
+        if isinstance(got, CachedObject):
+            return Reader(None, _open_readonly(got.path), got.meta)
+        # no nursery to stream in (tools and unit tests): download, then read the file
+        obj = await self._wait_download(got)
+        return Reader(None, _open_readonly(obj.path), obj.meta)
+
+    async def _current(self, bucket: str, key: str, source: str, reader: bool = False
+                       ) -> CachedObject | Download | Reader:
+        """The cached copy, or (under the key's lock) a reader of the download
+        in flight, or a download this call started."""
         check_bucket(bucket)
         check_key(key)
         self.stats.pulls += 1
-        DOWNLOAD_SOURCE.set("the mount" if opener is not None else "PULL")
         store = self.store
         if not store.is_locked(bucket, key) and self._is_fresh(bucket, key):
             # fast path: nobody is changing this key (no lock exists) and it
@@ -215,17 +273,27 @@ class Cache:
             if obj is not None:
                 self.stats.hits += 1
                 store.record_access(bucket, key, obj.size)
-                if opener is not None:
-                    obj.handle = opener(obj.path)
                 return obj
         async with store.key_lock(bucket, key):
-            obj = await self._fetch_locked(bucket, key)
-            store.record_access(bucket, key, obj.size)
-            if opener is not None:
-                obj.handle = opener(obj.path)
+            got = await self._fetch_locked(bucket, key, source)
+            if isinstance(got, CachedObject):
+                store.record_access(bucket, key, got.size)
+                if reader:  # opened under the lock: exactly the version checked
+                    got = Reader(None, _open_readonly(got.path), got.meta)
+            elif reader and self._nursery is not None:
+                got = got.attach_reader()  # no await since the lookup: it is running
         # only now: a typo'd bucket never shows at the mount's root
         self.use_bucket(bucket)
-        return obj
+        return got
+
+    async def _wait_download(self, download: Download) -> CachedObject:
+        if self._nursery is not None or download.running:
+            return await download.wait_installed()
+        download.want_everything()
+        download.running = True  # other waiters wait for this run, they start none
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(download.run)  # it reports its errors to its waiters
+        return await download.wait_installed()
 
     def _check_conflict(self, bucket: str, key: str) -> None:
         if self.listings.has_children(bucket, key):
@@ -236,16 +304,25 @@ class Cache:
         # a parent segment that is a cached *file* is fine: the directory
         # wins and _install removes that file
 
-    async def _fetch_locked(self, bucket: str, key: str) -> CachedObject:
+    async def _fetch_locked(self, bucket: str, key: str, source: str
+                            ) -> CachedObject | Download:
         self._check_conflict(bucket, key)
+        download = self._downloads.get((bucket, key))
+        if download is not None:
+            return download  # its GET checked the ETag moments ago: share it
         obj = self.cached(bucket, key)
         if obj is not None and self._is_fresh(bucket, key):
             self.stats.hits += 1
             return obj
-        async with self.download_limiter:
+        slot = object()  # the download_limiter slot, handed to the download
+        await self.download_limiter.acquire_on_behalf_of(slot)
+        small = SmallInstall(self.store, bucket, key, self.settings.max_cache_size)
+        try:
             try:
                 response = await self.backend.get_object(
-                    bucket, key, if_none_match=obj.meta.get("ETag") if obj else None
+                    bucket, key, if_none_match=obj.meta.get("ETag") if obj else None,
+                    read_up_to=min(SMALL_OBJECT, self.settings.download_part_size),
+                    then=small,
                 )
             except NoSuchKey:
                 if obj is not None:
@@ -269,39 +346,106 @@ class Cache:
                 self._mark_fresh(bucket, key)
                 return obj
             self.stats.misses += 1
-            obj = await self._download_checked(bucket, key, response)
+            if response.data is not None:  # small: read whole and installed with the headers
+                obj = await self._installed_small(bucket, key, response, small, source)
+                self._mark_fresh(bucket, key)
+                return obj
+            download = await self._start_download(bucket, key, response, source)
+            download.take_slot(slot)
+            slot = None
+        finally:
+            if slot is not None:
+                self.download_limiter.release_on_behalf_of(slot)
         self._mark_fresh(bucket, key)
-        return obj
+        return download
 
-    async def _download_checked(self, bucket: str, key: str, response: ObjectResponse
-                                ) -> CachedObject:
-        """Download; bytes that fail their ETag MD5 or checksum (a tier that
-        served a damaged or half-synced object) are never installed: the key
-        is fetched again, DIGEST_RETRIES times at most, then the PULL fails."""
-        for attempt in range(DIGEST_RETRIES + 1):
-            try:
-                return await self._download(bucket, key, response)
-            except DigestMismatch as exc:
-                if attempt == DIGEST_RETRIES:
-                    raise
-                self.stats.digest_retries += 1
-                log.warning("%s; fetching it again (%d of %d)", exc, attempt + 1, DIGEST_RETRIES)
-                retry = await self.backend.get_object(bucket, key)
-                assert retry is not None  # an unconditional GET is never 304
-                response = retry
-        raise AssertionError("unreachable")
-
-    async def _download(self, bucket: str, key: str, response: ObjectResponse) -> CachedObject:
+    async def _start_download(self, bucket: str, key: str, response: ObjectResponse,
+                              source: str) -> Download:
         size = response.content_length
         try:
             await self.room.make_room(size)
-        except NoSpace:
+            fd, tmp_path = self.store.new_temp("dl.")
+        except (NoSpace, OSError):
             response.body.close()
             raise
-        with self.store.reserve(size):
-            obj = await self._download_reserved(bucket, key, response)
+        transfer = self.transfers.begin(bucket, key, size, source)
+        download = Download(self, bucket, key, response, fd, tmp_path, transfer, source)
+        self._downloads[(bucket, key)] = download
+        if self._nursery is not None:
+            self._nursery.start_soon(download.run)
+        # the mount shows this version's size from now on, while it streams
+        await self._note_version(bucket, key, CachedObject("", response.meta))
+        return download
+
+    async def _installed_small(self, bucket: str, key: str, response: ObjectResponse,
+                               small: "SmallInstall", source: str) -> CachedObject:
+        """A body read whole, checked and installed in the GET's own worker thread:
+        the bookkeeping, then room for it (a small object may overshoot the
+        mark by its size until the evictor catches up)."""
+        if small.error is not None:
+            raise small.error
+        size = response.content_length
+        obj = self.store.installed(bucket, key, response.meta, small.shadowed)
+        self.checkpoint_needed()
+        digest = response.digest
+        log.info("downloaded s3://%s/%s (%s): %d bytes, %s", bucket, key, source or "-", size,
+                 f"{digest.what} verified" if digest is not None else "length verified")
+        self.stats.downloads += 1
+        self.stats.bytes_downloaded += size
         await self._note_version(bucket, key, obj)
+        try:
+            await self.room.make_room(0)
+        except NoSpace:
+            pass  # the evictor's own round reports it
         return obj
+
+    def download_ended(self, download: Download) -> None:
+        """The download installed its file or failed: the next opener starts afresh."""
+        ident = (download.bucket, download.key)
+        if self._downloads.get(ident) is download:
+            del self._downloads[ident]
+
+    def downloads_in_flight(self) -> int:
+        return len(self._downloads)
+
+    def busy(self) -> bool:
+        """True while a download runs or a read waits for one (shutdown waits)."""
+        return bool(self.downloads_running or self.waiting_reads)
+
+    def stop_downloads(self, reason: str) -> None:
+        """Fail every download in flight (shutdown): its readers get EIO, its PULLs ERROR."""
+        for download in list(self._downloads.values()):
+            download.fail(BackendError(reason))
+
+    async def install_download(self, download: Download) -> CachedObject:
+        """Move a complete, checked download into data/ (called by the download)."""
+        bucket, key, size = download.bucket, download.key, download.size
+        async with self.store.key_lock(bucket, key):
+            if download.superseded:
+                raise BackendError(f"s3://{bucket}/{key} was replaced while it downloaded")
+            try:
+                obj = await self.store.install(bucket, key, download.tmp_path, download.meta)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
+                raise
+            self.checkpoint_needed()
+        installed = time.perf_counter()
+        seconds = download.fetched_at - download.started
+        digest = download.digest
+        log.info("downloaded s3://%s/%s (%s): %d bytes in %.2fs, %.1f MiB/s, %s; "
+                 "verify+install %.3fs", bucket, key, download.source or "-", size,
+                 seconds, size / (1 << 20) / max(seconds, 1e-6),
+                 f"{digest.what} verified" if digest is not None else "length verified",
+                 installed - download.fetched_at)
+        self.stats.downloads += 1
+        self.stats.bytes_downloaded += size
+        return obj
+
+    def checkpoint_needed(self) -> None:
+        """Something was installed unsynced; the checkpoint (if any) syncs it soon."""
+        if self.on_install is not None:
+            self.on_install()
 
     async def _note_version(self, bucket: str, key: str, obj: CachedObject) -> None:
         """Put the version just installed into the listing index, so GLOB and
@@ -310,100 +454,6 @@ class Cache:
             return
         await self.listings.add_key(bucket, ListEntry(key, obj.size, _listing_time(obj.meta),
                                                       obj.etag))
-
-    async def _download_reserved(self, bucket: str, key: str, response: ObjectResponse
-                                 ) -> CachedObject:
-        size = response.content_length
-        started = time.perf_counter()
-        transfer = self.transfers.begin(bucket, key, size, DOWNLOAD_SOURCE.get())
-        fd, tmp_path = self.store.new_temp("dl.")
-        try:
-            try:
-                digest = response.digest
-                if size >= RANGED_THRESHOLD:
-                    written = await self._download_ranged(bucket, key, response, fd, transfer,
-                                                          digest)
-                else:
-                    written = await self.backend.read_body_at(response, fd, 0, size, bucket, key,
-                                                              transfer, digest)
-                if written != size:
-                    raise BackendError(
-                        f"short download of s3://{bucket}/{key}: {written} of {size} bytes"
-                    )
-                if digest is not None:
-                    digest.check()  # a mismatch is never installed
-                fetched = time.perf_counter()
-                await trio.to_thread.run_sync(os.fsync, fd, limiter=self.store.disk_limiter)
-                synced = time.perf_counter()
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
-                raise
-            except NoSpace as exc:
-                raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
-            finally:
-                os.close(fd)
-                self.transfers.end(transfer)
-            obj = await self.store.install(bucket, key, tmp_path, response.meta)
-        finally:
-            unlink_quietly(tmp_path)
-        seconds = fetched - started
-        log.info("downloaded s3://%s/%s (%s): %d bytes in %.2fs, %.1f MiB/s, %s; "
-                 "fsync %.3fs, install %.3fs", bucket, key, transfer.source or "-", size,
-                 seconds, size / (1 << 20) / max(seconds, 1e-6),
-                 f"{digest.what} verified" if digest is not None else "length verified",
-                 synced - fetched, time.perf_counter() - synced)
-        self.stats.downloads += 1
-        self.stats.bytes_downloaded += size
-        return obj
-
-    async def _download_ranged(self, bucket: str, key: str, response: ObjectResponse,
-                               fd: int, transfer: Transfer, digest: Digest | None) -> int:
-        """A large object: the first part from the open GET, the rest in
-        parallel ranged GETs pinned to the same ETag (If-Match), so a version
-        that changes mid-way fails the download instead of mixing.
-
-        *digest* needs the bytes in order: the first part is hashed as it
-        arrives, the others are read back from the file as soon as every part
-        before them has landed, while later parts are still downloading."""
-        size = response.content_length
-        etag = response.meta.get("ETag") or ""
-        os.ftruncate(fd, size)
-        written = [await self.backend.read_body_at(response, fd, 0, RANGE_PART, bucket, key,
-                                                   transfer, digest)]
-        starts = range(RANGE_PART, size, RANGE_PART)
-        landed = {start: trio.Event() for start in starts}
-
-        async def hash_in_order() -> None:
-            assert digest is not None
-            for start in starts:
-                await landed[start].wait()
-                await trio.to_thread.run_sync(digest.update_from_file, fd, start,
-                                              min(RANGE_PART, size - start),
-                                              limiter=self.store.disk_limiter)
-
-        async def part(start: int) -> None:
-            length = min(RANGE_PART, size - start)
-            async with self.range_limiter:
-                got = await self.backend.get_range_into(bucket, key, etag, start, length, fd,
-                                                        transfer)
-            if got != length:
-                transfer.fail(f"short range of s3://{bucket}/{key} at {start}")
-                raise BackendError(f"short range of s3://{bucket}/{key} at {start}: "
-                                   f"{got} of {length} bytes")
-            written[0] += got
-            landed[start].set()
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for start in starts:
-                    nursery.start_soon(part, start)
-                if digest is not None and written[0] == RANGE_PART:
-                    nursery.start_soon(hash_in_order)
-        except BaseExceptionGroup as group:
-            # one clear error for the client, not a group of parts (a full disk first)
-            raise _first_error(group) from None
-        return written[0]
 
     # --- PUSH ------------------------------------------------------------
 
@@ -425,6 +475,9 @@ class Cache:
             self._check_conflict(bucket, key)
             store.lookup(bucket, key)  # raises KeyConflict for a directory on disk
             # whatever happens next, the old cached bytes are not served again
+            download = self._downloads.pop((bucket, key), None)
+            if download is not None:
+                download.superseded = True  # its readers keep their version; not installed
             await store.remove(bucket, key)
             self._forget_checked(bucket, key)
             tmp_path = await self._copy_for_push(local_path, st.st_size)
@@ -527,31 +580,51 @@ class Cache:
         return await self.listings.glob(bucket, pattern)
 
 
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The error to report for a group of failed parts: ours first, then any
-    other Exception; a group of cancellations stays a group."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for kind in (NoSpace, S3PoolError, Exception):
-        for leaf in leaves:
-            if isinstance(leaf, kind):
-                return leaf
-    return group
-
-
 def _listing_time(meta: dict[str, Any]) -> float:
     try:
         return parsedate_to_datetime(meta["LastModified"]).timestamp()
     except (KeyError, TypeError, ValueError):
         return time.time()
+
+
+class SmallInstall:
+    """Run in the worker thread of a small GET: check the body, install it."""
+
+    def __init__(self, store: Store, bucket: str, key: str, max_cache_size: int) -> None:
+        self.store = store
+        self.max_cache_size = max_cache_size
+        self.bucket = bucket
+        self.key = key
+        self.shadowed: list[str] = []
+        self.error: S3PoolError | None = None
+
+    def __call__(self, response: ObjectResponse) -> None:
+        bucket, key = self.bucket, self.key
+        try:
+            cap, size = self.max_cache_size, response.content_length
+            if cap and size > cap:  # what the evictor's make_room would say
+                raise NoSpace(f"object of {size} bytes is larger than max_cache_size ({cap})")
+            if response.digest is not None:
+                response.digest.check()  # a mismatch is never installed
+            self.shadowed = self.store.install_blocking(bucket, key, None, response.meta,
+                                                        response.data)
+        except S3PoolError as exc:
+            self.error = exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.error = NoSpace(f"no space left in the cache for s3://{bucket}/{key}")
+            else:
+                self.error = LocalFileError(f"cannot install s3://{bucket}/{key}: "
+                                            f"{exc.strerror or exc}")
+
+
+def _open_readonly(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except OSError:
+        pass
+    return fd
 
 
 def _copy_and_sync(src: str, dst: str) -> None:
@@ -560,4 +633,4 @@ def _copy_and_sync(src: str, dst: str) -> None:
         os.fsync(f.fileno())
 
 
-__all__ = ["Cache", "CachedObject", "Stats", "BadKey"]
+__all__ = ["Cache", "CachedObject", "Reader", "Stats", "BadKey"]

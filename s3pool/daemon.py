@@ -27,6 +27,7 @@ import trio
 from . import __version__
 from .backend import Backend
 from .cache import Cache
+from .checkpoint import Checkpoint
 from .control.peer import AccessPolicy
 from .control.server import ControlServer
 from .control.unixsocket import UnixSocket
@@ -215,6 +216,14 @@ class Daemon:
         self.fleet = FleetListings(listings, fleet, self.push_backend)
         self.cache = Cache(self.store, self.backend, self.settings, room=self.evictor,
                            listings=listings, push_backend=self.push_backend)
+        self.checkpoint = Checkpoint(self.layout, self.settings)
+        # after an unclean reboot, what was installed since the last sync is dropped
+        self.store.suspect_after = self.checkpoint.suspect_after()
+        if self.store.suspect_after is not None:
+            # before anything is served (rare: only after an unclean reboot)
+            self.store.reconcile()
+            self.store.suspect_after = None
+        self.cache.on_install = self.checkpoint.installed
         self.exit_stack.callback(self.cache.listings.close)
         for bucket in options.buckets:
             self.cache.use_bucket(bucket)
@@ -307,7 +316,7 @@ class Daemon:
             ("cache_objects", self.access.count),
             ("disk_used_percent", round(usage.disk_percent, 1)),
             ("buckets_in_use", ",".join(sorted(self.cache.buckets_in_use)) or "-"),
-            ("downloads_in_progress", self.cache.download_limiter.borrowed_tokens),
+            ("downloads_in_progress", self.cache.downloads_in_flight()),
             ("refresh_rounds", self.refresher.rounds),
             ("refresh_failures", self.refresher.failures),
             *self.fleet.status_lines(),
@@ -317,6 +326,7 @@ class Daemon:
             ("connection_cap", self.server.connection_cap),
             ("descriptor_limit", self.descriptor_limit),
         ]
+        lines += self.checkpoint.status_lines()
         if self.fs is not None:
             lines += self.fs.status_lines()
         lines += self.cache.transfers.status_lines()  # download URL DONE TOTAL SECONDS
@@ -371,11 +381,13 @@ class Daemon:
                 log.info("at most %d control connections at once (descriptor limit %d)",
                          self.server.connection_cap, self.descriptor_limit)
                 nursery.start_soon(self._flush_request_log)
+                await nursery.start(self.cache.run)  # downloads outlive their requests
                 await nursery.start(self.store.run)
                 if self.metrics is not None:
                     await nursery.start(self.metrics.serve, self.options.metrics_bind,
                                         self.options.metrics_port, self.status)
                 await nursery.start(self.evictor.run)
+                await nursery.start(self.checkpoint.run)
                 await nursery.start(self.refresher.run)
                 if self.mountpoint:
                     from .fs.mount import FuseMount
@@ -392,6 +404,10 @@ class Daemon:
                 if self.fs is not None:
                     await self.fs.stop()
                 nursery.cancel_scope.cancel()
+        try:
+            self.checkpoint.sync()  # a clean stop then a power loss drops nothing
+        except OSError as exc:
+            log.warning("final checkpoint sync failed: %s", exc)
 
     async def _stop_in_flight(self) -> None:
         """Let what is in flight end with an error its caller sees: downloads
@@ -400,6 +416,8 @@ class Daemon:
         down. Whatever has not ended after STOP_GRACE is cancelled."""
         self.backend.stopping.set()
         self.server.stopping = True
+        self.cache.stop_downloads("download abandoned: s3pool is shutting down")
         with trio.move_on_after(STOP_GRACE):
-            while self.server.active or self.store.locks.held():
+            while self.server.active or self.store.locks.held() \
+                    or self.cache.busy():
                 await trio.sleep(0.05)

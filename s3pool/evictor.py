@@ -103,6 +103,8 @@ class Evictor:
         cap = self.settings.max_cache_size
         if cap and nbytes > cap:
             raise NoSpace(f"object of {nbytes} bytes is larger than max_cache_size ({cap})")
+        if self.bytes_to_free(nbytes + self.store.access.pending_bytes()) <= 0:
+            return  # under the marks even if every record not yet written were new
         await self.store.flush_access()  # count what is pending too
         usage = self.usage()
         free = usage.disk_total - usage.disk_used

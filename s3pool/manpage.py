@@ -150,6 +150,12 @@ LAYOUT = [
     ("tmp/", "partial downloads and listings; emptied at start-up."),
     ("state/access.db", "SQLite: last access of every cached object, read by the evictor; "
                         "survives restarts."),
+    ("state/checkpoint", "JSON: the boot id and the time of the last syncfs(2) of the "
+                         "cache filesystem (every checkpoint_interval seconds when something "
+                         "was installed, and at exit). Objects are installed without an "
+                         "fsync each; after a reboot that followed no clean stop, objects "
+                         "installed after that time are dropped at start\\-up and fetched "
+                         "again when asked for."),
     ("s3pool.pid", "pid of the running daemon, locked with flock(2)."),
     ("s3/", "only with the embedded demo S3: its objects (SeaweedFS volumes and filer "
             "metadata), kept across restarts; s3/weed.pid is its pid, so that a start after a "

@@ -207,6 +207,18 @@ SPECS: tuple[SettingSpec, ...] = (
                 "download_stall_bytes bytes fails and frees its slot (0 = never)", "SECONDS", "s"),
     SettingSpec("download_stall_bytes", 256 << 10, parse_positive_size,
                 "see download_stall_timeout (K/M/G suffixes)", "BYTES", "B"),
+    SettingSpec("download_part_size", 8 << 20, parse_positive_size,
+                "objects are fetched in parts of this many bytes: part 0 from the GET "
+                "that checks the ETag, the others as ranged GETs pinned to that ETag "
+                "(K/M/G suffixes)", "BYTES", "B"),
+    SettingSpec("download_part_concurrency", 8, parse_concurrency,
+                "ranged GETs in flight at once for one object (a PULL fetches every part, "
+                "a reader of the mount the parts it reads plus a read-ahead of up to this "
+                "many)", "N"),
+    SettingSpec("checkpoint_interval", 5.0, parse_seconds,
+                "seconds between syncs of the cache filesystem (objects are installed "
+                "without an fsync each; after a power loss, objects installed since the "
+                "last sync are dropped and fetched again)", "SECONDS", "s"),
     SettingSpec("verbose", 1, parse_verbose,
                 "log level: 0 warnings, 1 info and requests, 2 and 3 debug", "LEVEL"),
 )

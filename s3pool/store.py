@@ -8,10 +8,14 @@ installs one, or deletes one, and it holds what goes with them: the
 per-key locks, the access records (``access.py``) and the bytes reserved
 by downloads in progress.
 
-Installing: the data is synced and renamed in after the old meta is gone,
-the directory is synced, then the new meta is renamed in. Removing: meta
-first, then data (``_unlink_object``, the one place that deletes). A crash
+Installing: the complete data file is renamed in after the old meta is
+gone, then the new meta is renamed in. Removing: meta first, then data
+(``_unlink_object``, the one place that deletes). A crash of the process
 at any instant leaves at worst data without meta, which is never served.
+Nothing is fsync'ed per object: against a power loss the checkpoint
+(``checkpoint.py``) syncs the filesystem every few seconds, and after an
+unclean reboot :meth:`Store.reconcile` drops what was installed since the
+last sync (``suspect_after``).
 
 Eviction asks :meth:`Store.evict` to remove victims; a victim whose lock
 is held is skipped (``acquire_nowait``), so eviction never waits for a key
@@ -37,6 +41,7 @@ import trio
 from .access import AccessIndex
 from .errors import KeyConflict, NoSpace
 from .layout import INDEX_NAME, LIST_NAME, META_SUFFIX, Layout
+from .transfer import write_all
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +160,10 @@ class Store:
         self._meta: OrderedDict[tuple[str, str], tuple[tuple[int, ...], dict[str, Any]]] = \
             OrderedDict()
         self.reserved = 0  # bytes that downloads in progress are about to add
+        # set at start-up after an unclean reboot: objects installed after this
+        # wall-clock time may be torn, and reconcile() drops them
+        self.suspect_after: float | None = None
+        self.dropped_unsynced = 0
         self.file_mode = 0o666 & ~_current_umask()
 
     # --- locks -----------------------------------------------------------
@@ -236,34 +245,55 @@ class Store:
 
     # --- install and remove (caller holds the key's lock) ----------------
 
-    async def install(self, bucket: str, key: str, tmp_path: str, meta: dict[str, Any]
-                      ) -> CachedObject:
-        """Move a complete, synced temp file into data/ with its meta."""
-        path = self.layout.object_path(bucket, key)
+    async def install(self, bucket: str, key: str, tmp_path: str | None,
+                      meta: dict[str, Any], data: bytes | None = None) -> CachedObject:
+        """Move a complete temp file into data/ with its meta; with *data* instead
+        of a temp file, the bytes are written to one first (same worker thread)."""
         try:
             shadowed = await trio.to_thread.run_sync(
-                self._install_files, bucket, key, path, tmp_path, meta,
+                self.install_blocking, bucket, key, tmp_path, meta, data,
                 limiter=self.disk_limiter,
             )
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
             raise
+        return self.installed(bucket, key, meta, shadowed)
+
+    def install_blocking(self, bucket: str, key: str, tmp_path: str | None,
+                         meta: dict[str, Any], data: bytes | None = None) -> list[str]:
+        """The file work of :meth:`install`, for a worker thread that already
+        runs (a small GET's); then call :meth:`installed` on the trio thread."""
+        path = self.layout.object_path(bucket, key)
+        return self._install_files(bucket, key, path, tmp_path, meta, data)
+
+    def installed(self, bucket: str, key: str, meta: dict[str, Any], shadowed: list[str]
+                  ) -> CachedObject:
+        """The bookkeeping of an install (trio thread)."""
+        path = self.layout.object_path(bucket, key)
         for dropped in shadowed:
             self._forget(bucket, dropped)
         self._meta.pop((bucket, key), None)
         self.access.record(bucket, key, int(meta["ContentLength"]))
         return CachedObject(path, meta)
 
-    def _install_files(self, bucket: str, key: str, path: str, tmp_path: str,
-                       meta: dict[str, Any]) -> list[str]:
+    def _install_files(self, bucket: str, key: str, path: str, tmp_path: str | None,
+                       meta: dict[str, Any], data: bytes | None = None) -> list[str]:
         """Blocking part of install (worker thread); returns keys it displaced.
 
-        The meta file is not fsync'ed: after a crash a missing or garbled
-        meta only means the object is not cached. The data is synced before
-        its rename and the directory after it, so a meta that survives a
-        crash always describes the data beside it.
+        Nothing is fsync'ed here (see the module docstring): the renames
+        order data before meta for the process, the checkpoint covers the
+        machine.
         """
+        if tmp_path is None:
+            fd, tmp_path = self.new_temp("dl.")
+            try:
+                write_all(fd, memoryview(data or b""), 0)
+            except BaseException:
+                os.close(fd)
+                _unlink(tmp_path)
+                raise
+            os.close(fd)
         os.chmod(tmp_path, self.file_mode)  # mkstemp made it 0600
         fd, tmp_meta = self.new_temp("meta.")
         try:
@@ -284,10 +314,11 @@ class Store:
                 except IsADirectoryError:
                     raise KeyConflict(
                         f"key {key!r} is shadowed by a directory of the same name") from None
-            _fsync_dir(os.path.dirname(path))
             os.rename(tmp_meta, path + META_SUFFIX)
         finally:
             _unlink(tmp_meta)
+            if data is not None:
+                _unlink(tmp_path)  # still there if a rename failed
         return shadowed
 
     def _make_parents(self, bucket: str, key: str) -> list[str]:
@@ -381,7 +412,12 @@ class Store:
 
     def reconcile(self) -> tuple[int, int]:
         """Blocking: make the access index agree with data/ after a restart or a crash."""
-        return self.access.reconcile(self._walk(time.time()))
+        counts = self.access.reconcile(self._walk(time.time()))
+        if self.dropped_unsynced:
+            log.warning("the machine went down since the last checkpoint: dropped %d objects "
+                        "installed after it (they are fetched again when asked for)",
+                        self.dropped_unsynced)
+        return counts
 
     def _walk(self, started: float) -> Iterator[tuple[str, str, int, float]]:
         """Yield (bucket, key, size, atime) of every complete cached object.
@@ -421,7 +457,23 @@ class Store:
                         if orphan_ok:
                             _remove_orphan(entry.path)
                         continue
+                    if self.suspect_after is not None and self._installed_after(
+                            entry.path, st, self.suspect_after):
+                        _unlink_object(entry.path)
+                        self.dropped_unsynced += 1
+                        continue
                     yield bucket, prefix + name, st.st_size, max(st.st_atime, st.st_mtime)
+
+
+    @staticmethod
+    def _installed_after(path: str, st: os.stat_result, moment: float) -> bool:
+        """True if the object at *path* was installed (renamed, meta written) after *moment*."""
+        if st.st_ctime > moment:
+            return True
+        try:
+            return os.stat(path + META_SUFFIX).st_mtime > moment
+        except OSError:
+            return True
 
 
 def _unlink(path: str) -> int:
@@ -463,14 +515,6 @@ def _delete_objects(data_dir: str, paths: list[str]) -> list[int]:
                 break
             parent = os.path.dirname(parent)
     return freed
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _current_umask() -> int:

@@ -78,6 +78,13 @@ class Transfer:
                 self._run_started = time.monotonic()
                 self._run_base = self.done
 
+    def resume(self) -> None:
+        """The download starts fetching again after an idle spell (nobody wanted
+        more bytes): the stall clock starts now."""
+        with self._lock:
+            self._run_started = time.monotonic()
+            self._run_base = self.done
+
     def check(self) -> None:
         """Raise if the download must stop: shutdown, a failed sibling part, a stall."""
         if self.stopping is not None and self.stopping.is_set():

@@ -56,6 +56,7 @@ class CountingApp:
         self.slow_paths: dict[str, float] = {}
         self.gets_in_flight = 0
         self.max_gets_in_flight = 0  # the most GET bodies being sent at once
+        self.bytes_sent: dict[str, int] = {}  # path -> GET body bytes handed to the socket
 
     def __call__(self, environ, start_response):
         record = {
@@ -76,14 +77,17 @@ class CountingApp:
         if record["method"] != "GET":
             return body
         delay = self.slow_paths.get(record["path"])
-        return self._counted(_slow_body(body, delay) if delay else body)
+        return self._counted(_slow_body(body, delay) if delay else body, record["path"])
 
-    def _counted(self, body):
+    def _counted(self, body, path: str):
         with self.lock:
             self.gets_in_flight += 1
             self.max_gets_in_flight = max(self.max_gets_in_flight, self.gets_in_flight)
         try:
-            yield from body
+            for part in body:
+                with self.lock:
+                    self.bytes_sent[path] = self.bytes_sent.get(path, 0) + len(part)
+                yield part
         finally:
             with self.lock:
                 self.gets_in_flight -= 1

@@ -5,6 +5,8 @@ passes the response back, except for the paths it was told to spoil:
 
 - ``trickle[path] = (bytes_per_step, seconds_per_step)`` sends that
   response body a few bytes at a time (a slow, not silent, S3);
+- ``cut[path] = nbytes`` sends that many bytes of a GET's body, then
+  drops the connection (a GET that fails mid-stream);
 - ``corrupt[path] = offset`` flips the byte at that offset of the object
   in whichever response (whole or ranged) carries it; with
   ``corrupt_times[path] = n`` only the next n GETs are spoiled;
@@ -42,6 +44,7 @@ class FaultProxy:
         self.unquote_etag: set[str] = set()
         self.always_304: set[str] = set()
         self.seen: list[tuple[str, str, str | None]] = []
+        self.cut: dict[str, int] = {}
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.trickling = 0  # response bodies being trickled right now
@@ -96,7 +99,11 @@ class FaultProxy:
                     if self.command == "HEAD":
                         return
                     trickle = proxy.trickle.get(path) if self.command == "GET" else None
-                    if trickle is None:
+                    cut = proxy.cut.get(path) if self.command == "GET" else None
+                    if cut is not None:
+                        self.wfile.write(data[:cut])
+                        self.wfile.flush()
+                    elif trickle is None:
                         self.wfile.write(data)
                     else:
                         self._trickle(data, *trickle)

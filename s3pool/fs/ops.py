@@ -2,9 +2,10 @@
 
 A thin adapter over :class:`s3pool.cache.Cache`: names and attributes come
 from the bucket's listing index (no S3 request per file for ``ls -l``),
-``open()`` goes through ``Cache.fetch`` (the PULL path: ETag check,
-freshness window, single-flight download) and keeps the file descriptor
-of the version it opened, and ``read()`` is a ``pread`` on that local file.
+``open()`` goes through ``Cache.open`` (the PULL path: ETag check,
+freshness window, single-flight download) and keeps a reader of the
+version it opened; ``read()`` is a ``pread`` of the local file, which for
+a cold object waits only until the bytes it needs have arrived.
 
 Inode numbers are a hash of (bucket, path, kind): stable for as long as
 the name exists, across refreshes and even across mounts, with no table
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterator
 import pyfuse3
 import trio
 
-from ..cache import Cache
+from ..cache import Cache, Reader
 from ..errors import (
     AccessDenied, BackendError, BadBucket, BadKey, KeyConflict, NoSpace, NoSuchBucket, NoSuchKey,
     S3PoolError,
@@ -109,7 +110,7 @@ class Node:
 
 @dataclass
 class OpenFile:
-    fd: int
+    reader: Reader  # the version opened: a cached file, or a download in flight
     inode: int
     bucket: str
     key: str
@@ -416,7 +417,7 @@ class S3PoolOperations(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
         try:
-            obj = await self.cache.fetch(node.bucket, node.path, opener=_open_readonly)
+            reader = await self.cache.open(node.bucket, node.path)
         except S3PoolError as exc:
             log.warning("open s3://%s/%s failed: %s", node.bucket, node.path, exc)
             raise fuse_error(exc) from None
@@ -424,8 +425,8 @@ class S3PoolOperations(pyfuse3.Operations):
             log.warning("open s3://%s/%s failed: %s", node.bucket, node.path, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         self.opens += 1
-        etag = obj.meta.get("ETag", "")
-        version = (etag, obj.size, _mtime_of(obj.meta))
+        etag = reader.etag
+        version = (etag, reader.size, _mtime_of(reader.meta))
         fh = self._fh()
         info = pyfuse3.FileInfo(fh=fh)
         # Handles that read through the page cache share the kernel's pages
@@ -447,7 +448,7 @@ class S3PoolOperations(pyfuse3.Operations):
         else:
             info.keep_cache = self._kernel_etag.get(inode) == etag
             self._kernel_etag[inode] = etag
-        self.files[fh] = OpenFile(obj.handle, inode, node.bucket, node.path, etag,
+        self.files[fh] = OpenFile(reader, inode, node.bucket, node.path, etag,
                                   bool(info.direct_io))
         return info
 
@@ -467,7 +468,10 @@ class S3PoolOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         self.reads += 1
         try:
-            return os.pread(handle.fd, size, off)
+            return await handle.reader.read(off, size)
+        except S3PoolError as exc:
+            log.warning("read of s3://%s/%s failed: %s", handle.bucket, handle.key, exc)
+            raise fuse_error(exc) from None
         except OSError as exc:
             log.warning("read of s3://%s/%s failed: %s", handle.bucket, handle.key, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
@@ -477,7 +481,7 @@ class S3PoolOperations(pyfuse3.Operations):
         handle = self.files.pop(fh, None)
         if handle is None:
             return
-        os.close(handle.fd)
+        handle.reader.close()
         # reading counts as using: a file read for hours is not least recently used
         self.cache.store.touch(handle.bucket, handle.key)
         inode = handle.inode
@@ -543,14 +547,3 @@ class S3PoolOperations(pyfuse3.Operations):
     def status_lines(self) -> list[tuple[str, Any]]:
         return [("fuse_opens", self.opens), ("fuse_reads", self.reads),
                 ("fuse_open_files", len(self.files)), ("fuse_known_inodes", len(self.nodes))]
-
-
-def _open_readonly(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    except OSError:
-        pass
-    return fd
-
-
