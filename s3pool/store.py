@@ -50,11 +50,10 @@ META_MEMORY = 65536
 ACCESS_FLUSH_INTERVAL = 1.0
 
 
-@dataclass
-class CachedObject:
-    path: str
+class HasMeta:
+    """What an object's meta says, for anything that carries one (``self.meta``)."""
+
     meta: dict[str, Any]
-    handle: Any = None  # what fetch()'s opener returned, if one was given
 
     @property
     def size(self) -> int:
@@ -63,6 +62,12 @@ class CachedObject:
     @property
     def etag(self) -> str:
         return self.meta.get("ETag") or ""
+
+
+@dataclass
+class CachedObject(HasMeta):
+    path: str
+    meta: dict[str, Any]
 
 
 class _KeyLock:

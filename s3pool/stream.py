@@ -44,7 +44,7 @@ import trio
 from .backend import ObjectResponse
 from .errors import BackendError, NoSpace, S3PoolError
 from .layout import unlink_quietly
-from .store import CachedObject
+from .store import CachedObject, HasMeta
 from .transfer import Digest, Transfer
 
 if TYPE_CHECKING:
@@ -459,7 +459,7 @@ class Download:
         return self.size
 
 
-class Reader:
+class Reader(HasMeta):
     """One open of one version: reads wait for the download until it is installed."""
 
     def __init__(self, download: Download | None, fd: int, meta: dict[str, Any]) -> None:
@@ -470,14 +470,6 @@ class Reader:
         self.ahead = 0  # read-ahead parts
         self.last_part = 0  # the last part the previous read touched
         self.closed = False
-
-    @property
-    def size(self) -> int:
-        return int(self.meta["ContentLength"])
-
-    @property
-    def etag(self) -> str:
-        return self.meta.get("ETag") or ""
 
     async def read(self, offset: int, size: int) -> bytes:
         download = self.download
