@@ -163,10 +163,6 @@ class AccessIndex:
         return sum(r[2] for batch in (self._pending, self._flushing)
                    for r in batch.records.values())
 
-    @property
-    def backlog(self) -> int:
-        return len(self._pending)
-
     async def flush(self) -> None:
         """Write the pending accesses (worker thread)."""
         async with self.writer:

@@ -139,9 +139,6 @@ class Cache:
 
     # --- locks and freshness ---------------------------------------------
 
-    def key_lock(self, bucket: str, key: str) -> Any:
-        return self.store.key_lock(bucket, key)
-
     def is_busy(self, bucket: str, key: str) -> bool:
         return self.store.is_busy(bucket, key)
 
@@ -169,10 +166,6 @@ class Cache:
 
     def _forget_checked(self, bucket: str, key: str) -> None:
         self._checked.pop((bucket, key), None)
-
-    def cached(self, bucket: str, key: str) -> CachedObject | None:
-        """The complete cached copy of a key, or None (see Store.lookup)."""
-        return self.store.lookup(bucket, key)
 
     # --- PULL ------------------------------------------------------------
 
@@ -310,7 +303,7 @@ class Cache:
         download = self._downloads.get((bucket, key))
         if download is not None:
             return download  # its GET checked the ETag moments ago: share it
-        obj = self.cached(bucket, key)
+        obj = self.store.lookup(bucket, key)
         if obj is not None and self._is_fresh(bucket, key):
             self.stats.hits += 1
             return obj
