@@ -61,19 +61,24 @@ class _Batch:
     values are the SQL parameters: records (bucket, key, size, atime),
     touches (atime, bucket, key), forgets."""
 
-    __slots__ = ("records", "touches", "forgets")
+    __slots__ = ("records", "touches", "forgets", "record_bytes")
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], tuple[str, str, int, float]] = {}
         self.touches: dict[tuple[str, str], tuple[float, str, str]] = {}
         self.forgets: dict[tuple[str, str], None] = {}
+        self.record_bytes = 0  # the sizes in records, summed as they change
 
     def __len__(self) -> int:
         return len(self.records) + len(self.touches) + len(self.forgets)
 
     def record(self, bucket: str, key: str, size: int, atime: float) -> None:
         ident = (bucket, key)
+        old = self.records.get(ident)
+        if old is not None:
+            self.record_bytes -= old[2]
         self.records[ident] = (bucket, key, size, atime)
+        self.record_bytes += size
         self.touches.pop(ident, None)
         self.forgets.pop(ident, None)
 
@@ -87,7 +92,9 @@ class _Batch:
 
     def forget(self, bucket: str, key: str) -> None:
         ident = (bucket, key)
-        self.records.pop(ident, None)
+        old = self.records.pop(ident, None)
+        if old is not None:
+            self.record_bytes -= old[2]
         self.touches.pop(ident, None)
         self.forgets[ident] = None
 
@@ -160,8 +167,7 @@ class AccessIndex:
 
     def pending_bytes(self) -> int:
         """At most how many bytes the records not yet written add to total_bytes."""
-        return sum(r[2] for batch in (self._pending, self._flushing)
-                   for r in batch.records.values())
+        return self._pending.record_bytes + self._flushing.record_bytes
 
     async def flush(self) -> None:
         """Write the pending accesses (worker thread)."""

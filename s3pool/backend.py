@@ -1,4 +1,4 @@
-"""The S3 backend: the only module that imports boto3.
+"""The S3 backend: with s3http.py (its lean GETs), the only module that imports boto3.
 
 Every blocking boto3 call runs in a worker thread through
 ``trio.to_thread.run_sync`` with the backend's own ``CapacityLimiter``.
@@ -24,6 +24,7 @@ from xml.sax.saxutils import escape
 
 import boto3
 import boto3.exceptions
+import botocore.credentials
 import botocore.exceptions
 import trio
 import urllib3.exceptions
@@ -32,11 +33,14 @@ from botocore.config import Config
 from botocore.utils import parse_timestamp
 
 from .errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey
+from .s3http import NOT_FOUND, NOT_MODIFIED, Fallback, LeanGets
 from .transfer import Digest, Transfer, digest_for, write_all
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 30
 MULTIPART_THRESHOLD = 64 << 20
 
 
@@ -61,6 +65,10 @@ class ObjectResponse:
     @property
     def content_length(self) -> int:
         return int(self.meta["ContentLength"])
+
+
+# boto3 GetObject parameters -> their HTTP headers (the lean path)
+_HEADER_OF = {"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match", "Range": "Range"}
 
 
 def meta_from_response(resp: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +135,10 @@ class Backend:
         self.observer: Callable[[str, float, str | None], None] | None = None
         self._errors_lock = threading.Lock()
         self.max_threads = max_threads
+        self.lean_gets = 0  # GETs sent on the lean path (s3http)
+        self.lean_fallbacks = 0  # ... and those it handed back to boto3
         self.client = self._make_client(max_threads)
+        self.lean = self._make_lean(max_threads)
         self.limiter = trio.CapacityLimiter(max_threads)
         self.stopping = threading.Event()  # set at shutdown: worker threads give up
         self.transfer_config = TransferConfig(
@@ -139,8 +150,8 @@ class Backend:
         config = Config(
             max_pool_connections=pool_size,
             retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=30,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
             s3={"addressing_style": "path"} if self.endpoint_url else {},
         )
         client = self._session.client(
@@ -154,6 +165,20 @@ class Backend:
         events.register("after-call-error.s3", self._call_failed)
         return client
 
+    def _make_lean(self, pool_size: int) -> LeanGets | None:
+        """GETs without botocore's per-call work, where nothing but signing is needed."""
+        if os.environ.get("S3POOL_LEAN_GET", "1") == "0" or not LeanGets.usable(self.client):
+            return None
+        if self._credentials:
+            credentials = botocore.credentials.Credentials(
+                self._credentials["aws_access_key_id"], self._credentials["aws_secret_access_key"],
+                self._credentials.get("aws_session_token"))
+        else:
+            credentials = self._session.get_credentials()
+        if credentials is None:
+            return None
+        return LeanGets(self.client, credentials, pool_size, CONNECT_TIMEOUT, READ_TIMEOUT)
+
     @staticmethod
     def threads_for(pull_concurrency: int) -> int:
         """Worker threads (and pooled connections) for that many downloads at once,
@@ -166,6 +191,7 @@ class Backend:
         wanted = self.threads_for(pull_concurrency)
         if wanted > self.max_threads:
             self.client = self._make_client(wanted)
+            self.lean = self._make_lean(wanted)
             log.info("S3 connection pool resized to %d", wanted)
         self.max_threads = max(wanted, self.max_threads)
         self.limiter.total_tokens = self.max_threads
@@ -227,11 +253,8 @@ class Backend:
         condition = validator(if_none_match)
 
         def call() -> ObjectResponse | None:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
-            if condition:
-                kwargs["IfNoneMatch"] = condition
             try:
-                resp = self.client.get_object(**kwargs)
+                resp = self._get(bucket, key, {"IfNoneMatch": condition} if condition else {})
             except botocore.exceptions.ClientError as exc:
                 code, status = _error_code(exc)
                 if status == 304 or code == "304":
@@ -249,6 +272,33 @@ class Backend:
             return response
 
         return await self._run(call, bucket=bucket, key=key)
+
+    def _get(self, bucket: str, key: str, conditions: dict[str, str]) -> dict[str, Any]:
+        """A GET's response in boto3's shape (worker thread): on the lean path when
+        it answers, else boto3's. Errors are botocore's ClientError either way."""
+        lean = self.lean
+        if lean is not None:
+            headers = {_HEADER_OF[name]: value for name, value in conditions.items()}
+            started = time.perf_counter()
+            try:
+                status, resp = lean.get(bucket, key, headers)
+            except Fallback as exc:
+                with self._errors_lock:
+                    self.lean_fallbacks += 1
+                log.debug("GET s3://%s/%s through boto3: %s", bucket, key, exc)
+            else:
+                with self._errors_lock:
+                    self.lean_gets += 1
+                observer = self.observer
+                if observer is not None:
+                    observer("GetObject", time.perf_counter() - started, None)
+                if status in (NOT_MODIFIED, NOT_FOUND):
+                    raise botocore.exceptions.ClientError(
+                        {"Error": resp or {"Code": str(status), "Message": "Not Modified"},
+                         "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+                assert resp is not None
+                return resp
+        return self.client.get_object(Bucket=bucket, Key=key, **conditions)
 
     async def read_body_at(self, response: ObjectResponse, fd: int, offset: int, limit: int,
                            bucket: str, key: str, transfer: Transfer | None = None,
@@ -283,13 +333,12 @@ class Backend:
         """GET bytes [start, start+length) of the version *etag* into *fd* at *start*."""
 
         def call() -> int:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key,
-                                      "Range": f"bytes={start}-{start + length - 1}"}
+            kwargs: dict[str, Any] = {"Range": f"bytes={start}-{start + length - 1}"}
             if validator(etag):
                 kwargs["IfMatch"] = validator(etag)
             if transfer is not None:
                 transfer.check()
-            body = self.client.get_object(**kwargs)["Body"]
+            body = self._get(bucket, key, kwargs)["Body"]
             try:
                 return _copy_into(body, fd, start, length,
                                   transfer or self._transfer(bucket, key, length), None,

@@ -322,6 +322,8 @@ class Daemon:
             *self.fleet.status_lines(),
             ("connections", self.server.connections),
             ("s3_errors", self.backend.errors),
+            ("s3_lean_gets", self.backend.lean_gets),
+            ("s3_lean_fallbacks", self.backend.lean_fallbacks),
             ("open_connections", self.server.open_connections),
             ("connection_cap", self.server.connection_cap),
             ("descriptor_limit", self.descriptor_limit),

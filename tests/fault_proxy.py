@@ -14,7 +14,9 @@ passes the response back, except for the paths it was told to spoil:
   ``If-None-Match: ""`` is answered 304 (a tier's remote mount before it
   has fetched the object);
 - ``unquote_etag`` paths are served with their ETag unquoted;
-- ``always_304`` paths answer every GET 304, asked or not.
+- ``always_304`` paths answer every GET 304, asked or not;
+- ``fail_status[path] = (status, n)`` answers the next n GETs of that path
+  with that status and an S3 error document (an S3 having a bad moment).
 
 ``seen`` records (method, path, If-None-Match) of every request.
 
@@ -45,6 +47,7 @@ class FaultProxy:
         self.always_304: set[str] = set()
         self.seen: list[tuple[str, str, str | None]] = []
         self.cut: dict[str, int] = {}
+        self.fail_status: dict[str, tuple[int, int]] = {}
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.trickling = 0  # response bodies being trickled right now
@@ -65,6 +68,17 @@ class FaultProxy:
                 if_none_match = self.headers.get("If-None-Match")
                 with proxy.lock:
                     proxy.seen.append((self.command, path, if_none_match))
+                if self.command == "GET" and proxy._fail_once_more(path):
+                    document = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
+                                b"InternalError</Code><Message>injected</Message></Error>")
+                    self.send_response(proxy.fail_status[path][0])
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(document)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(document)
+                    self.close_connection = True
+                    return
                 if path in proxy.blank_etag and if_none_match == '""' \
                         or self.command == "GET" and path in proxy.always_304:
                     self.send_response(304)
@@ -134,6 +148,14 @@ class FaultProxy:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def _fail_once_more(self, path: str) -> bool:
+        with self.lock:
+            status, left = self.fail_status.get(path, (0, 0))
+            if left <= 0:
+                return False
+            self.fail_status[path] = (status, left - 1)
+            return True
 
     def _spoil_once_more(self, path: str) -> bool:
         with self.lock:
