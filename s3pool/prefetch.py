@@ -45,8 +45,7 @@ DIRECTORIES = 1024
 TRIGGER_STREAK = 2
 # keys fetched ahead and not opened yet that count a hit when opened
 REMEMBERED_FETCHES = 4096
-# listing entries looked at past an open for the files ahead (subdirectories
-# interleaved with files cost one entry each)
+# subdirectories skipped at most while reading the files ahead from the index
 ENTRIES_LOOKED_AT = 64
 
 
@@ -55,7 +54,10 @@ class DirectoryState:
     """How a program is reading one directory."""
 
     last: str  # name of the last file opened in it
-    next: str | None = None  # the file after `last` in the listing
+    # files after `last` in listing order (name, size), read from the index a
+    # batch at a time, so an open in order costs no query
+    ahead: list[tuple[str, int]] = field(default_factory=list)
+    ahead_to_end: bool = False  # `ahead` reaches the end of the directory
     streak: int = 0  # in-order opens in a row since the last reset
     window: set[str] = field(default_factory=set)  # files ahead, fetched or being fetched
 
@@ -84,7 +86,9 @@ class Prefetcher:
         """The mount is about to open *key*: note it, maybe fetch what follows.
 
         Called before the open's own fetch, so the files ahead download
-        while this one does. Costs one small range read of the listing index.
+        while this one does. Costs at most one small range read of the
+        listing index (one per ``prefetch_files`` opens of a directory read
+        in order).
         """
         ident = (bucket, key)
         if self.in_flight.get(ident) is False:
@@ -108,25 +112,44 @@ class Prefetcher:
             self.directories.move_to_end(where)
             if name == state.last:
                 return  # the same file again: neither a step nor a jump
-            if name == state.next or name in state.window:
+            step = self._position(state, name)
+            if step is not None:
                 state.streak += 1
+                del state.ahead[:step + 1]
             else:
                 state.streak = 0
                 state.window.clear()
+                state.ahead, state.ahead_to_end = [], False
             state.last = name
-        wanted = self.depth if state.streak >= TRIGGER_STREAK else 1
-        ahead = self._files_after(bucket, dir_prefix, name, wanted)
-        state.next = ahead[0][0] if ahead else None
+        # the next file is all a directory read at random needs to know
+        wanted = self.depth if state.streak >= TRIGGER_STREAK - 1 else 1
+        if len(state.ahead) < wanted and not state.ahead_to_end:
+            batch = max(wanted, 2 * self.depth) if wanted > 1 else 1
+            state.ahead = self._files_after(bucket, dir_prefix, name, batch)
+            state.ahead_to_end = len(state.ahead) < batch
         if state.streak < TRIGGER_STREAK:
             return
-        state.window = {file_name for file_name, _ in ahead}
+        window = state.ahead[:self.depth]
+        state.window = {file_name for file_name, _ in window}
         part_size = self.settings.download_part_size
-        for file_name, size in ahead:
+        for file_name, size in window:
             if len(self.in_flight) >= self.depth:
                 break  # the rest is topped up by the next opens
             if size > part_size:
                 continue  # streamed by the mount anyway: not worth a whole fetch ahead
             self._start(bucket, dir_prefix + file_name)
+
+    @staticmethod
+    def _position(state: DirectoryState, name: str) -> int | None:
+        """Where *name* is in the files ahead if opening it is a step in order:
+        the next file, or one inside the window being fetched ahead."""
+        if state.ahead and state.ahead[0][0] == name:
+            return 0
+        if name in state.window:
+            for position, (file_name, _) in enumerate(state.ahead):
+                if file_name == name:
+                    return position
+        return None
 
     def _files_after(self, bucket: str, dir_prefix: str, name: str, count: int
                      ) -> list[tuple[str, int]]:
@@ -137,7 +160,7 @@ class Prefetcher:
             for looked_at, entry in enumerate(entries):
                 if not entry.is_dir:
                     files.append((entry.name, entry.size))
-                if len(files) >= count or looked_at >= ENTRIES_LOOKED_AT:
+                if len(files) >= count or looked_at >= count + ENTRIES_LOOKED_AT:
                     break
         except sqlite3.Error as exc:  # the index was replaced or is unreadable: no read-ahead
             log.debug("no read-ahead in s3://%s/%s: %s", bucket, dir_prefix, exc)

@@ -20,8 +20,10 @@ from s3pool.settings import Settings
 class FakeListings:
     def __init__(self, keys: dict[str, int]) -> None:
         self.keys = dict(sorted(keys.items()))
+        self.queries = 0
 
     def iter_children(self, bucket, dir_prefix, after=None):
+        self.queries += 1
         for key, size in self.keys.items():
             if not key.startswith(dir_prefix):
                 continue
@@ -177,3 +179,14 @@ def test_shutdown_starts_no_prefetch():
     for name in ("f00", "f01", "f02"):
         p.opened("b", f"d/{name}")
     assert spawned == []
+
+
+async def test_reading_in_order_queries_the_index_once_per_batch():
+    p, cache, spawned = make(files(100), prefetch_files=8)
+    for i in range(100):
+        p.opened("b", f"d/f{i:02d}")
+        await run_all(spawned)
+    assert p.prefetches == 97 and p.hits == 97
+    # one query per open to learn the next file until the window starts,
+    # then one per 8 files or so
+    assert cache.listings.queries <= 3 + 100 // 8 + 1, cache.listings.queries
