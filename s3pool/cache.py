@@ -142,6 +142,14 @@ class Cache:
     def is_busy(self, bucket: str, key: str) -> bool:
         return self.store.is_busy(bucket, key)
 
+    def is_cached_fresh(self, bucket: str, key: str) -> bool:
+        """True if an open of the key now would be served from the cache with
+        no S3 request (checked within the freshness window; a stat or two)."""
+        try:
+            return self._is_fresh(bucket, key) and self.store.lookup(bucket, key) is not None
+        except KeyConflict:
+            return False
+
     def _is_fresh(self, bucket: str, key: str) -> bool:
         return self._checked_within(bucket, key, self.settings.freshness_window)
 

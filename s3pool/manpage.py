@@ -194,6 +194,16 @@ def s3pool_page() -> str:
         "an open handle keeps the version it opened. Writes fail with EROFS, missing keys with "
         "ENOENT, S3 failures with EIO.",
         ".PP",
+        "Read\\-ahead of a directory: when a program opens the files of one directory of the "
+        "mount in listing order (three in a row, each the next file after the one before), the "
+        "next prefetch_files files (default 8) are fetched in the background as a PULL would, "
+        "and kept topped up as it goes on, so its opens find them cached. Objects larger than "
+        "download_part_size are not fetched ahead; an open out of order stops the read\\-ahead "
+        "until the program reads in order again, so random access fetches nothing it did not "
+        "ask for. A failed prefetch is only logged: the open does its own fetch. "
+        "\\fB\\-\\-prefetch\\-files 0\\fR (or SET prefetch_files 0) turns it off. STATUS counts "
+        "prefetches (fetches started) and prefetch_hits (opens that found one).",
+        ".PP",
         "Given as the first word, \\fBpull\\fR, \\fBpush\\fR, \\fBglob\\fR, \\fBrefresh\\fR, "
         "\\fBstatus\\fR and \\fBset\\fR make s3pool act as the client, s3poolctl(1).",
         ".SH OPTIONS",

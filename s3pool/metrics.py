@@ -46,6 +46,8 @@ COUNTERS = {
     "s3_errors": "S3 requests that failed (5xx, throttling, 403, no connection)",
     "fuse_opens": "files opened on the mount",
     "fuse_reads": "reads on the mount",
+    "prefetches": "files of a directory read in order fetched ahead of their open",
+    "prefetch_hits": "opens on the mount of a file a prefetch had fetched",
 }
 GAUGE_HELP = {
     "cache_bytes": "bytes of the objects in the cache",

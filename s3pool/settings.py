@@ -117,6 +117,13 @@ def parse_concurrency(text: str) -> int:
     return value
 
 
+def parse_prefetch_files(text: str) -> int:
+    value = _number(text, int, "a file count from 0 to 1000")
+    if not 0 <= value <= 1000:
+        raise ValueError(f"not a file count from 0 to 1000: {_shown(text)}")
+    return value
+
+
 def parse_verbose(text: str) -> int:
     value = _number(text, int, "a verbosity from 0 to 3")
     if not 0 <= value <= 3:
@@ -215,6 +222,11 @@ SPECS: tuple[SettingSpec, ...] = (
                 "ranged GETs in flight at once for one object (a PULL fetches every part, "
                 "a reader of the mount the parts it reads plus a read-ahead of up to this "
                 "many)", "N"),
+    SettingSpec("prefetch_files", 8, parse_prefetch_files,
+                "when a program opens the files of a directory of the mount in listing "
+                "order, fetch this many of the next files ahead in the background "
+                "(objects up to download_part_size; random access fetches nothing "
+                "ahead; 0 = off)", "N"),
     SettingSpec("checkpoint_interval", 5.0, parse_seconds,
                 "seconds between syncs of the cache filesystem (objects are installed "
                 "without an fsync each; after a power loss, objects installed since the "

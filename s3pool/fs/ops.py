@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..layout import check_bucket
 from ..listing import Entry, visible_name
+from ..prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class S3PoolOperations(pyfuse3.Operations):
         self.started = time.time()
         self.opens = 0
         self.reads = 0
+        self.prefetcher = Prefetcher(cache, spawn)
 
     # --- helpers ---------------------------------------------------------
 
@@ -416,6 +418,8 @@ class S3PoolOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
+        # before the open's own fetch: the files ahead download while this one does
+        self.prefetcher.opened(node.bucket, node.path)
         try:
             reader = await self.cache.open(node.bucket, node.path)
         except S3PoolError as exc:
@@ -546,4 +550,5 @@ class S3PoolOperations(pyfuse3.Operations):
 
     def status_lines(self) -> list[tuple[str, Any]]:
         return [("fuse_opens", self.opens), ("fuse_reads", self.reads),
-                ("fuse_open_files", len(self.files)), ("fuse_known_inodes", len(self.nodes))]
+                ("fuse_open_files", len(self.files)), ("fuse_known_inodes", len(self.nodes)),
+                *self.prefetcher.status_lines()]
