@@ -48,6 +48,8 @@ SMALL_OBJECT = 256 << 10
 # forgotten key only costs one conditional GET)
 FRESHNESS_MEMORY = 1 << 20
 MISSING_MEMORY = 1 << 16
+# the source of a fetch that the mount's read-ahead started (not counted as a PULL)
+PREFETCH = "read-ahead"
 # a download that fails its ETag MD5 or checksum is fetched again this many times
 DIGEST_RETRIES = 2
 
@@ -211,7 +213,7 @@ class Cache:
                 raise result
         return [r for r in results if isinstance(r, str)]
 
-    async def fetch(self, bucket: str, key: str) -> CachedObject:
+    async def fetch(self, bucket: str, key: str, source: str = "PULL") -> CachedObject:
         """Make the cached copy of a key current and return it (complete and
         installed; a download in flight for the key is waited for, not repeated).
 
@@ -220,7 +222,7 @@ class Cache:
         fetched again, DIGEST_RETRIES times at most, then the PULL fails."""
         for attempt in range(DIGEST_RETRIES + 1):
             try:
-                got = await self._current(bucket, key, "PULL")
+                got = await self._current(bucket, key, source)
                 if isinstance(got, CachedObject):
                     return got
                 return await self._wait_download(got)
@@ -264,7 +266,8 @@ class Cache:
         in flight, or a download this call started."""
         check_bucket(bucket)
         check_key(key)
-        self.stats.pulls += 1
+        if source != PREFETCH:  # a read-ahead is nobody's request
+            self.stats.pulls += 1
         store = self.store
         if not store.is_locked(bucket, key) and self._is_fresh(bucket, key):
             # fast path: nobody is changing this key (no lock exists) and it

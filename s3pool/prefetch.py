@@ -33,7 +33,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .cache import Cache
+from .cache import PREFETCH, Cache
 from .errors import NoSuchKey, S3PoolError
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class Prefetcher:
         ident = (bucket, key)
         fetched = False
         try:
-            await self.cache.fetch(bucket, key)
+            await self.cache.fetch(bucket, key, PREFETCH)
             fetched = True
         except NoSuchKey as exc:
             log.debug("prefetch of s3://%s/%s: %s", bucket, key, exc)

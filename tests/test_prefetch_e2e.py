@@ -63,6 +63,8 @@ def test_reading_a_directory_in_order_fetches_the_next_files_ahead(start_daemon,
     # the window is topped up as the reader goes: (nearly) every later file came ahead
     assert int(status["prefetches"]) >= FILES - 3 - 2, status["prefetches"]
     assert status["prefetch_hits"] == status["prefetches"]
+    # a read-ahead is nobody's PULL: the opens are the requests counted
+    assert status["pulls"] == str(FILES), status["pulls"]
     assert daemon.stop() == 0, daemon.log_text()
 
 

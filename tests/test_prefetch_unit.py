@@ -46,7 +46,7 @@ class FakeCache:
     def is_cached_fresh(self, bucket, key):
         return key in self.cached
 
-    async def fetch(self, bucket, key):
+    async def fetch(self, bucket, key, source="PULL"):
         if key in self.missing:
             raise NoSuchKey(key)
         self.fetched.append(key)
