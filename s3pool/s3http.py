@@ -140,7 +140,9 @@ class LeanGets:
             response = self.pool.urlopen(
                 "GET", request.url, headers=dict(request.headers.items()), body=None,
                 redirect=False, preload_content=False, decode_content=False,
-                release_conn=True, timeout=self.timeout)
+                # the connection goes back to the pool when the body has been
+                # read to its end (urllib3 does that), never while it streams
+                release_conn=False, timeout=self.timeout)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Fallback(f"no answer: {exc}") from None
         status = response.status

@@ -18,19 +18,20 @@ from conftest import ROOT, free_port, free_port_block, request
 class DemoDaemon:
     """s3pool with no AWS configuration at all: the embedded S3 starts."""
 
-    def __init__(self, tmp_path, s3_port: int) -> None:
+    def __init__(self, tmp_path, s3_port: int, args: list[str] | None = None) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.env["HOME"] = str(tmp_path)  # no ~/.aws either
         self.home = tmp_path / "home"
         self.s3_port = s3_port
         self.stderr_path = tmp_path / "stderr"
+        self.args = args or []
 
     def start(self) -> "DemoDaemon":
         self.port = free_port()
         self.log = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "s3pool.cli", "-p", str(self.port), "-D", str(self.home),
-             "--embedded-s3-port", str(self.s3_port)],
+             "--embedded-s3-port", str(self.s3_port), *self.args],
             env=self.env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
             cwd=str(ROOT))
         deadline = time.monotonic() + 60

@@ -5,13 +5,15 @@ A signature or URL that S3 rejects would not show as a failure (boto3
 would take over and the PULL would still work), so these tests count the
 GETs each path made (STATUS s3_lean_gets / s3_lean_fallbacks)."""
 
+import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import botocore.exceptions
 import pytest
 
-from conftest import free_port_block
+from conftest import free_port_block, request
 from fault_proxy import FaultProxy
 from s3pool.layout import META_SUFFIX
 from test_embedded_e2e import DemoDaemon, s3_client
@@ -56,6 +58,33 @@ def test_signed_by_botocore_accepted_by_a_checking_s3(tmp_path):
         # SeaweedFS sends a CRC32 of each object: checked as the bytes came
         log = (daemon.home / "log" / "s3pool.log").read_text()
         assert "verified" in log and "length verified" not in log.split("plain/one.txt")[1]
+    finally:
+        daemon.stop()
+
+
+def test_a_body_being_read_keeps_its_connection(tmp_path):
+    """SeaweedFS keeps connections alive (moto's test server closes each
+    one): a connection goes back to the pool only once its body was read,
+    so GETs beside a streaming download never land on its connection."""
+    daemon = DemoDaemon(tmp_path, free_port_block(),
+                        ["--download-part-size", "1M", "--download-part-concurrency", "4"]).start()
+    try:
+        s3 = s3_client(daemon.status())
+        big = os.urandom(24 << 20)
+        s3.put_object(Bucket="s3pool-demo", Key="big.bin", Body=big)
+        smalls = {f"small/{i:02d}": os.urandom(5000 + i) for i in range(24)}
+        for key, body in smalls.items():
+            s3.put_object(Bucket="s3pool-demo", Key=key, Body=body)
+        keys = ["big.bin", *smalls]
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda k: request(daemon.port, "PULL", "s3pool-demo", k), keys))
+        for key, (status, lines) in zip(keys, replies):
+            assert status == "OK", (key, lines)
+        [path] = replies[0][1]
+        assert hashlib.sha256(open(path, "rb").read()).digest() == hashlib.sha256(big).digest()
+        for key, (_, [path]) in zip(keys[1:], replies[1:]):
+            assert open(path, "rb").read() == smalls[key]
+        assert daemon.status()["s3_lean_fallbacks"] == "0"
     finally:
         daemon.stop()
 
