@@ -73,6 +73,16 @@ def timed_loop(fn, items) -> list[float]:
     return times
 
 
+SETTLE = 0.3  # seconds between two cold trials
+
+
+def alternate(trial: int, first, second) -> None:
+    """Run both, the first one first on even trials, with a pause before each."""
+    for run in ((first, second) if trial % 2 == 0 else (second, first)):
+        time.sleep(SETTLE)
+        run()
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -135,18 +145,27 @@ def cold_reads(args: argparse.Namespace, server: S3Server, s3, work: Path) -> li
         for i in range(3):
             os.stat(root / "cold" / f"big{i}.bin")
         # head -c 1 and the footer: the download stops at close, so every trial is cold
+        # a pause before every trial lets the server finish what the last one
+        # left (a closed GET's body), and who goes first alternates
         ttfb, boto_ttfb, tail, boto_tail_s = [], [], [], []
-        for _ in range(7):
-            boto_ttfb += timed_loop(boto_first_byte, [None])
-            ttfb.append(first_byte_seconds(root / "cold" / "huge.bin"))
-            boto_tail_s += timed_loop(boto_tail, [None])
-            tail.append(first_byte_seconds(root / "cold" / "huge.bin", huge - 65536, 65536))
+        huge_path = root / "cold" / "huge.bin"
+        for trial in range(7):
+            pair = [lambda: boto_ttfb.extend(timed_loop(boto_first_byte, [None])),
+                    lambda: ttfb.append(first_byte_seconds(huge_path)),
+                    lambda: boto_tail_s.extend(timed_loop(boto_tail, [None])),
+                    lambda: tail.append(first_byte_seconds(huge_path, huge - 65536, 65536))]
+            for run in (pair if trial % 2 == 0 else pair[1::-1] + pair[:1:-1]):
+                time.sleep(SETTLE)
+                run()
         time.sleep(1)
         assert not (work / "chome" / "data" / "bench" / "cold" / "huge.bin").exists()
         seq, boto_seq = [], []
         for i in range(3):
-            boto_seq += timed_loop(boto_download, [i])
-            seq.append(cat_seconds(root / "cold" / f"big{i}.bin"))
+            pair = [lambda: boto_seq.extend(timed_loop(boto_download, [i])),
+                    lambda: seq.append(cat_seconds(root / "cold" / f"big{i}.bin"))]
+            for run in (pair if i % 2 == 0 else pair[::-1]):
+                time.sleep(SETTLE)
+                run()
         for d in sets:
             daemon.request("GLOB", "bench", f"{d}/*")
         os.listdir(root / "small")
@@ -160,12 +179,12 @@ def cold_reads(args: argparse.Namespace, server: S3Server, s3, work: Path) -> li
 
         # the same 200 objects, first by boto3, then by s3pool (cold for s3pool)
         mount_small, boto_small_m, pulls, boto_small_p = [], [], [], []
-        for keys in chunks(small["small"], 200):
-            boto_small_m += timed_loop(boto_get, keys)
-            mount_small += timed_loop(mount_read, keys)
-        for keys in chunks(small["pullsmall"], 200):
-            boto_small_p += timed_loop(boto_get, keys)
-            pulls += timed_loop(pull, keys)
+        for i, keys in enumerate(chunks(small["small"], 200)):
+            alternate(i, lambda: boto_small_m.extend(timed_loop(boto_get, keys)),
+                      lambda: mount_small.extend(timed_loop(mount_read, keys)))
+        for i, keys in enumerate(chunks(small["pullsmall"], 200)):
+            alternate(i, lambda: boto_small_p.extend(timed_loop(boto_get, keys)),
+                      lambda: pulls.extend(timed_loop(pull, keys)))
         status_lines = dict(line.split(" ", 1) for line in daemon.request("STATUS")[1])
         # the same loop with directory read-ahead off: one file at a time
         if "prefetch_files" in status_lines:
@@ -180,9 +199,9 @@ def cold_reads(args: argparse.Namespace, server: S3Server, s3, work: Path) -> li
                     f.read()
 
             lone, boto_small_q = [], []
-            for keys in chunks(small["noprefetch"], 200):
-                boto_small_q += timed_loop(boto_get, keys)
-                lone += timed_loop(quiet_read, keys)
+            for i, keys in enumerate(chunks(small["noprefetch"], 200)):
+                alternate(i, lambda: boto_small_q.extend(timed_loop(boto_get, keys)),
+                          lambda: lone.extend(timed_loop(quiet_read, keys)))
     finally:
         daemon.stop()
         if quiet is not None:

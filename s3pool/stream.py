@@ -98,7 +98,7 @@ class Download:
         self.started = time.perf_counter()
         self.fetched_at = 0.0
         self._changed = trio.Event()
-        self._watchers = 0  # tasks waiting for _changed
+        self._needs: dict[int, int] = {}  # part -> bytes of it a waiting read needs
         self._wake_pending = False
         self._token = trio.lowlevel.current_trio_token()
         self._nursery: trio.Nursery | None = None
@@ -133,9 +133,15 @@ class Download:
         return True
 
     def _landed_from_thread(self, index: int, count: int) -> None:
-        """Worker thread: *count* bytes of part *index* are now in the file."""
+        """Worker thread: *count* bytes of part *index* are now in the file.
+
+        The trio thread is woken only when a waiting read now has its bytes
+        (a read registers what it needs before it looks, see :meth:`read`):
+        waking every waiter at every chunk cost a `cat` several times the CPU
+        of the download itself when the reader was ahead of it."""
         self.progress[index] = count  # one int store: atomic under the GIL
-        if self._watchers and not self._wake_pending:
+        need = self._needs.get(index)
+        if need is not None and count >= need and not self._wake_pending:
             self._wake_pending = True
             try:
                 self._token.run_sync_soon(self._wake)
@@ -144,15 +150,26 @@ class Download:
 
     def _wake(self) -> None:
         self._wake_pending = False
+        self._needs.clear()  # the woken reads look again and say what they still need
         changed, self._changed = self._changed, trio.Event()
         changed.set()
 
     async def _wait_change(self) -> None:
-        self._watchers += 1
-        try:
-            await self._changed.wait()
-        finally:
-            self._watchers -= 1
+        await self._changed.wait()
+
+    def _need(self, offset: int, end: int) -> None:
+        """Say what a waiting read needs: the bytes of the first part of
+        [offset, end) that are not all in the file yet."""
+        part_size = self.part_size
+        index = offset // part_size
+        while index * part_size < end:
+            part_start = index * part_size
+            need = min(end, part_start + part_size) - part_start
+            if self.progress[index] < need:
+                known = self._needs.get(index)
+                self._needs[index] = need if known is None else min(known, need)
+                return
+            index += 1
 
     # --- readers ---------------------------------------------------------
 
@@ -164,7 +181,10 @@ class Download:
             self._want_for_read(offset, end, reader)
             self.cache.waiting_reads += 1  # shutdown lets these answer first
             try:
-                while not self.has(offset, end):
+                while True:
+                    self._need(offset, end)  # before looking: no landing goes unseen
+                    if self.has(offset, end):
+                        break
                     if self.error is not None:
                         raise _as_read_error(self.error, self)
                     await self._wait_change()
