@@ -165,13 +165,18 @@ def drop_caches() -> None:
 
 class CountingRelay:
     """A TCP relay on loopback that counts the bytes the server sends back:
-    "bytes fetched from S3" measured at the server's side of the socket."""
+    "bytes fetched from S3" measured at the server's side of the socket.
 
-    def __init__(self, target_port: int) -> None:
+    With *delay*, each answer of the server (data after a quiet spell of
+    2 ms) is held back that many seconds: an S3 across a network, not on
+    loopback."""
+
+    def __init__(self, target_port: int, delay: float = 0.0) -> None:
         import socket
         import threading
 
         self.target_port = target_port
+        self.delay = delay
         self.received = 0
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -194,11 +199,16 @@ class CountingRelay:
             threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
 
     def _pipe(self, src, dst, count: bool) -> None:
+        last = 0.0
         try:
             while True:
                 data = src.recv(1 << 16)
                 if not data:
                     break
+                if count and self.delay:
+                    if time.monotonic() - last > 0.002:
+                        time.sleep(self.delay)
+                    last = time.monotonic()
                 if count:
                     with self.lock:
                         self.received += len(data)
