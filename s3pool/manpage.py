@@ -253,6 +253,11 @@ def s3pool_page() -> str:
         "\\fBAWS_REGION\\fR",
         "Credentials and region, from the standard AWS chain. With none of these and no "
         "endpoint, \\fB\\-\\-embedded\\-s3 auto\\fR starts a local demo S3.",
+        ".TP", "\\fBS3POOL_LEAN_GET\\fR",
+        "0 sends every object GET through boto3. By default GETs are signed by botocore's "
+        "SigV4 signer and sent on a urllib3 pool, and only what is not a plain answer "
+        "(an error, a redirect, a failed connection) goes through boto3 (STATUS "
+        "s3_lean_gets, s3_lean_fallbacks).",
         ".SH SIGNALS",
         "SIGINT and SIGTERM unmount the FUSE view, finish the current replies, flush the access "
         "records and exit 0.",
