@@ -87,6 +87,16 @@ def alternate(trial: int, first, second) -> None:
         run()
 
 
+def file_reader(root: Path):
+    """open + read + close of ROOT/KEY, as a program reading a file does."""
+
+    def read(key: str) -> None:
+        with open(root / key, "rb") as f:
+            f.read()
+
+    return read
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -174,9 +184,7 @@ def cold_reads(args: argparse.Namespace, server: S3Server, s3, work: Path) -> li
             daemon.request("GLOB", "bench", f"{d}/*")
         os.listdir(root / "small")
 
-        def mount_read(key: str) -> None:
-            with open(root / key, "rb") as f:
-                f.read()
+        mount_read = file_reader(root)
 
         def pull(key: str) -> None:
             assert daemon.request("PULL", "bench", key)[0] == "OK"
@@ -197,11 +205,7 @@ def cold_reads(args: argparse.Namespace, server: S3Server, s3, work: Path) -> li
             quiet.request("GLOB", "bench", "noprefetch/*")
             qroot = work / "qmnt" / "bench"
             os.listdir(qroot / "noprefetch")
-
-            def quiet_read(key: str) -> None:
-                with open(qroot / key, "rb") as f:
-                    f.read()
-
+            quiet_read = file_reader(qroot)
             lone, boto_small_q = [], []
             for i, keys in enumerate(chunks(small["noprefetch"], 200)):
                 alternate(i, lambda: boto_small_q.extend(timed_loop(boto_get, keys)),
@@ -225,11 +229,7 @@ def cold_reads(args: argparse.Namespace, server: S3Server, s3, work: Path) -> li
         daemon.request("GLOB", "bench", "far/*")
         froot = work / "fmnt" / "bench"
         os.listdir(froot / "far")
-
-        def far_read(key: str) -> None:
-            with open(froot / key, "rb") as f:
-                f.read()
-
+        far_read = file_reader(froot)
         def slow_get(key: str) -> None:
             slow_s3.get_object(Bucket="bench", Key=key)["Body"].read()
 

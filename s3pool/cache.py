@@ -144,13 +144,10 @@ class Cache:
     def is_busy(self, bucket: str, key: str) -> bool:
         return self.store.is_busy(bucket, key)
 
-    def is_cached_fresh(self, bucket: str, key: str) -> bool:
-        """True if an open of the key now would be served from the cache with
-        no S3 request (checked within the freshness window; a stat or two)."""
-        try:
-            return self._is_fresh(bucket, key) and self.store.lookup(bucket, key) is not None
-        except KeyConflict:
-            return False
+    def is_fresh(self, bucket: str, key: str) -> bool:
+        """True if the key was checked with S3 within the freshness window (it
+        was cached then, or is being fetched): a dict lookup, no stat."""
+        return self._is_fresh(bucket, key)
 
     def _is_fresh(self, bucket: str, key: str) -> bool:
         return self._checked_within(bucket, key, self.settings.freshness_window)
@@ -536,20 +533,22 @@ class Cache:
         if not self.listings.has_index(bucket):
             await self.refresh(bucket)
 
-    async def discover(self, bucket: str, key: str) -> bool:
+    async def discover(self, bucket: str, key: str) -> ListEntry | None:
         """Ask S3 about one name the listing lacks (a key written since the
-        last refresh): a HEAD, then a LIST of one key for a directory of that
-        name. What exists goes into the listing index; what does not is
-        remembered for the freshness window, so an ``ls`` storm of missing
-        names costs S3 nothing. True if the index gained something."""
+        last refresh, or any name before the bucket's first listing is in):
+        a HEAD, then a LIST of one key for a directory of that name. What
+        exists goes into the listing index (when there is one) and is
+        returned: the key itself, or for a directory the first key under it.
+        What does not is remembered for the freshness window, so an ``ls``
+        storm of missing names costs S3 nothing."""
         check_bucket(bucket)
         if self.listings.hidden(key + "/"):
-            return False  # s3pool's own .s3pool/ objects are never shown
+            return None  # s3pool's own .s3pool/ objects are never shown
         ident = (bucket, key)
         missing_since = self._missing.get(ident)
         window = self.settings.freshness_window
         if missing_since is not None and trio.current_time() - missing_since < window:
-            return False
+            return None
         try:
             check_key(key)
             try:
@@ -557,24 +556,25 @@ class Cache:
             except NoSuchKey:
                 meta = None
             if meta is not None:
-                await self.listings.add_key(bucket, ListEntry(
-                    key, meta["ContentLength"], _listing_time(meta), meta.get("ETag") or ""))
-                return True
+                found = ListEntry(key, meta["ContentLength"], _listing_time(meta),
+                                  meta.get("ETag") or "")
+                await self.listings.add_key(bucket, found)
+                return found
             # a directory: one key under it is enough for the index to show it
             under = await self.backend.first_keys(bucket, key + "/", 1)
         except BadKey:
-            return False
+            return None
         except S3PoolError as exc:  # S3 unreachable: the name is just not there now
             log.info("cannot ask S3 about s3://%s/%s: %s", bucket, key, exc)
-            return False
+            return None
         if under:
             await self.listings.add_key(bucket, under[0])
-            return True
+            return under[0]
         self._missing[ident] = trio.current_time()
         self._missing.move_to_end(ident)
         while len(self._missing) > MISSING_MEMORY:
             self._missing.popitem(last=False)
-        return False
+        return None
 
     async def glob(self, bucket: str, pattern: str) -> list[str]:
         check_bucket(bucket)

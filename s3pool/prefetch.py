@@ -172,8 +172,8 @@ class Prefetcher:
             return
         if self.cache.backend.stopping.is_set():
             return
-        if self.cache.store.is_locked(bucket, key) or self.cache.is_cached_fresh(bucket, key):
-            return  # being opened or pulled right now, or nothing to fetch
+        if self.cache.store.is_locked(bucket, key) or self.cache.is_fresh(bucket, key):
+            return  # being opened or pulled right now, or checked moments ago
         assert self.spawn is not None
         self.in_flight[ident] = False
         self.prefetches += 1

@@ -43,7 +43,7 @@ class FakeCache:
         self.missing: set[str] = set()
         self.fetched: list[str] = []
 
-    def is_cached_fresh(self, bucket, key):
+    def is_fresh(self, bucket, key):
         return key in self.cached
 
     async def fetch(self, bucket, key, source="PULL"):

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 import pyfuse3
 import trio
 
+from ..backend import ListEntry
 from ..cache import Cache, Reader
 from ..errors import (
     AccessDenied, BackendError, BadBucket, BadKey, KeyConflict, NoSpace, NoSuchBucket, NoSuchKey,
@@ -132,6 +133,16 @@ class DirHandle:
         self.position, self.after, self.entries, self.pending = 0, None, None, None
 
 
+def _entry_of(found: ListEntry | None, name: str, key: str) -> Entry | None:
+    """The entry *name* from what :meth:`Cache.discover` found for *key*: the
+    key itself (a file), or a key under ``key/`` (a directory)."""
+    if found is None:
+        return None
+    if found.key == key:
+        return Entry(name, False, found.size, found.mtime, found.etag)
+    return Entry(name, True)
+
+
 def _mtime_of(meta: dict[str, Any]) -> float:
     try:
         return parsedate_to_datetime(meta["LastModified"]).timestamp()
@@ -164,6 +175,7 @@ class S3PoolOperations(pyfuse3.Operations):
         # inodes whose size in the kernel may be wrong until an invalidation lands
         self._size_suspect: set[int] = set()
         self._known_buckets: set[str] = set()
+        self._listing: set[str] = set()  # buckets whose first listing runs in the background
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.started = time.time()
@@ -252,6 +264,28 @@ class S3PoolOperations(pyfuse3.Operations):
             self._missing_buckets[bucket] = time.monotonic()
         return exists
 
+    def _listing_or_start(self, bucket: str) -> bool:
+        """True if the bucket's listing index is there; if not, start the
+        listing in the background (names are asked of S3 meanwhile): the
+        first file opened after a start does not wait for a whole bucket to
+        be listed, which for millions of keys takes minutes."""
+        self.cache.use_bucket(bucket)
+        if self.listings.has_index(bucket):
+            return True
+        if bucket not in self._listing and self.spawn is not None:
+            self._listing.add(bucket)
+            self.spawn(self._list_in_background, bucket)
+        return False
+
+    async def _list_in_background(self, bucket: str) -> None:
+        try:
+            await self.cache.ensure_listing(bucket)
+            self.cache.use_bucket(bucket)
+        except S3PoolError as exc:
+            log.warning("cannot list bucket %s: %s", bucket, exc)
+        finally:
+            self._listing.discard(bucket)
+
     async def _ensure_listing(self, bucket: str) -> None:
         try:
             await self.cache.ensure_listing(bucket)
@@ -284,12 +318,13 @@ class S3PoolOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = Node(text, "", True, mtime=self.listings.last_refresh.get(text, self.started))
         else:
-            await self._ensure_listing(parent.bucket)
-            entry = self.listings.lookup(parent.bucket, parent.dir_prefix, text)
-            if entry is None and visible_name(text, at_root=not parent.path) \
-                    and await self.cache.discover(parent.bucket, parent.dir_prefix + text):
-                # written to S3 since the last listing
-                entry = self.listings.lookup(parent.bucket, parent.dir_prefix, text)
+            listed = self._listing_or_start(parent.bucket)
+            entry = self.listings.lookup(parent.bucket, parent.dir_prefix, text) if listed \
+                else None
+            if entry is None and visible_name(text, at_root=not parent.path):
+                # written to S3 since the last listing, or the listing is not in yet
+                entry = _entry_of(await self.cache.discover(
+                    parent.bucket, parent.dir_prefix + text), text, parent.dir_prefix + text)
             if entry is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = self._entry_node(parent.bucket, parent.dir_prefix, entry)
