@@ -179,6 +179,20 @@ class Backend:
             return None
         return LeanGets(self.client, credentials, pool_size, CONNECT_TIMEOUT, READ_TIMEOUT)
 
+    def warm_up(self, buckets: list[str]) -> None:
+        """Blocking: one HEAD of each bucket, and the lean path's URL for it, so
+        the first GET someone waits for finds botocore set up and a connection
+        open. Failures are for the real requests to report."""
+        for bucket in buckets:
+            if self.stopping.is_set():
+                return
+            try:
+                self.client.head_bucket(Bucket=bucket)
+                if self.lean is not None:
+                    self.lean.prepare(bucket)
+            except Exception as exc:  # noqa: BLE001 (nothing depends on the warm-up)
+                log.debug("warming up for bucket %s: %s", bucket, exc)
+
     @staticmethod
     def threads_for(pull_concurrency: int) -> int:
         """Worker threads (and pooled connections) for that many downloads at once,

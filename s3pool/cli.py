@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "socket has no authentication, so bind wider only on a trusted "
                              "network)")
     parser.add_argument("--bucket", action="append", default=[], metavar="BUCKET",
-                        help="show BUCKET at the mount's root and keep its listing fresh "
-                             "(repeatable)")
+                        help="show BUCKET at the mount's root and keep its listing fresh; "
+                             "one HEAD of it at start sets the S3 client up (repeatable)")
     parser.add_argument("--embedded-s3", choices=("auto", "yes", "no"), default="auto",
                         help="run a local demo S3 (SeaweedFS, data kept in HOMEDIR/s3/) instead "
                              "of a real one: 'auto' does so only when no S3 endpoint and no AWS "

@@ -286,6 +286,14 @@ class Daemon:
         await self.store.flush_access()
         return self.status_lines()
 
+    async def _warm_up(self) -> None:
+        """botocore sets itself up lazily on the first request (credentials,
+        endpoint rules, the signer, a connection): do that for the buckets
+        named at start before anyone waits for their first object."""
+        if self.options.buckets:
+            await trio.to_thread.run_sync(self.backend.warm_up, list(self.options.buckets),
+                                          abandon_on_cancel=True)
+
     def status_lines(self) -> list[tuple[str, Any]]:
         stats = self.cache.stats
         usage = self.evictor.usage()
@@ -383,6 +391,7 @@ class Daemon:
                 log.info("at most %d control connections at once (descriptor limit %d)",
                          self.server.connection_cap, self.descriptor_limit)
                 nursery.start_soon(self._flush_request_log)
+                nursery.start_soon(self._warm_up)
                 await nursery.start(self.cache.run)  # downloads outlive their requests
                 await nursery.start(self.store.run)
                 if self.metrics is not None:

@@ -99,6 +99,10 @@ class LeanGets:
             return False
         return config.signature_version in (None, "s3v4", "v4")
 
+    def prepare(self, bucket: str) -> None:
+        """Work out the bucket's URL now rather than at its first GET."""
+        self._prefix(bucket)
+
     def _prefix(self, bucket: str) -> tuple[str, str] | None:
         """(scheme://host, path prefix) of the bucket's objects, as botocore builds them."""
         with self._lock:

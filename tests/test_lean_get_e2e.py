@@ -8,6 +8,7 @@ GETs each path made (STATUS s3_lean_gets / s3_lean_fallbacks)."""
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import botocore.exceptions
@@ -154,3 +155,18 @@ def test_the_lean_path_can_be_switched_off(start_daemon, s3, bucket, monkeypatch
     d = start_daemon()
     d.ok("PULL", bucket, "k")
     assert d.status()["s3_lean_gets"] == "0"
+
+
+def test_buckets_named_at_start_are_warmed_up_before_the_first_request(start_daemon, s3, bucket,
+                                                                       moto_server):
+    """botocore sets up lazily; the daemon does it (a HEAD of each bucket
+    named with --bucket) before anyone waits for a first object."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    before = moto_server.app.count("HEAD", f"/{bucket}")
+    d = start_daemon(args=["--bucket", bucket, "--bucket", "no-such-bucket-warm"])
+    deadline = time.monotonic() + 10
+    while moto_server.app.count("HEAD", f"/{bucket}") == before:
+        assert time.monotonic() < deadline, "no warm-up HEAD reached S3"
+        time.sleep(0.05)
+    d.ok("PULL", bucket, "k")  # a bucket that does not exist only costs its HEAD
+    assert "Traceback" not in d.log_text()
