@@ -36,6 +36,14 @@ def _put_files(s3, bucket: str, count: int = FILES, size: int = 16 * KIB,
     return bodies
 
 
+def _mounted(start_daemon, bucket: str, *args: str):
+    """A daemon with the mount, and its view of dir/ (listed once)."""
+    daemon = start_daemon(mount=True, args=["--bucket", bucket, *args])
+    directory = daemon.mountpoint / bucket / "dir"
+    os.listdir(directory)
+    return daemon, directory
+
+
 def _gets(moto_server, bucket: str, names) -> int:
     return sum(moto_server.app.gets(bucket, f"dir/{name}") for name in names)
 
@@ -80,9 +88,7 @@ def _shuffled_without_neighbours(names: list[str], seed: int) -> list[str]:
 
 def test_random_order_fetches_nothing_ahead(start_daemon, s3, bucket, moto_server):
     bodies = _put_files(s3, bucket)
-    daemon = start_daemon(mount=True, args=["--bucket", bucket])
-    directory = daemon.mountpoint / bucket / "dir"
-    os.listdir(directory)
+    daemon, directory = _mounted(start_daemon, bucket)
     for name in _shuffled_without_neighbours(sorted(bodies), seed=11):
         assert (directory / name).read_bytes() == bodies[name]
     time.sleep(0.3)  # a prefetch started by the last open would have reached S3 by now
@@ -94,9 +100,7 @@ def test_random_order_fetches_nothing_ahead(start_daemon, s3, bucket, moto_serve
 def test_prefetch_files_0_turns_it_off(start_daemon, s3, bucket, moto_server):
     bodies = _put_files(s3, bucket, count=12)
     names = sorted(bodies)
-    daemon = start_daemon(mount=True, args=["--bucket", bucket, "--prefetch-files", "0"])
-    directory = daemon.mountpoint / bucket / "dir"
-    os.listdir(directory)
+    daemon, directory = _mounted(start_daemon, bucket, "--prefetch-files", "0")
     for name in names[:6]:
         assert (directory / name).read_bytes() == bodies[name]
     time.sleep(0.3)  # a prefetch would have reached S3 by now
@@ -119,10 +123,8 @@ def test_objects_larger_than_a_part_are_not_fetched_ahead(start_daemon, s3, buck
     for name, body in large.items():
         s3.put_object(Bucket=bucket, Key=f"dir/{name}", Body=body)
     s3.put_object(Bucket=bucket, Key="dir/f008", Body=b"small again")
-    daemon = start_daemon(mount=True, args=["--bucket", bucket, "--download-part-size", "256K",
-                                            "--prefetch-files", "8"])
-    directory = daemon.mountpoint / bucket / "dir"
-    os.listdir(directory)
+    daemon, directory = _mounted(start_daemon, bucket, "--download-part-size", "256K",
+                                            "--prefetch-files", "8")
     for name in sorted(small)[:3]:
         assert (directory / name).read_bytes() == small[name]
     _wait(lambda: moto_server.app.gets(bucket, "dir/f008") == 1,
@@ -140,9 +142,7 @@ def test_a_key_deleted_after_the_listing_fails_its_prefetch_quietly(start_daemon
                                                                      moto_server):
     bodies = _put_files(s3, bucket, count=10)
     names = sorted(bodies)
-    daemon = start_daemon(mount=True, args=["--bucket", bucket, "--prefetch-files", "4"])
-    directory = daemon.mountpoint / bucket / "dir"
-    os.listdir(directory)
+    daemon, directory = _mounted(start_daemon, bucket, "--prefetch-files", "4")
     s3.delete_object(Bucket=bucket, Key="dir/f004")  # still in the daemon's listing
     for name in names[:3]:
         assert (directory / name).read_bytes() == bodies[name]
@@ -163,9 +163,7 @@ def test_a_key_deleted_after_the_listing_fails_its_prefetch_quietly(start_daemon
 def test_sigterm_with_prefetches_in_flight_exits_0(start_daemon, s3, bucket, moto_server):
     bodies = _put_files(s3, bucket, count=10)
     names = sorted(bodies)
-    daemon = start_daemon(mount=True, args=["--bucket", bucket, "--prefetch-files", "4"])
-    directory = daemon.mountpoint / bucket / "dir"
-    os.listdir(directory)
+    daemon, directory = _mounted(start_daemon, bucket, "--prefetch-files", "4")
     for name in names[3:]:
         moto_server.app.slow_paths[f"/{bucket}/dir/{name}"] = 1.5
     try:
