@@ -124,7 +124,7 @@ def test_objects_larger_than_a_part_are_not_fetched_ahead(start_daemon, s3, buck
         s3.put_object(Bucket=bucket, Key=f"dir/{name}", Body=body)
     s3.put_object(Bucket=bucket, Key="dir/f008", Body=b"small again")
     daemon, directory = _mounted(start_daemon, bucket, "--download-part-size", "256K",
-                                            "--prefetch-files", "8")
+                                 "--prefetch-files", "8")
     for name in sorted(small)[:3]:
         assert (directory / name).read_bytes() == small[name]
     _wait(lambda: moto_server.app.gets(bucket, "dir/f008") == 1,
