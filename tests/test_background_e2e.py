@@ -181,6 +181,8 @@ def test_open_of_an_object_larger_than_the_cap_is_enospc(start_daemon, s3, bucke
     daemon = start_daemon(mount=True, args=["--bucket", bucket,
                                             "--max-cache-size", str(100 * KIB)])
     root = daemon.mountpoint / bucket
+    # the listing (built in tmp/) is in before tmp/ is looked at below
+    assert sorted(os.listdir(root)) == ["huge", "small"]
     with pytest.raises(OSError) as info:
         (root / "huge").read_bytes()
     assert info.value.errno == errno.ENOSPC
