@@ -533,14 +533,15 @@ class Cache:
         if not self.listings.has_index(bucket):
             await self.refresh(bucket)
 
-    async def discover(self, bucket: str, key: str) -> ListEntry | None:
+    async def discover(self, bucket: str, key: str, quiet: bool = True) -> ListEntry | None:
         """Ask S3 about one name the listing lacks (a key written since the
         last refresh, or any name before the bucket's first listing is in):
         a HEAD, then a LIST of one key for a directory of that name. What
         exists goes into the listing index (when there is one) and is
         returned: the key itself, or for a directory the first key under it.
         What does not is remembered for the freshness window, so an ``ls``
-        storm of missing names costs S3 nothing."""
+        storm of missing names costs S3 nothing. When S3 cannot be asked,
+        the name is not there for now (*quiet*), or the error is raised."""
         check_bucket(bucket)
         if self.listings.hidden(key + "/"):
             return None  # s3pool's own .s3pool/ objects are never shown
@@ -566,6 +567,8 @@ class Cache:
             return None
         except S3PoolError as exc:  # S3 unreachable: the name is just not there now
             log.info("cannot ask S3 about s3://%s/%s: %s", bucket, key, exc)
+            if not quiet:
+                raise
             return None
         if under:
             await self.listings.add_key(bucket, under[0])

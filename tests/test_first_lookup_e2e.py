@@ -27,3 +27,24 @@ def test_the_first_file_opened_does_not_wait_for_the_bucket_listing(start_daemon
     assert len(os.listdir(daemon.mountpoint / bucket / "other")) == 20
     assert "Traceback" not in daemon.log_text()
     assert daemon.stop() == 0
+
+
+def test_a_name_asked_of_an_s3_that_is_down_before_the_listing_is_eio(start_daemon, tmp_path):
+    """No listing yet and S3 unreachable: the mount cannot tell whether the
+    name exists, and says so (EIO), rather than "no such file"."""
+    import errno
+
+    import pytest
+    from conftest import MotoServer
+
+    server = MotoServer()
+    server.client().create_bucket(Bucket="gone")
+    server.client().put_object(Bucket="gone", Key="f.txt", Body=b"f")
+    daemon = start_daemon(mount=True, endpoint=server.endpoint, args=["--bucket", "gone"])
+    assert os.listdir(daemon.mountpoint) == ["gone"]  # named at start: no S3 request needed
+    server.stop()
+    with pytest.raises(OSError) as info:
+        (daemon.mountpoint / "gone" / "f.txt").read_bytes()
+    assert info.value.errno == errno.EIO, info.value
+    assert daemon.process.poll() is None
+    assert daemon.stop() == 0

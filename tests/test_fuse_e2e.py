@@ -155,6 +155,8 @@ def test_s3_down_gives_eio_and_the_mount_keeps_answering(start_daemon, tmp_path)
                           args=["--bucket", "down", "--freshness-window", "0"])
     root = daemon.mountpoint / "down"
     assert (root / "cached.txt").read_bytes() == b"cached"
+    # the listing is in (it is built in the background after the first lookup)
+    assert sorted(os.listdir(root)) == ["cached.txt", "never.txt"]
     server.stop()
     started = time.monotonic()
     with pytest.raises(OSError) as info:

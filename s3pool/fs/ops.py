@@ -323,8 +323,10 @@ class S3PoolOperations(pyfuse3.Operations):
                 else None
             if entry is None and visible_name(text, at_root=not parent.path):
                 # written to S3 since the last listing, or the listing is not in yet
+                # (then an S3 that cannot be asked is an error, EIO, not "no such name")
                 entry = _entry_of(await self.cache.discover(
-                    parent.bucket, parent.dir_prefix + text), text, parent.dir_prefix + text)
+                    parent.bucket, parent.dir_prefix + text, quiet=listed),
+                    text, parent.dir_prefix + text)
             if entry is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = self._entry_node(parent.bucket, parent.dir_prefix, entry)
