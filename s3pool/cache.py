@@ -147,9 +147,6 @@ class Cache:
     def is_fresh(self, bucket: str, key: str) -> bool:
         """True if the key was checked with S3 within the freshness window (it
         was cached then, or is being fetched): a dict lookup, no stat."""
-        return self._is_fresh(bucket, key)
-
-    def _is_fresh(self, bucket: str, key: str) -> bool:
         return self._checked_within(bucket, key, self.settings.freshness_window)
 
     def _checked_within(self, bucket: str, key: str, seconds: float) -> bool:
@@ -266,7 +263,7 @@ class Cache:
         if source != PREFETCH:  # a read-ahead is nobody's request
             self.stats.pulls += 1
         store = self.store
-        if not store.is_locked(bucket, key) and self._is_fresh(bucket, key):
+        if not store.is_locked(bucket, key) and self.is_fresh(bucket, key):
             # fast path: nobody is changing this key (no lock exists) and it
             # was checked within the window; no await happens in between
             self._check_conflict(bucket, key)
@@ -312,7 +309,7 @@ class Cache:
         if download is not None:
             return download  # its GET checked the ETag moments ago: share it
         obj = self.store.lookup(bucket, key)
-        if obj is not None and self._is_fresh(bucket, key):
+        if obj is not None and self.is_fresh(bucket, key):
             self.stats.hits += 1
             return obj
         slot = object()  # the download_limiter slot, handed to the download

@@ -151,31 +151,28 @@ class LeanGets:
             raise Fallback(f"no answer: {exc}") from None
         status = response.status
         if status not in _PLAIN:
-            response.drain_conn()
-            response.release_conn()
+            _let_go(response)
             if status in _LEAVE_BUCKET:
                 log.info("S3 answered %d to a lean GET in bucket %s: boto3 makes its GETs "
                          "from now on", status, bucket)
                 self.leave_bucket(bucket)
             raise Fallback(f"status {status}")
         if status == NOT_MODIFIED:
-            response.drain_conn()
-            response.release_conn()
+            _let_go(response)
             return status, None
         if status == NOT_FOUND:  # NoSuchKey or NoSuchBucket: the code is in the body
             try:
                 text = response.read(64 << 10).decode("utf-8", "replace")
             except (urllib3.exceptions.HTTPError, OSError):
                 text = ""
-            response.release_conn()
+            _let_go(response)
             code = _xml_text(text, "Code") or "NoSuchKey"
             return status, {"Code": code, "Message": _xml_text(text, "Message")}
         fields = response.headers
         length = fields.get("content-length")
         modified = fields.get("last-modified")
         if length is None or not length.isdigit() or modified is None:
-            response.drain_conn()
-            response.release_conn()
+            _let_go(response)
             raise Fallback("no Content-Length or Last-Modified")
         result: dict[str, Any] = {"ContentLength": int(length)}
         for header, name in _FIELDS:
@@ -185,14 +182,19 @@ class LeanGets:
         try:
             result["LastModified"] = parsedate_to_datetime(modified)
         except (TypeError, ValueError):
-            response.drain_conn()
-            response.release_conn()
+            _let_go(response)
             raise Fallback(f"Last-Modified {modified!r}") from None
         result["Metadata"] = {name.lower()[len(_META_PREFIX):]: value
                               for name, value in fields.items()
                               if name.lower().startswith(_META_PREFIX)}
         result["Body"] = StreamingBody(response, int(length))
         return status, result
+
+def _let_go(response: Any) -> None:
+    """Read what is left of an answer not used, and give its connection back."""
+    response.drain_conn()
+    response.release_conn()
+
 
 def _xml_text(document: str, tag: str) -> str:
     """The text of the first <tag> of a small S3 error document ('' if none)."""

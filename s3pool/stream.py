@@ -119,18 +119,21 @@ class Download:
 
     def has(self, start: int, end: int) -> bool:
         """True if bytes [start, end) are in the file."""
-        if self.result is not None:
-            return True
+        return self.result is not None or self._short_part(start, end) is None
+
+    def _short_part(self, start: int, end: int) -> tuple[int, int] | None:
+        """(part, bytes of it from its start that are needed) for the first part
+        of [start, end) whose bytes are not all in the file; None if all are."""
         part_size = self.part_size
         index = start // part_size
         while start < end:
             part_start = index * part_size
             part_end = min(end, part_start + part_size)
             if self.progress[index] < part_end - part_start:
-                return False
+                return index, part_end - part_start
             start = part_end
             index += 1
-        return True
+        return None
 
     def _landed_from_thread(self, index: int, count: int) -> None:
         """Worker thread: *count* bytes of part *index* are now in the file.
@@ -160,16 +163,11 @@ class Download:
     def _need(self, offset: int, end: int) -> None:
         """Say what a waiting read needs: the bytes of the first part of
         [offset, end) that are not all in the file yet."""
-        part_size = self.part_size
-        index = offset // part_size
-        while index * part_size < end:
-            part_start = index * part_size
-            need = min(end, part_start + part_size) - part_start
-            if self.progress[index] < need:
-                known = self._needs.get(index)
-                self._needs[index] = need if known is None else min(known, need)
-                return
-            index += 1
+        short = self._short_part(offset, end)
+        if short is not None:
+            index, need = short
+            known = self._needs.get(index)
+            self._needs[index] = need if known is None else min(known, need)
 
     # --- readers ---------------------------------------------------------
 

@@ -279,10 +279,9 @@ class S3PoolOperations(pyfuse3.Operations):
 
     async def _list_in_background(self, bucket: str) -> None:
         try:
-            await self.cache.ensure_listing(bucket)
-            self.cache.use_bucket(bucket)
-        except S3PoolError as exc:
-            log.warning("cannot list bucket %s: %s", bucket, exc)
+            await self._ensure_listing(bucket)
+        except pyfuse3.FUSEError:
+            pass  # logged there; the next lookup starts it again
         finally:
             self._listing.discard(bucket)
 
