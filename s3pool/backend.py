@@ -454,8 +454,9 @@ def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,
     (:func:`write_all`). Any failure is told to *transfer*, so the other
     parts of a ranged download stop at their next chunk.
     """
-    raw = getattr(body, "_raw_stream", None)  # urllib3's response under botocore's
-    read1 = getattr(raw, "read1", None)
+    # a LeanBody reads once per call; under botocore's body, urllib3's response does
+    read1 = getattr(body, "read1", None) or getattr(getattr(body, "_raw_stream", None),
+                                                    "read1", None)
     written = 0
     try:
         while written < limit:

@@ -255,7 +255,7 @@ def s3pool_page() -> str:
         "endpoint, \\fB\\-\\-embedded\\-s3 auto\\fR starts a local demo S3.",
         ".TP", "\\fBS3POOL_LEAN_GET\\fR",
         "0 sends every object GET through boto3. By default GETs are signed by botocore's "
-        "SigV4 signer and sent on a urllib3 pool, and only what is not a plain answer "
+        "SigV4 signer and sent on keep-alive connections of s3pool's own, and only what is not a plain answer "
         "(an error, a redirect, a failed connection) goes through boto3 (STATUS "
         "s3_lean_gets, s3_lean_fallbacks).",
         ".SH SIGNALS",

@@ -1,5 +1,5 @@
 """The lean GET path (s3pool/s3http.py): object GETs signed by botocore's
-signer and sent on a urllib3 pool, with boto3 taking over anything unusual.
+signer and sent on keep-alive connections of its own, with boto3 taking over anything unusual.
 
 A signature or URL that S3 rejects would not show as a failure (boto3
 would take over and the PULL would still work), so these tests count the

@@ -1,0 +1,196 @@
+"""The lean GET path's own HTTP/1.1 reading (s3pool/s3http.py), against a
+scripted server on a real socket: keep-alive reuse, a kept-alive connection
+the server closed, short and chunked bodies, answers that go to boto3."""
+
+import socket
+import threading
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+from s3pool.s3http import BodyError, Fallback, LeanGets
+
+OK_HEAD = ("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nETag: \"abc\"\r\n"
+           "Last-Modified: Thu, 26 Nov 2026 03:00:00 GMT\r\nx-amz-meta-Owner: me\r\n{extra}\r\n")
+
+
+class ScriptedServer:
+    """Answers each request with the next answer of *script*: a function of
+    the request line giving (bytes to send, close the connection after)."""
+
+    def __init__(self, script):
+        self.script = script
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        chunk = conn.recv(65536)
+                    except OSError:  # the client dropped the connection
+                        return
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                line = head.split(b"\r\n")[0].decode()
+                self.requests.append(head.decode())
+                answer, close = self.script(line, len(self.requests))
+                try:
+                    conn.sendall(answer)
+                except OSError:
+                    return
+                if close:
+                    return
+
+    def stop(self):
+        self.sock.close()
+
+
+def lean_for(server):
+    client = boto3.client(
+        "s3", endpoint_url=f"http://127.0.0.1:{server.port}", region_name="us-east-1",
+        aws_access_key_id="k", aws_secret_access_key="s",
+        config=Config(s3={"addressing_style": "path"}))
+    return LeanGets(client, Credentials("k", "s"), 4, 2, 2)
+
+
+def ok(body, extra=""):
+    return OK_HEAD.format(n=len(body), extra=extra).encode() + body
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(script):
+        server = ScriptedServer(script)
+        servers.append(server)
+        return server, lean_for(server)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_bodies_read_to_the_end_reuse_one_connection(serve):
+    server, lean = serve(lambda line, n: (ok(b"x" * 5000 + str(n).encode()), False))
+    for n in (1, 2, 3):
+        status, resp = lean.get("bkt", "dir/a key+é", {"Range": "bytes=0-"})
+        assert status == 200
+        assert resp["Body"].read() == b"x" * 5000 + str(n).encode()
+        assert resp["ETag"] == '"abc"' and resp["Metadata"] == {"owner": "me"}
+    assert server.connections == 1
+    first = server.requests[0]
+    assert first.startswith("GET /bkt/dir/a%20key%2B%C3%A9 HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{server.port}" in first
+    assert "Authorization: AWS4-HMAC-SHA256" in first and "Range: bytes=0-" in first
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced(serve):
+    # the server answers, then closes the connection without saying so
+    server, lean = serve(lambda line, n: (ok(b"hello"), True))
+    for _ in range(3):
+        status, resp = lean.get("bkt", "k", {})
+        assert resp["Body"].read() == b"hello"
+    assert server.connections == 3
+
+
+def test_connection_close_is_not_reused(serve):
+    server, lean = serve(lambda line, n: (ok(b"hello", "Connection: close\r\n"), True))
+    for _ in range(2):
+        assert lean.get("bkt", "k", {})[1]["Body"].read() == b"hello"
+    assert server.connections == 2
+
+
+def test_a_body_cut_short_fails_its_read_and_drops_the_connection(serve):
+    def script(line, n):
+        if n == 1:
+            return OK_HEAD.format(n=100000, extra="").encode() + b"y" * 1000, True
+        return ok(b"fine"), False
+
+    server, lean = serve(script)
+    _, resp = lean.get("bkt", "k", {})
+    with pytest.raises(BodyError):
+        resp["Body"].read()
+    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"fine"
+    assert server.connections == 2
+
+
+def test_read1_streams_and_an_early_close_of_a_long_body_closes_the_connection(serve):
+    big = bytes(range(256)) * 4096  # 1 MiB
+    server, lean = serve(lambda line, n: (ok(big), False))
+    _, resp = lean.get("bkt", "k", {})
+    body = resp["Body"]
+    got = body.read1(1000)
+    assert 0 < len(got) <= 1000 and big.startswith(got)
+    body.close()  # far from its end: not drained, the connection goes
+    _, resp = lean.get("bkt", "k", {})
+    parts = []
+    while chunk := resp["Body"].read1(1 << 20):
+        parts.append(chunk)
+    assert b"".join(parts) == big
+    assert server.connections == 2
+
+
+def test_a_chunked_not_found_gives_its_code(serve):
+    doc = (b"<?xml version='1.0'?><Error><Code>NoSuchBucket</Code>"
+           b"<Message>no bucket</Message></Error>")
+    half = len(doc) // 2
+    answer = (b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"
+              + b"%x\r\n" % half + doc[:half] + b"\r\n"
+              + b"%x;ext=1\r\n" % (len(doc) - half) + doc[half:] + b"\r\n0\r\n\r\n")
+    server, lean = serve(lambda line, n: (answer if n == 1 else ok(b"z"), False))
+    assert lean.get("bkt", "k", {}) == (404, {"Code": "NoSuchBucket", "Message": "no bucket"})
+    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"z"
+    assert server.connections == 1  # the 404 body was read: its connection kept
+
+
+def test_not_modified_has_no_body(serve):
+    server, lean = serve(lambda line, n: (
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"abc\"\r\n\r\n" if n == 1 else ok(b"q"), False))
+    assert lean.get("bkt", "k", {"If-None-Match": '"abc"'}) == (304, None)
+    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"q"
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("answer, leaves", [
+    (b"HTTP/1.1 500 Internal\r\nContent-Length: 5\r\n\r\noops!", False),
+    (b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno", True),
+    (b"HTTP/1.1 301 Moved\r\nContent-Length: 0\r\n\r\n", True),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", False),  # no Last-Modified
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000 + b"\r\n", False),
+])
+def test_anything_unusual_goes_to_boto3(serve, answer, leaves):
+    server, lean = serve(lambda line, n: (answer, False))
+    with pytest.raises(Fallback):
+        lean.get("bkt", "k", {})
+    assert (lean._prefix("bkt") is None) == leaves
+
+
+def test_a_server_that_hangs_up_goes_to_boto3(serve):
+    server, lean = serve(lambda line, n: (b"", True))
+    with pytest.raises(Fallback):
+        lean.get("bkt", "k", {})
