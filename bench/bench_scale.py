@@ -422,7 +422,7 @@ def main() -> None:
         out.append(bench_memory(args.keys))
     if args.only in (None, "glob"):
         out.append(bench_glob_matcher(args.glob_keys))
-    Path(workdir("s3pool-bench-scale-") / "tables.md").write_text("\n".join(out))
+    Path(workdir("s3pool-bench-scale-", keep=True) / "tables.md").write_text("\n".join(out))
 
 
 if __name__ == "__main__":

