@@ -124,6 +124,16 @@ def parse_prefetch_files(text: str) -> int:
     return value
 
 
+MAX_READ_AHEAD = 256 << 20
+
+
+def parse_read_ahead(text: str) -> int:
+    value = parse_size(text)
+    if value > MAX_READ_AHEAD:
+        raise ValueError(f"read-ahead {_shown(text)} is more than 256M")
+    return value
+
+
 def parse_verbose(text: str) -> int:
     value = _number(text, int, "a verbosity from 0 to 3")
     if not 0 <= value <= 3:
@@ -227,6 +237,11 @@ SPECS: tuple[SettingSpec, ...] = (
                 "order, fetch this many of the next files ahead in the background "
                 "(objects up to download_part_size; random access fetches nothing "
                 "ahead; 0 = off)", "N"),
+    SettingSpec("fuse_read_ahead", 1 << 20, parse_read_ahead,
+                "the kernel's read-ahead for files of the mount (its default, 128K, "
+                "cuts a sequential read into 256 KiB requests; more means fewer, larger "
+                "requests, up to the 1 MiB the kernel sends at once); needs root, "
+                "0 leaves the kernel's (K/M suffixes)", "BYTES", "B"),
     SettingSpec("checkpoint_interval", 5.0, parse_seconds,
                 "seconds between syncs of the cache filesystem (objects are installed "
                 "without an fsync each; after a power loss, objects installed since the "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 from typing import Any
 
 import pyfuse3
@@ -42,6 +44,10 @@ class FuseMount:
             raise StartupError(f"cannot mount FUSE at {self.mountpoint}: {exc}", EXIT_MOUNT) from exc
         self._mounted = True
         log.info("FUSE view mounted at %s", self.mountpoint)
+        # the kernel sets the mount's read-ahead from the answer to its INIT
+        # request, which pyfuse3.main sends: ours goes in right after that
+        self.ops.on_init = lambda: self._spawn(self._read_ahead_after_init)
+        self.cache.settings.on_change(self._set_read_ahead)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -51,6 +57,28 @@ class FuseMount:
         finally:
             self._nursery = None
             self._unmount()
+
+    async def _read_ahead_after_init(self) -> None:
+        self._set_read_ahead("fuse_read_ahead", self.cache.settings.fuse_read_ahead)
+
+    def _set_read_ahead(self, name: str, value: Any) -> None:
+        """Set the kernel's read-ahead for the mount (its backing device's
+        read_ahead_kb in sysfs; root only). Found through mountinfo, not a
+        stat of the mount point, which would ask this very process."""
+        if name != "fuse_read_ahead" or not value or not self._mounted:
+            return
+        try:
+            device = mount_device(self.mountpoint)
+            if device is None:
+                raise OSError(f"{self.mountpoint} not in /proc/self/mountinfo")
+            path = f"/sys/class/bdi/{device}/read_ahead_kb"
+            with open(path, "w") as f:
+                f.write(str(max(4, value >> 10)))
+        except OSError as exc:
+            log.info("kernel read-ahead of %s left as it is (cannot set it: %s)",
+                     self.mountpoint, exc.strerror or exc)
+            return
+        log.info("kernel read-ahead of %s: %d KiB", self.mountpoint, max(4, value >> 10))
 
     def _unmount(self) -> None:
         if self._mounted:
@@ -67,3 +95,20 @@ class FuseMount:
 
     def status_lines(self) -> list[tuple[str, Any]]:
         return self.ops.status_lines() if self.ops else []
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """'major:minor' of the s3pool mount at *mountpoint*, from mountinfo."""
+    # never a stat of the mount point itself: that would ask this very process
+    parent, name = os.path.split(os.path.abspath(mountpoint).rstrip("/") or "/")
+    wanted = os.path.join(os.path.realpath(parent), name)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            # mount point (octal escapes for spaces and the like) and the type after " - "
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            kind = fields[fields.index("-") + 1] if "-" in fields else ""
+            if point == wanted and kind.startswith("fuse"):
+                found = fields[2]  # the last one mounted there is the one seen
+    return found

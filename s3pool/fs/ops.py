@@ -162,6 +162,7 @@ class S3PoolOperations(pyfuse3.Operations):
         self.listings = cache.listings
         self.layout = cache.layout
         self.spawn = spawn
+        self.on_init: Callable[[], None] | None = None  # called once the kernel said hello
         self.pinned_buckets = set(buckets)
         self.nodes: dict[int, Node] = {ROOT: Node("", "", True, lookups=1)}
         self.files: dict[int, OpenFile] = {}
@@ -184,6 +185,11 @@ class S3PoolOperations(pyfuse3.Operations):
         self.prefetcher = Prefetcher(cache, spawn)
 
     # --- helpers ---------------------------------------------------------
+
+    def init(self) -> None:
+        """The kernel's INIT request is being answered (pyfuse3, blocking)."""
+        if self.on_init is not None:
+            self.on_init()
 
     def _fh(self) -> int:
         fh = self._next_fh
