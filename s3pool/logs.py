@@ -60,6 +60,14 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
                     opener=private_opener)
 
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        """The file's size alone decides: the library's version stats the
+        path twice and formats every record a second time (a download's log
+        line cost more than the rest of a small miss's bookkeeping)."""
+        if self.stream is None:
+            self.stream = self._open()
+        return self.maxBytes > 0 and self.stream.tell() >= self.maxBytes
+
 
 def setup_logging(log_dir: str | None, verbose: int) -> None:
     root = logging.getLogger()
