@@ -198,8 +198,16 @@ class Listings:
 
     def _build(self, bucket: str, listed_at: float) -> int:
         """Blocking: list the bucket into tmp/, then rename into place."""
-        return write_listing(self.layout, bucket, self.backend.iter_listing(bucket),
+        return write_listing(self.layout, bucket, self._pages(bucket),
                              info={"source": "s3", "listed_at": listed_at}, hidden=self.hidden)
+
+    def _pages(self, bucket: str) -> Iterator[list[ListEntry]]:
+        """The bucket's listing pages, given up at shutdown: a bucket of
+        millions of keys lists for minutes in a thread nobody can cancel."""
+        for page in self.backend.iter_listing(bucket):
+            if self.stopping.is_set():
+                raise ShuttingDown(f"the daemon is stopping: listing of s3://{bucket} abandoned")
+            yield page
 
     # --- queries ---------------------------------------------------------
 

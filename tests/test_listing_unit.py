@@ -150,3 +150,37 @@ async def test_a_glob_scan_gives_up_when_the_daemon_stops(tmp_path):
     StoppingBackend.stopping.set()
     with pytest.raises(ShuttingDown):
         await listings.glob("bkt", "**")
+
+
+async def test_a_listing_gives_up_at_its_next_page_when_the_daemon_stops(tmp_path):
+    """A bucket of millions of keys lists for minutes in a worker thread that
+    cannot be cancelled: at shutdown (the backend's stopping flag) the
+    listing stops at its next page instead of running to its end, and
+    leaves nothing behind in tmp/."""
+    import threading
+
+    from s3pool.backend import ListEntry
+    from s3pool.errors import ShuttingDown
+    from s3pool.listing import Listings
+
+    class EndlessBackend:
+        limiter = trio.CapacityLimiter(10)
+        stopping = threading.Event()
+        pages = 0
+
+        def iter_listing(self, bucket):
+            while self.pages < 10_000:
+                self.pages += 1
+                if self.pages == 3:
+                    self.stopping.set()  # SIGTERM while the third page is asked for
+                yield [ListEntry(f"k{self.pages:06d}-{i:04d}", 1, 0.0, '"e"')
+                       for i in range(1000)]
+
+    backend = EndlessBackend()
+    layout = Layout.create(str(tmp_path))
+    listings = Listings(layout, backend)
+    with pytest.raises(ShuttingDown, match="stopping"):
+        await listings.refresh("bkt")
+    assert backend.pages == 3  # not one page more was asked for
+    assert not listings.has_index("bkt")
+    assert list((tmp_path / "tmp").iterdir()) == []
