@@ -42,7 +42,7 @@ from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.httpsession import DEFAULT_CA_BUNDLE
+from botocore.httpsession import get_cert_path
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,10 @@ DRAIN = 64 << 10  # an unread rest up to this is read so the connection can be r
 
 class Fallback(Exception):
     """This GET is boto3's to make (the reason is in the message)."""
+
+
+class TLSFailed(Fallback):
+    """The endpoint's certificate does not pass our check: boto3 keeps the bucket."""
 
 
 class BodyError(ConnectionError):
@@ -274,6 +278,10 @@ class LeanGets:
         self.region = client.meta.region_name or "us-east-1"
         self.pool_size = pool_size
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        # what the client verifies TLS with: True, False, or a CA bundle (file or
+        # directory) from AWS_CA_BUNDLE or ca_bundle in the AWS config
+        endpoint = getattr(client, "_endpoint", None)
+        self.verify = getattr(getattr(endpoint, "http_session", None), "_verify", True)
         self._context: ssl.SSLContext | None = None
         self._pools: dict[tuple[str, str, int], _Pool] = {}  # (scheme, host, port) ->
         self._prefixes: dict[str, tuple[str, str, str, _Pool] | None] = {}  # bucket ->
@@ -329,8 +337,7 @@ class LeanGets:
             pool = self._pools.get((scheme, host, port))
             if pool is None:
                 if scheme == "https" and self._context is None:
-                    self._context = ssl.create_default_context(
-                        cafile=os.environ.get("AWS_CA_BUNDLE") or DEFAULT_CA_BUNDLE)
+                    self._context = tls_context(self.verify)
                 pool = self._pools[(scheme, host, port)] = _Pool(
                     scheme, host, port, self.pool_size, self._context,
                     self.connect_timeout, self.read_timeout)
@@ -364,7 +371,13 @@ class LeanGets:
             wire = "\r\n".join(lines).encode("latin-1")
         except UnicodeEncodeError:
             raise Fallback("a header is not Latin-1") from None
-        conn, status, fields = self._exchange(pool, wire)
+        try:
+            conn, status, fields = self._exchange(pool, wire)
+        except TLSFailed as exc:
+            log.info("no TLS connection for lean GETs in bucket %s (%s): boto3 makes its "
+                     "GETs from now on", bucket, exc)
+            self.leave_bucket(bucket)
+            raise
         if status not in _PLAIN:
             _let_go(conn, pool, fields, status)
             if status in _LEAVE_BUCKET:
@@ -409,6 +422,8 @@ class LeanGets:
         while True:
             try:
                 conn, reused = pool.take()
+            except ssl.SSLCertVerificationError as exc:  # it will not pass the next time
+                raise TLSFailed(f"TLS: {exc}") from None
             except OSError as exc:
                 raise Fallback(f"cannot connect: {exc}") from None
             try:
@@ -427,6 +442,19 @@ class LeanGets:
                 conn.close()
                 raise Fallback(f"status {status}")
             return conn, status, fields
+
+
+def tls_context(verify: bool | str) -> ssl.SSLContext:
+    """A TLS context that checks certificates as the boto3 client does."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    bundle = get_cert_path(verify)
+    if os.path.isdir(bundle):
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
 
 
 def _let_go(conn: _Connection, pool: _Pool, fields: dict[str, str], status: int) -> None:

@@ -1,6 +1,7 @@
 """The lean GET path's own HTTP/1.1 reading (s3pool/s3http.py), against a
 scripted server on a real socket: keep-alive reuse, a kept-alive connection
-the server closed, short and chunked bodies, answers that go to boto3."""
+the server closed, short and chunked bodies, answers that go to boto3, and
+HTTPS checked with the CA bundle the boto3 client was given."""
 
 import socket
 import threading
@@ -194,3 +195,84 @@ def test_a_server_that_hangs_up_goes_to_boto3(serve):
     server, lean = serve(lambda line, n: (b"", True))
     with pytest.raises(Fallback):
         lean.get("bkt", "k", {})
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class TLSServer(ScriptedServer):
+    def __init__(self, script, cert_path, key_path):
+        import ssl
+
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert_path, key_path)
+        super().__init__(script)
+
+    def _serve(self, conn):
+        try:
+            conn = self.context.wrap_socket(conn, server_side=True)
+        except OSError:  # the client refused our certificate
+            conn.close()
+            return
+        super()._serve(conn)
+
+
+def tls_lean(server, verify):
+    client = boto3.client(
+        "s3", endpoint_url=f"https://127.0.0.1:{server.port}", region_name="us-east-1",
+        aws_access_key_id="k", aws_secret_access_key="s", verify=verify,
+        config=Config(s3={"addressing_style": "path"}))
+    return LeanGets(client, Credentials("k", "s"), 4, 2, 2)
+
+
+def test_https_with_the_clients_ca_bundle_keeps_its_connection(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    server = TLSServer(lambda line, n: (ok(b"secret" * 5000), False), cert, key)
+    try:
+        lean = tls_lean(server, str(cert))  # the bundle boto3's client was given
+        for _ in range(3):
+            status, resp = lean.get("bkt", "k", {})
+            assert status == 200 and resp["Body"].read() == b"secret" * 5000
+        assert server.connections == 1
+        assert f"Host: 127.0.0.1:{server.port}" in server.requests[0]
+    finally:
+        server.stop()
+
+
+def test_a_certificate_that_fails_the_check_leaves_the_bucket_to_boto3(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    server = TLSServer(lambda line, n: (ok(b"x"), False), cert, key)
+    try:
+        lean = tls_lean(server, True)  # the system's CAs: our self-signed one is not among them
+        with pytest.raises(Fallback):
+            lean.get("bkt", "k", {})
+        assert lean._prefix("bkt") is None  # boto3 from now on, no retry of TLS per GET
+        assert server.requests == []
+    finally:
+        server.stop()
