@@ -241,7 +241,7 @@ SPECS: tuple[SettingSpec, ...] = (
                 "the kernel's read-ahead for files of the mount (its default, 128K, "
                 "cuts a sequential read into 256 KiB requests; more means fewer, larger "
                 "requests, up to the 1 MiB the kernel sends at once); needs root, "
-                "0 leaves the kernel's (K/M suffixes)", "BYTES", "B"),
+                "0 leaves (or puts back) the kernel's (K/M suffixes)", "BYTES", "B"),
     SettingSpec("checkpoint_interval", 5.0, parse_seconds,
                 "seconds between syncs of the cache filesystem (objects are installed "
                 "without an fsync each; after a power loss, objects installed since the "

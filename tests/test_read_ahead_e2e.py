@@ -51,3 +51,10 @@ def test_read_ahead_follows_the_setting(start_daemon, bucket):
     status, lines = daemon.request("SET", "fuse_read_ahead", "1G")
     assert status == "ERROR" and "256M" in lines[0]
     assert _read_ahead_kb(daemon.mountpoint) == 512
+    assert daemon.request("SET", "fuse_read_ahead", "0")[0] == "OK"
+    assert _read_ahead_kb(daemon.mountpoint) == 128  # the kernel's own, back
+
+
+def test_zero_leaves_the_kernels_read_ahead(start_daemon, bucket):
+    daemon = start_daemon(mount=True, args=["--bucket", bucket, "--fuse-read-ahead", "0"])
+    assert _read_ahead_kb(daemon.mountpoint) == 128

@@ -27,6 +27,7 @@ class FuseMount:
         self.ops: S3PoolOperations | None = None
         self._nursery: trio.Nursery | None = None
         self._mounted = False
+        self._kernel_read_ahead: int | None = None  # KiB, before we set ours
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         if self._nursery is not None:
@@ -65,20 +66,27 @@ class FuseMount:
         """Set the kernel's read-ahead for the mount (its backing device's
         read_ahead_kb in sysfs; root only). Found through mountinfo, not a
         stat of the mount point, which would ask this very process."""
-        if name != "fuse_read_ahead" or not value or not self._mounted:
+        if name != "fuse_read_ahead" or not self._mounted:
             return
+        if not value and self._kernel_read_ahead is None:
+            return  # 0 from the start: the kernel's own value, never touched
         try:
             device = mount_device(self.mountpoint)
             if device is None:
                 raise OSError(f"{self.mountpoint} not in /proc/self/mountinfo")
             path = f"/sys/class/bdi/{device}/read_ahead_kb"
+            if self._kernel_read_ahead is None:
+                with open(path) as f:
+                    self._kernel_read_ahead = int(f.read())
+            # 0 (a SET at run time) puts the kernel's own value back
+            kib = max(4, value >> 10) if value else self._kernel_read_ahead
             with open(path, "w") as f:
-                f.write(str(max(4, value >> 10)))
-        except OSError as exc:
+                f.write(str(kib))
+        except (OSError, ValueError) as exc:
             log.info("kernel read-ahead of %s left as it is (cannot set it: %s)",
-                     self.mountpoint, exc.strerror or exc)
+                     self.mountpoint, getattr(exc, "strerror", None) or exc)
             return
-        log.info("kernel read-ahead of %s: %d KiB", self.mountpoint, max(4, value >> 10))
+        log.info("kernel read-ahead of %s: %d KiB", self.mountpoint, kib)
 
     def _unmount(self) -> None:
         if self._mounted:
