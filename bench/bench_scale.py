@@ -259,7 +259,7 @@ def bench_freshness(sizes: list[int], misses: int, rounds: int = 5) -> str:
         now = trio.current_time()
         for known, _, cache in caches:  # checked within the window: none expires
             for i in range(known):
-                cache._checked[("bkt", f"known{i}")] = now
+                cache.freshness.checked[("bkt", f"known{i}")] = now
         for rnd in range(rounds):
             for known, _, cache in caches:
                 started = time.perf_counter()

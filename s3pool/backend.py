@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any, Callable, Iterator, NamedTuple
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
@@ -83,6 +83,14 @@ def meta_from_response(resp: dict[str, Any]) -> dict[str, Any]:
         "Metadata": dict(resp.get("Metadata") or {}),
         "AcceptRanges": resp.get("AcceptRanges", "bytes"),
     }
+
+
+def listing_time(meta: dict[str, Any]) -> float:
+    """The listing's time (epoch seconds) of an object from its meta's LastModified."""
+    try:
+        return parsedate_to_datetime(meta["LastModified"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
 
 
 def validator(etag: str | None) -> str | None:

@@ -7,10 +7,11 @@ freshness record and one lock. A miss starts a :class:`~.stream.Download`
 in the cache's nursery: ``open()`` returns once the GET's headers are in
 and reads wait only for their bytes; a PULL waits for the install.
 
-This module holds policy only: freshness, single-flight, downloads,
-pushes and listings. The files under ``data/``, their locks and access
-records belong to the store (``store.py``); room for a download comes from
-the evictor, handed in at construction.
+This module holds policy only: single-flight, downloads and listings,
+with what is remembered of S3's answers in ``freshness.py`` and PUSH in
+``push.py``. The files under ``data/``, their locks and access records
+belong to the store (``store.py``); room for a download comes from the
+evictor, handed in at construction.
 """
 
 from __future__ import annotations
@@ -18,22 +19,20 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
-import stat
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
-from .backend import Backend, ListEntry, ObjectResponse
+from .backend import Backend, ListEntry, ObjectResponse, listing_time
 from .errors import (
     BadKey, BackendError, DigestMismatch, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
     S3PoolError,
 )
-from .layout import check_bucket, check_key, unlink_quietly
+from .freshness import Freshness
+from .push import push_file
+from .layout import check_bucket, check_key
 from .listing import Listings
 from .settings import Settings
 from .store import CachedObject, Store
@@ -44,10 +43,6 @@ log = logging.getLogger(__name__)
 
 # bodies up to this size are read whole with the GET's headers (one thread hop)
 SMALL_OBJECT = 256 << 10
-# keys whose last ETag check is remembered (oldest forgotten first: a
-# forgotten key only costs one conditional GET)
-FRESHNESS_MEMORY = 1 << 20
-MISSING_MEMORY = 1 << 16
 # the source of a fetch that the mount's read-ahead started (not counted as a PULL)
 PREFETCH = "read-ahead"
 # a download that fails its ETag MD5 or checksum is fetched again this many times
@@ -105,11 +100,8 @@ class Cache:
         self.stats = Stats()
         self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
         self.transfers = Transfers(settings, backend.stopping)  # downloads in flight
-        # last ETag check (trio clock) per key, oldest first
-        self._checked: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.freshness = Freshness(settings)  # last ETag check per key, names S3 lacks
         self.buckets_in_use: set[str] = set()
-        # names S3 said it does not have (discover), oldest first
-        self._missing: OrderedDict[tuple[str, str], float] = OrderedDict()
         # downloads in flight, shared by every opener of the key until installed
         self._downloads: dict[tuple[str, str], Download] = {}
         self._nursery: trio.Nursery | None = None  # where downloads run (see run())
@@ -145,31 +137,8 @@ class Cache:
         return self.store.is_busy(bucket, key)
 
     def is_fresh(self, bucket: str, key: str) -> bool:
-        """True if the key was checked with S3 within the freshness window (it
-        was cached then, or is being fetched): a dict lookup, no stat."""
-        return self._checked_within(bucket, key, self.settings.freshness_window)
-
-    def _checked_within(self, bucket: str, key: str, seconds: float) -> bool:
-        checked = self._checked.get((bucket, key))
-        return checked is not None and trio.current_time() - checked < seconds
-
-    def _mark_fresh(self, bucket: str, key: str) -> None:
-        """O(1) whatever the number of keys: the dict stays in check order,
-        so expired entries are dropped from its front."""
-        now = trio.current_time()
-        checked = self._checked
-        ident = (bucket, key)
-        checked[ident] = now
-        checked.move_to_end(ident)
-        horizon = now - max(self.settings.freshness_window, self.settings.stale_on_error)
-        for _ in range(2):  # amortized: at most two expired entries per new one
-            oldest = next(iter(checked.items()))
-            if oldest[1] >= horizon and len(checked) <= FRESHNESS_MEMORY:
-                break
-            checked.popitem(last=False)
-
-    def _forget_checked(self, bucket: str, key: str) -> None:
-        self._checked.pop((bucket, key), None)
+        """True if the key was checked with S3 within the freshness window."""
+        return self.freshness.is_fresh(bucket, key)
 
     # --- PULL ------------------------------------------------------------
 
@@ -228,7 +197,7 @@ class Cache:
 
     def _digest_failed(self, exc: DigestMismatch, attempt: int, bucket: str, key: str) -> None:
         self.stats.digest_retries += 1
-        self._forget_checked(bucket, key)  # the next try asks S3 again
+        self.freshness.forget(bucket, key)  # the next try asks S3 again
         log.warning("%s; fetching it again (%d of %d)", exc, attempt + 1, DIGEST_RETRIES)
 
     async def open(self, bucket: str, key: str) -> Reader:
@@ -266,7 +235,7 @@ class Cache:
         if not store.is_locked(bucket, key) and self.is_fresh(bucket, key):
             # fast path: nobody is changing this key (no lock exists) and it
             # was checked within the window; no await happens in between
-            self._check_conflict(bucket, key)
+            self.check_conflict(bucket, key)
             obj = store.lookup(bucket, key)
             if obj is not None:
                 self.stats.hits += 1
@@ -293,7 +262,7 @@ class Cache:
             nursery.start_soon(download.run)  # it reports its errors to its waiters
         return await download.wait_installed()
 
-    def _check_conflict(self, bucket: str, key: str) -> None:
+    def check_conflict(self, bucket: str, key: str) -> None:
         if self.listings.has_children(bucket, key):
             raise KeyConflict(
                 f"key {key!r} is shadowed by keys under {key + '/'!r}: "
@@ -304,7 +273,7 @@ class Cache:
 
     async def _fetch_locked(self, bucket: str, key: str, source: str
                             ) -> CachedObject | Download:
-        self._check_conflict(bucket, key)
+        self.check_conflict(bucket, key)
         download = self._downloads.get((bucket, key))
         if download is not None:
             return download  # its GET checked the ETag moments ago: share it
@@ -326,14 +295,14 @@ class Cache:
                 if obj is not None:
                     # deleted on S3: never serve it again
                     await self.store.remove(bucket, key)
-                    self._forget_checked(bucket, key)
+                    self.freshness.forget(bucket, key)
                 raise
             except BackendError as exc:
-                if obj is not None and self._checked_within(bucket, key,
-                                                            self.settings.stale_on_error):
+                if obj is not None and self.freshness.checked_within(
+                        bucket, key, self.settings.stale_on_error):
                     log.warning("S3 failed for s3://%s/%s (%s); serving the copy checked "
                                 "%.0fs ago (stale_on_error)", bucket, key, exc,
-                                trio.current_time() - self._checked[(bucket, key)])
+                                self.freshness.age(bucket, key))
                     self.stats.stale_served += 1
                     return obj
                 raise
@@ -341,12 +310,12 @@ class Cache:
                 assert obj is not None
                 self.stats.hits += 1
                 self.stats.revalidations += 1
-                self._mark_fresh(bucket, key)
+                self.freshness.mark(bucket, key)
                 return obj
             self.stats.misses += 1
             if response.data is not None:  # small: read whole and installed with the headers
                 obj = await self._installed_small(bucket, key, response, small, source)
-                self._mark_fresh(bucket, key)
+                self.freshness.mark(bucket, key)
                 return obj
             download = await self._start_download(bucket, key, response, source)
             download.take_slot(slot)
@@ -354,7 +323,7 @@ class Cache:
         finally:
             if slot is not None:
                 self.download_limiter.release_on_behalf_of(slot)
-        self._mark_fresh(bucket, key)
+        self.freshness.mark(bucket, key)
         return download
 
     async def _start_download(self, bucket: str, key: str, response: ObjectResponse,
@@ -450,72 +419,22 @@ class Cache:
         the mount show it (and its size) before the next listing has it."""
         if self.listings.knows_version(bucket, key, obj.etag, obj.size):
             return
-        await self.listings.add_key(bucket, ListEntry(key, obj.size, _listing_time(obj.meta),
+        await self.listings.add_key(bucket, ListEntry(key, obj.size, listing_time(obj.meta),
                                                       obj.etag))
 
     # --- PUSH ------------------------------------------------------------
 
     async def push(self, bucket: str, key: str, local_path: str) -> str:
         """Upload a local file to s3://bucket/key; the cache then holds the new bytes."""
-        check_bucket(bucket)
-        check_key(key)
-        if not os.path.isabs(local_path):
-            raise LocalFileError(f"path {local_path!r} is not absolute")
-        try:
-            st = os.stat(local_path)
-        except OSError as exc:
-            raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise LocalFileError(f"{local_path!r} is not a regular file")
-        self.use_bucket(bucket)
-        store = self.store
-        async with store.key_lock(bucket, key):
-            self._check_conflict(bucket, key)
-            store.lookup(bucket, key)  # raises KeyConflict for a directory on disk
-            # whatever happens next, the old cached bytes are not served again
-            download = self._downloads.pop((bucket, key), None)
-            if download is not None:
-                download.superseded = True  # its readers keep their version; not installed
-            await store.remove(bucket, key)
-            self._forget_checked(bucket, key)
-            tmp_path = await self._copy_for_push(local_path, st.st_size)
-            try:
-                # upload the copy when there is one: what is uploaded is then
-                # exactly what is installed, even if the caller rewrites its file
-                await self.push_backend.upload_file(bucket, key, tmp_path or local_path)
-                self.stats.pushes += 1
-                self.stats.bytes_uploaded += st.st_size
-                meta = await self.push_backend.head_object(bucket, key)
-                if tmp_path and meta["ContentLength"] == os.path.getsize(tmp_path):
-                    await store.install(bucket, key, tmp_path, meta)
-                    self._mark_fresh(bucket, key)
-                await self.listings.add_key(bucket, ListEntry(
-                    key, meta["ContentLength"], _listing_time(meta), meta.get("ETag") or ""))
-            finally:
-                if tmp_path:
-                    unlink_quietly(tmp_path)
-        return self.layout.object_path(bucket, key)
+        return await push_file(self, bucket, key, local_path)
 
-    async def _copy_for_push(self, local_path: str, size: int) -> str | None:
-        """A synced copy of *local_path* in tmp/, or None if the cache has no room."""
-        try:
-            await self.room.make_room(size)
-        except NoSpace:
-            log.info("%s (%d bytes) does not fit in the cache: uploading it uncached",
-                     local_path, size)
-            return None
-        fd, tmp_path = self.store.new_temp("push.")
-        os.close(fd)
-        try:
-            await trio.to_thread.run_sync(_copy_and_sync, local_path, tmp_path,
-                                          limiter=self.store.disk_limiter)
-        except OSError as exc:
-            unlink_quietly(tmp_path)
-            if exc.errno == errno.ENOSPC:
-                log.info("no room to cache %s: uploading it uncached", local_path)
-                return None
-            raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
-        return tmp_path
+    def supersede(self, bucket: str, key: str) -> None:
+        """The key is being replaced (caller holds its lock): a download in
+        flight keeps its readers but is never installed, and the next opener
+        starts afresh."""
+        download = self._downloads.pop((bucket, key), None)
+        if download is not None:
+            download.superseded = True
 
     # --- listings --------------------------------------------------------
 
@@ -542,10 +461,7 @@ class Cache:
         check_bucket(bucket)
         if self.listings.hidden(key + "/"):
             return None  # s3pool's own .s3pool/ objects are never shown
-        ident = (bucket, key)
-        missing_since = self._missing.get(ident)
-        window = self.settings.freshness_window
-        if missing_since is not None and trio.current_time() - missing_since < window:
+        if self.freshness.known_missing(bucket, key):
             return None
         try:
             check_key(key)
@@ -554,7 +470,7 @@ class Cache:
             except NoSuchKey:
                 meta = None
             if meta is not None:
-                found = ListEntry(key, meta["ContentLength"], _listing_time(meta),
+                found = ListEntry(key, meta["ContentLength"], listing_time(meta),
                                   meta.get("ETag") or "")
                 await self.listings.add_key(bucket, found)
                 return found
@@ -570,10 +486,7 @@ class Cache:
         if under:
             await self.listings.add_key(bucket, under[0])
             return under[0]
-        self._missing[ident] = trio.current_time()
-        self._missing.move_to_end(ident)
-        while len(self._missing) > MISSING_MEMORY:
-            self._missing.popitem(last=False)
+        self.freshness.note_missing(bucket, key)
         return None
 
     async def glob(self, bucket: str, pattern: str) -> list[str]:
@@ -582,13 +495,6 @@ class Cache:
         self.use_bucket(bucket)
         self.stats.globs += 1
         return await self.listings.glob(bucket, pattern)
-
-
-def _listing_time(meta: dict[str, Any]) -> float:
-    try:
-        return parsedate_to_datetime(meta["LastModified"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return time.time()
 
 
 class SmallInstall:
@@ -629,12 +535,6 @@ def _open_readonly(path: str) -> int:
     except OSError:
         pass
     return fd
-
-
-def _copy_and_sync(src: str, dst: str) -> None:
-    shutil.copyfile(src, dst)
-    with open(dst, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 __all__ = ["Cache", "CachedObject", "Reader", "Stats", "BadKey"]

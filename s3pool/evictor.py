@@ -21,7 +21,6 @@ bytes exist; the caps are hard.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any

@@ -12,11 +12,8 @@ import json
 import threading
 import time
 
-import pytest
-
-from s3pool.settings import SPEC_BY_NAME
-
 from conftest import raw_request, request
+from s3pool.settings import SPEC_BY_NAME
 
 # Keys that make a backtracking matcher of the patterns below take minutes
 # (with a 60-character key and eight stars the old regex path took 8.7 s;

@@ -8,7 +8,6 @@ proxy of tests/fault_proxy.py where S3 must misbehave.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import subprocess

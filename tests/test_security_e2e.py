@@ -3,7 +3,6 @@ attacking clients as nobody (issue 7)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource

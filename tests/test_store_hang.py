@@ -1,7 +1,5 @@
 """Eviction under pressure while PULLs and PUSHes of its victims arrive."""
 
-import os
-
 import trio
 
 from s3pool.backend import Backend

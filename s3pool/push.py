@@ -1,0 +1,98 @@
+"""PUSH: a local file uploaded to S3, and the bytes uploaded cached.
+
+The file is first copied into tmp/ (and synced): what is uploaded is then
+exactly what is installed, even if the caller rewrites its file meanwhile;
+a file the cache has no room for is uploaded uncached. Under the key's
+lock the old cached copy is removed and any download of the old version
+superseded before the upload starts, so the old bytes are never served
+again, whatever happens next.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+from typing import TYPE_CHECKING
+
+import trio
+
+from .backend import ListEntry, listing_time
+from .errors import LocalFileError, NoSpace
+from .layout import check_bucket, check_key, unlink_quietly
+
+if TYPE_CHECKING:
+    from .cache import Cache
+
+log = logging.getLogger(__name__)
+
+
+async def push_file(cache: "Cache", bucket: str, key: str, local_path: str) -> str:
+    """Upload a local file to s3://bucket/key; the cache then holds the new bytes."""
+    check_bucket(bucket)
+    check_key(key)
+    if not os.path.isabs(local_path):
+        raise LocalFileError(f"path {local_path!r} is not absolute")
+    try:
+        st = os.stat(local_path)
+    except OSError as exc:
+        raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise LocalFileError(f"{local_path!r} is not a regular file")
+    cache.use_bucket(bucket)
+    store = cache.store
+    async with store.key_lock(bucket, key):
+        cache.check_conflict(bucket, key)
+        store.lookup(bucket, key)  # raises KeyConflict for a directory on disk
+        # whatever happens next, the old cached bytes are not served again (a
+        # download in flight keeps its readers' version and is not installed)
+        cache.supersede(bucket, key)
+        await store.remove(bucket, key)
+        cache.freshness.forget(bucket, key)
+        tmp_path = await _copy_for_push(cache, local_path, st.st_size)
+        try:
+            # upload the copy when there is one: what is uploaded is then
+            # exactly what is installed, even if the caller rewrites its file
+            await cache.push_backend.upload_file(bucket, key, tmp_path or local_path)
+            cache.stats.pushes += 1
+            cache.stats.bytes_uploaded += st.st_size
+            meta = await cache.push_backend.head_object(bucket, key)
+            if tmp_path and meta["ContentLength"] == os.path.getsize(tmp_path):
+                await store.install(bucket, key, tmp_path, meta)
+                cache.freshness.mark(bucket, key)
+            await cache.listings.add_key(bucket, ListEntry(
+                key, meta["ContentLength"], listing_time(meta), meta.get("ETag") or ""))
+        finally:
+            if tmp_path:
+                unlink_quietly(tmp_path)
+    return cache.layout.object_path(bucket, key)
+
+
+async def _copy_for_push(cache: "Cache", local_path: str, size: int) -> str | None:
+    """A synced copy of *local_path* in tmp/, or None if the cache has no room."""
+    try:
+        await cache.room.make_room(size)
+    except NoSpace:
+        log.info("%s (%d bytes) does not fit in the cache: uploading it uncached",
+                 local_path, size)
+        return None
+    fd, tmp_path = cache.store.new_temp("push.")
+    os.close(fd)
+    try:
+        await trio.to_thread.run_sync(_copy_and_sync, local_path, tmp_path,
+                                      limiter=cache.store.disk_limiter)
+    except OSError as exc:
+        unlink_quietly(tmp_path)
+        if exc.errno == errno.ENOSPC:
+            log.info("no room to cache %s: uploading it uncached", local_path)
+            return None
+        raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
+    return tmp_path
+
+
+def _copy_and_sync(src: str, dst: str) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
