@@ -35,7 +35,7 @@ from .push import push_file
 from .layout import check_bucket, check_key
 from .listing import Listings
 from .settings import Settings
-from .store import CachedObject, Store
+from .store import CachedObject, Installed, Store
 from .stream import Download, Reader
 from .transfer import Transfers
 
@@ -352,7 +352,7 @@ class Cache:
         if small.error is not None:
             raise small.error
         size = response.content_length
-        obj = self.store.installed(bucket, key, response.meta, small.shadowed)
+        obj = self.store.installed(bucket, key, response.meta, small.done)
         self.checkpoint_needed()
         digest = response.digest
         log.info("downloaded s3://%s/%s (%s): %d bytes, %s", bucket, key, source or "-", size,
@@ -505,7 +505,7 @@ class SmallInstall:
         self.max_cache_size = max_cache_size
         self.bucket = bucket
         self.key = key
-        self.shadowed: list[str] = []
+        self.done = Installed([], None)
         self.error: S3PoolError | None = None
 
     def __call__(self, response: ObjectResponse) -> None:
@@ -516,7 +516,7 @@ class SmallInstall:
                 raise NoSpace(f"object of {size} bytes is larger than max_cache_size ({cap})")
             if response.digest is not None:
                 response.digest.check()  # a mismatch is never installed
-            self.shadowed = self.store.install_blocking(bucket, key, None, response.meta,
+            self.done = self.store.install_blocking(bucket, key, None, response.meta,
                                                         response.data)
         except S3PoolError as exc:
             self.error = exc

@@ -50,6 +50,14 @@ META_MEMORY = 65536
 ACCESS_FLUSH_INTERVAL = 1.0
 
 
+@dataclass
+class Installed:
+    """What an install did on disk (worker thread), for its bookkeeping."""
+
+    shadowed: list[str]  # cached keys that gave way to the key's directories
+    signature: tuple[int, ...] | None  # of the files written (see Store.lookup)
+
+
 class HasMeta:
     """What an object's meta says, for anything that carries one (``self.meta``)."""
 
@@ -223,7 +231,7 @@ class Store:
         except OSError:
             return None
         # the parsed meta is kept while both files are the ones it was read from
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns, meta_st.st_ino, meta_st.st_mtime_ns)
+        signature = _signature(st, meta_st)
         ident = (bucket, key)
         known = self._meta.get(ident)
         if known is not None and known[0] == signature:
@@ -237,10 +245,15 @@ class Store:
             return None
         if st.st_size != size:
             return None
+        self._remember_meta(ident, signature, meta)
+        return CachedObject(path, meta)
+
+    def _remember_meta(self, ident: tuple[str, str], signature: tuple[int, ...],
+                       meta: dict[str, Any]) -> None:
         self._meta[ident] = (signature, meta)
+        self._meta.move_to_end(ident)
         if len(self._meta) > META_MEMORY:
             self._meta.popitem(last=False)
-        return CachedObject(path, meta)
 
     # --- temp files ------------------------------------------------------
 
@@ -255,7 +268,7 @@ class Store:
         """Move a complete temp file into data/ with its meta; with *data* instead
         of a temp file, the bytes are written to one first (same worker thread)."""
         try:
-            shadowed = await trio.to_thread.run_sync(
+            done = await trio.to_thread.run_sync(
                 self.install_blocking, bucket, key, tmp_path, meta, data,
                 limiter=self.disk_limiter,
             )
@@ -263,28 +276,34 @@ class Store:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
             raise
-        return self.installed(bucket, key, meta, shadowed)
+        return self.installed(bucket, key, meta, done)
 
     def install_blocking(self, bucket: str, key: str, tmp_path: str | None,
-                         meta: dict[str, Any], data: bytes | None = None) -> list[str]:
+                         meta: dict[str, Any], data: bytes | None = None) -> "Installed":
         """The file work of :meth:`install`, for a worker thread that already
         runs (a small GET's); then call :meth:`installed` on the trio thread."""
         path = self.layout.object_path(bucket, key)
         return self._install_files(bucket, key, path, tmp_path, meta, data)
 
-    def installed(self, bucket: str, key: str, meta: dict[str, Any], shadowed: list[str]
+    def installed(self, bucket: str, key: str, meta: dict[str, Any], done: "Installed"
                   ) -> CachedObject:
-        """The bookkeeping of an install (trio thread)."""
+        """The bookkeeping of an install (trio thread). The meta just written is
+        remembered with its files' signature: the first lookup of the key (the
+        open after a read-ahead) then reads no meta file."""
         path = self.layout.object_path(bucket, key)
-        for dropped in shadowed:
+        for dropped in done.shadowed:
             self._forget(bucket, dropped)
         self._meta.pop((bucket, key), None)
+        if done.signature is not None:
+            self._remember_meta((bucket, key), done.signature,
+                                {**meta, "Metadata": dict(meta.get("Metadata") or {})})
         self.access.record(bucket, key, int(meta["ContentLength"]))
         return CachedObject(path, meta)
 
     def _install_files(self, bucket: str, key: str, path: str, tmp_path: str | None,
-                       meta: dict[str, Any], data: bytes | None = None) -> list[str]:
-        """Blocking part of install (worker thread); returns keys it displaced.
+                       meta: dict[str, Any], data: bytes | None = None) -> "Installed":
+        """Blocking part of install (worker thread): the keys it displaced, and
+        the signature of the files it wrote.
 
         Nothing is fsync'ed here (see the module docstring): the renames
         order data before meta for the process, the checkpoint covers the
@@ -324,7 +343,12 @@ class Store:
             _unlink(tmp_meta)
             if data is not None:
                 _unlink(tmp_path)  # still there if a rename failed
-        return shadowed
+        try:
+            signature: tuple[int, ...] | None = _signature(os.stat(path),
+                                                           os.stat(path + META_SUFFIX))
+        except OSError:
+            signature = None
+        return Installed(shadowed, signature)
 
     def _make_parents(self, bucket: str, key: str) -> list[str]:
         """Create the directories of *key*; a cached file in the way yields (dir wins)."""
@@ -529,4 +553,10 @@ def _current_umask() -> int:
     return mask
 
 
+def _signature(st: os.stat_result, meta_st: os.stat_result) -> tuple[int, ...]:
+    """What tells that an object's two files are still the ones a meta was read from."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, meta_st.st_ino, meta_st.st_mtime_ns)
+
+
 __all__ = ["Store", "CachedObject", "KeyLocks"]
+

@@ -86,6 +86,32 @@ async def test_installed_files_follow_the_umask_and_meta_comes_last(make_cache, 
     assert os.listdir(cache.layout.tmp_dir) == []
 
 
+async def test_the_meta_just_installed_is_not_read_back(make_cache, s3, bucket, monkeypatch):
+    """The open after a read-ahead's install finds the meta in memory; a meta
+    file changed on disk afterwards is read again."""
+    import json as json_module
+
+    import s3pool.store as store_module
+
+    s3.put_object(Bucket=bucket, Key="dir/k", Body=b"data", Metadata={"a": "1"})
+    cache = make_cache()
+    path = await cache.pull(bucket, "dir/k")
+    reads = []
+    real_loads = json_module.loads
+    monkeypatch.setattr(store_module.json, "loads",
+                        lambda text: reads.append(1) or real_loads(text))
+    obj = cache.store.lookup(bucket, "dir/k")
+    assert obj.meta == real_loads(open(path + "__meta__").read())
+    assert obj.meta["Metadata"] == {"a": "1"} and reads == []
+    meta = real_loads(open(path + "__meta__").read())
+    meta["ContentType"] = "text/changed"
+    with open(path + "__meta__.new", "w") as f:
+        json_module.dump(meta, f)
+    os.rename(path + "__meta__.new", path + "__meta__")
+    assert cache.store.lookup(bucket, "dir/k").meta["ContentType"] == "text/changed"
+    assert reads == [1]
+
+
 async def test_data_without_meta_is_never_served_and_old_orphans_are_swept(make_cache, s3,
                                                                           bucket, moto_server):
     s3.put_object(Bucket=bucket, Key="k", Body=b"fresh bytes")
