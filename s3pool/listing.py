@@ -40,6 +40,8 @@ _LOCAL_ADDS = "CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, adde
     "WITHOUT ROWID"
 # Sorts after every character a key can hold: the end of a prefix range.
 _TOP = chr(0x10FFFF)
+# has_children answers kept per bucket (all forgotten when it is full)
+CHILDREN_MEMORY = 1 << 16
 # keys a GLOB scan matches between two looks at the stopping flag
 _STOP_CHECK_EVERY = 128
 
@@ -93,6 +95,9 @@ class Listings:
         self.fleet: FleetHooks | None = None
         self._locks: dict[str, trio.Lock] = {}
         self._conns: dict[str, tuple[int, sqlite3.Connection]] = {}
+        # has_children answers per bucket, for the index the connection has open
+        # (an open and a PULL each ask; inserts clear it, a new index drops it)
+        self._children: dict[str, dict[str, bool]] = {}
         self.last_refresh: dict[str, float] = {}
         # listings of a bucket started / finished: a caller that waited while
         # a listing which started after its request ran is served by that one
@@ -195,6 +200,8 @@ class Listings:
             await trio.to_thread.run_sync(insert, limiter=self.disk_limiter)
         except sqlite3.Error as exc:
             log.warning("could not add s3://%s/%s to the index: %s", bucket, entry.key, exc)
+        finally:
+            self._children.pop(bucket, None)  # the key may be a directory's first child
 
     def _build(self, bucket: str, listed_at: float) -> int:
         """Blocking: list the bucket into tmp/, then rename into place."""
@@ -240,6 +247,7 @@ class Listings:
         return conn
 
     def _drop_conn(self, bucket: str) -> None:
+        self._children.pop(bucket, None)
         cached = self._conns.pop(bucket, None)
         if cached:
             cached[1].close()
@@ -269,14 +277,21 @@ class Listings:
 
     def has_children(self, bucket: str, key: str) -> bool:
         """True if some key lies under ``key/`` (then ``key`` is a directory)."""
-        conn = self.conn(bucket)
+        conn = self.conn(bucket)  # a replaced index drops the answers kept for the old one
         if conn is None:
             return False
-        prefix = key + "/"
-        row = conn.execute(
-            "SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1", (prefix, prefix_upper(prefix))
-        ).fetchone()
-        return row is not None
+        known = self._children.setdefault(bucket, {})
+        found = known.get(key)
+        if found is None:
+            prefix = key + "/"
+            found = conn.execute(
+                "SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1",
+                (prefix, prefix_upper(prefix))
+            ).fetchone() is not None
+            if len(known) >= CHILDREN_MEMORY:
+                known.clear()
+            known[key] = found
+        return found
 
     def lookup(self, bucket: str, dir_prefix: str, name: str) -> Entry | None:
         """The entry *name* in the directory *dir_prefix* ('' or ending in '/')."""

@@ -184,3 +184,29 @@ async def test_a_listing_gives_up_at_its_next_page_when_the_daemon_stops(tmp_pat
     assert backend.pages == 3  # not one page more was asked for
     assert not listings.has_index("bkt")
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_directory_answers_follow_inserts_and_new_listings(tmp_path):
+    """has_children is asked at every open and PULL; its answers are kept,
+    but a key added under a name, or a new listing, is seen at once."""
+    from s3pool.backend import ListEntry
+    from s3pool.listing import Listings
+
+    class Backend:
+        limiter = trio.CapacityLimiter(10)
+        keys = ["a", "b/c"]
+
+        def iter_listing(self, bucket):
+            yield [ListEntry(k, 1, 0.0, '"e"') for k in self.keys]
+
+    backend = Backend()
+    listings = Listings(Layout.create(str(tmp_path)), backend)
+    await listings.refresh("bkt")
+    assert listings.has_children("bkt", "b") and not listings.has_children("bkt", "a")
+    assert not listings.has_children("bkt", "a")  # asked again: the kept answer
+    await listings.add_key("bkt", ListEntry("a/x", 1, 0.0, '"e"'))
+    assert listings.has_children("bkt", "a")
+    backend.keys = ["b", "d/e"]
+    await listings.refresh("bkt")
+    assert not listings.has_children("bkt", "a") and not listings.has_children("bkt", "b")
+    assert listings.has_children("bkt", "d")
