@@ -31,9 +31,9 @@ from .errors import (
     S3PoolError,
 )
 from .freshness import Freshness
-from .push import push_file
 from .layout import check_bucket, check_key
 from .listing import Listings
+from .push import push_file
 from .settings import Settings
 from .store import CachedObject, Installed, Store
 from .stream import Download, Reader

@@ -37,7 +37,7 @@ import socket
 import ssl
 import threading
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
@@ -210,31 +210,25 @@ class LeanBody:
         self._left = length
 
     def read1(self, size: int = -1) -> bytes:
-        conn = self._conn
-        if not self._left or conn is None:
-            return b""
-        want = self._left if size is None or size < 0 else min(size, self._left)
-        try:
-            chunk = conn.recv_some(want)
-        except OSError:
-            self._drop()
-            raise
-        self._left -= len(chunk)
-        if not self._left:
-            self._done()
-        return chunk
+        return self._take(size, _Connection.recv_some)
 
     def read(self, size: int | None = None) -> bytes:
+        return self._take(size, _Connection.recv_exactly)
+
+    def _take(self, size: int | None, receive: Callable[[_Connection, int], bytes]) -> bytes:
+        """Up to *size* bytes of what is left (all if None or negative), as
+        *receive* reads them; the connection is given back after the last byte
+        and dropped on a failure."""
         conn = self._conn
         if not self._left or conn is None:
             return b""
         want = self._left if size is None or size < 0 else min(size, self._left)
         try:
-            data = conn.recv_exactly(want)
+            data = receive(conn, want)
         except OSError:
             self._drop()
             raise
-        self._left -= want
+        self._left -= len(data)
         if not self._left:
             self._done()
         return data
