@@ -8,6 +8,12 @@ costs a tenth of a cached PULL.
 Log files are created 0640 (less if the umask says so) and older ones are
 narrowed to that at start: at verbosity 3 they hold signed S3 request
 headers, and at any level they show who asked for what.
+
+Every logged value passes :func:`escape_controls`: keys, paths, errors and
+peers come from clients and from S3, and a newline in one would write a
+line that reads like another record, a terminal escape would reach
+whoever reads the log with ``cat``. One record stays one line (a
+traceback's lines are indented, so none reads as a record).
 """
 
 from __future__ import annotations
@@ -22,6 +28,47 @@ import time
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 LOG_FILE_MODE = 0o640
+
+
+def escape_controls(text: str) -> str:
+    """*text* with every character str.isprintable() refuses written as a
+    Python escape: control characters (newline, CR, ESC, DEL, C1), line and
+    paragraph separators, format characters such as bidi overrides, lone
+    surrogates, unassigned code points; a space stays."""
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+class EscapingFormatter(logging.Formatter):
+    """A Formatter whose records are one line each (see escape_controls); an
+    exception's traceback follows on lines indented by two spaces."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for extra in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if extra:
+                text += "".join("\n  " + escape_controls(line) for line in extra.split("\n"))
+        return text
 
 
 def private_opener(path: str, flags: int) -> int:
@@ -73,7 +120,7 @@ def setup_logging(log_dir: str | None, verbose: int) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    formatter = logging.Formatter(LOG_FORMAT)
+    formatter = EscapingFormatter(LOG_FORMAT)
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(formatter)
     root.addHandler(stderr)
@@ -102,7 +149,8 @@ ROTATE_KEEP = 5
 
 
 class RequestLog:
-    """Buffered, size-rotated log of control requests."""
+    """Buffered, size-rotated log of control requests; one line per request,
+    whatever the request held (see escape_controls)."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
@@ -119,7 +167,7 @@ class RequestLog:
         if second != self._stamp_second:
             self._stamp_second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self._lines.append(f"{self._stamp},{int(now % 1 * 1000):03d} {text}\n")
+        self._lines.append(f"{self._stamp},{int(now % 1 * 1000):03d} {escape_controls(text)}\n")
         if len(self._lines) >= 512:
             self.flush()
 
