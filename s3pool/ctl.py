@@ -95,7 +95,8 @@ def build_parser(prog: str = "s3poolctl") -> argparse.ArgumentParser:
     pull.add_argument("bucket", metavar="BUCKET")
     pull.add_argument("keys", metavar="KEY", nargs="*", help="keys to pull")
     pull.add_argument("-g", "--glob", metavar="PATTERN",
-                      help="pull every key of BUCKET matching PATTERN (GLOB's rules)")
+                      help="pull every key of BUCKET matching PATTERN (GLOB's rules); "
+                           "no match is an error (exit 1)")
     pull.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
                       help=f"requests in flight at once for many keys (default {DEFAULT_JOBS}); "
                            "the daemon still downloads at most pull_concurrency objects at once")
@@ -119,7 +120,8 @@ def build_parser(prog: str = "s3poolctl") -> argparse.ArgumentParser:
     status = command("status", "", "print counters, settings and downloads in flight as an "
                      "aligned table", run_status)
     status.add_argument("--json", action="store_true",
-                        help="print one JSON object instead (numbers as numbers)")
+                        help="print one JSON object instead (numbers as numbers; the "
+                             "downloads in flight as a list named downloads_in_flight)")
     status.add_argument("-w", "--watch", type=float, nargs="?", const=WATCH_DEFAULT,
                         metavar="SECONDS",
                         help=f"print it again every SECONDS (default {WATCH_DEFAULT:g}) "
@@ -148,9 +150,9 @@ def run_pull(client: Client, args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     keys = args.keys or client.glob(args.bucket, args.glob)
-    if not keys:
+    if not keys:  # as ls of a name that is not there: say so and fail
         print(f"{args.prog}: no key of {args.bucket} matches {args.glob}", file=sys.stderr)
-        return 0
+        return 1
     progress = PullProgress(args.bucket, keys)
     show = not args.no_progress and _is_terminal(sys.stderr)
     if show:
@@ -329,7 +331,8 @@ def _typed(value: str) -> Any:
 
 
 def status_json(lines: list[tuple[str, str]]) -> dict[str, Any]:
-    """STATUS as one object: numbers as numbers, downloads as a list."""
+    """STATUS as one object: numbers as numbers, the ``download`` lines as a list
+    named ``downloads_in_flight`` (``downloads`` is STATUS's counter of downloads done)."""
     result: dict[str, Any] = {}
     downloads = []
     for name, value in lines:
@@ -339,7 +342,7 @@ def status_json(lines: list[tuple[str, str]]) -> dict[str, Any]:
                 downloads.append(found._asdict())
             continue
         result[name] = _typed(value)
-    result["downloads"] = downloads
+    result["downloads_in_flight"] = downloads
     return result
 
 

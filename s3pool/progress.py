@@ -20,6 +20,7 @@ from typing import Callable, Iterable, TextIO
 from .client import Download
 
 RATE_WINDOW = 5.0  # seconds of samples the rate is averaged over
+DEFAULT_WIDTH = 80  # columns when the terminal reports none
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -166,10 +167,12 @@ class ProgressReporter:
                 self._draw("")  # the error message gets a clean line
 
     def _width(self) -> int:
+        """The terminal's width; 80 when it has none (a pty nobody sized says 0)."""
         try:
-            return os.get_terminal_size(self.stream.fileno()).columns
+            columns = os.get_terminal_size(self.stream.fileno()).columns
         except (OSError, ValueError, AttributeError):
-            return 80
+            return DEFAULT_WIDTH
+        return columns if columns > 0 else DEFAULT_WIDTH
 
     def _draw(self, text: str) -> None:
         try:

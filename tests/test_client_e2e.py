@@ -38,11 +38,13 @@ def run_ctl(port: int, *args: str, timeout: float = 60) -> subprocess.CompletedP
                           text=True, env=ctl_env(port), timeout=timeout, cwd=str(ROOT))
 
 
-def run_with_tty_stderr(argv: list[str], env: dict[str, str], timeout: float = 30
-                        ) -> tuple[int, str, str]:
-    """Run *argv* with stderr on a pseudo-terminal (100 columns), stdout on a pipe."""
+def run_with_tty_stderr(argv: list[str], env: dict[str, str], timeout: float = 30,
+                        columns: int = 100) -> tuple[int, str, str]:
+    """Run *argv* with stderr on a pseudo-terminal (*columns* wide: 0 leaves the
+    size unset, as a pty made by a program that never sets it), stdout on a pipe."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    if columns:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave,
                                stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT))
     os.close(slave)
@@ -92,6 +94,20 @@ def test_progress_bar_on_a_terminal_during_a_slow_pull(daemon, s3, bucket, moto_
     assert all(len(line) < 100 for line in re.split(r"[\r\n]", terminal))
 
 
+def test_progress_bar_on_a_terminal_without_a_size(daemon, s3, bucket, moto_server):
+    # a pty nobody sized (TIOCGWINSZ says 0 columns): the bar takes a default width
+    s3.put_object(Bucket=bucket, Key="slow.bin", Body=os.urandom(2 * MIB))
+    moto_server.app.slow_paths[f"/{bucket}/slow.bin"] = 0.06
+    code, stdout, terminal = run_with_tty_stderr(
+        [sys.executable, "-m", "s3pool.ctl", "pull", bucket, "slow.bin"],
+        ctl_env(daemon.port), columns=0)
+    assert code == 0, terminal
+    assert stdout.strip() == str(daemon.data / bucket / "slow.bin")
+    assert re.search(r"\[[#.]+\]\s+\d+%\s+[01]/1 objects", terminal), terminal
+    shown = re.split(r"[\r\n]", terminal.replace("\x1b[K", ""))
+    assert all(len(line) < 80 for line in shown), shown
+
+
 def test_no_progress_when_stderr_is_not_a_terminal_and_glob_pulls_every_match(
         daemon, s3, bucket, moto_server):
     keys = [f"in/part-{i:02d}.csv" for i in range(12)]
@@ -109,9 +125,9 @@ def test_no_progress_when_stderr_is_not_a_terminal_and_glob_pulls_every_match(
     for key in keys:
         assert (daemon.data / bucket / key).read_bytes() == key.encode()
     assert not (daemon.data / bucket / "in" / "readme.txt").exists()
-    # no match: nothing on stdout, a note on stderr, success
+    # no match: nothing on stdout, a message on stderr, a failure (as ls of nothing)
     none = run_ctl(daemon.port, "pull", bucket, "--glob", "nothing/*")
-    assert none.returncode == 0 and none.stdout == "" and "no key" in none.stderr
+    assert none.returncode == 1 and none.stdout == "" and "no key" in none.stderr
     # a failed key fails the pull and is named; the rest is still cached
     bad = run_ctl(daemon.port, "pull", bucket, "in/part-00.csv", "in/absent", "in/part-01.csv")
     assert bad.returncode == 1 and bad.stdout == "" and "in/absent" in bad.stderr
@@ -212,7 +228,8 @@ def test_status_table_json_and_watch(daemon, s3, bucket):
     assert values["bytes_downloaded"] == "2.9 KiB (3000 B)"
     as_json = json.loads(run_ctl(daemon.port, "status", "--json").stdout)
     assert as_json["pulls"] == 1 and as_json["cache_objects"] == 1
-    assert as_json["refresh_interval"] == 5 and as_json["downloads"] == []
+    assert as_json["refresh_interval"] == 5 and as_json["downloads_in_flight"] == []
+    assert as_json["downloads"] == 1  # STATUS's counter, under its own name
     watch = subprocess.Popen([sys.executable, "-m", "s3pool.ctl", "status", "--watch", "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ctl_env(daemon.port), cwd=str(ROOT))

@@ -137,7 +137,7 @@ STATUS = [
     ("version", "0.1.0"), ("uptime", "3723.5"), ("pulls", "12"), ("bytes_downloaded", "3145728"),
     ("cache_bytes", "512"), ("disk_used_percent", "41.5"), ("count_pull", "12"),
     ("revision", "0.1.0"), ("master", ""), ("up_since", "2026-01-01 10:00:00 +0000 UTC"),
-    ("download", "s3://b/big file 1048576 4194304 2.0"),
+    ("download", "s3://b/big file 1048576 4194304 2.0"), ("downloads", "7"),
     ("freshness_window", "120"), ("refresh_interval", "5"), ("high_water", "90"),
     ("max_cache_size", "0"),
 ]
@@ -176,7 +176,8 @@ def test_status_json_has_numbers_and_a_download_list():
     assert json.loads(json.dumps(result)) == result
     assert result["pulls"] == 12 and result["disk_used_percent"] == 41.5
     assert result["version"] == "0.1.0" and result["master"] == ""
-    assert result["downloads"] == [{"bucket": "b", "key": "big file", "done": 1048576,
+    assert result["downloads"] == 7  # the counter keeps its name; the list has its own
+    assert result["downloads_in_flight"] == [{"bucket": "b", "key": "big file", "done": 1048576,
                                     "total": 4194304, "elapsed": 2.0}]
 
 
