@@ -184,7 +184,7 @@ def bench_memory(keys: int) -> str:
         assert status == "OK"
         after_refresh = daemon.peak_rss()
         list_size = (work / "home" / "data" / "million" / "__list__").stat().st_size
-        index_size = (work / "home" / "data" / "million" / "__index__").stat().st_size
+        index_size = (work / "home" / "state" / "listings" / "million" / "index.db").stat().st_size
         started = time.perf_counter()
         middle = f"{keys // 2 // 10000:03d}"
         status, matches = daemon.request("GLOB", "million", f"data/{middle[:2]}?/*/object-*.parquet")
@@ -201,7 +201,7 @@ def bench_memory(keys: int) -> str:
     mib = 1 << 20
     return print_table(
         f"Daemon memory with a {keys:,}-key listing (__list__ {list_size / mib:.1f} MiB, "
-        f"__index__ {index_size / mib:.1f} MiB)",
+        f"index.db {index_size / mib:.1f} MiB)",
         ["moment", "peak RSS MiB", "peak RSS / __list__ size", "took"],
         [["started, nothing listed", f"{idle / mib:.0f}", f"{idle / list_size:.2f}", "-"],
          [f"after REFRESH of {keys:,} keys", f"{after_refresh / mib:.0f}",

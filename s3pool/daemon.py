@@ -35,6 +35,7 @@ from .embedded import DEFAULT_PORT as EMBEDDED_S3_PORT, DEMO_BUCKET, EmbeddedS3
 from .errors import EXIT_MOUNT, EXIT_RUNNING, EXIT_USAGE, StartupError
 from .evictor import Evictor
 from .layout import Layout
+from .migrate import migrate as migrate_layout
 from .fleet import Fleet, FleetListings
 from .listing import Listings
 from .logs import RequestLog, apply_verbosity
@@ -174,6 +175,7 @@ class Daemon:
         removed = self.layout.clear_tmp()
         if removed:
             log.info("removed %d leftover partial downloads from tmp/", removed)
+        migrate_layout(self.layout)  # an older HOMEDIR is moved, never misread
         self.mountpoint = prepare_mountpoint(options.mountpoint) if options.mountpoint else None
         self.settings = Settings(**options.settings)
         self.embedded: EmbeddedS3 | None = None

@@ -5,14 +5,20 @@ that no other module can build a path that leaves ``data/BUCKET/``.
 
     HOMEDIR/log/                   log files
     HOMEDIR/tmp/                   partial downloads, emptied at start-up
-    HOMEDIR/state/                 our own databases (access records)
+    HOMEDIR/state/                 our own files: access records, checkpoint
+    HOMEDIR/state/layout           the layout version of this HOMEDIR
+    HOMEDIR/state/listings/BUCKET/index.db  SQLite index of the listing (key,
+                                   size, mtime, etag), written with __list__
     HOMEDIR/s3pool.pid             pidfile of the running daemon
     HOMEDIR/s3/                    the embedded demo S3's own data (see embedded.py)
     HOMEDIR/data/BUCKET/KEY        object bytes
     HOMEDIR/data/BUCKET/KEY__meta__  object meta (aws s3api get-object shape)
     HOMEDIR/data/BUCKET/__list__   every key of the bucket, one a line
-    HOMEDIR/data/BUCKET/__index__  SQLite index of the listing (key, size,
-                                   mtime, etag), written beside __list__
+
+A key can name any file of a BUCKETDIR, so nothing of s3pool's own lives
+there but ``__list__`` and the meta files, which keys may not take: the
+listing indexes and their SQLite journals live under ``state/``
+(``migrate.py`` moves a HOMEDIR of the previous layout at start-up).
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ from .errors import BadBucket, BadKey
 
 META_SUFFIX = "__meta__"
 LIST_NAME = "__list__"
-INDEX_NAME = "__index__"
 # Names of our own files at the top of a BUCKETDIR; a key may not take them.
-RESERVED_ROOT_NAMES = frozenset({LIST_NAME, INDEX_NAME})
+RESERVED_ROOT_NAMES = frozenset({LIST_NAME})
+# The layout of HOMEDIR this s3pool writes (state/layout). 1: the listing
+# index was data/BUCKET/__index__ (no state/layout file); 2: it is under state/.
+LAYOUT_VERSION = 2
+LAYOUT_FILE = "layout"
+INDEX_FILE = "index.db"
 # Linux NAME_MAX: a longer segment could never be a file name.
 MAX_SEGMENT_BYTES = 255
 # the last segment names the data file and, with META_SUFFIX, the meta file
@@ -136,8 +146,21 @@ class Layout:
     def list_path(self, bucket: str) -> str:
         return os.path.join(self.bucket_dir(bucket), LIST_NAME)
 
+    @property
+    def layout_file(self) -> str:
+        return os.path.join(self.state_dir, LAYOUT_FILE)
+
+    @property
+    def listings_dir(self) -> str:
+        return os.path.join(self.state_dir, "listings")
+
+    def listing_dir(self, bucket: str) -> str:
+        """state/listings/BUCKET/: the bucket's index and its SQLite journals
+        (a directory of their own: a bucket name may take all of NAME_MAX)."""
+        return os.path.join(self.listings_dir, check_bucket(bucket))
+
     def index_path(self, bucket: str) -> str:
-        return os.path.join(self.bucket_dir(bucket), INDEX_NAME)
+        return os.path.join(self.listing_dir(bucket), INDEX_FILE)
 
     def buckets_on_disk(self) -> list[str]:
         try:

@@ -1,12 +1,14 @@
-"""Bucket listings: ``__list__`` for other tools and ``__index__`` for us.
+"""Bucket listings: ``__list__`` for other tools and an index for us.
 
 A REFRESH streams the bucket's listing page by page (never the whole
 listing in memory) into two files built in ``tmp/``: the plain
-``__list__`` (one key a line, as the original wrote it) and ``__index__``,
-a SQLite table of (key, size, mtime, etag) ordered by key. Both are
-renamed into the BUCKETDIR, so a reader sees the old listing or the new
-one, never a mix. GLOB, the FUSE view's lookups and readdir all query
-``__index__`` by key range instead of scanning the listing.
+``__list__`` (one key a line, as the original wrote it) and the index,
+a SQLite table of (key, size, mtime, etag) ordered by key. The index is
+renamed to ``state/listings/BUCKET/index.db`` (outside the key namespace:
+no key can reach it or its journals), then ``__list__`` into the
+BUCKETDIR, so a reader sees the old listing or the new one, never a mix.
+GLOB, the FUSE view's lookups and readdir all query the index by key
+range instead of scanning the listing.
 """
 
 from __future__ import annotations
@@ -407,9 +409,9 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
                   info: dict[str, Any] | None = None,
                   extra: Iterable[tuple[ListEntry, float]] = (),
                   hidden: Callable[[str], bool] = is_hidden) -> int:
-    """Blocking: write ``__list__`` and ``__index__`` from listing pages.
+    """Blocking: write ``__list__`` and the index from listing pages.
 
-    Both are built in tmp/ a page at a time and renamed into the BUCKETDIR,
+    Both are built in tmp/ a page at a time and renamed into place,
     so readers see the old listing or the new one, never a mix. Keys for
     which *hidden* is true (s3pool's own ``.s3pool/`` objects) are left out.
     *info* goes into the index's info table; *extra* (entry, added_at)
@@ -452,6 +454,7 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
         finally:
             db.close()
         os.makedirs(layout.bucket_dir(bucket), exist_ok=True)
+        os.makedirs(layout.listing_dir(bucket), exist_ok=True)
         with open(tmp_index, "rb") as f:
             os.fsync(f.fileno())
         os.rename(tmp_index, layout.index_path(bucket))

@@ -76,7 +76,7 @@ COMMANDS = {
             "naming the problem. Matching takes time linear in the key, whatever the pattern. "
             "Only keys under the literal prefix "
             "of the pattern are read. Runs REFRESH first if the bucket has no listing yet.",
-    "REFRESH": "List the bucket again into data/BUCKET/__list__ and __index__, atomically. Two "
+    "REFRESH": "List the bucket again into data/BUCKET/__list__ and its index, atomically. Two "
                "listings of one bucket never run at once.",
     "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
               "revalidations, downloads, bytes_downloaded, pushes, globs, refreshes, errors, "
@@ -168,8 +168,13 @@ LAYOUT = [
                                 "served."),
     ("data/BUCKET/__list__", "every key of the bucket, one a line, written by REFRESH "
                              "(temporary file and rename)."),
-    ("data/BUCKET/__index__", "SQLite index of the same listing (key, size, mtime, ETag), used "
-                              "by GLOB and the FUSE view."),
+    ("state/listings/BUCKET/index.db", "SQLite index of the same listing (key, size, mtime, "
+                                       "ETag), used by GLOB and the FUSE view. Nothing of "
+                                       "s3pool's own but __list__ and the meta files lives in "
+                                       "a BUCKETDIR, where a key can name any file."),
+    ("state/layout", "the layout version of the HOMEDIR (2). A HOMEDIR of the previous layout "
+                     "(no such file; the index was data/BUCKET/__index__) is moved at start\\-up "
+                     "without losing what is cached; a newer one is refused."),
 ]
 
 

@@ -40,7 +40,7 @@ import trio
 
 from .access import AccessIndex
 from .errors import KeyConflict, NoSpace
-from .layout import INDEX_NAME, LIST_NAME, META_SUFFIX, Layout
+from .layout import LIST_NAME, META_SUFFIX, Layout
 from .transfer import write_all
 
 log = logging.getLogger(__name__)
@@ -471,7 +471,7 @@ class Store:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append((prefix + name + "/", entry.path))
                         continue
-                    if not prefix and name in (LIST_NAME, INDEX_NAME):
+                    if not prefix and name == LIST_NAME:
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
