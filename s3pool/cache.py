@@ -68,6 +68,7 @@ class Stats:
     globs: int = 0
     refreshes: int = 0
     errors: int = 0
+    refreshes_begun: int = 0  # refresh() calls, whatever came of them (count_refresh)
 
 
 class Room(Protocol):
@@ -445,6 +446,7 @@ class Cache:
         self.stats.refreshes += 1
         return count
 
+        self.stats.refreshes_begun += 1
     async def ensure_listing(self, bucket: str) -> None:
         if not self.listings.has_index(bucket):
             await self.refresh(bucket)

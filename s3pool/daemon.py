@@ -350,16 +350,20 @@ class Daemon:
         """The names the original s3pool's STATUS had, for its clients and scripts.
 
         Its pull_concurrency, refresh_interval (minutes) and verbose are
-        settings here and follow. count_pull counts objects, like count_pull_hit.
+        settings here and follow. As there, count_pull and count_push count
+        requests, whatever came of them (a malformed one too); count_refresh
+        every REFRESH request and every listing s3pool began by itself (a
+        GLOB's first, the background refreshes); count_pull_hit counts objects.
         """
         stats = self.cache.stats
         up_since = time.localtime(self.started)
+        requests = self.server.requests
         return [
             ("count_glob", stats.globs),
-            ("count_pull", stats.pulls),
+            ("count_pull", requests["PULL"]),
             ("count_pull_hit", stats.hits),
-            ("count_push", stats.pushes),
-            ("count_refresh", stats.refreshes),
+            ("count_push", requests["PUSH"]),
+            ("count_refresh", stats.refreshes_begun + self.server.malformed["REFRESH"]),
             ("is_master", "false"),
             ("master", ""),
             ("revision", __version__),

@@ -83,16 +83,19 @@ COMMANDS = {
               "s3_errors, evictions, cache_bytes, cache_objects, disk_used_percent, uptime and "
               "more; then one line per download in flight, 'download s3://BUCKET/KEY DONE "
               "TOTAL SECONDS' (bytes received, object size, seconds since it started); the "
-              "original s3pool's names with the same figures (count_pull, "
-              "count_pull_hit, count_push, count_glob, count_refresh, is_master, master, "
-              "revision, standby, up_since); with the embedded demo S3 also "
+              "original s3pool's names, counting what it counted (count_pull and count_push "
+              "every PULL and PUSH request, even a malformed one; count_refresh every REFRESH "
+              "and every listing begun without one; count_pull_hit, count_glob, is_master, "
+              "master, revision, standby, up_since); extra arguments are ignored, as by the "
+              "original; with the embedded demo S3 also "
               "embedded_s3_endpoint, embedded_s3_access_key_id and "
               "embedded_s3_secret_access_key, what the aws CLI or boto3 needs to reach it; "
               "then every setting, in the units SET takes (refresh_interval in minutes).",
     "SET": "Change a setting at run time: " + ", ".join(spec.name for spec in SPECS) + ". "
            "refresh_interval is minutes, as the original s3pool's clients send it; "
            "freshness_window and stale_on_error are seconds; any duration also takes a "
-           "unit suffix (30s, 5m, 2h, 1d); max_cache_size takes K/M/G/T. "
+           "unit suffix (30s, 5m, 2h, 1d); max_cache_size takes K/M/G/T. As in the "
+           "original, a verbose below 0 is 0 and a pull_concurrency below 1 is 1. "
            "The evictor and the list monitor act on a new value at once. Only the daemon's "
            "own user, root and members of --admin-group may SET (see SECURITY).",
 }

@@ -117,6 +117,13 @@ def parse_concurrency(text: str) -> int:
     return value
 
 
+def parse_pull_concurrency(text: str) -> int:
+    """As parse_concurrency, but a number below 1 is raised to 1, as the original
+    s3pool raised one below its minimum (5) to 5 instead of refusing it."""
+    value = _number(text, int, "a concurrency from 1 to 1000")
+    return parse_concurrency(str(max(1, value)))
+
+
 def parse_prefetch_files(text: str) -> int:
     value = _number(text, int, "a file count from 0 to 1000")
     if not 0 <= value <= 1000:
@@ -135,8 +142,9 @@ def parse_read_ahead(text: str) -> int:
 
 
 def parse_verbose(text: str) -> int:
-    value = _number(text, int, "a verbosity from 0 to 3")
-    if not 0 <= value <= 3:
+    """0 to 3; a negative level is 0, as in the original s3pool."""
+    value = max(0, _number(text, int, "a verbosity from 0 to 3"))
+    if value > 3:
         raise ValueError(f"verbose is 0 (warnings) to 3 (debug): {_shown(text)}")
     return value
 
@@ -187,8 +195,9 @@ class SettingSpec:
 
 
 SPECS: tuple[SettingSpec, ...] = (
-    SettingSpec("pull_concurrency", 20, parse_concurrency,
-                "how many objects are downloaded from S3 at once", "N"),
+    SettingSpec("pull_concurrency", 20, parse_pull_concurrency,
+                "how many objects are downloaded from S3 at once (below 1 is taken "
+                "as 1)", "N"),
     SettingSpec("freshness_window", 120.0, parse_seconds,
                 "seconds after an ETag check during which a cached object is served "
                 "with no S3 request; 30s, 5m, 1h also work", "SECONDS", "s"),

@@ -258,6 +258,50 @@ def test_status_answers_the_original_names(daemon, s3, bucket):
     assert status["pulls"] == "2"  # s3pool's own names stay
 
 
+def test_status_ignores_extra_arguments_as_the_original(daemon):
+    status, lines = daemon.request("STATUS", "x")
+    assert status == "OK" and any(line.startswith("count_pull ") for line in lines), lines
+
+
+def test_set_clamps_below_the_minimum_as_the_original(daemon):
+    daemon.ok("SET", "verbose", "-5")  # the original: OK, verbose 0
+    assert daemon.status()["verbose"] == "0"
+    daemon.ok("SET", "verbose", "2")
+    daemon.ok("SET", "pull_concurrency", "0")  # s3pool's minimum is 1 (the original's 5)
+    assert daemon.status()["pull_concurrency"] == "1"
+    daemon.ok("SET", "pull_concurrency", "-3")
+    assert daemon.status()["pull_concurrency"] == "1"
+    daemon.ok("SET", "pull_concurrency", "3")  # kept: the original raised it to 5
+    assert daemon.status()["pull_concurrency"] == "3"
+    for name, value in (("verbose", "loud"), ("pull_concurrency", "many")):
+        status, lines = daemon.request("SET", name, value)  # not a number: ERROR in both
+        assert status == "ERROR" and name in lines[0], lines
+
+
+def test_the_original_counters_count_requests(daemon, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    daemon.ok("PULL", bucket, "k", "k")  # one request of two objects
+    assert daemon.request("PULL", bucket)[0] == "ERROR"  # malformed: counted all the same
+    assert daemon.request("PULL", bucket, "../k")[0] == "ERROR"
+    assert daemon.request("PUSH", bucket, "p", "relative/path")[0] == "ERROR"
+    assert daemon.request("PUSH", bucket)[0] == "ERROR"
+    daemon.ok("REFRESH", bucket)
+    assert daemon.request("REFRESH")[0] == "ERROR"
+    status = daemon.status()
+    assert status["count_pull"] == "3" and status["pulls"] == "2"
+    assert status["count_push"] == "2" and status["pushes"] == "0"
+    assert status["count_refresh"] == "2"
+    # the list monitor's background refreshes count too
+    daemon.ok("SET", "refresh_interval", "1s")
+    deadline = time.monotonic() + 20
+    while daemon.status()["refresh_rounds"] == "0" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    daemon.ok("SET", "refresh_interval", "0")
+    status = daemon.status()
+    assert int(status["refresh_rounds"]) >= 1
+    assert int(status["count_refresh"]) >= 3, status
+
+
 def test_set_refresh_interval_is_minutes_as_in_the_original(daemon, s3, bucket):
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")
     daemon.ok("GLOB", bucket, "*")  # the bucket is in use: the list monitor refreshes it

@@ -201,7 +201,6 @@ BAD_INPUTS = [
     (b'["PULL", "bucket", 7]\n', "string"),
     (b'["FROB", "x"]\n', "unknown command"),
     (b'["PULL", "bucket"]\n', "arguments"),
-    (b'["STATUS", "extra"]\n', "arguments"),
     (b'["PUSH", "b", "k"]\n', "arguments"),
     (b'["GLOB", "b"]\n', "arguments"),
     (b'["REFRESH"]\n', "arguments"),

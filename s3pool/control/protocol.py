@@ -23,7 +23,7 @@ ARITY: dict[str, tuple[int, int | None]] = {
     "PUSH": (3, 3),
     "GLOB": (2, 2),
     "REFRESH": (1, 1),
-    "STATUS": (0, 0),
+    "STATUS": (0, None),  # extra arguments are ignored, as by the original
     "SET": (2, 2),
 }
 USAGE = {
@@ -78,7 +78,9 @@ def parse_request(line: bytes) -> Request:
         raise BadRequest(f"unknown command {value[0]!r}; known: {', '.join(ARITY)}")
     least, most = ARITY[command]
     if len(args) < least or (most is not None and len(args) > most):
-        raise BadRequest(f"wrong number of arguments for {command}: usage {USAGE[command]}")
+        error = BadRequest(f"wrong number of arguments for {command}: usage {USAGE[command]}")
+        error.command = command  # type: ignore[attr-defined]  # counted as one all the same
+        raise error
     return Request(command, args)
 
 

@@ -29,6 +29,7 @@ import os
 import resource
 import socket
 import time
+from collections import Counter
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -84,6 +85,10 @@ class ControlServer:
         self.connections = 0  # accepted since start
         self.open_connections = 0  # handlers running
         self.active = 0  # requests being carried out right now (read and parsed)
+        # requests per command, whatever came of them (even malformed): the
+        # original s3pool's count_pull and count_push count these
+        self.requests: Counter[str] = Counter()
+        self.malformed: Counter[str] = Counter()  # of those, refused by parse_request
         self.stopping = False
         # (command, seconds, ok) after each request; set by the metrics
         self.observe: Callable[[str, float, bool], None] | None = None
@@ -197,7 +202,14 @@ class ControlServer:
         try:
             try:
                 line = await self._receive_line(stream, complete)
-                request = parse_request(line)
+                try:
+                    request = parse_request(line)
+                except BadRequest as exc:
+                    named = getattr(exc, "command", None) or "-"
+                    self.requests[named] += 1
+                    self.malformed[named] += 1
+                    raise
+                self.requests[request.command] += 1
                 summary = _summarize(request)
                 command = request.command
                 self.active += 1
