@@ -32,9 +32,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.utils import parse_timestamp
 
+from .checksums import Digest, digest_for, full_object_checksums, leave_checks_to_s3pool
 from .errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey
 from .s3http import NOT_FOUND, NOT_MODIFIED, Fallback, LeanGets
-from .transfer import Digest, Transfer, digest_for, write_all
+from .transfer import Transfer, write_all
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def meta_from_response(resp: dict[str, Any]) -> dict[str, Any]:
         "ContentType": resp.get("ContentType", "binary/octet-stream"),
         "Metadata": dict(resp.get("Metadata") or {}),
         "AcceptRanges": resp.get("AcceptRanges", "bytes"),
+        **full_object_checksums(resp),  # ChecksumCRC64NVME... as `aws s3api` prints them
     }
 
 
@@ -168,6 +170,7 @@ class Backend:
         )
         events = client.meta.events
         events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
+        events.register("before-call.s3.GetObject", leave_checks_to_s3pool)
         events.register("before-call.s3", self._call_started)
         events.register("after-call.s3", self._call_answered)
         events.register("after-call-error.s3", self._call_failed)
@@ -320,7 +323,10 @@ class Backend:
                          "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
                 assert resp is not None
                 return resp
-        return self.client.get_object(Bucket=bucket, Key=key, **conditions)
+        # ChecksumMode: S3 sends the object's x-amz-checksum-* (botocore asks for it
+        # only when its response_checksum_validation is "when_supported")
+        return self.client.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED",
+                                      **conditions)
 
     async def read_body_at(self, response: ObjectResponse, fd: int, offset: int, limit: int,
                            bucket: str, key: str, transfer: Transfer | None = None,

@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import trio
 
 from .backend import Backend, ListEntry, ObjectResponse, listing_time
+from .checksums import Verifications
 from .errors import (
     BadKey, BackendError, DigestMismatch, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
     S3PoolError,
@@ -99,6 +100,7 @@ class Cache:
         self.room = room or NoEviction()
         self.listings = listings or Listings(store.layout, backend)
         self.stats = Stats()
+        self.verifications = Verifications()  # installs per kind of check (STATUS)
         self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
         self.transfers = Transfers(settings, backend.stopping)  # downloads in flight
         self.freshness = Freshness(settings)  # last ETag check per key, names S3 lacks
@@ -229,7 +231,8 @@ class Cache:
         """The cached copy, or (under the key's lock) a reader of the download
         in flight, or a download this call started."""
         check_bucket(bucket)
-        check_key(key)
+        # a path opened on the mount may hold a line break, a PULL's reply may not
+        check_key(key, line_break_ok=reader)
         if source != PREFETCH:  # a read-ahead is nobody's request
             self.stats.pulls += 1
         store = self.store
@@ -284,7 +287,8 @@ class Cache:
             return obj
         slot = object()  # the download_limiter slot, handed to the download
         await self.download_limiter.acquire_on_behalf_of(slot)
-        small = SmallInstall(self.store, bucket, key, self.settings.max_cache_size)
+        small = SmallInstall(self.store, bucket, key, self.settings.max_cache_size,
+                             self.verifications)
         try:
             try:
                 response = await self.backend.get_object(
@@ -356,6 +360,7 @@ class Cache:
         obj = self.store.installed(bucket, key, response.meta, small.done)
         self.checkpoint_needed()
         digest = response.digest
+        self.verifications.installed(digest)
         log.info("downloaded s3://%s/%s (%s): %d bytes, %s", bucket, key, source or "-", size,
                  f"{digest.what} verified" if digest is not None else "length verified")
         self.stats.downloads += 1
@@ -401,6 +406,7 @@ class Cache:
         installed = time.perf_counter()
         seconds = download.fetched_at - download.started
         digest = download.digest
+        self.verifications.installed(digest)
         log.info("downloaded s3://%s/%s (%s): %d bytes in %.2fs, %.1f MiB/s, %s; "
                  "verify+install %.3fs", bucket, key, download.source or "-", size,
                  seconds, size / (1 << 20) / max(seconds, 1e-6),
@@ -466,7 +472,7 @@ class Cache:
         if self.freshness.known_missing(bucket, key):
             return None
         try:
-            check_key(key)
+            check_key(key, line_break_ok=True)  # a name on the mount
             try:
                 meta = await self.backend.head_object(bucket, key)
             except NoSuchKey:
@@ -502,8 +508,10 @@ class Cache:
 class SmallInstall:
     """Run in the worker thread of a small GET: check the body, install it."""
 
-    def __init__(self, store: Store, bucket: str, key: str, max_cache_size: int) -> None:
+    def __init__(self, store: Store, bucket: str, key: str, max_cache_size: int,
+                 verifications: Verifications) -> None:
         self.store = store
+        self.verifications = verifications
         self.max_cache_size = max_cache_size
         self.bucket = bucket
         self.key = key
@@ -517,7 +525,7 @@ class SmallInstall:
             if cap and size > cap:  # what the evictor's make_room would say
                 raise NoSpace(f"object of {size} bytes is larger than max_cache_size ({cap})")
             if response.digest is not None:
-                response.digest.check()  # a mismatch is never installed
+                self.verifications.check(response.digest)  # a mismatch is never installed
             self.done = self.store.install_blocking(bucket, key, None, response.meta,
                                                         response.data)
         except S3PoolError as exc:

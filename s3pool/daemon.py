@@ -319,6 +319,7 @@ class Daemon:
                      "digest_retries", "bytes_downloaded",
                      "pushes", "bytes_uploaded", "globs", "refreshes", "errors"):
             lines.append((name, getattr(stats, name)))
+        lines += self.cache.verifications.status_lines()  # verified_KIND, verify_failures
         lines += [
             ("evictions", self.evictor.evictions),
             ("bytes_evicted", self.evictor.bytes_evicted),

@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .backend import ObjectResponse
+from .checksums import Digest
 from .errors import BackendError, NoSpace, S3PoolError
 from .layout import unlink_quietly
 from .store import CachedObject, HasMeta
-from .transfer import Digest, Transfer
+from .transfer import Transfer
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -110,6 +111,7 @@ class Download:
         self._horizon = 0  # parts below it may be wanted by read-ahead
         self.running = False  # run() has begun
         self.superseded = False  # a PUSH replaced the key: never install this one
+        self.verified = False  # every byte matched the digest
 
     # --- what has landed ---------------------------------------------------
 
@@ -190,7 +192,27 @@ class Download:
                 self.cache.waiting_reads -= 1
         else:
             self._want_for_read(offset, end, reader)
+        if offset == 0:
+            reader.from_start = True
+        if end == self.size and reader.from_start and self.digest is not None:
+            await self._until_checked()
         return os.pread(reader.fd, end - offset, offset)
+
+    async def _until_checked(self) -> None:
+        """The last bytes of the object go to a reader that began at its start only
+        once every byte matched S3's checksum (or MD5): a `cat` of a damaged object
+        ends with EIO, not as if it were right. A reader that begins elsewhere (a
+        Parquet footer) is not held back: the check needs every byte first."""
+        if self.result is None:
+            self.want_everything()
+            self.cache.waiting_reads += 1  # shutdown lets these answer first
+            try:
+                await self.done.wait()
+            finally:
+                self.cache.waiting_reads -= 1
+        if self.result is None and not self.verified:
+            raise _as_read_error(self.error or BackendError(
+                f"download of s3://{self.bucket}/{self.key} ended unchecked"), self)
 
     def _want_for_read(self, offset: int, end: int, reader: "Reader") -> None:
         if self.result is not None or self.error is not None:
@@ -293,7 +315,8 @@ class Download:
                 self.fetched_at = time.perf_counter()
                 if self.digest is not None:
                     await self._finish_hash()
-                    self.digest.check()  # a mismatch is never installed
+                    cache.verifications.check(self.digest)  # a mismatch is never installed
+                    self.verified = True
                 self.result = await cache.install_download(self)
         except BaseException as exc:
             self.fail(exc if isinstance(exc, Exception) else
@@ -487,6 +510,7 @@ class Reader(HasMeta):
         self.next_offset = 0  # where a sequential read would start
         self.ahead = 0  # read-ahead parts
         self.last_part = 0  # the last part the previous read touched
+        self.from_start = False  # it read at offset 0: its last read waits for the check
         self.closed = False
 
     async def read(self, offset: int, size: int) -> bytes:

@@ -10,36 +10,23 @@ cannot hold a download slot forever). A worker thread cannot be
 cancelled, so it calls :meth:`Transfer.check` between chunks and gives up
 itself; every socket read is bounded by botocore's read timeout.
 
-A :class:`Digest` checks the bytes of a download against what S3 says
-they are: a full-object ``x-amz-checksum-*`` value when S3 sent one we can
-compute (CRC32, SHA-1, SHA-256), else the MD5 of a single-part ETag.
-Multipart ETags (``"...-N"``), the ETags of SSE-KMS and SSE-C objects and
-composite checksums say nothing usable about the bytes: those downloads
-are checked by length only. A mismatch is a
-BackendError and the file is never installed.
+What the bytes must hash to (a :class:`Digest`: a full-object
+``x-amz-checksum-*`` or the ETag's MD5) is s3pool/checksums.py's.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
-import hashlib
 import logging
 import os
-import re
 import threading
 import time
-import zlib
-from typing import Any, Callable
+from typing import Any
 
-from .errors import BackendError, DigestMismatch, NoSpace
+from .errors import BackendError, NoSpace
 
 log = logging.getLogger(__name__)
 
-# benchmarks only: S3POOL_BENCH_NO_VERIFY=1 skips the content check (length is still checked)
-VERIFY = os.environ.get("S3POOL_BENCH_NO_VERIFY", "") != "1"
-
-_MD5_ETAG = re.compile(r"^[0-9a-fA-F]{32}$")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -157,79 +144,3 @@ def write_all(fd: int, data: memoryview, offset: int) -> None:
             raise NoSpace(f"write made no progress at offset {offset} (disk full?)")
         data = data[wrote:]
         offset += wrote
-
-
-# --- verification ---------------------------------------------------------
-
-class _Crc32:
-    name = "crc32"
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: Any) -> None:
-        self.value = zlib.crc32(data, self.value)
-
-    def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
-
-
-# response field (boto3's name) -> algorithm name, hasher; cheapest first
-_CHECKSUMS: tuple[tuple[str, str, Callable[[], Any]], ...] = (
-    ("ChecksumCRC32", "CRC32", _Crc32),
-    ("ChecksumSHA1", "SHA-1", hashlib.sha1),
-    ("ChecksumSHA256", "SHA-256", hashlib.sha256),
-)
-
-
-class Digest:
-    """A running hash of a download and the value S3 says it must have."""
-
-    def __init__(self, what: str, hasher: Any, expected: bytes, url: str) -> None:
-        self.what = what  # e.g. "ETag MD5", "x-amz-checksum CRC32"
-        self.hasher = hasher
-        self.expected = expected
-        self.url = url
-
-    def update(self, data: Any) -> None:
-        self.hasher.update(data)
-
-    def update_from_file(self, fd: int, offset: int, length: int) -> None:
-        """Hash bytes [offset, offset+length) of *fd* (blocking: a worker thread)."""
-        buffer = bytearray(min(1 << 20, max(length, 1)))
-        view = memoryview(buffer)
-        end = offset + length
-        while offset < end:
-            got = os.preadv(fd, [view[:min(len(buffer), end - offset)]], offset)
-            if got <= 0:
-                raise BackendError(f"download of {self.url}: file ended at {offset} of {end}")
-            self.hasher.update(view[:got])
-            offset += got
-
-    def check(self) -> None:
-        if self.hasher.digest() != self.expected:
-            raise DigestMismatch(f"download of {self.url} did not match its {self.what}")
-
-
-def digest_for(response: dict[str, Any], bucket: str, key: str) -> Digest | None:
-    """The check a GET response allows (from boto3's response dict), or None."""
-    if not VERIFY:
-        return None
-    url = f"s3://{bucket}/{key}"
-    if str(response.get("ChecksumType") or "FULL_OBJECT").upper() == "FULL_OBJECT":
-        for field, name, hasher in _CHECKSUMS:
-            value = response.get(field)
-            if not value or "-" in value:  # "...-N": a checksum of part checksums
-                continue
-            try:
-                expected = base64.b64decode(value, validate=True)
-            except ValueError:
-                continue
-            return Digest(f"x-amz-checksum {name}", hasher(), expected, url)
-    if str(response.get("ServerSideEncryption") or "").startswith("aws:kms") \
-            or response.get("SSECustomerAlgorithm"):
-        return None  # the ETag of an SSE-KMS or SSE-C object is not the MD5 of its bytes
-    etag = str(response.get("ETag") or "").strip().strip('"')
-    if _MD5_ETAG.match(etag):
-        return Digest("ETag MD5", hashlib.md5(usedforsecurity=False), bytes.fromhex(etag), url)
-    return None

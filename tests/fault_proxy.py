@@ -17,6 +17,9 @@ passes the response back, except for the paths it was told to spoil:
 - ``always_304`` paths answer every GET 304, asked or not;
 - ``fail_status[path] = (status, n)`` answers the next n GETs of that path
   with that status and an S3 error document (an S3 having a bad moment).
+- ``spoil_checksum`` paths are served with every ``x-amz-checksum-*`` value
+  (but ``-type``) replaced by another of the same length: the bytes are
+  right, the checksum S3 claims for them is not.
 
 ``seen`` records (method, path, If-None-Match) of every request.
 
@@ -48,6 +51,7 @@ class FaultProxy:
         self.seen: list[tuple[str, str, str | None]] = []
         self.cut: dict[str, int] = {}
         self.fail_status: dict[str, tuple[int, int]] = {}
+        self.spoil_checksum: set[str] = set()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.trickling = 0  # response bodies being trickled right now
@@ -104,6 +108,10 @@ class FaultProxy:
                             value = '""'
                         elif name.lower() == "etag" and path in proxy.unquote_etag:
                             value = value.strip('"')
+                        elif name.lower().startswith("x-amz-checksum-") \
+                                and name.lower() != "x-amz-checksum-type" \
+                                and path in proxy.spoil_checksum:
+                            value = _other_checksum(value)
                         if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
                             self.send_header(name, value)
                     self.send_header("Content-Length", str(len(data)))
@@ -186,3 +194,10 @@ def _flip(data: bytes, offset: int, content_range: str | None) -> bytes:
     spoiled = bytearray(data)
     spoiled[index] ^= 0xFF
     return bytes(spoiled)
+
+
+def _other_checksum(value: str) -> str:
+    """A checksum value of the same length and form that is not *value*: its
+    first base64 character changed (a "-N" suffix is kept)."""
+    first = "B" if value[:1] != "B" else "C"
+    return first + value[1:]

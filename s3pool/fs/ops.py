@@ -517,6 +517,9 @@ class S3PoolOperations(pyfuse3.Operations):
             return await handle.reader.read(off, size)
         except S3PoolError as exc:
             log.warning("read of s3://%s/%s failed: %s", handle.bucket, handle.key, exc)
+            # the kernel's pages of this version may hold bytes that failed their
+            # check: the next open must not keep them
+            self._kernel_etag.pop(handle.inode, None)
             raise fuse_error(exc) from None
         except OSError as exc:
             log.warning("read of s3://%s/%s failed: %s", handle.bucket, handle.key, exc)
