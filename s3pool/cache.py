@@ -231,7 +231,8 @@ class Cache:
         """The cached copy, or (under the key's lock) a reader of the download
         in flight, or a download this call started."""
         check_bucket(bucket)
-        check_key(key)
+        # a path opened on the mount may hold a line break, a PULL's reply may not
+        check_key(key, line_break_ok=reader)
         if source != PREFETCH:  # a read-ahead is nobody's request
             self.stats.pulls += 1
         store = self.store
@@ -471,7 +472,7 @@ class Cache:
         if self.freshness.known_missing(bucket, key):
             return None
         try:
-            check_key(key)
+            check_key(key, line_break_ok=True)  # a name on the mount
             try:
                 meta = await self.backend.head_object(bucket, key)
             except NoSuchKey:

@@ -56,19 +56,30 @@ def check_bucket(bucket: str) -> str:
     return bucket
 
 
-def check_key(key: str) -> str:
+def has_line_break(key: str) -> bool:
+    """Would *key* read as two lines in a reply or in ``__list__``?"""
+    return "\n" in key or "\r" in key
+
+
+def check_key(key: str, line_break_ok: bool = False) -> str:
     """Return *key* if it maps to exactly one path inside a BUCKETDIR.
 
     Refused: empty keys, leading '/', empty segments ('a//b', trailing
-    '/'), '.' and '..' segments, NUL and newline, lone surrogates (S3 keys
+    '/'), '.' and '..' segments, NUL, lone surrogates (S3 keys
     are UTF-8; such a key has no file name), segments that end in __meta__
     (they would alias a meta file), our own root files, and segments too
     long for the local filesystem (the last one, with __meta__ appended).
+    A newline or carriage return is refused too unless *line_break_ok*: the
+    protocol's replies give one path a line, which cannot carry it, but a
+    path opened on the mount can (S3 may list such keys).
     """
     if not isinstance(key, str) or not key:
         raise BadKey("empty key")
-    if "\0" in key or "\n" in key or "\r" in key:
-        raise BadKey(f"key {key!r} contains NUL or newline")
+    if "\0" in key:
+        raise BadKey(f"key {key!r} contains NUL")
+    if not line_break_ok and has_line_break(key):
+        raise BadKey(f"key {key!r} holds a newline or carriage return: replies give one "
+                     "path a line and cannot carry it (open it by name on the mount)")
     try:
         encoded = key.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -134,7 +145,8 @@ class Layout:
 
     def object_path(self, bucket: str, key: str) -> str:
         bucket_dir = self.bucket_dir(bucket)
-        path = os.path.join(bucket_dir, check_key(key))
+        # a file name may hold a line break; whether a reply can is the caller's question
+        path = os.path.join(bucket_dir, check_key(key, line_break_ok=True))
         # check_key already rules out every escape; this is the belt to its braces.
         if not path.startswith(bucket_dir + os.sep):
             raise BadKey(f"key {key!r} leaves the bucket directory")

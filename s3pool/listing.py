@@ -26,7 +26,7 @@ import trio
 from .backend import Backend, ListEntry
 from .errors import ShuttingDown
 from .globpattern import compile_glob
-from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout
+from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
 from .published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ _TOP = chr(0x10FFFF)
 CHILDREN_MEMORY = 1 << 16
 # keys a GLOB scan matches between two looks at the stopping flag
 _STOP_CHECK_EVERY = 128
+# keys with a line break named in the log per listing (then only counted)
+LINE_BREAKS_LOGGED = 20
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,7 @@ class Listings:
                 slash = rest.find("/")
                 if slash >= 0:
                     name = rest[:slash]
-                    if visible_name(name, at_root):
+                    if visible_name(name, at_root) and not has_line_break(name):
                         yield Entry(name, True)
                     lo, inclusive = dir_prefix + name + "0", True  # '0' follows '/'
                     break
@@ -350,7 +352,7 @@ class Listings:
                 # keys under "key/" sort right after "key" and the keys that
                 # extend it with a character below '/': unless the next key
                 # starts with "key", there are none
-                if visible_name(rest, at_root) and not (
+                if visible_name(rest, at_root) and not has_line_break(rest) and not (
                         following is not None and following[0].startswith(key)
                         and self.has_children(bucket, key)):
                     yield Entry(rest, False, int(size), float(mtime), etag)
@@ -396,7 +398,7 @@ class Listings:
                     for seen, key in enumerate(candidates(conn, prefix)):
                         if not seen % _STOP_CHECK_EVERY and stopping.is_set():
                             raise ShuttingDown("the daemon is stopping: GLOB abandoned")
-                        if matches(key):
+                        if matches(key) and not has_line_break(key):
                             found.append(key)
             finally:
                 conn.close()
@@ -423,6 +425,7 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
     tmp_list = os.path.join(layout.tmp_dir, f"list.{stamp}")
     tmp_index = os.path.join(layout.tmp_dir, f"index.{stamp}")
     count = 0
+    broken = 0  # keys with a line break, left out of __list__ (and of GLOB)
     try:
         db = sqlite3.connect(tmp_index)
         try:
@@ -431,7 +434,9 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
                 for page in pages:
                     if any(hidden(e.key) for e in page):
                         page = [e for e in page if not hidden(e.key)]
-                    listing.writelines(e.key + "\n" for e in page if "\n" not in e.key)
+                    if any(has_line_break(e.key) for e in page):
+                        broken += _log_line_breaks(bucket, page, broken)
+                    listing.writelines(e.key + "\n" for e in page if not has_line_break(e.key))
                     db.executemany(
                         "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
                         [(e.key, e.size, e.mtime, e.etag) for e in page],
@@ -448,6 +453,9 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
                 db.execute("INSERT INTO info VALUES ('list_complete', 0)")
             db.execute("INSERT INTO info VALUES ('refreshed_at', ?)", (time.time(),))
             db.execute("INSERT INTO info VALUES ('count', ?)", (count,))
+            if broken > LINE_BREAKS_LOGGED:
+                log.warning("s3://%s: %d keys in all hold a newline or carriage return (%d "
+                            "named above)", bucket, broken, LINE_BREAKS_LOGGED)
             for name, value in (info or {}).items():
                 db.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (name, value))
             db.commit()
@@ -466,3 +474,14 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
             except FileNotFoundError:
                 pass
     return count
+
+
+def _log_line_breaks(bucket: str, page: list[ListEntry], logged: int) -> int:
+    """Name in the log (once per listing) the keys of *page* that hold a line
+    break; return how many there are."""
+    found = [e.key for e in page if has_line_break(e.key)]
+    for key in found[:max(0, LINE_BREAKS_LOGGED - logged)]:
+        log.warning("s3://%s: key %r holds a newline or carriage return: left out of "
+                    "__list__, GLOB and the mount's directory listings (a PULL cannot "
+                    "return its path; it opens by name on the mount)", bucket, key)
+    return len(found)

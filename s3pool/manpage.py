@@ -75,7 +75,11 @@ COMMANDS = {
             "or {, a } without {, a trailing lone backslash, a reversed range) is an ERROR "
             "naming the problem. Matching takes time linear in the key, whatever the pattern. "
             "Only keys under the literal prefix "
-            "of the pattern are read. Runs REFRESH first if the bucket has no listing yet.",
+            "of the pattern are read. Runs REFRESH first if the bucket has no listing yet. Keys "
+            "S3 lists with a newline or carriage return in them would read as two lines: they "
+            "are left out of GLOB, __list__ and the mount's directory listings (the log names "
+            "each once per listing); a path opened on the mount still reaches them by name, a "
+            "PULL of one is an ERROR (its reply gives one path a line).",
     "REFRESH": "List the bucket again into data/BUCKET/__list__ and its index, atomically. Two "
                "listings of one bucket never run at once.",
     "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
