@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import shutil
-import stat
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,6 +21,7 @@ import trio
 from .backend import ListEntry, listing_time
 from .errors import LocalFileError, NoSpace
 from .layout import check_bucket, check_key, unlink_quietly
+from .localfile import NotRegularFile, open_regular
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -35,12 +35,23 @@ async def push_file(cache: "Cache", bucket: str, key: str, local_path: str) -> s
     check_key(key)
     if not os.path.isabs(local_path):
         raise LocalFileError(f"path {local_path!r} is not absolute")
+    # one open of a regular file (never a FIFO or a device); what is copied
+    # and uploaded is read through this descriptor, whatever the path names later
     try:
-        st = os.stat(local_path)
+        fd = open_regular(local_path)
+    except NotRegularFile:
+        raise LocalFileError(f"{local_path!r} is not a regular file") from None
     except OSError as exc:
         raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise LocalFileError(f"{local_path!r} is not a regular file")
+    try:
+        return await _push_opened(cache, bucket, key, local_path, fd)
+    finally:
+        os.close(fd)
+
+
+async def _push_opened(cache: "Cache", bucket: str, key: str, local_path: str, fd: int) -> str:
+    st = os.fstat(fd)
+    source = f"/proc/self/fd/{fd}"
     cache.use_bucket(bucket)
     store = cache.store
     async with store.key_lock(bucket, key):
@@ -51,11 +62,11 @@ async def push_file(cache: "Cache", bucket: str, key: str, local_path: str) -> s
         cache.supersede(bucket, key)
         await store.remove(bucket, key)
         cache.freshness.forget(bucket, key)
-        tmp_path = await _copy_for_push(cache, local_path, st.st_size)
+        tmp_path = await _copy_for_push(cache, source, local_path, st.st_size)
         try:
             # upload the copy when there is one: what is uploaded is then
             # exactly what is installed, even if the caller rewrites its file
-            await cache.push_backend.upload_file(bucket, key, tmp_path or local_path)
+            await cache.push_backend.upload_file(bucket, key, tmp_path or source)
             cache.stats.pushes += 1
             cache.stats.bytes_uploaded += st.st_size
             meta = await cache.push_backend.head_object(bucket, key)
@@ -70,8 +81,10 @@ async def push_file(cache: "Cache", bucket: str, key: str, local_path: str) -> s
     return cache.layout.object_path(bucket, key)
 
 
-async def _copy_for_push(cache: "Cache", local_path: str, size: int) -> str | None:
-    """A synced copy of *local_path* in tmp/, or None if the cache has no room."""
+async def _copy_for_push(cache: "Cache", source: str, local_path: str, size: int
+                         ) -> str | None:
+    """A synced copy of *source* (the opened *local_path*) in tmp/, or None
+    if the cache has no room."""
     try:
         await cache.room.make_room(size)
     except NoSpace:
@@ -81,7 +94,7 @@ async def _copy_for_push(cache: "Cache", local_path: str, size: int) -> str | No
     fd, tmp_path = cache.store.new_temp("push.")
     os.close(fd)
     try:
-        await trio.to_thread.run_sync(_copy_and_sync, local_path, tmp_path,
+        await trio.to_thread.run_sync(_copy_and_sync, source, tmp_path,
                                       limiter=cache.store.disk_limiter)
     except OSError as exc:
         unlink_quietly(tmp_path)

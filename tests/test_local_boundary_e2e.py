@@ -4,10 +4,12 @@ attacking clients as nobody where it matters."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
-import socket
+import struct
+import subprocess
 import threading
 import time
 import urllib.request
@@ -15,8 +17,8 @@ import urllib.request
 import psutil
 
 from s3pool.embedded import free_port
-from test_security_e2e import (IdleConnections, _low_fd_limit, as_nobody,  # noqa: F401
-                               public_dir, wait_for)
+from test_security_e2e import (CLIENT, IdleConnections, _low_fd_limit,  # noqa: F401
+                               as_nobody, public_dir, wait_for)
 
 FORGED = "\n2026-12-06 14:00:00,000 uid 0 PUSH /etc/shadow -> OK 1.0ms"
 ESCAPE = "\x1b[31m"
@@ -134,3 +136,107 @@ def test_idle_metrics_connections_do_not_starve_pulls_the_mount_or_a_scraper(sta
     assert "s3pool_pulls_total" in scraped
     assert opened > 300, "the metrics server never closed an idle connection"
     assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+class OpenWatch:
+    """inotify IN_OPEN on one file: counts the opens of it (a FIFO's open
+    shows up once it completes; O_PATH lookups are not opens)."""
+
+    IN_OPEN = 0x20
+    IN_NONBLOCK = 0o4000
+
+    def __init__(self, path: str) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(self.IN_NONBLOCK)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        assert libc.inotify_add_watch(self.fd, path.encode(), self.IN_OPEN) >= 0
+        self.opens = 0
+
+    def count(self) -> int:
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return self.opens
+            offset = 0
+            while offset < len(data):
+                _wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                self.opens += bool(mask & self.IN_OPEN)
+                offset += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def push_as_nobody(port: int, bucket: str, key: str, path: str) -> str:
+    return as_nobody(CLIENT, str(port), "PUSH", bucket, key, path)
+
+
+def test_push_for_another_user_never_opens_what_that_user_cannot(daemon, s3, bucket, public_dir):
+    """As nobody: a root-only FIFO in a 0700 directory is never opened (its
+    blocked writer stays blocked), and a missing path and an unreadable one
+    there get the same answer."""
+    private = os.path.join(public_dir, "private")
+    os.mkdir(private, 0o700)
+    fifo = os.path.join(private, "fifo")
+    os.mkfifo(fifo, 0o600)
+    secret = os.path.join(private, "secret")
+    with open(secret, "w") as f:
+        f.write("root only\n")
+    os.chmod(secret, 0o644)  # readable, but behind a directory nobody cannot search
+    watch = OpenWatch(fifo)
+    writer = subprocess.Popen(["/bin/sh", "-c", 'echo from-the-writer > "$0"', fifo])
+    try:
+        reply = push_as_nobody(daemon.port, bucket, "stolen/fifo", fifo)
+        assert reply.startswith("ERROR\n"), reply
+        assert watch.count() == 0, "the daemon opened the FIFO for nobody"
+        assert writer.poll() is None
+        # positive control: an open of the FIFO is seen, and wakes the writer
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            assert writer.wait(10) == 0
+            os.set_blocking(reader, True)
+            assert os.read(reader, 100) == b"from-the-writer\n"
+        finally:
+            os.close(reader)
+        assert watch.count() >= 1  # ours and the writer's (inotify may merge the two)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        writer.wait()
+        watch.close()
+
+    answers = {}
+    for name, path in {"missing": os.path.join(private, "missing"), "secret": secret,
+                       "fifo": fifo, "missing-dir": os.path.join(private, "no", "such"),
+                       "under-a-file": os.path.join(secret, "x")}.items():
+        reply = push_as_nobody(daemon.port, bucket, f"stolen/{name}", path)
+        assert reply.startswith("ERROR\n"), (name, reply)
+        answers[name] = reply.replace(path, "PATH")
+    assert len(set(answers.values())) == 1, answers
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="stolen/")
+
+    # what nobody may read still goes up; a device nobody can open is refused
+    # without being opened for reading, as nobody's own FIFO is
+    readable = os.path.join(public_dir, "readable")
+    with open(readable, "w") as f:
+        f.write("anyone\n")
+    os.chmod(readable, 0o644)
+    link = os.path.join(public_dir, "link")
+    os.symlink(readable, link)
+    assert push_as_nobody(daemon.port, bucket, "ok", link) == "OK\n\n"
+    assert s3.get_object(Bucket=bucket, Key="ok")["Body"].read() == b"anyone\n"
+    reply = push_as_nobody(daemon.port, bucket, "dev", "/dev/zero")
+    assert reply.startswith("ERROR\n") and "not a regular file" in reply, reply
+    own_fifo = os.path.join(public_dir, "own-fifo")
+    os.mkfifo(own_fifo, 0o666)
+    watch = OpenWatch(own_fifo)
+    try:
+        reply = push_as_nobody(daemon.port, bucket, "fifo", own_fifo)
+        assert reply.startswith("ERROR\n") and "not a regular file" in reply, reply
+        assert watch.count() == 0
+    finally:
+        watch.close()
+    # the daemon's own user: the same refusal of a FIFO, never an open
+    status, lines = daemon.request("PUSH", bucket, "fifo", fifo)
+    assert status == "ERROR" and "not a regular file" in lines[0], lines

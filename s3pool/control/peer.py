@@ -17,9 +17,11 @@ us about the client:
   trusted as the bind address says (see the README's trust model), except
   for SET, which needs ``--allow-remote-admin``.
 
-PUSH by a known local user is refused unless that user could read the file
-itself: search permission on every directory above it and read permission
-on the file, by owner, group (with supplementary groups) or other bits.
+PUSH by a known local user opens the file with that user's rights (a
+helper process that becomes the user, see ``localfile.py``), and only a
+regular file; whatever the user cannot reach gets one answer, the same
+for a missing file, so PUSH tells nobody what exists where they cannot
+look.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import LocalFileError, PermissionDenied
+from ..localfile import NotRegularFile, open_as
 
 # Linux's value; Python's socket module does not name it
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
@@ -152,7 +155,7 @@ def tcp_peer(sock: socket.socket) -> Peer:
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """Who may SET (and, for local users, what PUSH may read; see OpenedForPeer)."""
+    """Who may SET (for what PUSH may read, see open_for_peer)."""
 
     daemon_uid: int
     admin_gid: int | None = None
@@ -208,41 +211,45 @@ def _allowed(st: os.stat_result, uid: int, groups: set[int] | frozenset[int], bi
     return bool(st.st_mode & other_bit)
 
 
-class OpenedForPeer:
-    """``with OpenedForPeer(path, uid, groups) as proxy_path``: the file opened
-    by us, checked against what *uid* (in *groups*) may read, named by a
-    /proc/self/fd path.
+def open_for_peer(path: str, uid: int, groups: set[int] | frozenset[int]) -> int:
+    """A read-only descriptor of the regular file *path*, opened as user
+    *uid* in *groups* would open it. Blocks (a helper process): call it in
+    a worker thread.
 
-    The checks look at the file actually opened (its inode, and the real
-    path the kernel reports for the descriptor), so swapping a symlink or a
-    directory between the check and the copy gains nothing.
+    Everything the user cannot reach (missing, no search permission above
+    it, no read permission, a symlink loop...) is one LocalFileError with
+    one text, so that the answer says nothing about directories the user
+    cannot search; a file the user can reach but that is not regular (a
+    FIFO, a device) is never opened, and said so.
     """
+    hidden = LocalFileError(f"cannot read {path!r}: no such file, or uid {uid} may not read it")
+    try:
+        if os.geteuid() == 0:
+            return open_as(path, uid, groups)
+        return _open_checked(path, uid, groups)
+    except NotRegularFile:
+        raise LocalFileError(f"{path!r} is not a regular file") from None
+    except OSError:
+        raise hidden from None
 
-    def __init__(self, path: str, uid: int, groups: set[int] | frozenset[int] | None = None
-                 ) -> None:
-        self.path = path
-        self.uid = uid
-        self.groups = groups
-        self.fd = -1
 
-    def __enter__(self) -> str:
+def _open_checked(path: str, uid: int, groups: set[int] | frozenset[int]) -> int:
+    """open_for_peer for a daemon that is not root (it cannot become the
+    user): what the daemon can open, checked against the user's rights on
+    the real path, before its type is looked at."""
+    lookup = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(lookup)
+        actual = os.readlink(f"/proc/self/fd/{lookup}")
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise LocalFileError(f"cannot read {self.path!r}: {exc.strerror}") from None
-        try:
-            st = os.fstat(self.fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise LocalFileError(f"{self.path!r} is not a regular file")
-            actual = os.readlink(f"/proc/self/fd/{self.fd}")
-            check_readable_by(actual, self.uid, st, self.groups)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        return f"/proc/self/fd/{self.fd}"
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
+            check_readable_by(actual, uid, st, groups)
+        except LocalFileError:
+            raise PermissionError(errno.EACCES, "permission denied") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(path)
+        return os.open(f"/proc/self/fd/{lookup}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    finally:
+        os.close(lookup)
 
 
 def check_readable_by(real: str, uid: int, st: os.stat_result,

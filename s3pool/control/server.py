@@ -38,7 +38,7 @@ from ..cache import Cache
 from ..errors import BadRequest, LocalFileError, PermissionDenied, S3PoolError, StartupError
 from ..logs import RequestLog
 from ..settings import format_value
-from .peer import AccessPolicy, OpenedForPeer, Peer, tcp_peer, unix_peer
+from .peer import AccessPolicy, Peer, open_for_peer, tcp_peer, unix_peer
 from .protocol import MAX_REQUEST_BYTES, Request, format_done, format_error, format_list, parse_request
 
 log = logging.getLogger(__name__)
@@ -279,8 +279,15 @@ class ControlServer:
                 "reply, or use the Unix socket (s3pool --socket, s3poolctl --socket)")
         if not os.path.isabs(path):
             raise LocalFileError(f"path {path!r} is not absolute")
-        with OpenedForPeer(path, peer.uid, peer.gids) as proxy_path:
-            await self.cache.push(bucket, key, proxy_path)
+        # opened as the user would (a helper process takes their identity):
+        # the daemon never opens as root what the user could not
+        assert self._peer_limiter is not None
+        fd = await trio.to_thread.run_sync(open_for_peer, path, peer.uid, peer.gids,
+                                           limiter=self._peer_limiter)
+        try:
+            await self.cache.push(bucket, key, f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
         return format_done()
 
     async def _drain(self, stream: trio.SocketStream) -> None:
