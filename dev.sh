@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything s3pool needs on a fresh Debian/Ubuntu machine, then
 #   ./dev.sh run [s3pool options]   run the daemon (embedded demo S3 unless
-#                                   AWS_ENDPOINT_URL or AWS credentials are set);
-#                                   no options: -p ${S3POOL_PORT:-9000} -D ~/.s3pool -m /mnt/s3pool
+#                                   AWS_ENDPOINT_URL or AWS credentials are set) with
+#                                   -p ${S3POOL_PORT:-9000} -D HOMEDIR -m /mnt/s3pool, HOMEDIR
+#                                   ~/.s3pool (as root /var/cache/s3pool); options add to
+#                                   these or override them (-m '' mounts nothing)
 #   ./dev.sh test [pytest options]  run the whole test suite
 #   ./dev.sh install                put s3pool and s3poolctl on the PATH, the man
 #                                   pages where man(1) looks and the systemd unit in
@@ -17,6 +19,27 @@ venv="${S3POOL_VENV:-$here/.venv}"
 case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
 prefix="${PREFIX:-/usr/local}"
 destdir="${DESTDIR:-}"
+
+default_homedir() {
+    # as root, a place every user can reach: PULL hands them paths under it
+    if [ "$(id -u)" = 0 ]; then echo /var/cache/s3pool; else echo "${HOME}/.s3pool"; fi
+}
+
+check_args() {
+    # a bad command line is refused before setup, which may take a minute the
+    # first time: the parser needs only the standard library
+    local py=python3 out rc=0
+    [ -x "$venv/bin/python" ] && py="$venv/bin/python"
+    command -v "$py" >/dev/null 2>&1 || return 0
+    out="$(PYTHONPATH="$here" "$py" -c \
+        'import sys; from s3pool.cli import check_command_line; sys.exit(check_command_line(sys.argv[1:]))' \
+        "$@" 2>&1)" || rc=$?
+    case "$rc" in
+        0) if [ -n "$out" ]; then printf '%s\n' "$out"; exit 0; fi ;;  # --help, --version
+        2) printf '%s\n' "$out" >&2; exit 2 ;;
+        *) ;;  # this python cannot load the parser: setup's venv will
+    esac
+}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -85,10 +108,10 @@ cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
     run)
+        # the defaults first: a later -p, -D or -m overrides them, other options add
+        set -- -p "${S3POOL_PORT:-9000}" -D "$(default_homedir)" -m /mnt/s3pool "$@"
+        check_args "$@"
         setup
-        if [ $# -eq 0 ]; then
-            set -- -p "${S3POOL_PORT:-9000}" -D "${HOME}/.s3pool" -m /mnt/s3pool
-        fi
         exec "$venv/bin/s3pool" "$@"
         ;;
     test)

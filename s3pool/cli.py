@@ -13,11 +13,12 @@ import logging
 import os
 import sys
 
-import trio
-
 from . import __version__
-from .published import DEFAULT_KEY
 from .settings import SPECS
+
+# published.DEFAULT_KEY, spelled out so the command line parses with the
+# standard library alone (./dev.sh checks it before the venv exists)
+DEFAULT_KEY = ".s3pool/listing.jsonl.gz"
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory holding log/, tmp/, data/ and state/ (created if missing)")
     parser.add_argument("-m", "--mountpoint", metavar="DIR",
                         help="mount the read-only FUSE view here (an empty directory; created "
-                             "if missing)")
+                             "if missing; an empty DIR means no mount)")
     parser.add_argument("-b", "--bind", default="127.0.0.1", metavar="ADDRESS",
                         help="address the control socket listens on (default 127.0.0.1; the "
                              "socket has no authentication, so bind wider only on a trusted "
@@ -139,6 +140,13 @@ def add_original_flags(parser: argparse.ArgumentParser) -> None:
 CLIENT_COMMANDS = ("pull", "push", "glob", "refresh", "status", "set")
 
 
+def check_command_line(argv: list[str]) -> int:
+    """Parse a daemon command line and nothing else (argparse exits 2 on an error,
+    0 after --help): ./dev.sh run checks its arguments before it sets anything up."""
+    build_parser().parse_args(argv)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in CLIENT_COMMANDS:
@@ -151,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_daemon(args: argparse.Namespace) -> int:
     # imported here so `s3pool --help` and the client stay quick
+    import trio
+
     from .daemon import Daemon, Options
     from .errors import BadKey, StartupError
     from .embedded import endpoint_configured
@@ -182,7 +192,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     if embedded == "auto":
         embedded = "no" if endpoint_configured() else "yes"
     options = Options(
-        port=args.port, home=args.homedir, bind=args.bind, mountpoint=args.mountpoint,
+        port=args.port, home=args.homedir, bind=args.bind, mountpoint=args.mountpoint or None,
         buckets=args.bucket, embedded_s3=embedded, embedded_s3_port=args.embedded_s3_port,
         settings=settings,
         allow_other=args.allow_other, metrics_port=args.metrics_port,

@@ -120,6 +120,13 @@ def raise_descriptor_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0
+
+
 def resolve_group(name: str) -> int:
     """A group name or number -> gid; an unknown name is a start-up error."""
     if name.isdigit():
@@ -155,6 +162,23 @@ def prepare_mountpoint(path: str) -> str:
     return path
 
 
+def unreachable_by_others(path: str) -> str | None:
+    """The first directory on the way to *path* (itself included) that users
+    other than its owner may not search, or None when every one lets them."""
+    path = os.path.abspath(path)
+    parts = [path]
+    while parts[-1] != os.path.dirname(parts[-1]):
+        parts.append(os.path.dirname(parts[-1]))
+    for part in reversed(parts):
+        try:
+            mode = os.stat(part).st_mode
+        except OSError:
+            return part
+        if not mode & 0o001:
+            return part
+    return None
+
+
 class Daemon:
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -170,6 +194,13 @@ class Daemon:
         self.layout = Layout.create(options.home)
         self.pidfile = PidFile(self.layout.pidfile)
         self.exit_stack.callback(self.pidfile.release)
+        self.hidden_by = unreachable_by_others(self.layout.data_dir)
+        if self.hidden_by is not None:
+            log.warning("other users cannot reach HOMEDIR %s (%s is mode %04o: no search "
+                        "permission for others): the paths PULL hands them cannot be opened. "
+                        "Use a HOMEDIR every user can reach (as root: -D /var/cache/s3pool), "
+                        "or chmod o+x the directories on the way", self.layout.home,
+                        self.hidden_by, _mode(self.hidden_by))
         if options.extra_pidfile:
             self._write_extra_pidfile(options.extra_pidfile)
         removed = self.layout.clear_tmp()
@@ -304,6 +335,7 @@ class Daemon:
             ("pid", os.getpid()),
             ("uptime", round(time.time() - self.started, 1)),
             ("homedir", self.layout.home),
+            ("homedir_shared", "no" if self.hidden_by is not None else "yes"),
             ("endpoint", self.backend.describe()),
             ("push_endpoint", self.push_backend.describe()),
             ("mountpoint", self.mountpoint or "-"),
