@@ -16,9 +16,9 @@ in order, wherever they came from (the first GET's body as it streams, the
 ranged parts read back from the file once the bytes before them are in),
 so a checksum taken from the first answer covers every byte however the
 object was fetched. The CRCs are awscrt's (the AWS common runtime that
-botocore itself uses for CRC32C and CRC64NVME; hardware-accelerated, and
-they release the GIL), CRC32 zlib's, MD5 and SHA hashlib's: no CRC is
-written here. Their cost per GiB beside MD5 is in bench/RESULTS.md
+botocore itself uses for CRC32C and CRC64NVME, hardware-accelerated),
+CRC32 zlib's (faster here than awscrt's), MD5 and SHA hashlib's: no CRC
+is written here. Their cost per GiB beside MD5 is in bench/RESULTS.md
 (bench/bench_checksums.py).
 
 :class:`Verifications` counts the objects installed per kind of check

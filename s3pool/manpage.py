@@ -84,8 +84,11 @@ COMMANDS = {
                "listings of one bucket never run at once.",
     "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
               "revalidations, downloads, bytes_downloaded, pushes, globs, refreshes, errors, "
-              "s3_errors, evictions, cache_bytes, cache_objects, disk_used_percent, uptime and "
-              "more; then one line per download in flight, 'download s3://BUCKET/KEY DONE "
+              "s3_errors, evictions, cache_bytes, cache_objects, disk_used_percent, uptime, "
+              "objects installed per check of their bytes (verified_md5, verified_crc64nvme, "
+              "verified_crc32c, verified_crc32, verified_sha, verified_length_only) and "
+              "downloads refused by theirs (verify_failures), and more; then one line per "
+              "download in flight, 'download s3://BUCKET/KEY DONE "
               "TOTAL SECONDS' (bytes received, object size, seconds since it started); the "
               "original s3pool's names, counting what it counted (count_pull and count_push "
               "every PULL and PUSH request, even a malformed one; count_refresh every REFRESH "
@@ -170,7 +173,10 @@ LAYOUT = [
     ("data/BUCKET/KEY", "the object's bytes; / in keys are directory separators."),
     ("data/BUCKET/KEY__meta__", "JSON meta in the shape of aws s3api get\\-object: "
                                 "LastModified, ETag (with its quotes), ContentLength, "
-                                "ContentType, Metadata, AcceptRanges. Data without a readable "
+                                "ContentType, Metadata, AcceptRanges, and S3's full\\-object "
+                                "checksum when it gave one (ChecksumCRC64NVME, ChecksumCRC32C, "
+                                "ChecksumCRC32, ChecksumSHA1 or ChecksumSHA256, ChecksumType). "
+                                "Data without a readable "
                                 "meta file, or whose size differs from ContentLength, is not "
                                 "served."),
     ("data/BUCKET/__list__", "every key of the bucket, one a line, written by REFRESH "
