@@ -21,7 +21,10 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import boto3
+import botocore.exceptions
 import trio
 
 from . import __version__
@@ -179,6 +182,65 @@ def unreachable_by_others(path: str) -> str | None:
     return None
 
 
+def check_port_free(what: str, host: str, port: int) -> None:
+    """Refuse to start when *port* cannot be bound (as the listener will bind it)."""
+    if not port:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # the listener reports a bad address itself
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise StartupError(f"{what} port {host}:{port} is {reason}: another s3pool or "
+                               f"another program listens there; choose another port"
+                               if exc.errno == errno.EADDRINUSE else
+                               f"cannot listen on {what} port {host}:{port}: {reason}"
+                               ) from None
+
+
+def make_backend(**kwargs: Any) -> Backend:
+    """A Backend; an AWS configuration boto3 cannot use (AWS_PROFILE naming no
+    profile, a broken config file) is a start-up error of one line."""
+    try:
+        return Backend(**kwargs)
+    except botocore.exceptions.BotoCoreError as exc:
+        hint = ""
+        if isinstance(exc, botocore.exceptions.ProfileNotFound):
+            hint = " (AWS_PROFILE names a profile that is not in ~/.aws/config or credentials)"
+        raise StartupError(f"cannot set up the S3 client: {exc}{hint}") from None
+
+
+def check_s3_setup(region: str, endpoints: list[str | None], need_credentials: bool
+                   ) -> list[str]:
+    """Blocking, quick: what stands in the way of S3 requests (empty: nothing seen)."""
+    problems = []
+    if need_credentials:
+        try:
+            found = boto3.session.Session().get_credentials()
+        except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+            problems.append(f"AWS credentials cannot be loaded ({exc})")
+        else:
+            if found is None:
+                problems.append("no AWS credentials found (environment, AWS_PROFILE, "
+                                "~/.aws, instance role)")
+    for url in endpoints:
+        parts = urlsplit(url or f"https://s3.{region}.amazonaws.com")
+        host = parts.hostname or ""
+        try:
+            socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            problems.append(f"the endpoint's host {host} does not resolve "
+                            f"({exc.strerror or exc})")
+    return problems
+
+
 class Daemon:
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -201,6 +263,10 @@ class Daemon:
                         "Use a HOMEDIR every user can reach (as root: -D /var/cache/s3pool), "
                         "or chmod o+x the directories on the way", self.layout.home,
                         self.hidden_by, _mode(self.hidden_by))
+        # before anything starts (the demo S3 takes seconds): is the port free?
+        check_port_free("control", options.bind, options.port)
+        if options.metrics_port:
+            check_port_free("metrics", options.metrics_bind, options.metrics_port)
         if options.extra_pidfile:
             self._write_extra_pidfile(options.extra_pidfile)
         removed = self.layout.clear_tmp()
@@ -220,11 +286,12 @@ class Daemon:
             credentials = self.embedded.credentials()
             if DEMO_BUCKET not in options.buckets:
                 options.buckets.append(DEMO_BUCKET)  # shown at the mount's root
-        self.backend = Backend(
+        self.backend = make_backend(
             endpoint_url=self.embedded.endpoint_url if self.embedded else None,
             max_threads=Backend.threads_for(self.settings.pull_concurrency),
             credentials=credentials,
         )
+        self.s3_check = "checking"  # what _check_s3 found (STATUS)
         if self.embedded:
             log.warning("S3 endpoint: EMBEDDED demo S3 at %s (SeaweedFS, data in %s; bucket %s). "
                         "Set AWS_ENDPOINT_URL or AWS credentials to use a real S3.",
@@ -238,8 +305,8 @@ class Daemon:
         self.evictor = Evictor(self.store, self.settings)
         self.push_backend = self.backend
         if options.push_endpoint:
-            self.push_backend = Backend(endpoint_url=options.push_endpoint, max_threads=16,
-                                        credentials=credentials)
+            self.push_backend = make_backend(endpoint_url=options.push_endpoint, max_threads=16,
+                                             credentials=credentials)
             log.info("PUSH endpoint: %s", self.push_backend.describe())
         fleet = Fleet(publish=options.publish_listing,
                       use_published=options.use_published_listing,
@@ -319,6 +386,22 @@ class Daemon:
         await self.store.flush_access()
         return self.status_lines()
 
+    async def _check_s3(self) -> None:
+        """Once, at start, in the background: are there credentials, and does
+        the endpoint's host resolve? The log and STATUS (s3_check) say what is
+        wrong before the first PULL runs into it; the daemon serves anyway."""
+        endpoints = {self.backend.describe(): self.backend.endpoint_url,
+                     self.push_backend.describe(): self.push_backend.endpoint_url}
+        problems = await trio.to_thread.run_sync(
+            check_s3_setup, self.backend.region, list(endpoints.values()),
+            self.embedded is None, abandon_on_cancel=True)
+        self.s3_check = "; ".join(problems) or "ok"
+        if problems:
+            log.warning("S3 check: %s. Requests to S3 will fail until this is fixed (the "
+                        "daemon keeps serving what is cached)", self.s3_check)
+        else:
+            log.info("S3 check: credentials found, endpoint resolves")
+
     async def _warm_up(self) -> None:
         """botocore sets itself up lazily on the first request (credentials,
         endpoint rules, the signer, a connection): do that for the buckets
@@ -337,6 +420,7 @@ class Daemon:
             ("homedir", self.layout.home),
             ("homedir_shared", "no" if self.hidden_by is not None else "yes"),
             ("endpoint", self.backend.describe()),
+            ("s3_check", self.s3_check),
             ("push_endpoint", self.push_backend.describe()),
             ("mountpoint", self.mountpoint or "-"),
         ]
@@ -431,6 +515,7 @@ class Daemon:
                          self.server.connection_cap, self.descriptor_limit)
                 nursery.start_soon(self._flush_request_log)
                 nursery.start_soon(self._warm_up)
+                nursery.start_soon(self._check_s3)
                 await nursery.start(self.cache.run)  # downloads outlive their requests
                 await nursery.start(self.store.run)
                 if self.metrics is not None:
