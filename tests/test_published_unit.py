@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import time
+import tracemalloc
+import zlib
 
 import pytest
 
@@ -96,3 +99,79 @@ async def test_keys_added_here_outlive_an_older_published_listing(tmp_path):
     # too old: not installed
     write_published(layout.index_path("other"), str(pub), "bkt", time.time() - 1000)
     assert fleet._install_published("bkt", str(pub), '"g"', 900.0) is None
+
+
+# --- poisoned listings (issue 17, point 3) ----------------------------------
+
+def _listing(*lines: bytes, count: int = 1, **header) -> bytes:
+    head = {"format": "s3pool-listing", "version": 1, "bucket": "bkt", "listed_at": 1.7e9,
+            "count": count, **header}
+    return gzip.compress(json.dumps(head).encode() + b"\n" + b"".join(l + b"\n" for l in lines))
+
+
+@pytest.mark.parametrize("line", [
+    b'[["a"], 1, 0, "e"]', b'["a", [1], 0, "e"]', b'["a", 1, {"t": 0}, "e"]',
+    b'["a", 1, 0, ["e"]]', b"[" * 20000 + b"]" * 20000, b'["a", 1e400, 0, "e"]',
+    b'["a", 1180591620717411303424, 0, "e"]', b'["a", -1, 0, "e"]', b'["a", 1.5, 0, "e"]',
+    b'["a", true, 0, "e"]', b'["a", "1", 0, "e"]', b'["a", 1, NaN, "e"]',
+    b'["a", 1, Infinity, "e"]', b'["a", 1, -Infinity, "e"]', b'["a", 1, 1e300, "e"]',
+    b'["a", 1, -5, "e"]', b'[5, 1, 0, "e"]', b'[null, 1, 0, "e"]', b'["", 1, 0, "e"]',
+    b'["' + b"k" * 1025 + b'", 1, 0, "e"]', b'["a", 1, 0, 7]',
+    b'["a", 1, 0, "' + b"e" * 1025 + b'"]', b'["a", 1, 0, "e", 1]', b'{"key": "a"}', b"",
+    b'["\xff", 1, 0, "e"]', b'["' + b"x" * (1 << 20) + b'", 1, 0, "e"]',
+])
+def test_every_field_of_an_entry_is_range_checked(line):
+    published = PublishedListing(io.BytesIO(_listing(line)), "s3://bkt/x")
+    with pytest.raises(BackendError):
+        for _ in published.pages():
+            pass
+
+
+@pytest.mark.parametrize("header", [
+    {"listed_at": float("nan")}, {"listed_at": float("inf")}, {"listed_at": [1]},
+    {"listed_at": -1.0}, {"listed_at": True}, {"count": 2 ** 70}, {"count": -1},
+    {"count": 1.5}, {"count": True}, {"bucket": ["bkt"]}, {"version": True},
+    {"pad": "x" * (1 << 20)},
+])
+def test_every_field_of_the_header_is_range_checked(header):
+    body = _listing(b'["a", 1, 0, "e"]', **header)
+    with pytest.raises(BackendError):
+        PublishedListing(io.BytesIO(body), "s3://bkt/x")
+
+
+def test_a_sound_entry_at_the_bounds_is_read():
+    key = "k" * 1024
+    body = _listing(json.dumps([key, 2 ** 53 - 1, 0, "e" * 1024]).encode(),
+                    json.dumps(["\u00e9" * 512, 0, 1.7e9, ""]).encode(), count=2)
+    entries = [e for page in PublishedListing(io.BytesIO(body), "u").pages() for e in page]
+    assert entries == [ListEntry(key, 2 ** 53 - 1, 0.0, "e" * 1024),
+                       ListEntry("\u00e9" * 512, 0, 1.7e9, "")]
+
+
+def _bomb(prefix: bytes, filler: bytes, total: int, suffix: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = filler * ((1 << 20) // len(filler))
+    parts = [packer.compress(prefix)]
+    parts += [packer.compress(chunk) for _ in range(total // len(chunk))]
+    return b"".join([*parts, packer.compress(suffix), packer.flush()])
+
+
+def test_a_gzip_bomb_is_read_with_bounded_memory():
+    head = json.dumps({"format": "s3pool-listing", "version": 1, "bucket": "bkt",
+                       "listed_at": 1.7e9, "count": 1}).encode() + b"\n"
+    one_line = _bomb(head + b'["', b"a" * 4096, 256 << 20, b'", 1, 0, "e"]\n')
+    many_lines = _bomb(head + b'["a", 1, 0, "e"]\n', b'["x", 1, 0, "e"]\n', 256 << 20, b"")
+    header_line = _bomb(b'{"format": "s3pool-listing", "pad": "', b"x" * 4096, 256 << 20,
+                        b'"}\n')
+    for body in (one_line, many_lines, header_line):
+        assert len(body) < 1 << 20
+        tracemalloc.start()
+        try:
+            with pytest.raises(BackendError):
+                published = PublishedListing(io.BytesIO(body), "s3://bkt/x")
+                for _ in published.pages():
+                    pass
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20, f"{peak >> 20} MiB held while reading a gzip bomb"
