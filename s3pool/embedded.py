@@ -19,6 +19,19 @@ resumed: with a single master it only holds the highest volume id, which
 the volume server reports again at once, and resuming it costs a 10 s
 leader election at every start.
 
+Only signed S3 requests can change what it holds. The master's and the
+filer's HTTP APIs are off (``-disableHttp``, ``-filer.disableHttp``: the
+filer's accepted unauthenticated PUTs from any local user, the master's
+deleted a bucket's volumes on a GET); the volume server's HTTP port, which
+the S3 gateway reads through, takes writes and deletes only with a JWT the
+master signs (a key made at each start); the gRPC ports between the parts
+take only clients with a certificate of the demo's own CA (mutual TLS,
+made with openssl at each start in HOMEDIR/s3/tls/). All of it lives in
+HOMEDIR/s3/security.toml, which weed reads from its working directory;
+HOMEDIR/s3/ is 0700. What stays open: anyone who can read HOMEDIR/s3 as
+the daemon's user, and the demo's fixed S3 credentials (printed at start,
+in STATUS, in the README): it is a demo for one machine, not a server.
+
 The child dies with the daemon: PR_SET_PDEATHSIG sends it SIGKILL when the
 daemon's main thread goes away, even on ``kill -9``; and its pid is kept in
 HOMEDIR/s3/weed.pid so that the next start kills a leftover before
@@ -32,6 +45,7 @@ import glob
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -196,6 +210,7 @@ class EmbeddedS3:
                 f"the embedded S3 needs ports {port}-{port + len(INTERNAL_PORTS)} on 127.0.0.1, "
                 f"but {', '.join(map(str, busy))} in use; pick other ports with "
                 f"--embedded-s3-port", EXIT_EMBEDDED)
+        os.chmod(self.dir, 0o700)  # keys and certificates below
         config = self._write_config()
         # the master's raft state is not resumed (see the module docstring):
         # start it empty rather than let old raft logs pile up
@@ -233,7 +248,62 @@ class EmbeddedS3:
         with open(os.path.join(self.dir, "filer.toml"), "w") as f:
             f.write("# written by s3pool: one LevelDB for the filer's metadata\n"
                     f"[leveldb]\nenabled = true\ndir = {json.dumps(os.path.join(self.dir, 'filer'))}\n")
+        self._write_security()
         return config
+
+    def _write_security(self) -> None:
+        """security.toml (read from the working directory): JWT keys for the
+        volume server's writes and the filer's HTTP, made fresh at each start,
+        and mutual TLS on every gRPC port (see the module docstring)."""
+        q = json.dumps
+        lines = ["# written by s3pool at each start: only signed S3 requests change the demo S3"]
+        for section in ("jwt.signing", "jwt.filer_signing", "jwt.filer_signing.read"):
+            lines += [f"[{section}]", f"key = {q(secrets.token_hex(32))}",
+                      "expires_after_seconds = 10"]
+        lines += ["[access]", "ui = false", "[filer.expose_directory_metadata]", "enabled = false"]
+        tls = self._make_certificates()
+        if tls is None:
+            log.warning("openssl is not installed: the embedded S3's gRPC ports (127.0.0.1:%d-%d) "
+                        "take any local client; install openssl to restrict them",
+                        self.ports["master.grpc"], self.ports["s3.grpc"])
+        else:
+            ca, cert, key = tls
+            lines += ["[grpc]", f"ca = {q(ca)}"]
+            for part in ("master", "volume", "filer", "s3", "client"):
+                lines += [f"[grpc.{part}]", f"cert = {q(cert)}", f"key = {q(key)}"]
+        path = os.path.join(self.dir, "security.toml")
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(path + ".tmp", path)
+
+    def _make_certificates(self) -> tuple[str, str, str] | None:
+        """A CA and one certificate it signed (weed does not check host
+        names: every part uses it, as server and as client), made by openssl
+        (~50 ms); None without openssl."""
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            return None
+        tls = os.path.join(self.dir, "tls")
+        shutil.rmtree(tls, ignore_errors=True)
+        os.makedirs(tls, 0o700)
+        ca, ca_key = os.path.join(tls, "ca.pem"), os.path.join(tls, "ca.key")
+        cert, key = os.path.join(tls, "node.pem"), os.path.join(tls, "node.key")
+        csr = os.path.join(tls, "node.csr")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for command in (
+                [openssl, "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "36500",
+                 "-subj", "/CN=s3pool embedded S3 CA"],
+                [openssl, "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=s3pool-embedded-s3"],
+                [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                 "-CAcreateserial", "-out", cert, "-days", "36500"]):
+            result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                                    text=True, cwd=tls)
+            if result.returncode != 0:
+                raise StartupError(f"the embedded S3's certificates: {' '.join(command[:3])} "
+                                   f"failed: {result.stderr.strip()[-300:]}", EXIT_EMBEDDED)
+        os.unlink(ca_key)  # nothing else will be signed
+        return ca, cert, key
 
     def _command(self, weed: str, config: str) -> list[str]:
         p = self.ports
@@ -246,6 +316,8 @@ class EmbeddedS3:
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={p['s3.grpc']}",
             f"-s3.config={config}", "-s3.iam=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # no HTTP API on the master and the filer: S3 goes through gRPC
+            "-disableHttp", "-filer.disableHttp",
             "-master.resumeState=false", "-master.telemetry=false",
             "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=0",
         ]

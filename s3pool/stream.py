@@ -43,7 +43,7 @@ import trio
 
 from .backend import ObjectResponse
 from .checksums import Digest
-from .errors import BackendError, NoSpace, S3PoolError
+from .errors import BackendError, DigestMismatch, NoSpace, S3PoolError
 from .layout import unlink_quietly
 from .store import CachedObject, HasMeta
 from .transfer import Transfer
@@ -177,6 +177,10 @@ class Download:
         end = min(self.size, offset + size)
         if offset >= end:
             return b""
+        # noted as the reads come (parts land out of order, the reads come in order)
+        completes = reader.completes(offset, end, self.size)
+        if isinstance(self.error, DigestMismatch):
+            raise self.error  # bytes known to be wrong: none of them (the kernel retries)
         if not self.has(offset, end):
             self._want_for_read(offset, end, reader)
             self.cache.waiting_reads += 1  # shutdown lets these answer first
@@ -192,17 +196,16 @@ class Download:
                 self.cache.waiting_reads -= 1
         else:
             self._want_for_read(offset, end, reader)
-        if offset == 0:
-            reader.from_start = True
-        if end == self.size and reader.from_start and self.digest is not None:
+        if completes and self.digest is not None:
             await self._until_checked()
         return os.pread(reader.fd, end - offset, offset)
 
     async def _until_checked(self) -> None:
-        """The last bytes of the object go to a reader that began at its start only
-        once every byte matched S3's checksum (or MD5): a `cat` of a damaged object
-        ends with EIO, not as if it were right. A reader that begins elsewhere (a
-        Parquet footer) is not held back: the check needs every byte first."""
+        """The read that completes a reader's reading of every byte of the object
+        is answered only once every byte matched S3's checksum (or MD5): a `cat`
+        of a damaged object ends with EIO, not as if it were right. A reader of
+        some of the object (a Parquet footer, a header) is not held back: the
+        check needs every byte first."""
         if self.result is None:
             self.want_everything()
             self.cache.waiting_reads += 1  # shutdown lets these answer first
@@ -510,7 +513,8 @@ class Reader(HasMeta):
         self.next_offset = 0  # where a sequential read would start
         self.ahead = 0  # read-ahead parts
         self.last_part = 0  # the last part the previous read touched
-        self.from_start = False  # it read at offset 0: its last read waits for the check
+        self.read_to = 0  # bytes [0, read_to) were all read through this reader
+        self.reads_ahead: dict[int, int] | None = {}  # start -> end of reads past read_to
         self.closed = False
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -518,6 +522,29 @@ class Reader(HasMeta):
         if download is None or download.result is not None:
             return os.pread(self.fd, size, offset)
         return await download.read(offset, size, self)
+
+    def completes(self, offset: int, end: int, size: int) -> bool:
+        """Note the read of [offset, end); True if with it this reader has read
+        every byte of an object of *size* bytes (the kernel's read-ahead may send
+        reads a little out of order; a reader that jumps around gives up being
+        tracked after a few hundred reads ahead of its prefix)."""
+        ahead = self.reads_ahead
+        if ahead is None or self.read_to >= size:
+            return False
+        if offset > self.read_to:
+            if len(ahead) >= 256:
+                self.reads_ahead = None
+            else:
+                ahead[offset] = max(end, ahead.get(offset, 0))
+            return False
+        self.read_to = max(self.read_to, end)
+        while ahead:
+            reachable = [start for start in ahead if start <= self.read_to]
+            if not reachable:
+                break
+            for start in reachable:
+                self.read_to = max(self.read_to, ahead.pop(start))
+        return self.read_to >= size
 
     def close(self) -> None:
         if self.closed:

@@ -223,6 +223,16 @@ def test_corrupted_answers_are_refused(http_path, moto_server, s3, proxy, start_
         if (daemon.data / bucket / key).exists():
             wrong.append((key, "installed after the mount read"))
     assert wrong == [], "\n".join(map(str, wrong))
+    # a footer first (its bytes are not the damaged ones), then the whole file:
+    # the read that fills the gap fails
+    key = "crc32/12m-multipart"
+    with open(daemon.mountpoint / bucket / key, "rb") as f:
+        f.seek(-65536, os.SEEK_END)
+        assert f.read() == objects[key][0][-65536:]
+        f.seek(0)
+        with pytest.raises(OSError) as caught:
+            f.read()
+        assert caught.value.errno == errno.EIO
     assert int(daemon.status()["verify_failures"]) > 3 * len(SPOILED)
     assert _counts(daemon) == dict.fromkeys(KINDS, 0)
 

@@ -113,3 +113,40 @@ def test_verifications_count_installs_per_kind_and_mismatches():
     assert lines["verified_crc32"] == 1 and lines["verified_length_only"] == 1
     assert lines["verify_failures"] == 1
     assert sum(lines[f"verified_{kind}"] for kind in KINDS) == 2
+
+
+def _reader():
+    from s3pool.stream import Reader
+
+    return Reader(None, -1, {})  # completes() touches neither the download nor the fd
+
+
+def test_a_reader_completes_the_object_with_the_read_that_covers_its_last_gap():
+    size = 10 << 20
+    reader = _reader()
+    assert [reader.completes(start, start + (1 << 20), size)
+            for start in range(0, size, 1 << 20)] == [False] * 9 + [True]
+    assert not reader.completes(0, 4096, size)  # read again: not a second time
+    # the kernel's read-ahead sends the last read before the one ahead of it
+    reader = _reader()
+    assert not reader.completes(0, 4 << 20, size)
+    assert not reader.completes(8 << 20, size, size)
+    assert reader.completes(4 << 20, 8 << 20, size)
+    # a footer first, then the rest in order: the read that fills the gap completes it
+    reader = _reader()
+    assert not reader.completes(size - 65536, size, size)
+    assert not reader.completes(0, 1 << 20, size)
+    assert reader.completes(1 << 20, size - 65536, size)
+
+
+def test_readers_of_part_of_the_object_never_complete_it():
+    size = 10 << 20
+    footer = _reader()
+    assert not footer.completes(size - 65536, size, size)
+    header_and_footer = _reader()
+    assert not header_and_footer.completes(0, 4096, size)
+    assert not header_and_footer.completes(size - 65536, size, size)
+    scattered = _reader()  # reads far ahead of its prefix: given up after 256
+    for i in range(300):
+        assert not scattered.completes(size - (i + 1) * 1024, size - i * 1024, size)
+    assert not scattered.completes(0, size, size)
