@@ -1,7 +1,9 @@
 """``s3pool``: the daemon's command line.
 
 ``s3pool -p PORT -D HOMEDIR [-m MOUNTPOINT] [options]`` runs the daemon in
-the foreground. ``s3pool pull|push|glob|refresh|status|set ...`` is the
+the foreground; with ``-d`` it returns once the daemon answers, leaving it in
+the background, as the original s3pool did. The original's flags also parse
+the way Go's flag package took them (``--p 9000``, ``-p=9000``, ``-n=true``). ``s3pool pull|push|glob|refresh|status|set ...`` is the
 client (the same as ``s3poolctl``). The option list here is also what the
 man page prints (see ``s3pool.manpage``), so the two cannot drift.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import subprocess
 import sys
 
 from . import __version__
@@ -114,23 +118,40 @@ def build_parser() -> argparse.ArgumentParser:
 # -v is ours; -c is the original s3pool's flag for the pull concurrency
 SHORT_OPTIONS = {"verbose": ("-v",), "pull_concurrency": ("-c",)}
 # start-up flags of the original s3pool that mean nothing here: accepted, warned about
-IGNORED_FLAGS = {"-daemonprep": "an internal flag of the original s3pool",
-                 "-s": "an internal flag of the original s3pool",
+IGNORED_FLAGS = {"-s": "an internal flag of the original s3pool",
                  "-M": "the original's master host for GLOB"}
+# the original's flags as Go's flag package parsed them: -name and --name alike,
+# a value after the flag or after "=", a boolean as -n, -n=true or -n=false
+GO_FLAGS = {"p": "-p", "D": "-D", "n": "-n", "daemonprep": "-daemonprep",
+            "pidfile": "-pidfile", "c": "-c", "s": "-s", "M": "-M"}
+GO_BOOLEANS = {"n", "daemonprep", "s"}
+GO_TRUE = {"1", "t", "T", "true", "TRUE", "True"}
+GO_FALSE = {"0", "f", "F", "false", "FALSE", "False"}
+_GO_FLAG = re.compile(r"--?([A-Za-z]+)(?:=(.*))?", re.S)
+# what the detached daemon prints last on the pipe to the s3pool that started it
+DETACHED = "s3pool: running in the background (pid {pid})"
 
 
 def add_original_flags(parser: argparse.ArgumentParser) -> None:
     """The original s3pool's start-up flags, so its start scripts keep working."""
+    parser.add_argument("-d", "--daemon", action="store_true",
+                        help="as the original s3pool without -n: start the daemon in the "
+                             "background (its own session, stdin, stdout and stderr on "
+                             "/dev/null, the log in HOMEDIR/log) and return once it answers "
+                             "on its control port, exit 0; a failed start prints its error "
+                             "and returns its exit code. For old start scripts; not for "
+                             "systemd units (Type=simple wants the foreground)")
     parser.add_argument("-n", dest="no_daemon", action="store_true",
-                        help="accepted for the original's start scripts: s3pool always runs "
-                             "in the foreground (the original forked into the background "
-                             "unless given -n)")
+                        help="stay in the foreground (the default; wins over -d, as the "
+                             "original's -n did)")
     parser.add_argument("-pidfile", "--pidfile", metavar="PATH",
                         help="also write the daemon's pid to PATH (relative to HOMEDIR, as in "
                              "the original s3pool); removed at exit. The lock against a second "
                              "daemon stays HOMEDIR/s3pool.pid")
-    parser.add_argument("-daemonprep", dest="ignored_daemonprep", action="store_true",
-                        help="ignored with a warning (an internal flag of the original)")
+    parser.add_argument("-daemonprep", "--daemonprep", dest="daemonprep", action="store_true",
+                        help="run as the original's detached child did: in a session of its "
+                             "own, with stdin, stdout and stderr on /dev/null once it is "
+                             "ready (what -d starts)")
     parser.add_argument("-s", dest="ignored_s", action="store_true",
                         help="ignored with a warning (an internal flag of the original)")
     parser.add_argument("-M", dest="ignored_M", metavar="HOST",
@@ -140,10 +161,51 @@ def add_original_flags(parser: argparse.ArgumentParser) -> None:
 CLIENT_COMMANDS = ("pull", "push", "glob", "refresh", "status", "set")
 
 
+def go_flags(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """*argv* with the original's flags in Go's forms (``--p 9000``, ``-p=9000``,
+    ``-n=true``, ``--daemonprep``) spelled as this parser takes them; the value of
+    an option is never rewritten."""
+    takes_value = {option for action in parser._actions if action.nargs != 0
+                   for option in action.option_strings}
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--":
+            out += [arg, *rest]
+            break
+        match = _GO_FLAG.fullmatch(arg)
+        if match and match.group(1) in GO_FLAGS:
+            name, value = match.groups()
+            flag = GO_FLAGS[name]
+            if name in GO_BOOLEANS:
+                if value is None or value in GO_TRUE:
+                    out.append(flag)
+                elif value not in GO_FALSE:
+                    out.append(arg)  # not a Go boolean: argparse says what is wrong
+                continue
+            if value is not None:
+                out += [flag, value]
+                continue
+            out.append(flag)
+            arg = flag
+        else:
+            out.append(arg)
+        if arg in takes_value:
+            following = next(rest, None)
+            if following is not None:
+                out.append(following)
+    return out
+
+
+def parse_daemon_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    return parser.parse_args(go_flags(argv, parser))
+
+
 def check_command_line(argv: list[str]) -> int:
     """Parse a daemon command line and nothing else (argparse exits 2 on an error,
     0 after --help): ./dev.sh run checks its arguments before it sets anything up."""
-    build_parser().parse_args(argv)
+    parse_daemon_args(argv)
     return 0
 
 
@@ -153,8 +215,42 @@ def main(argv: list[str] | None = None) -> int:
         from .ctl import main as ctl_main
 
         return ctl_main(argv, prog="s3pool")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = go_flags(argv, parser)
+    args = parser.parse_args(argv)
+    if args.daemon and not args.no_daemon:
+        return detach(argv)
     return run_daemon(args)
+
+
+def detach(argv: list[str]) -> int:
+    """The original's start: the daemon goes on in the background, in a session
+    of its own, and this returns once it serves (exit 0), or with the exit code
+    of a start that failed. What the daemon prints until it is ready shows here;
+    then it lets go of the pipe (see release_stdio)."""
+    child = subprocess.Popen([sys.executable, "-m", "s3pool.cli", *argv, "-daemonprep", "-n"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    assert child.stdout is not None
+    ready = DETACHED.format(pid=child.pid)
+    with child.stdout:
+        for line in child.stdout:
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+            if line.decode(errors="replace").strip() == ready:
+                return 0
+    code = child.wait()  # it ended before it was ready
+    return code or 1
+
+
+def release_stdio() -> None:
+    """The daemon is ready: say so, then put stdin, stdout and stderr on /dev/null,
+    as the original's detached child did (the log goes on in HOMEDIR/log)."""
+    print(DETACHED.format(pid=os.getpid()), file=sys.stderr, flush=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def run_daemon(args: argparse.Namespace) -> int:
@@ -167,6 +263,11 @@ def run_daemon(args: argparse.Namespace) -> int:
     from .layout import Layout, check_key
     from .logs import setup_logging
 
+    if args.daemonprep:
+        try:
+            os.setsid()  # no terminal's signals reach it
+        except OSError:
+            pass  # already the leader of its session (started by detach)
     settings = {spec.name: getattr(args, spec.name) for spec in SPECS}
     verbose = settings["verbose"] if settings["verbose"] is not None else 1
     try:
@@ -204,6 +305,8 @@ def run_daemon(args: argparse.Namespace) -> int:
     daemon = None
     try:
         daemon = Daemon(options)
+        if args.daemonprep:
+            daemon.on_ready = release_stdio
         trio.run(daemon.run)
     except KeyboardInterrupt:
         pass

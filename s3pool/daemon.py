@@ -20,7 +20,7 @@ import subprocess
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import boto3
@@ -355,6 +355,7 @@ class Daemon:
             self.server.observe = self.metrics.observe_request
             self.backend.observer = self.metrics.observe_s3
         self.fs: Any = None
+        self.on_ready: Callable[[], None] | None = None  # called once it serves
         self.started = time.time()
 
     def _write_extra_pidfile(self, path: str) -> None:
@@ -532,6 +533,8 @@ class Daemon:
                     await nursery.start(self.fs.run)
                 log.info("s3pool %s ready (pid %d, HOMEDIR %s)", __version__, os.getpid(),
                          self.layout.home)
+                if self.on_ready is not None:
+                    self.on_ready()  # -daemonprep: let go of the terminal or pipe
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
                     break

@@ -24,7 +24,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, request
 
 MIB = 1 << 20
 
@@ -331,13 +331,120 @@ def test_refresh_interval_on_the_command_line_is_minutes_too(start_daemon):
 
 def test_the_original_start_up_flags_are_accepted(start_daemon, tmp_path):
     daemon = start_daemon(args=["-n", "-pidfile", "s3pool.custom.pid", "-c", "7",
-                                "-daemonprep"])
+                                "-daemonprep", "-M", "master-host"])
     pidfile = daemon.home / "s3pool.custom.pid"  # relative to HOMEDIR, as the original
     assert pidfile.read_text().strip() == str(daemon.process.pid)
     assert daemon.status()["pull_concurrency"] == "7"
+    # -daemonprep: the original's detached child: its own session, and once it
+    # is ready (a moment after STATUS first answers) no terminal
+    assert os.getsid(daemon.process.pid) == daemon.process.pid
+    deadline = time.monotonic() + 30
+    while stdio_of(daemon.process.pid) != ["/dev/null"] * 3:
+        assert time.monotonic() < deadline, stdio_of(daemon.process.pid)
+        time.sleep(0.05)
     assert daemon.stop() == 0
     assert not pidfile.exists()
-    assert "ignoring -daemonprep" in daemon.log_text()
+    assert "ignoring -M" in (daemon.home / "log" / "s3pool.log").read_text()
+
+
+def stdio_of(pid: int) -> list[str]:
+    return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)]
+
+
+def daemon_env(moto_server) -> dict[str, str]:
+    from conftest import CREDENTIALS
+
+    env = dict(os.environ, **CREDENTIALS, AWS_ENDPOINT_URL=moto_server.endpoint)
+    env.pop("AWS_PROFILE", None)
+    return env
+
+
+def wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and \
+            "zombie" not in open(f"/proc/{pid}/status").read():
+        assert time.monotonic() < deadline, f"pid {pid} still runs"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("flags", [
+    ["-p", "{port}", "-D", "{home}"],
+    ["--p", "{port}", "--D", "{home}"],  # Go's flag package takes - and -- alike
+    ["-p={port}", "-D={home}", "-n=false"],
+])
+def test_dash_d_returns_once_the_daemon_answers(tmp_path, moto_server, flags):
+    from s3pool.embedded import free_port
+
+    port = free_port()
+    home = tmp_path / "home"
+    argv = [flag.format(port=port, home=home) for flag in flags]
+    result = subprocess.run([sys.executable, "-m", "s3pool.cli", "-d", *argv,
+                             "--embedded-s3", "no"], env=daemon_env(moto_server), cwd=str(ROOT),
+                            capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    status, lines = request(port, "STATUS", timeout=5)  # at once: no waiting
+    assert status == "OK"
+    pid = int(dict(line.split(" ", 1) for line in lines)["pid"])
+    try:
+        assert f"running in the background (pid {pid})" in result.stderr
+        assert os.getsid(pid) == pid and stdio_of(pid) == ["/dev/null"] * 3
+        assert (home / "s3pool.pid").read_text().strip() == str(pid)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_gone(pid)
+
+
+def test_dash_d_reports_a_failed_start_and_its_exit_code(tmp_path, moto_server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "s3pool.cli", "-d", "-p", str(port),
+                                 "-D", str(tmp_path / "home"), "--embedded-s3", "no"],
+                                env=daemon_env(moto_server), cwd=str(ROOT), capture_output=True,
+                                text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and "in use" in result.stderr, result.stderr
+
+
+def test_go_flag_forms_of_the_original_and_its_child(tmp_path, moto_server):
+    from s3pool.embedded import free_port
+
+    port = free_port()
+    home = tmp_path / "home"
+    # what the original's parent ran as its child, plus the forms its scripts used
+    process = subprocess.Popen(
+        [sys.executable, "-m", "s3pool.cli", "--daemonprep", f"--p={port}", "-D", str(home),
+         "-n=true", "-c=7", "--pidfile", "go.pid", "--embedded-s3", "no"],
+        env=daemon_env(moto_server), cwd=str(ROOT), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = process.stdout.read().decode()  # EOF once it is ready and detached
+        assert process.poll() is None, out
+        assert f"running in the background (pid {process.pid})" in out
+        status, lines = request(port, "STATUS", timeout=5)
+        assert status == "OK"
+        assert dict(line.split(" ", 1) for line in lines)["pull_concurrency"] == "7"
+        assert (home / "go.pid").read_text().strip() == str(process.pid)
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+        process.stdout.close()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--p", "9000", "--D", "/h"], ["-p", "9000", "-D", "/h"]),
+    (["-p=9000", "-D=/h", "-n=true"], ["-p", "9000", "-D", "/h", "-n"]),
+    (["-n=false", "-p", "1"], ["-p", "1"]),
+    (["-n=F", "--daemonprep=1", "-pidfile=x.pid"], ["-daemonprep", "-pidfile", "x.pid"]),
+    (["-D", "--p", "-p", "2"], ["-D", "--p", "-p", "2"]),  # a value is never rewritten
+    (["--bucket", "-n=true", "--max-cache-size=1G"],
+     ["--bucket", "-n=true", "--max-cache-size=1G"]),
+])
+def test_go_flag_forms_are_rewritten(argv, expected):
+    from s3pool.cli import build_parser, go_flags
+
+    assert go_flags(argv, build_parser()) == expected
 
 
 # --- Prometheus -----------------------------------------------------------------
