@@ -13,6 +13,7 @@ range instead of scanning the listing.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import trio
 
 from .backend import Backend, ListEntry
-from .errors import ShuttingDown
+from .errors import NoSpace, S3PoolError, ShuttingDown
 from .globpattern import compile_glob
 from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
 from .published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
@@ -467,6 +468,8 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
             os.fsync(f.fileno())
         os.rename(tmp_index, layout.index_path(bucket))
         os.rename(tmp_list, layout.list_path(bucket))
+    except (OSError, sqlite3.Error) as exc:
+        raise _not_written(bucket, exc) from exc
     finally:
         for path in (tmp_list, tmp_index):
             try:
@@ -474,6 +477,26 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
             except FileNotFoundError:
                 pass
     return count
+
+
+class ListingNotWritten(S3PoolError):
+    """The new listing of a bucket could not be written; the previous one stands."""
+
+
+def _not_written(bucket: str, exc: OSError | sqlite3.Error) -> S3PoolError:
+    """The error a REFRESH answers when its listing could not be written."""
+    if isinstance(exc, OSError):
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        cause = exc.strerror or str(exc)
+    else:
+        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL \
+            or "disk is full" in str(exc)
+        cause = str(exc)
+    if full:
+        return NoSpace(f"no room on disk to write the listing of s3://{bucket} ({cause}); "
+                       "the previous listing stays in use")
+    return ListingNotWritten(f"cannot write the listing of s3://{bucket} ({cause}); the "
+                             "previous listing stays in use")
 
 
 def _log_line_breaks(bucket: str, page: list[ListEntry], logged: int) -> int:

@@ -81,7 +81,9 @@ COMMANDS = {
             "each once per listing); a path opened on the mount still reaches them by name, a "
             "PULL of one is an ERROR (its reply gives one path a line).",
     "REFRESH": "List the bucket again into data/BUCKET/__list__ and its index, atomically. Two "
-               "listings of one bucket never run at once.",
+               "listings of one bucket never run at once. If the disk has no room for the new "
+               "listing, the reply is an ERROR saying so and the previous listing stays in "
+               "use.",
     "STATUS": "Counters and settings, one 'name value' a line: pulls, hits, misses, "
               "revalidations, downloads, bytes_downloaded, pushes, globs, refreshes, errors, "
               "s3_errors, evictions, cache_bytes, cache_objects, disk_used_percent, uptime, "
