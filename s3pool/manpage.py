@@ -143,6 +143,14 @@ SECURITY = [
      "pulls. Log files are 0640 (the daemon's user and group): at verbose 3 they hold signed "
      "S3 request headers, and requests.log shows who asked for which key. Standard error goes "
      "wherever the service manager sends it (the journal under systemd)."),
+    ("What keys and listings can reach",
+     "A key, whoever PUSHes it or writes it to S3, names only a cached object: nothing of "
+     "s3pool's own lives in a BUCKETDIR but __list__ and the meta files, which keys may not "
+     "take (the listing indexes and their SQLite journals are under HOMEDIR/state/). Keys "
+     "S3 lists with a newline or carriage return forge no GLOB line and no __list__ line: "
+     "they are left out. A published listing (\\-\\-use\\-published\\-listing) can be "
+     "written by anyone who may write the bucket: it is read with every line and field "
+     "bounded and range\\-checked, and a bad one is turned down for a LIST."),
     ("Which socket to use",
      "Local jobs and shell users: the Unix socket (s3poolctl \\-\\-socket PATH, "
      "$S3POOL_SOCKET, or Client(socket_path=PATH) in Python), always for PUSH and SET. TCP: "
