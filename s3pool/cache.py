@@ -246,7 +246,7 @@ class Cache:
                 store.record_access(bucket, key, obj.size)
                 return obj
         async with store.key_lock(bucket, key):
-            got = await self._fetch_locked(bucket, key, source)
+            got = await self._fetch_locked(bucket, key, source, whole=not reader)
             if isinstance(got, CachedObject):
                 store.record_access(bucket, key, got.size)
                 if reader:  # opened under the lock: exactly the version checked
@@ -275,8 +275,12 @@ class Cache:
         # a parent segment that is a cached *file* is fine: the directory
         # wins and _install removes that file
 
-    async def _fetch_locked(self, bucket: str, key: str, source: str
+    async def _fetch_locked(self, bucket: str, key: str, source: str, whole: bool = True
                             ) -> CachedObject | Download:
+        """The cached copy or a download. A download for a PULL or a read-ahead
+        (*whole*) keeps its pull_concurrency slot until it ends; one an open()
+        of the mount started gives it back once its first part is in (it fetches
+        only what its readers read, and may idle as long as they keep it open)."""
         self.check_conflict(bucket, key)
         download = self._downloads.get((bucket, key))
         if download is not None:
@@ -323,13 +327,23 @@ class Cache:
                 self.freshness.mark(bucket, key)
                 return obj
             download = await self._start_download(bucket, key, response, source)
-            download.take_slot(slot)
+            if whole and self._nursery is not None:
+                self._nursery.start_soon(self._hold_slot, download, slot)
+            else:
+                download.take_slot(slot)
             slot = None
         finally:
             if slot is not None:
                 self.download_limiter.release_on_behalf_of(slot)
         self.freshness.mark(bucket, key)
         return download
+
+    async def _hold_slot(self, download: Download, slot: object) -> None:
+        """A whole download's pull_concurrency slot, given back when it ends."""
+        try:
+            await download.done.wait()
+        finally:
+            self.download_limiter.release_on_behalf_of(slot)
 
     async def _start_download(self, bucket: str, key: str, response: ObjectResponse,
                               source: str) -> Download:
