@@ -196,8 +196,10 @@ class SettingSpec:
 
 SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("pull_concurrency", 20, parse_pull_concurrency,
-                "how many objects are downloaded from S3 at once (below 1 is taken "
-                "as 1)", "N"),
+                "how many objects are downloaded from S3 at once: a PULL's or "
+                "read-ahead's download holds its place until its last part is in, one "
+                "an open() of the mount started until its first part is (below 1 is "
+                "taken as 1)", "N"),
     SettingSpec("freshness_window", 120.0, parse_seconds,
                 "seconds after an ETag check during which a cached object is served "
                 "with no S3 request; 30s, 5m, 1h also work", "SECONDS", "s"),
