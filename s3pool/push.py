@@ -6,6 +6,11 @@ a file the cache has no room for is uploaded uncached. Under the key's
 lock the old cached copy is removed and any download of the old version
 superseded before the upload starts, so the old bytes are never served
 again, whatever happens next.
+
+PUSH uploads only into a bucket that exists: some servers (SeaweedFS, the
+embedded demo) create a bucket on upload, and a misspelled name would make
+one. A HEAD of the bucket answers once, remembered BUCKET_CONFIRMED_FOR;
+a "no" is not remembered, so a bucket made meanwhile is found at once.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import errno
 import logging
 import os
 import shutil
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .backend import ListEntry, listing_time
-from .errors import LocalFileError, NoSpace
+from .errors import AccessDenied, LocalFileError, NoSpace, NoSuchBucket
 from .layout import check_bucket, check_key, unlink_quietly
 from .localfile import NotRegularFile, open_regular
 
@@ -28,6 +34,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# how long a bucket's existence, once confirmed, is taken for granted
+BUCKET_CONFIRMED_FOR = 300.0
+BUCKETS_REMEMBERED = 1024
+# per backend: bucket -> trio time of the HEAD that found it
+_confirmed_buckets: "weakref.WeakKeyDictionary[Any, dict[str, float]]" = \
+    weakref.WeakKeyDictionary()
+
 
 async def push_file(cache: "Cache", bucket: str, key: str, local_path: str) -> str:
     """Upload a local file to s3://bucket/key; the cache then holds the new bytes."""
@@ -35,6 +48,7 @@ async def push_file(cache: "Cache", bucket: str, key: str, local_path: str) -> s
     check_key(key)
     if not os.path.isabs(local_path):
         raise LocalFileError(f"path {local_path!r} is not absolute")
+    await check_bucket_exists(cache.push_backend, bucket)
     # one open of a regular file (never a FIFO or a device); what is copied
     # and uploaded is read through this descriptor, whatever the path names later
     try:
@@ -79,6 +93,25 @@ async def _push_opened(cache: "Cache", bucket: str, key: str, local_path: str, f
             if tmp_path:
                 unlink_quietly(tmp_path)
     return cache.layout.object_path(bucket, key)
+
+
+async def check_bucket_exists(backend: Any, bucket: str) -> None:
+    """Raise NoSuchBucket unless S3 has *bucket* (asked with HEAD, a yes
+    remembered BUCKET_CONFIRMED_FOR). A HEAD we may not make (HeadBucket
+    needs s3:ListBucket, an upload only s3:PutObject) leaves it to the upload."""
+    confirmed = _confirmed_buckets.setdefault(backend, {})
+    now = trio.current_time()
+    if now - confirmed.get(bucket, float("-inf")) < BUCKET_CONFIRMED_FOR:
+        return
+    try:
+        exists = await backend.bucket_exists(bucket)
+    except AccessDenied:
+        return
+    if not exists:
+        raise NoSuchBucket(f"no such bucket: {bucket}")
+    if len(confirmed) >= BUCKETS_REMEMBERED:
+        confirmed.clear()
+    confirmed[bucket] = now
 
 
 async def _copy_for_push(cache: "Cache", source: str, local_path: str, size: int

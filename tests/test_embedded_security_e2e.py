@@ -4,6 +4,7 @@ a bucket it lacks does not create one."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import urllib.error
@@ -11,8 +12,9 @@ import urllib.request
 
 import psutil
 
-from conftest import free_port_block
+from conftest import free_port_block, request
 from test_embedded_e2e import DemoDaemon, s3_client
+from test_security_e2e import CLIENT, as_nobody, public_dir  # noqa: F401 (a fixture)
 
 HELLO = b"Hello from s3pool's embedded S3.\n"
 # HTTP/2's client preface and an empty SETTINGS frame: how a gRPC client starts
@@ -110,5 +112,34 @@ def test_only_signed_s3_requests_write_into_the_demo_s3(tmp_path):
         assert open(path, "rb").read() == b"signed\n"
         [path] = daemon.ok("PULL", "s3pool-demo", "hello.txt")
         assert open(path, "rb").read() == HELLO
+    finally:
+        daemon.stop()
+
+
+def test_push_to_a_misspelled_bucket_creates_nothing(tmp_path, public_dir):
+    """The demo S3, like some others, creates a bucket on upload: PUSH asks
+    first whether the bucket exists."""
+    daemon = DemoDaemon(tmp_path, free_port_block()).start()
+    try:
+        client = s3_client(daemon.status())
+        path = os.path.join(public_dir, "results.csv")
+        with open(path, "w") as f:
+            f.write("n,cube\n2,8\n")
+        status, lines = request(daemon.port, "PUSH", "s3pool-demoo", "results.csv", path)
+        assert status == "ERROR" and lines == ["no such bucket: s3pool-demoo"], (status, lines)
+        assert [b["Name"] for b in client.list_buckets()["Buckets"]] == ["s3pool-demo"]
+        # the same again (the answer is not remembered as a yes), then the right bucket
+        assert request(daemon.port, "PUSH", "s3pool-demoo", "results.csv", path)[0] == "ERROR"
+        assert daemon.ok("PUSH", "s3pool-demo", "results.csv", path) == []
+        assert client.get_object(Bucket="s3pool-demo", Key="results.csv")["Body"].read() == \
+            b"n,cube\n2,8\n"
+        # a bucket made after a refusal is found at the next PUSH
+        client.create_bucket(Bucket="s3pool-demoo")
+        assert daemon.ok("PUSH", "s3pool-demoo", "results.csv", path) == []
+        # another user's PUSH gets the same answer
+        reply = as_nobody(CLIENT, str(daemon.port), "PUSH", "s3pool-typo", "x", path)
+        assert reply == "ERROR\nno such bucket: s3pool-typo\n", reply
+        assert sorted(b["Name"] for b in client.list_buckets()["Buckets"]) == [
+            "s3pool-demo", "s3pool-demoo"]
     finally:
         daemon.stop()
