@@ -128,11 +128,18 @@ SECURITY = [
      "unknown local client and gets no privilege: it is never taken for root. A client on "
      "another host has no local uid."),
     ("Who may PUSH",
-     "The daemon's own user and root: any file the daemon can read. Another local user: only "
-     "files that user could read (checked on the file actually opened). An unknown local "
+     "The daemon's own user and root: any file the daemon can read. Another local user: the "
+     "file is opened with that user's identity (a short\\-lived helper process takes their "
+     "uid, gid and groups and passes the descriptor back), so only what they could read "
+     "themselves. Only regular files are opened: a FIFO or a device is refused without being "
+     "opened. Whatever the user cannot reach (missing, no search permission on a directory "
+     "above it, no read permission) gets one and the same ERROR, so PUSH tells nobody what "
+     "exists where they cannot look. An unknown local "
      "client: nothing; the ERROR says to keep the connection open until the reply or to use "
      "the Unix socket. Clients on other hosts: any file the daemon can read, so bind wider "
-     "than loopback only on a network whose hosts you trust."),
+     "than loopback only on a network whose hosts you trust. PUSH uploads only into a bucket "
+     "that exists (a HEAD of the bucket first): some servers, the embedded demo S3 among "
+     "them, would create a misspelled one."),
     ("Who may SET",
      "The daemon's own user, root, and members of \\-\\-admin\\-group; clients on other "
      "hosts only with \\-\\-allow\\-remote\\-admin; never an unknown local client. Other "
@@ -151,6 +158,26 @@ SECURITY = [
      "they are left out. A published listing (\\-\\-use\\-published\\-listing) can be "
      "written by anyone who may write the bucket: it is read with every line and field "
      "bounded and range\\-checked, and a bad one is turned down for a LIST."),
+    ("What clients can write into the logs",
+     "Keys, paths, error texts and peers come from clients and from S3. Every logged value "
+     "has its control and other non\\-printable characters escaped (\\en, \\ex1b, "
+     "\\eu2028, ...): one request is one line of requests.log, one record one line of "
+     "s3pool.log (a traceback follows on indented lines), so no one can forge a line that "
+     "reads like another request or send escapes to the terminal of whoever reads the log."),
+    ("The metrics port",
+     "With \\-\\-metrics\\-port, anyone who can connect to it (by default every local user) "
+     "reads the counters, settings and latency histograms; no keys, paths or credentials. It "
+     "is capped like the control port: at most 16 connections (never more than a sixteenth "
+     "of the descriptor limit), a request within 5 s (half a second at the cap), one request "
+     "per connection, so idle scrapers cannot starve PULLs, downloads or the mount."),
+    ("The embedded demo S3",
+     "It listens on 127.0.0.1 only, and only signed S3 requests change it: SeaweedFS' master "
+     "and filer HTTP APIs are off, volume\\-server writes need a token its master signs, and "
+     "its gRPC ports take only clients with a certificate of a CA made at each start by "
+     "openssl (without openssl a warning says the gRPC ports are open); keys and "
+     "certificates are in HOMEDIR/s3/ (0700). Its S3 credentials are fixed and printed: "
+     "every local user can read, write and delete its objects through S3. A demo for one "
+     "user's machine, not for a shared host."),
     ("Which socket to use",
      "Local jobs and shell users: the Unix socket (s3poolctl \\-\\-socket PATH, "
      "$S3POOL_SOCKET, or Client(socket_path=PATH) in Python), always for PUSH and SET. TCP: "
@@ -266,7 +293,8 @@ def s3pool_page() -> str:
         "s3pool_disk_used_percent, s3pool_downloads_in_progress, the settings as "
         "s3pool_setting{name}, and histograms s3pool_request_seconds{command,status} (control "
         "requests) and s3pool_s3_request_seconds{operation} (S3 calls), with "
-        "s3pool_s3_failures_total{operation,code}.",
+        "s3pool_s3_failures_total{operation,code}. The endpoint is served on the daemon's "
+        "event loop, one request per connection, with the limits given in SECURITY.",
         ".SH COMPATIBILITY",
         "The original s3pool's clients work unchanged: same framing, order, paths and exit "
         "codes. Its start\\-up flags are accepted: \\fB\\-n\\fR (s3pool always runs in the "
