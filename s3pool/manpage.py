@@ -206,7 +206,8 @@ LAYOUT = [
     ("s3pool.pid", "pid of the running daemon, locked with flock(2)."),
     ("s3/", "only with the embedded demo S3: its objects (SeaweedFS volumes and filer "
             "metadata), kept across restarts; s3/weed.pid is its pid, so that a start after a "
-            "crash kills a leftover."),
+            "crash kills a leftover; s3/security.toml and s3/tls/ its signing keys and "
+            "certificates, made at each start (see SECURITY). Mode 0700."),
     ("data/BUCKET/KEY", "the object's bytes; / in keys are directory separators."),
     ("data/BUCKET/KEY__meta__", "JSON meta in the shape of aws s3api get\\-object: "
                                 "LastModified, ETag (with its quotes), ContentLength, "
