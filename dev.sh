@@ -6,10 +6,12 @@
 #                                   ~/.s3pool (as root /var/cache/s3pool); options add to
 #                                   these or override them (-m '' mounts nothing)
 #   ./dev.sh test [pytest options]  run the whole test suite
-#   ./dev.sh install                put s3pool and s3poolctl on the PATH, the man
-#                                   pages where man(1) looks and the systemd unit in
-#                                   place (not enabled): under PREFIX (default
-#                                   /usr/local), staged under DESTDIR if set
+#   ./dev.sh install                a self-contained install every user can run:
+#                                   PREFIX/lib/s3pool/venv (its own virtualenv, made
+#                                   world-readable), s3pool and s3poolctl in PREFIX/bin,
+#                                   the man pages where man(1) looks and the systemd
+#                                   unit in place (not enabled); PREFIX defaults to
+#                                   /usr/local, staged under DESTDIR if set
 #   ./dev.sh uninstall              remove what install put there
 # Idempotent: a second call skips what is already installed.
 set -euo pipefail
@@ -43,7 +45,7 @@ check_args() {
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-setup() {
+system_packages() {
     # pyfuse3 has no wheel: it builds against libfuse3, found through pkg-config;
     # man-db renders the man page the tests check
     local missing=()
@@ -55,6 +57,10 @@ setup() {
         as_root apt-get update -qq
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+}
+
+setup() {
+    system_packages
     if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
@@ -77,20 +83,80 @@ setup() {
     ln -sf "$here/man/s3pool.1" "$here/man/s3poolctl.1" "$venv/share/man/man1/"
 }
 
+libdir="$prefix/lib/s3pool"  # where the installed venv runs from
 installed_files=(
     "$destdir$prefix/bin/s3pool" "$destdir$prefix/bin/s3poolctl"
     "$destdir$prefix/share/man/man1/s3pool.1" "$destdir$prefix/share/man/man1/s3poolctl.1"
     "$destdir$prefix/lib/systemd/system/s3pool.service"
 )
 
+shared_python() {
+    # the interpreter of the installed venv: its scripts run it and it reads its
+    # standard library from where it is installed, so every user must reach both
+    # (a python under root's home, as pyenv puts it, would not do): S3POOL_PYTHON,
+    # else /usr/bin/python3, else the python3 on the PATH, the first that does
+    local py
+    for py in ${S3POOL_PYTHON:-} /usr/bin/python3 "$(command -v python3 || true)"; do
+        [ -n "$py" ] && [ -x "$py" ] || continue
+        if "$py" - <<'PY' 2>/dev/null; then
+import os, sys
+def reachable(path):
+    path = os.path.realpath(path)
+    while True:
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        if path == "/":
+            return True
+        path = os.path.dirname(path)
+ok = sys.version_info >= (3, 11) and reachable(os.path.dirname(sys.executable)) \
+    and reachable(sys.base_prefix)
+sys.exit(0 if ok else 1)
+PY
+            echo "$py"
+            return
+        fi
+    done
+    echo "dev.sh: no python3 (3.11 or later) that every user can run: install Debian's" \
+         "python3 and python3-venv, or name one with S3POOL_PYTHON" >&2
+    exit 1
+}
+
+install_venv() {
+    # a virtualenv of its own under PREFIX/lib/s3pool, with s3pool copied in (not
+    # an editable link to this checkout), readable and runnable by every user. A
+    # venv has its path written into its scripts, so it is built where it will
+    # run; under DESTDIR it is built at DESTDIR/PREFIX/... and that DESTDIR is
+    # taken out of its scripts, for the files to be moved to PREFIX
+    local target="$destdir$libdir/venv"
+    if [ ! -x "$target/bin/python" ]; then
+        local python
+        python="$(shared_python)"
+        mkdir -p "$destdir$libdir"
+        "$python" -m venv "$target"
+    fi
+    echo "installing s3pool into $libdir/venv" >&2
+    if ! "$target/bin/pip" install -q --upgrade "$here[demo]" >"$destdir$libdir/pip-install.log" 2>&1 \
+        || ! "$target/bin/python" -c "import pyfuse3, trio, boto3, s3pool.cli"; then
+        tail -40 "$destdir$libdir/pip-install.log" >&2
+        echo "dev.sh: installing s3pool into $target failed" >&2
+        exit 1
+    fi
+    rm -f "$destdir$libdir/pip-install.log"
+    if [ -n "$destdir" ]; then
+        grep -rlI --null -F -- "$target" "$target/bin" "$target/pyvenv.cfg" \
+            | xargs -0 -r sed -i "s|$destdir$libdir|$libdir|g"
+    fi
+    chmod -R a+rX "$destdir$libdir"
+}
+
 install_host() {
-    # the commands are links into the venv (they run the venv's python), so
-    # the venv must stay where it is: S3POOL_VENV=/opt/s3pool/venv moves it
+    umask 022  # whatever root's umask, every user reads what is installed
     local bindir="$destdir$prefix/bin" mandir="$destdir$prefix/share/man/man1"
     local unitdir="$destdir$prefix/lib/systemd/system"
+    install_venv
     mkdir -p "$bindir" "$mandir" "$unitdir"
-    ln -sfn "$venv/bin/s3pool" "$bindir/s3pool"
-    ln -sfn "$venv/bin/s3poolctl" "$bindir/s3poolctl"
+    ln -sfn "$libdir/venv/bin/s3pool" "$bindir/s3pool"
+    ln -sfn "$libdir/venv/bin/s3poolctl" "$bindir/s3poolctl"
     install -m 0644 man/s3pool.1 man/s3poolctl.1 "$mandir/"
     sed "s|^ExecStart=[^ ]*/s3pool |ExecStart=$prefix/bin/s3pool |" contrib/s3pool.service \
         > "$unitdir/s3pool.service.tmp"
@@ -99,8 +165,8 @@ install_host() {
     if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi
-    echo "installed under $destdir$prefix (commands link into $venv):"
-    printf '  %s\n' "${installed_files[@]}"
+    echo "installed under $destdir$prefix (the commands run $libdir/venv):"
+    printf '  %s\n' "${installed_files[@]}" "$destdir$libdir/"
     echo "the unit is not enabled: edit it, then systemctl enable --now s3pool"
 }
 
@@ -122,11 +188,12 @@ case "$cmd" in
         setup
         ;;
     install)
-        setup
+        system_packages
         install_host
         ;;
     uninstall)
         rm -f "${installed_files[@]}"
+        case "$libdir" in */lib/s3pool) rm -rf "$destdir$libdir" ;; esac
         if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
             systemctl daemon-reload || true
         fi
