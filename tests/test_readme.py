@@ -1,7 +1,7 @@
 """The README's examples run as written.
 
 Every fenced ``sh`` or ``python`` block preceded by ``<!-- example -->`` is
-run against a real daemon started as ``./dev.sh run`` starts it (no AWS
+run against a real daemon started as ``./dev.sh run`` starts it for a user (no AWS
 configuration, so on the embedded demo S3; ``-D ~/.s3pool -m /mnt/s3pool``).
 In an ``sh`` block, ``$ `` lines are commands, run by bash one after the
 other in one working directory; the lines after a command are its expected
