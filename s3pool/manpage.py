@@ -243,7 +243,8 @@ def s3pool_page() -> str:
         ".SH DESCRIPTION",
         esc(parser.description or ""),
         ".PP",
-        "The daemon runs in the foreground and logs to HOMEDIR/log/ and standard error. With "
+        "The daemon runs in the foreground (with \\fB\\-d\\fR in the background, see "
+        "COMPATIBILITY) and logs to HOMEDIR/log/ and standard error. With "
         "\\fB\\-m\\fR it mounts a read\\-only view MOUNTPOINT/BUCKET/KEY: ls and stat show S3's "
         "sizes and times from the bucket listing before anything is downloaded; open(2) checks "
         "the ETag and downloads through the same path as PULL; reads come from the local file; "
@@ -298,11 +299,16 @@ def s3pool_page() -> str:
         "event loop, one request per connection, with the limits given in SECURITY.",
         ".SH COMPATIBILITY",
         "The original s3pool's clients work unchanged: same framing, order, paths and exit "
-        "codes. Its start\\-up flags are accepted: \\fB\\-n\\fR (s3pool always runs in the "
-        "foreground; the original forked into the background without it, so start scripts "
-        "should run s3pool under a service manager or with &), \\fB\\-pidfile\\fR \\fIPATH\\fR, "
-        "\\fB\\-c\\fR \\fIN\\fR (pull concurrency); \\fB\\-daemonprep\\fR, \\fB\\-s\\fR and "
-        "\\fB\\-M\\fR \\fIHOST\\fR are ignored with a warning.",
+        "codes. s3pool stays in the foreground, as a service manager wants; the original "
+        "forked into the background unless given \\fB\\-n\\fR, so a start script written "
+        "for it adds \\fB\\-d\\fR: s3pool then returns once the daemon answers on its "
+        "control port (exit 0), or with the exit code of a start that failed, after printing "
+        "why; \\fB\\-n\\fR wins over \\fB\\-d\\fR. Its flags are also taken in the forms "
+        "Go's flag package took (\\-\\-p 9000, \\-p=9000, \\-n=true, \\-\\-daemonprep): "
+        "\\fB\\-pidfile\\fR \\fIPATH\\fR, \\fB\\-c\\fR \\fIN\\fR (pull concurrency; below 1 is 1), "
+        "\\fB\\-daemonprep\\fR (what the original's detached child did); \\fB\\-s\\fR and "
+        "\\fB\\-M\\fR \\fIHOST\\fR are ignored with a warning. The README's 'Differences from "
+        "the original' lists what else differs on purpose (the bind address, SET's limits).",
         ".SH ENVIRONMENT",
         ".TP", "\\fBAWS_ENDPOINT_URL\\fR, \\fBAWS_ENDPOINT_URL_S3\\fR",
         "S3 endpoint (for MinIO, SeaweedFS, Ceph and other S3\\-compatible servers).",
