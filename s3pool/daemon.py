@@ -197,12 +197,11 @@ def check_port_free(what: str, host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise StartupError(f"{what} port {host}:{port} is {reason}: another s3pool or "
-                               f"another program listens there; choose another port"
-                               if exc.errno == errno.EADDRINUSE else
-                               f"cannot listen on {what} port {host}:{port}: {reason}"
-                               ) from None
+            hint = ("; another s3pool or another program listens there: choose another port"
+                    if exc.errno == errno.EADDRINUSE else "")
+            where = "" if what == "control" else f"{what}: "
+            raise StartupError(f"{where}cannot listen on {host}:{port}: "
+                               f"{exc.strerror or exc}{hint}") from None
 
 
 def make_backend(**kwargs: Any) -> Backend:
