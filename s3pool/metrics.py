@@ -314,6 +314,8 @@ class MetricsServer:
         with trio.move_on_after(RECEIVE_TIMEOUT) as scope:
             receiving = _Receiving(trio.current_time(), scope)
             self.receiving.add(receiving)
+            if self.slots.value == 0:  # accepted at the cap: hurried from the start
+                scope.deadline = receiving.accepted + BUSY_RECEIVE_TIMEOUT
             try:
                 while True:
                     event = connection.next_event()

@@ -14,11 +14,14 @@ import psutil
 
 from conftest import free_port_block, request
 from test_embedded_e2e import DemoDaemon, s3_client
-from test_security_e2e import CLIENT, as_nobody, public_dir  # noqa: F401 (a fixture)
+import test_security_e2e
+from test_security_e2e import CLIENT, as_nobody
 
 HELLO = b"Hello from s3pool's embedded S3.\n"
 # HTTP/2's client preface and an empty SETTINGS frame: how a gRPC client starts
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+public_dir = test_security_e2e.public_dir  # a fixture: a directory nobody can reach
 
 
 def listening_ports(process: psutil.Process) -> list[int]:

@@ -5,7 +5,6 @@ attacking clients as nobody where it matters."""
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import struct
@@ -17,11 +16,13 @@ import urllib.request
 import psutil
 
 from s3pool.embedded import free_port
-from test_security_e2e import (CLIENT, IdleConnections, _low_fd_limit,  # noqa: F401
-                               as_nobody, public_dir, wait_for)
+import test_security_e2e
+from test_security_e2e import CLIENT, IdleConnections, _low_fd_limit, as_nobody, wait_for
 
 FORGED = "\n2026-12-06 14:00:00,000 uid 0 PUSH /etc/shadow -> OK 1.0ms"
 ESCAPE = "\x1b[31m"
+
+public_dir = test_security_e2e.public_dir  # a fixture: a directory nobody can reach
 
 
 def test_a_key_cannot_forge_a_request_log_line(daemon, s3, bucket):
@@ -172,7 +173,8 @@ def push_as_nobody(port: int, bucket: str, key: str, path: str) -> str:
     return as_nobody(CLIENT, str(port), "PUSH", bucket, key, path)
 
 
-def test_push_for_another_user_never_opens_what_that_user_cannot(daemon, s3, bucket, public_dir):
+def test_push_for_another_user_never_opens_what_that_user_cannot(daemon, s3, bucket,
+                                                                public_dir):
     """As nobody: a root-only FIFO in a 0700 directory is never opened (its
     blocked writer stays blocked), and a missing path and an unreadable one
     there get the same answer."""
