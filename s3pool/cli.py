@@ -233,12 +233,17 @@ def detach(argv: list[str]) -> int:
                              stderr=subprocess.STDOUT, start_new_session=True)
     assert child.stdout is not None
     ready = DETACHED.format(pid=child.pid)
-    with child.stdout:
-        for line in child.stdout:
-            sys.stderr.buffer.write(line)
-            sys.stderr.flush()
-            if line.decode(errors="replace").strip() == ready:
-                return 0
+    try:
+        with child.stdout:
+            for line in child.stdout:
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+                if line.decode(errors="replace").strip() == ready:
+                    return 0
+    except KeyboardInterrupt:
+        print(f"s3pool: interrupted; the daemon (pid {child.pid}) goes on starting in the "
+              "background", file=sys.stderr)
+        return 130
     code = child.wait()  # it ended before it was ready
     return code or 1
 
@@ -246,7 +251,10 @@ def detach(argv: list[str]) -> int:
 def release_stdio() -> None:
     """The daemon is ready: say so, then put stdin, stdout and stderr on /dev/null,
     as the original's detached child did (the log goes on in HOMEDIR/log)."""
-    print(DETACHED.format(pid=os.getpid()), file=sys.stderr, flush=True)
+    try:
+        print(DETACHED.format(pid=os.getpid()), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # no stderr to tell (closed, or nobody reads it any more)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
