@@ -22,11 +22,14 @@ Only the standard library here: the helper runs with ``python -I -S``.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import stat
 import subprocess
 import sys
+
+log = logging.getLogger(__name__)
 
 HELPER_TIMEOUT = 30.0  # a path on a hung network filesystem must not hold a PUSH forever
 NOGROUP = 65534
@@ -70,8 +73,9 @@ def open_as(path: str, uid: int, groups: set[int] | frozenset[int], gid: int | N
             ours.sendall(f"{uid} {gid} {groups_text}\n".encode() + os.fsencode(path))
             ours.shutdown(socket.SHUT_WR)
             message, fds, _flags, _address = socket.recv_fds(ours, 64, 1)
-        except OSError:  # socket.timeout included
+        except OSError as exc:  # socket.timeout included
             helper.kill()
+            log.warning("the helper opening %r as uid %d did not answer: %s", path, uid, exc)
             raise OSError(errno.ETIMEDOUT, "the helper opening the file did not answer")
         finally:
             try:
@@ -88,6 +92,7 @@ def open_as(path: str, uid: int, groups: set[int] | frozenset[int], gid: int | N
     if message[:1] == b"E" and message[1:].isdigit():
         code = int(message[1:])
         raise OSError(code, os.strerror(code))
+    log.warning("the helper opening %r as uid %d failed (exit %s)", path, uid, helper.returncode)
     raise OSError(errno.EIO, f"the helper opening the file failed (exit {helper.returncode})")
 
 
