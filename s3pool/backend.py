@@ -409,6 +409,71 @@ class Backend:
             bucket=bucket, key=key,
         )
 
+    # --- uploads of files written in the mount (s3pool/upload.py) ---------
+
+    async def put_object_from(self, bucket: str, key: str, path: str) -> dict[str, Any]:
+        """One PUT of the file at *path*; S3's answer as {ETag, LastModified}."""
+        def call() -> dict[str, Any]:
+            with open(path, "rb") as body:
+                return self.client.put_object(Bucket=bucket, Key=key, Body=body)
+        return _upload_answer(await self._run(call, bucket=bucket, key=key))
+
+    async def create_multipart_upload(self, bucket: str, key: str) -> str:
+        resp = await self._run(
+            lambda: self.client.create_multipart_upload(Bucket=bucket, Key=key),
+            bucket=bucket, key=key)
+        return str(resp["UploadId"])
+
+    async def upload_part_from(self, bucket: str, key: str, upload_id: str, number: int,
+                               path: str, offset: int, length: int) -> str:
+        """Upload bytes [offset, offset+length) of *path* as part *number*; its ETag."""
+        def call() -> str:
+            with open(path, "rb") as f:
+                data = os.pread(f.fileno(), length, offset)
+            if len(data) != length:
+                raise BackendError(f"part {number} of s3://{bucket}/{key}: staged file "
+                                   f"is short ({len(data)} of {length} bytes)")
+            return str(self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                               PartNumber=number, Body=data)["ETag"])
+        return await self._run(call, bucket=bucket, key=key)
+
+    async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
+                                        parts: list[tuple[int, str]]) -> dict[str, Any]:
+        upload = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}
+        resp = await self._run(
+            lambda: self.client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=upload),
+            bucket=bucket, key=key)
+        return _upload_answer(resp)
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort an upload; one S3 no longer knows (NoSuchUpload) is already gone."""
+        def call() -> None:
+            try:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except botocore.exceptions.ClientError as exc:
+                if _error_code(exc)[0] not in ("NoSuchUpload", "404"):
+                    raise
+        await self._run(call, bucket=bucket, key=key)
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        await self._run(lambda: self.client.delete_object(Bucket=bucket, Key=key),
+                        bucket=bucket, key=key)
+
+    async def list_multipart_uploads(self, bucket: str, prefix: str
+                                     ) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated epoch seconds) of the uploads under *prefix*."""
+        def call() -> list[tuple[str, str, float]]:
+            found = []
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Uploads", ()):
+                    initiated = item.get("Initiated")
+                    found.append((item["Key"], item["UploadId"],
+                                  initiated.timestamp() if initiated else 0.0))
+            return found
+        return await self._run(call, bucket=bucket)
+
     # --- buckets ---------------------------------------------------------
 
     async def bucket_exists(self, bucket: str) -> bool:
@@ -436,6 +501,12 @@ class Backend:
                 ]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate(exc, bucket) from exc
+
+
+def _upload_answer(resp: dict[str, Any]) -> dict[str, Any]:
+    """ETag and LastModified (the answer's Date: S3 sends no Last-Modified on a PUT)."""
+    headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return {"ETag": resp.get("ETag") or "", "LastModified": headers.get("date")}
 
 
 def _read_small(response: ObjectResponse, bucket: str, key: str) -> None:

@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in SPECS:
         names = [*SHORT_OPTIONS.get(spec.name, ()), spec.option]
         default = spec.show(spec.default) + (f" {spec.unit}" if spec.unit else "")
+        flag = {"nargs": "?", "const": True} if spec.flag else {}  # --mount-writes alone: on
         parser.add_argument(*names, dest=spec.name, metavar=spec.metavar, default=None,
-                            type=spec.parse,
+                            type=spec.parse, **flag,
                             help=f"{spec.help} (default {default})".replace("%", "%%"))
     add_original_flags(parser)
     parser.add_argument("--version", action="version", version=f"s3pool {__version__}")

@@ -537,6 +537,10 @@ class Daemon:
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
                     break
+                if self.fs is not None:
+                    # files still being written in the mount are not uploaded, and
+                    # their multipart uploads aborted while S3 can still be asked
+                    await self.fs.abort_writes()
                 await self._stop_in_flight()
                 if self.fs is not None:
                     await self.fs.stop()

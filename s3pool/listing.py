@@ -208,6 +208,29 @@ class Listings:
         finally:
             self._children.pop(bucket, None)  # the key may be a directory's first child
 
+    async def remove_key(self, bucket: str, key: str) -> None:
+        """Take a key we just deleted on S3 (rm in the mount) out of the index."""
+        path = self.layout.index_path(bucket)
+        if not os.path.exists(path):
+            return
+
+        def delete() -> None:
+            db = sqlite3.connect(path)
+            try:
+                db.execute("DELETE FROM keys WHERE key = ?", (key,))
+                db.execute(_LOCAL_ADDS)
+                db.execute("DELETE FROM local_adds WHERE key = ?", (key,))
+                db.commit()
+            finally:
+                db.close()
+
+        try:
+            await trio.to_thread.run_sync(delete, limiter=self.disk_limiter)
+        except sqlite3.Error as exc:
+            log.warning("could not remove s3://%s/%s from the index: %s", bucket, key, exc)
+        finally:
+            self._children.pop(bucket, None)
+
     def _build(self, bucket: str, listed_at: float) -> int:
         """Blocking: list the bucket into tmp/, then rename into place."""
         return write_listing(self.layout, bucket, self._pages(bucket),

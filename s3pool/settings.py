@@ -176,6 +176,37 @@ def parse_mode(text: str) -> FileMode:
     return FileMode(value)
 
 
+_ON = {"1", "on", "yes", "true"}
+_OFF = {"0", "off", "no", "false"}
+
+
+def parse_switch(text: Any) -> bool:
+    """on/off, yes/no, true/false, 1/0; a bare command-line flag is on."""
+    if text is True or text is False:
+        return text
+    word = str(text).strip().lower()
+    if word in _ON:
+        return True
+    if word in _OFF:
+        return False
+    raise ValueError(f"not on or off: {_shown(text)}")
+
+
+def _switch_wire(value: bool) -> str:
+    return "on" if value else "off"
+
+
+MIN_PART_SIZE = 5 << 20  # S3's smallest part (but the last)
+MAX_PART_SIZE = 5 << 30
+
+
+def parse_part_size(text: str) -> int:
+    value = parse_size(text)
+    if not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
+        raise ValueError(f"part size {_shown(text)} is not from 5M to 5G (S3's limits)")
+    return value
+
+
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
@@ -185,6 +216,8 @@ class SettingSpec:
     metavar: str
     unit: str = ""  # of the value on the wire (SET, STATUS) and the command line
     to_wire: Callable[[Any], Any] = lambda value: value  # the internal value as STATUS shows it
+    fixed: bool = False  # set at start only (the mount's options): SET refuses it
+    flag: bool = False  # on/off: the command-line option may stand alone (--mount-writes)
 
     @property
     def option(self) -> str:
@@ -257,6 +290,26 @@ SPECS: tuple[SettingSpec, ...] = (
                 "seconds between syncs of the cache filesystem (objects are installed "
                 "without an fsync each; after a power loss, objects installed since the "
                 "last sync are dropped and fetched again)", "SECONDS", "s"),
+    SettingSpec("mount_writes", False, parse_switch,
+                "let programs create new files in the mount (cp, shell >): each is "
+                "staged in tmp/ and uploaded when it is closed, and close() fails (EIO) "
+                "if the upload did; set at start only (the mount is read-only without "
+                "it)", "on|off", to_wire=_switch_wire, fixed=True, flag=True),
+    SettingSpec("mount_overwrite", False, parse_switch,
+                "with mount_writes: an existing object may be replaced by a new upload "
+                "of a whole file (open with O_TRUNC, as cp and > do); off: EPERM",
+                "on|off", to_wire=_switch_wire, flag=True),
+    SettingSpec("mount_delete", False, parse_switch,
+                "with mount_writes: rm of a file in the mount deletes the object on S3; "
+                "off: EPERM", "on|off", to_wire=_switch_wire, flag=True),
+    SettingSpec("mount_umask", FileMode(0o022), parse_mode,
+                "with mount_writes: permission bits taken away from the modes the mount "
+                "shows (directories 0777, files 0666, before the writer's own umask); "
+                "the kernel checks them (default_permissions)", "MODE"),
+    SettingSpec("upload_part_size", 8 << 20, parse_part_size,
+                "a file written in the mount that grows past this many bytes is uploaded "
+                "in parts of this size (multipart) while it is still being written, so "
+                "close() waits only for the last part (5M to 5G)", "BYTES", "B"),
     SettingSpec("verbose", 1, parse_verbose,
                 "log level: 0 warnings, 1 info and requests, 2 and 3 debug", "LEVEL"),
 )
@@ -302,6 +355,9 @@ class Settings:
             raise BadRequest(
                 f"unknown setting {_shown(name)}; settable: {', '.join(SPEC_BY_NAME)}"
             )
+        if spec.fixed:
+            raise BadRequest(f"{spec.name} is set at start only (restart s3pool with "
+                             f"{spec.option})")
         try:
             value = spec.parse(text)
         except (ValueError, TypeError, ArithmeticError) as exc:

@@ -16,7 +16,9 @@ passes the response back, except for the paths it was told to spoil:
 - ``unquote_etag`` paths are served with their ETag unquoted;
 - ``always_304`` paths answer every GET 304, asked or not;
 - ``fail_status[path] = (status, n)`` answers the next n GETs of that path
-  with that status and an S3 error document (an S3 having a bad moment).
+  with that status and an S3 error document (an S3 having a bad moment);
+  the methods so failed are ``fail_methods`` (GET unless told: add PUT and
+  POST to fail uploads).
 - ``spoil_checksum`` paths are served with every ``x-amz-checksum-*`` value
   (but ``-type``) replaced by another of the same length: the bytes are
   right, the checksum S3 claims for them is not.
@@ -51,6 +53,7 @@ class FaultProxy:
         self.seen: list[tuple[str, str, str | None]] = []
         self.cut: dict[str, int] = {}
         self.fail_status: dict[str, tuple[int, int]] = {}
+        self.fail_methods: set[str] = {"GET"}
         self.spoil_checksum: set[str] = set()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -72,7 +75,7 @@ class FaultProxy:
                 if_none_match = self.headers.get("If-None-Match")
                 with proxy.lock:
                     proxy.seen.append((self.command, path, if_none_match))
-                if self.command == "GET" and proxy._fail_once_more(path):
+                if self.command in proxy.fail_methods and proxy._fail_once_more(path):
                     document = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
                                 b"InternalError</Code><Message>injected</Message></Error>")
                     self.send_response(proxy.fail_status[path][0])

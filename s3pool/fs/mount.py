@@ -12,6 +12,7 @@ import trio
 
 from ..cache import Cache
 from ..errors import EXIT_MOUNT, StartupError
+from ..upload import abort_leftovers
 from .ops import S3PoolOperations
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,13 @@ class FuseMount:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.ops = S3PoolOperations(self.cache, self.buckets, spawn=self._spawn)
         options = set(pyfuse3.default_options)
-        options |= {"fsname=s3pool", "subtype=s3pool", "ro"}
+        options |= {"fsname=s3pool", "subtype=s3pool"}
+        if self.cache.settings.mount_writes:
+            # new files can be written (fs/writes.py); who may is the kernel's
+            # to check, from the modes the mount shows
+            options.add("default_permissions")
+        else:
+            options.add("ro")
         if self.allow_other:
             options.add("allow_other")
         try:
@@ -53,11 +60,21 @@ class FuseMount:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
+                # multipart uploads a killed daemon left are aborted (upload.py)
+                nursery.start_soon(self._abort_leftover_uploads)
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
+                with trio.move_on_after(30, shield=True):
+                    await self.ops.writes.abort_all()  # files still being written
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
             self._unmount()
+
+    async def _abort_leftover_uploads(self) -> None:
+        try:
+            await abort_leftovers(self.cache)
+        except Exception:  # noqa: BLE001 (the records stay for the next start)
+            log.exception("aborting leftover multipart uploads failed")
 
     async def _read_ahead_after_init(self) -> None:
         self._set_read_ahead("fuse_read_ahead", self.cache.settings.fuse_read_ahead)
@@ -96,6 +113,12 @@ class FuseMount:
                 log.info("FUSE view unmounted from %s", self.mountpoint)
             except Exception:
                 log.exception("unmounting %s failed", self.mountpoint)
+
+    async def abort_writes(self) -> None:
+        """At shutdown, before S3 requests are cut off: nothing half-written is uploaded."""
+        if self.ops is not None:
+            with trio.move_on_after(30):
+                await self.ops.writes.abort_all()
 
     async def stop(self) -> None:
         if self._mounted:

@@ -42,6 +42,7 @@ from ..errors import (
 from ..layout import check_bucket
 from ..listing import Entry, visible_name
 from ..prefetch import Prefetcher
+from .writes import MountWrites
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class S3PoolOperations(pyfuse3.Operations):
         self.opens = 0
         self.reads = 0
         self.prefetcher = Prefetcher(cache, spawn)
+        self.writes = MountWrites(self)  # --mount-writes (fs/writes.py)
 
     # --- helpers ---------------------------------------------------------
 
@@ -218,6 +220,8 @@ class S3PoolOperations(pyfuse3.Operations):
             attr.st_nlink = 1
             attr.st_size = node.size
             mtime = node.mtime
+        if self.writes.enabled:  # default_permissions: the kernel checks these
+            attr.st_mode = stat.S_IFMT(attr.st_mode) | self.writes.mode_of(node)
         attr.st_uid = self.uid
         attr.st_gid = self.gid
         # the I/O size programs like cat and cp use: fewer, larger reads
@@ -332,6 +336,8 @@ class S3PoolOperations(pyfuse3.Operations):
                 entry = _entry_of(await self.cache.discover(
                     parent.bucket, parent.dir_prefix + text, quiet=listed),
                     text, parent.dir_prefix + text)
+            if entry is None:  # a directory mkdir made (--mount-writes), or none
+                entry = self.writes.local_entry(parent.bucket, parent.dir_prefix, text)
             if entry is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = self._entry_node(parent.bucket, parent.dir_prefix, entry)
@@ -459,7 +465,7 @@ class S3PoolOperations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise pyfuse3.FUSEError(errno.EROFS)
+            return await self.writes.open_for_write(inode, node, flags)  # EROFS if off
         # before the open's own fetch: the files ahead download while this one does
         self.prefetcher.opened(node.bucket, node.path)
         try:
@@ -527,6 +533,8 @@ class S3PoolOperations(pyfuse3.Operations):
 
     @guarded
     async def release(self, fh: int) -> None:
+        if fh in self.writes.handles:
+            return await self.writes.release(fh)
         handle = self.files.pop(fh, None)
         if handle is None:
             return
@@ -543,42 +551,67 @@ class S3PoolOperations(pyfuse3.Operations):
             if node is not None:
                 self._switch_kernel_to(inode, node, pending)
 
+    @guarded
     async def flush(self, fh: int) -> None:
+        # close() returns FLUSH's answer: a written file is uploaded there
+        if fh in self.writes.handles:
+            return await self.writes.flush(fh)
+        if self.writes.enabled:
+            return  # ENOSYS would stop the kernel sending FLUSH for any file
         # nothing to flush on a read-only view: ENOSYS makes the kernel stop
         # sending FLUSH at every close (one request less per file opened)
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
+    @guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        if fh in self.writes.handles:
+            await self.writes.fsync(fh)
+
     # --- everything that would write -------------------------------------
 
+    # EROFS unless --mount-writes; with it, see fs/writes.py
+
+    @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        return await self.writes.setattr(inode, attr, fields, fh)
 
+    @guarded
     async def write(self, fh, off, buf):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        if fh not in self.writes.handles:
+            raise pyfuse3.FUSEError(errno.EBADF if self.writes.enabled else errno.EROFS)
+        return await self.writes.write(fh, off, buf)
 
+    @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        return await self.writes.create(parent_inode, name, mode, flags, ctx)
 
+    @guarded
     async def mknod(self, parent_inode, name, mode, rdev, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        self.writes.refuse()
 
+    @guarded
     async def mkdir(self, parent_inode, name, mode, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        return await self.writes.mkdir(parent_inode, name, mode)
 
+    @guarded
     async def unlink(self, parent_inode, name, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        await self.writes.unlink(parent_inode, name)
 
+    @guarded
     async def rmdir(self, parent_inode, name, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        await self.writes.rmdir(parent_inode, name)
 
+    @guarded
     async def symlink(self, parent_inode, name, target, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        self.writes.refuse()
 
+    @guarded
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        self.writes.refuse()
 
+    @guarded
     async def link(self, inode, new_parent_inode, new_name, ctx):  # type: ignore[no-untyped-def]
-        raise pyfuse3.FUSEError(errno.EROFS)
+        self.writes.refuse()
 
     async def setxattr(self, inode, name, value, ctx):  # type: ignore[no-untyped-def]
         raise pyfuse3.FUSEError(errno.EROFS)
@@ -598,4 +631,4 @@ class S3PoolOperations(pyfuse3.Operations):
     def status_lines(self) -> list[tuple[str, Any]]:
         return [("fuse_opens", self.opens), ("fuse_reads", self.reads),
                 ("fuse_open_files", len(self.files)), ("fuse_known_inodes", len(self.nodes)),
-                *self.prefetcher.status_lines()]
+                *self.prefetcher.status_lines(), *self.writes.status_lines()]
