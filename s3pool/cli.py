@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-D", "--homedir", required=True, metavar="HOMEDIR",
                         help="directory holding log/, tmp/, data/ and state/ (created if missing)")
     parser.add_argument("-m", "--mountpoint", metavar="DIR",
-                        help="mount the read-only FUSE view here (an empty directory; created "
-                             "if missing; an empty DIR means no mount)")
+                        help="mount the FUSE view here, read-only unless --mount-writes (an "
+                             "empty directory; created if missing; an empty DIR means no mount)")
     parser.add_argument("-b", "--bind", default="127.0.0.1", metavar="ADDRESS",
                         help="address the control socket listens on (default 127.0.0.1; the "
                              "socket has no authentication, so bind wider only on a trusted "
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="loopback port of the embedded S3's endpoint, the same at every "
                              "start; it also uses the 7 ports after it (default 8333)")
     parser.add_argument("--allow-other", action="store_true",
-                        help="let users other than the one running s3pool read the mount")
+                        help="let users other than the one running s3pool read the mount (and "
+                             "with --mount-writes write in it, as --mount-umask allows)")
     parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                         help="serve Prometheus metrics over HTTP on this port (default 0 = off)")
     parser.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDRESS",

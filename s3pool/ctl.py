@@ -127,7 +127,7 @@ def build_parser(prog: str = "s3poolctl") -> argparse.ArgumentParser:
                         help=f"print it again every SECONDS (default {WATCH_DEFAULT:g}) "
                              "until interrupted")
 
-    names = ", ".join(spec.name for spec in SPECS)
+    names = ", ".join(spec.name for spec in SPECS if not spec.fixed)
     set_ = command("set", "NAME VALUE", f"change a setting (the daemon's user, root and its "
                    f"admin group only): {names}. refresh_interval is "
                    "minutes, as in the original s3pool; any duration also takes 30s, 5m, 2h",

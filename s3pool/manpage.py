@@ -100,7 +100,8 @@ COMMANDS = {
               "embedded_s3_endpoint, embedded_s3_access_key_id and "
               "embedded_s3_secret_access_key, what the aws CLI or boto3 needs to reach it; "
               "then every setting, in the units SET takes (refresh_interval in minutes).",
-    "SET": "Change a setting at run time: " + ", ".join(spec.name for spec in SPECS) + ". "
+    "SET": "Change a setting at run time: " + ", ".join(spec.name for spec in SPECS
+                                                        if not spec.fixed) + ". "
            "refresh_interval is minutes, as the original s3pool's clients send it; "
            "freshness_window and stale_on_error are seconds; any duration also takes a "
            "unit suffix (30s, 5m, 2h, 1d); max_cache_size takes K/M/G/T. As in the "
@@ -108,6 +109,42 @@ COMMANDS = {
            "The evictor and the list monitor act on a new value at once. Only the daemon's "
            "own user, root and members of --admin-group may SET (see SECURITY).",
 }
+
+WRITES = [
+    ("Off by default",
+     "Without --mount-writes the mount is read-only (EROFS). The setting is fixed at start "
+     "and shown by STATUS (mount_writes on|off)."),
+    ("New files, written in order",
+     "cp, the shell's >, dd and open(O_CREAT|O_WRONLY) create a file; each write must "
+     "continue where the file ends (else EINVAL). The bytes are staged in tmp/ with checked "
+     "writes (a full disk is ENOSPC for the writer and nothing is uploaded) and counted "
+     "against max_cache_size and the water marks while staged."),
+    ("Uploaded at close",
+     "close(2) (FUSE FLUSH) and fsync(2) upload the file and return once S3 has it, or EIO "
+     "if the upload failed, so cp exits non-zero and nothing is on S3. A file larger than "
+     "upload_part_size (8M) is sent as a multipart upload while it is written, a part as "
+     "soon as it is full, so close waits only for the last part. The first close after "
+     "bytes were written ends the file (later writes: EIO); a close before any write "
+     "uploads nothing (the shell's > closes a first descriptor before the command writes); "
+     "an empty file is uploaded when its last descriptor closes (a failure is only logged)."),
+    ("Never half-visible",
+     "Until the upload ended, other programs, PULL, GLOB and S3 do not see the file. Then "
+     "it is cached, fresh, with S3's ETag: a PULL or open right after downloads nothing."),
+    ("Refused",
+     "An existing object: EPERM, unless --mount-overwrite lets an O_TRUNC open replace it "
+     "with a whole new file. rename, link, symlink, mknod, chmod, chown: EPERM. unlink: "
+     "EPERM unless --mount-delete (a DELETE on S3). mkdir makes a directory kept in memory "
+     "until a file is written in it (S3 has no directories); rmdir removes such a one."),
+    ("Stopped or killed during a write",
+     "No object is left on S3 and nothing in data/. Multipart uploads are recorded in "
+     "HOMEDIR/state/uploads/ before they start; SIGTERM aborts them, and the next start "
+     "aborts those a SIGKILL left (only uploads this daemon recorded)."),
+    ("Who may write",
+     "The kernel checks (default_permissions) the modes the mount shows: directories 0777, "
+     "objects 0444 (0666 with --mount-overwrite), less --mount-umask (default 022), all "
+     "owned by the daemon's user. With --allow-other and --mount-umask 000 every local user "
+     "can write whatever the daemon's S3 credentials can."),
+]
 
 SECURITY = [
     ("Who can reach the control socket",
@@ -223,6 +260,9 @@ LAYOUT = [
                                        "ETag), used by GLOB and the FUSE view. Nothing of "
                                        "s3pool's own but __list__ and the meta files lives in "
                                        "a BUCKETDIR, where a key can name any file."),
+    ("state/uploads/ID.json", "a multipart upload of a file written in the mount "
+                              "(\\-\\-mount\\-writes): bucket, key, upload id; removed when it "
+                              "is completed or aborted, aborted at start\\-up if left."),
     ("state/layout", "the layout version of the HOMEDIR (2). A HOMEDIR of the previous layout "
                      "(no such file; the index was data/BUCKET/__index__) is moved at start\\-up "
                      "without losing what is cached; a newer one is refused."),
@@ -248,7 +288,8 @@ def s3pool_page() -> str:
         "\\fB\\-m\\fR it mounts a read\\-only view MOUNTPOINT/BUCKET/KEY: ls and stat show S3's "
         "sizes and times from the bucket listing before anything is downloaded; open(2) checks "
         "the ETag and downloads through the same path as PULL; reads come from the local file; "
-        "an open handle keeps the version it opened. Writes fail with EROFS, missing keys with "
+        "an open handle keeps the version it opened. Writes fail with EROFS (unless "
+        "\\fB\\-\\-mount\\-writes\\fR, see WRITING THROUGH THE MOUNT), missing keys with "
         "ENOENT, S3 failures with EIO.",
         ".PP",
         "Read\\-ahead of a directory: when a program opens the files of one directory of the "
@@ -276,6 +317,9 @@ def s3pool_page() -> str:
     out += [".SH SECURITY"]
     for title, text in SECURITY:
         out += [".TP", f"\\fB{title}\\fR", text]
+    out += [".SH WRITING THROUGH THE MOUNT"]
+    for title, text in WRITES:
+        out += [".TP", f"\\fB{title}\\fR", esc(text)]
     out += [
         ".SH BACKGROUND TASKS",
         "The disk monitor deletes cached objects, least recently accessed first, when the "
@@ -323,7 +367,8 @@ def s3pool_page() -> str:
         "s3_lean_gets, s3_lean_fallbacks).",
         ".SH SIGNALS",
         "SIGINT and SIGTERM unmount the FUSE view, finish the current replies, flush the access "
-        "records and exit 0.",
+        "records and exit 0. A file still being written in the mount is not uploaded (its "
+        "multipart upload is aborted).",
         ".SH EXIT STATUS",
     ]
     for code, text in EXIT_CODES:

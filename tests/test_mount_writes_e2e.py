@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -262,3 +263,79 @@ def test_daemon_stopped_during_a_write_leaves_nothing(start_daemon, s3, bucket, 
     assert not s3_has(s3, bucket, key)
     assert not list((home / "state" / "uploads").iterdir())
     assert again.stop() == 0
+
+
+@pytest.fixture
+def public_mountpoint():
+    """A mount point every user can reach (pytest's tmp_path is 0700 root's)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="s3pool-writes-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _as_nobody(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command], user="nobody", group="nogroup",
+                          extra_groups=[], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("allow_other,umask,nobody_may", [
+    (False, "0022", False),  # other users cannot even see the mount
+    (True, "0022", False),   # they see it, but the directory is 0755 and root's
+    (True, "0000", True),    # every local user writes what the daemon's credentials can
+])
+def test_writer_as_nobody(start_daemon, s3, bucket, public_mountpoint, tmp_path,
+                          allow_other, umask, nobody_may):
+    from conftest import Daemon, fuse_available
+
+    fuse_available()
+    mnt = os.path.join(public_mountpoint, "mnt")
+    args = ["--bucket", bucket, "--mount-writes", "--mount-umask", umask]
+    if allow_other:
+        args.append("--allow-other")
+    daemon = Daemon(tmp_path / "home", s3.meta.endpoint_url, Path(mnt), args)
+    try:
+        daemon.start()
+        target = f"{mnt}/{bucket}/by-nobody.txt"
+        done = _as_nobody(f"printf 'written by nobody' > {target}")
+        if nobody_may:
+            assert done.returncode == 0, done.stderr
+            assert s3_bytes(s3, bucket, "by-nobody.txt") == b"written by nobody"
+            # uploaded, it is an object like the others: read-only (no --mount-overwrite)
+            assert os.stat(target).st_mode & 0o777 == 0o444
+        else:
+            assert done.returncode != 0
+            assert "Permission denied" in done.stderr, done.stderr
+            assert not s3_has(s3, bucket, "by-nobody.txt")
+        # positive control: the daemon's own user (root) writes in the same mount
+        with open(f"{mnt}/{bucket}/by-root.txt", "wb") as f:
+            f.write(b"root")
+        assert s3_bytes(s3, bucket, "by-root.txt") == b"root"
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+def test_no_room_in_the_cache_is_enospc_and_nothing_is_uploaded(start_daemon, s3, bucket,
+                                                                 tmp_path):
+    daemon = start_daemon(mount=True, args=["--bucket", bucket, "--mount-writes",
+                                            "--max-cache-size", "4M"])
+    root = daemon.mountpoint / bucket
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(6 * MiB))
+    done = subprocess.run(["cp", str(big), str(root / "too-big.bin")], capture_output=True)
+    assert done.returncode != 0
+    assert b"No space left on device" in done.stderr, done.stderr
+    assert not s3_has(s3, bucket, "too-big.bin")
+    # the staged file goes when the last descriptor does (cp's exit may beat its RELEASE)
+    wait_for(lambda: not os.listdir(daemon.home / "tmp"), what="staged file removed")
+    assert int(daemon.status()["mount_upload_failures"]) == 1
+    # what fits goes up (positive control), and the staged bytes were given back
+    small = tmp_path / "small"
+    small.write_bytes(os.urandom(MiB))
+    subprocess.run(["cp", str(small), str(root / "fits.bin")], check=True)
+    assert s3_bytes(s3, bucket, "fits.bin") == small.read_bytes()
+    assert daemon.stop() == 0

@@ -168,6 +168,8 @@ class MountWrites:
     async def _exists(self, bucket: str, key: str) -> bool:
         if self.cache.listings.key_info(bucket, key) is not None:
             return True
+        if self.cache.freshness.known_missing(bucket, key):
+            return False  # the kernel's lookup just asked S3 (Cache.discover)
         try:
             await self.cache.backend.head_object(bucket, key)
         except NoSuchKey:
