@@ -155,6 +155,7 @@ class Backend:
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
             max_concurrency=4, use_threads=True,
         )
+        self.conditional_writes = True  # If-None-Match: * on writes (off if S3 lacks it)
 
     def _make_client(self, pool_size: int) -> Any:
         config = Config(
@@ -411,12 +412,40 @@ class Backend:
 
     # --- uploads of files written in the mount (s3pool/upload.py) ---------
 
-    async def put_object_from(self, bucket: str, key: str, path: str) -> dict[str, Any]:
-        """One PUT of the file at *path*; S3's answer as {ETag, LastModified}."""
+    async def put_object_from(self, bucket: str, key: str, path: str,
+                              only_new: bool = False) -> dict[str, Any]:
+        """One PUT of the file at *path*; S3's answer as {ETag, LastModified}.
+        *only_new*: If-None-Match: * (ObjectExists if the key exists by now)."""
         def call() -> dict[str, Any]:
             with open(path, "rb") as body:
-                return self.client.put_object(Bucket=bucket, Key=key, Body=body)
+                return self._conditional(
+                    lambda **extra: self.client.put_object(Bucket=bucket, Key=key, Body=body,
+                                                           **extra),
+                    only_new, lambda: body.seek(0), bucket, key)
         return _upload_answer(await self._run(call, bucket=bucket, key=key))
+
+    def _conditional(self, call: Callable[..., Any], only_new: bool,
+                     rewind: Callable[[], Any], bucket: str, key: str) -> Any:
+        """Worker thread: *call* with If-None-Match: * when *only_new* and the
+        server takes it; a server that does not (501 NotImplemented) is asked
+        without it from then on (its writes are then last-writer-wins)."""
+        if not (only_new and self.conditional_writes):
+            return call()
+        try:
+            return call(IfNoneMatch="*")
+        except botocore.exceptions.ClientError as exc:
+            code, status = _error_code(exc)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") \
+                    or status in (409, 412):
+                raise ObjectExists(f"s3://{bucket}/{key} was created meanwhile by "
+                                   f"someone else: not replaced") from None
+            if code != "NotImplemented" and status != 501:
+                raise
+        log.warning("the S3 server does not take If-None-Match on writes: files written "
+                    "in the mount may replace an object made meanwhile")
+        self.conditional_writes = False
+        rewind()
+        return call()
 
     async def create_multipart_upload(self, bucket: str, key: str) -> str:
         resp = await self._run(
@@ -438,11 +467,15 @@ class Backend:
         return await self._run(call, bucket=bucket, key=key)
 
     async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
-                                        parts: list[tuple[int, str]]) -> dict[str, Any]:
+                                        parts: list[tuple[int, str]],
+                                        only_new: bool = False) -> dict[str, Any]:
         upload = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}
         resp = await self._run(
-            lambda: self.client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=upload),
+            lambda: self._conditional(
+                lambda **extra: self.client.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=upload,
+                    **extra),
+                only_new, lambda: None, bucket, key),
             bucket=bucket, key=key)
         return _upload_answer(resp)
 
@@ -501,6 +534,10 @@ class Backend:
                 ]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate(exc, bucket) from exc
+
+
+class ObjectExists(BackendError):
+    """A write that was to make a new object found one there (If-None-Match: *)."""
 
 
 def _upload_answer(resp: dict[str, Any]) -> dict[str, Any]:

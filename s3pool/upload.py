@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .backend import ListEntry, listing_time
+from .backend import ListEntry, ObjectExists, listing_time
 from .errors import BackendError, NoSpace, S3PoolError
 from .layout import unlink_quietly
 from .transfer import write_all
@@ -143,8 +143,11 @@ class StagedUpload:
     """One new object: sequential writes staged in tmp/, then one commit."""
 
     def __init__(self, cache: "Cache", bucket: str, key: str, part_size: int,
-                 spawn: Any) -> None:
+                 spawn: Any, only_new: bool = True) -> None:
         self.cache = cache
+        # a new file may not replace an object someone else made meanwhile
+        # (If-None-Match: *); a replace (--mount-overwrite) may
+        self.only_new = only_new
         self.store = cache.store
         self.backend = cache.push_backend
         self.bucket = bucket
@@ -270,6 +273,9 @@ class StagedUpload:
             self.error = exc
             with trio.CancelScope(shield=True):
                 await self.abort()
+            if isinstance(exc, ObjectExists):
+                log.warning("%s not uploaded: %s", self.url, exc)
+                raise
             if isinstance(exc, S3PoolError):
                 log.warning("upload of %s (%d bytes) failed: %s", self.url, self.size, exc)
                 raise UploadFailed(f"upload of {self.url} failed: {exc}") from exc
@@ -284,7 +290,8 @@ class StagedUpload:
 
     async def _upload(self) -> dict[str, Any]:
         if self.upload_id is None:
-            return await self.backend.put_object_from(self.bucket, self.key, self.path)
+            return await self.backend.put_object_from(self.bucket, self.key, self.path,
+                                                      self.only_new)
         tail = self.size - (self.next_part - 1) * self.part_size
         if tail > 0:
             self._start_part(self.next_part, (self.next_part - 1) * self.part_size, tail)
@@ -294,7 +301,7 @@ class StagedUpload:
             raise self.error
         parts = sorted(self.parts.items())
         answer = await self.backend.complete_multipart_upload(
-            self.bucket, self.key, self.upload_id, parts)
+            self.bucket, self.key, self.upload_id, parts, self.only_new)
         await trio.to_thread.run_sync(self.records.remove, self.ident)
         return answer
 

@@ -43,6 +43,11 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def staged_files(daemon) -> list[str]:
+    """Files being written, staged in tmp/ (not the listings built there meanwhile)."""
+    return [name for name in os.listdir(daemon.home / "tmp") if name.startswith("put.")]
+
+
 def pending_uploads(s3, bucket: str) -> list[dict]:
     return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
@@ -113,7 +118,7 @@ def test_parts_go_up_while_the_file_is_written_and_nothing_shows_before_close(
     assert sha256(s3_bytes(s3, bucket, key)) == sha256(data)
     assert daemon.ok("GLOB", bucket, "growing*")[0].endswith(key)
     assert not pending_uploads(s3, bucket)
-    assert not os.listdir(daemon.home / "tmp")
+    assert not staged_files(daemon)
 
 
 def test_failing_upload_makes_cp_fail_and_leaves_nothing(start_daemon, s3, bucket,
@@ -137,7 +142,7 @@ def test_failing_upload_makes_cp_fail_and_leaves_nothing(start_daemon, s3, bucke
             proxy.fail_status[fail] = (500, 0)
         # a part that fails: the multipart upload is aborted, nothing is left
         assert not pending_uploads(s3, bucket)
-        assert not os.listdir(daemon.home / "tmp")
+        assert not staged_files(daemon)
         assert int(daemon.status()["mount_upload_failures"]) == 2
         # the next try works
         subprocess.run(["cp", str(small), str(root / "small-fail")], check=True)
@@ -145,6 +150,27 @@ def test_failing_upload_makes_cp_fail_and_leaves_nothing(start_daemon, s3, bucke
         assert daemon.stop() == 0
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("size", [1000, 20 * MiB])
+def test_an_object_made_meanwhile_elsewhere_is_not_replaced(writable, s3, bucket, size):
+    """S3 is asked to write only if the key is still free (If-None-Match: *):
+    a file created in the mount never clobbers an object another writer made
+    while it was being written (the peers' last writer wins)."""
+    daemon, root = writable
+    key = f"raced-{size}.bin"
+    fd = os.open(root / key, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, os.urandom(size))
+        s3.put_object(Bucket=bucket, Key=key, Body=b"the other writer's")
+    finally:
+        with pytest.raises(OSError) as info:
+            os.close(fd)
+    assert info.value.errno == errno.EEXIST
+    assert s3_bytes(s3, bucket, key) == b"the other writer's"
+    assert not pending_uploads(s3, bucket)
+    assert not staged_files(daemon)
+    assert not (daemon.data / bucket / key).exists()
 
 
 def test_refusals(start_daemon, s3, bucket, tmp_path):
@@ -258,7 +284,10 @@ def test_daemon_stopped_during_a_write_leaves_nothing(start_daemon, s3, bucket, 
     # restarted, the daemon aborts what a SIGKILL left (SIGTERM aborted it already)
     if sig == signal.SIGTERM:
         assert not pending_uploads(s3, bucket)
+    if sig == signal.SIGTERM:
+        assert not staged_files(daemon)
     again = start_daemon(mount=True, home=home, args=["--bucket", bucket, "--mount-writes"])
+    assert not staged_files(again)  # a SIGKILL's staged file is gone with tmp/
     wait_for(lambda: not pending_uploads(s3, bucket), what="leftover upload aborted")
     assert not s3_has(s3, bucket, key)
     assert not list((home / "state" / "uploads").iterdir())
@@ -330,8 +359,7 @@ def test_no_room_in_the_cache_is_enospc_and_nothing_is_uploaded(start_daemon, s3
     assert done.returncode != 0
     assert b"No space left on device" in done.stderr, done.stderr
     assert not s3_has(s3, bucket, "too-big.bin")
-    # the staged file goes when the last descriptor does (cp's exit may beat its RELEASE)
-    wait_for(lambda: not os.listdir(daemon.home / "tmp"), what="staged file removed")
+    assert not staged_files(daemon)  # removed before close() returned
     assert int(daemon.status()["mount_upload_failures"]) == 1
     # what fits goes up (positive control), and the staged bytes were given back
     small = tmp_path / "small"

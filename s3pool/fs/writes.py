@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 
+from ..backend import ObjectExists
 from ..errors import BadKey, NoSpace, NoSuchKey, S3PoolError
 from ..layout import check_key
 from ..listing import Entry
@@ -133,16 +134,16 @@ class MountWrites:
             raise _error(errno.EPERM)
         if self.being_written(node.bucket, node.path):
             raise _error(errno.EBUSY)
-        info, _ = await self._start(node.bucket, node.path, 0o666, inode)
+        info, _ = await self._start(node.bucket, node.path, 0o666, inode, replace=True)
         return info
 
-    async def _start(self, bucket: str, key: str, mode: int, inode: int | None = None
-                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def _start(self, bucket: str, key: str, mode: int, inode: int | None = None,
+                     replace: bool = False) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         from .ops import Node  # ops imports this module
 
         ops = self.ops
         upload = StagedUpload(self.cache, bucket, key, self.settings.upload_part_size,
-                              ops.spawn or _no_spawn)
+                              ops.spawn or _no_spawn, only_new=not replace)
         if inode is None:
             inode = ops._remember(Node(bucket, key, False, 0, time.time()))
         node = ops.nodes[inode]
@@ -236,6 +237,9 @@ class MountWrites:
         except NoSpace:
             self.upload_failures += 1
             raise _error(errno.ENOSPC) from None
+        except ObjectExists:  # made meanwhile by another writer: theirs stays
+            self.upload_failures += 1
+            raise _error(errno.EEXIST) from None
         except S3PoolError:
             self.upload_failures += 1
             raise _error(errno.EIO) from None
