@@ -129,7 +129,10 @@ WRITES = [
      "an empty file is uploaded when its last descriptor closes (a failure is only logged)."),
     ("Never half-visible",
      "Until the upload ended, other programs, PULL, GLOB and S3 do not see the file. Then "
-     "it is cached, fresh, with S3's ETag: a PULL or open right after downloads nothing."),
+     "it is cached, fresh, with S3's ETag: a PULL or open right after downloads nothing. "
+     "A new file is uploaded with If-None-Match: *, so it never replaces an object another "
+     "writer made meanwhile (close fails with EEXIST). STATUS counts mount_files_writing, "
+     "mount_uploads and mount_upload_failures."),
     ("Refused",
      "An existing object: EPERM, unless --mount-overwrite lets an O_TRUNC open replace it "
      "with a whole new file. rename, link, symlink, mknod, chmod, chown: EPERM. unlink: "

@@ -367,3 +367,75 @@ def test_no_room_in_the_cache_is_enospc_and_nothing_is_uploaded(start_daemon, s3
     subprocess.run(["cp", str(small), str(root / "fits.bin")], check=True)
     assert s3_bytes(s3, bucket, "fits.bin") == small.read_bytes()
     assert daemon.stop() == 0
+
+
+def test_a_full_disk_is_enospc_and_nothing_is_uploaded(start_daemon, s3, bucket, tmp_path):
+    """HOMEDIR on a 16 MiB tmpfs, filled but for 3 MiB: a 6 MiB file cannot be staged."""
+    assert os.geteuid() == 0, "mounting a tmpfs needs root"
+    home = tmp_path / "small-home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(home)],
+                   check=True)
+    try:
+        daemon = start_daemon(mount=True, home=home, args=["--bucket", bucket, "--mount-writes"])
+        root = daemon.mountpoint / bucket
+        filler = home / "filler"
+        st = os.statvfs(home)
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (st.f_bavail * st.f_frsize - 3 * MiB))
+        src = tmp_path / "six"
+        src.write_bytes(os.urandom(6 * MiB))
+        done = subprocess.run(["cp", str(src), str(root / "six.bin")], capture_output=True)
+        assert done.returncode != 0
+        assert b"No space left on device" in done.stderr, done.stderr
+        assert not s3_has(s3, bucket, "six.bin")
+        assert not staged_files(daemon)
+        # with room again, the same copy works (positive control)
+        filler.unlink()
+        subprocess.run(["cp", str(src), str(root / "six.bin")], check=True)
+        assert s3_bytes(s3, bucket, "six.bin") == src.read_bytes()
+        assert daemon.stop() == 0
+    finally:
+        for daemon_home in (home,):
+            if subprocess.run(["umount", str(daemon_home)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(daemon_home)], check=False)
+
+
+def test_fsync_uploads_and_ends_the_file(writable, s3, bucket):
+    daemon, root = writable
+    fd = os.open(root / "synced.txt", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"first and last")
+        assert not s3_has(s3, bucket, "synced.txt")  # positive control for the next line
+        os.fsync(fd)
+        assert s3_bytes(s3, bucket, "synced.txt") == b"first and last"
+        with pytest.raises(OSError) as info:
+            os.write(fd, b" more")
+        assert info.value.errno == errno.EIO
+    finally:
+        os.close(fd)  # the upload is done: closing changes nothing
+    assert s3_bytes(s3, bucket, "synced.txt") == b"first and last"
+    assert (root / "synced.txt").read_bytes() == b"first and last"
+
+
+def test_shell_redirection_and_mkdir(writable, s3, bucket):
+    daemon, root = writable
+    # the shell opens, dup2s and closes a first descriptor before echo writes
+    subprocess.run(["sh", "-c", f"{{ echo one; echo two; }} > '{root}/shell.txt'"], check=True)
+    assert s3_bytes(s3, bucket, "shell.txt") == b"one\ntwo\n"
+    subprocess.run(["sh", "-c", f": > '{root}/empty-by-shell.txt'"], check=True)
+    wait_for(lambda: s3_has(s3, bucket, "empty-by-shell.txt"), what="the empty file")
+    assert s3_bytes(s3, bucket, "empty-by-shell.txt") == b""
+    # mkdir: a directory of this daemon's until a file is written in it
+    os.makedirs(root / "made" / "deeper")
+    assert os.path.isdir(root / "made" / "deeper")
+    with pytest.raises(FileExistsError):
+        os.mkdir(root / "made")
+    os.mkdir(root / "made" / "unused")
+    os.rmdir(root / "made" / "unused")
+    assert not os.path.exists(root / "made" / "unused")
+    (root / "made" / "deeper" / "f.txt").write_bytes(b"in a new directory")
+    assert s3_bytes(s3, bucket, "made/deeper/f.txt") == b"in a new directory"
+    assert "f.txt" in os.listdir(root / "made" / "deeper")
+    assert not [k for k in (o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+                if k.endswith("/")]  # no directory marker objects
