@@ -343,9 +343,9 @@ class MountWrites:
     async def abort_all(self) -> None:
         """At shutdown: what is still being written is not uploaded, and its
         multipart upload (if any) is aborted."""
-        handles, self.handles = list(self.handles.values()), {}
-        for handle in handles:
-            if not handle.upload.committed:
+        # the handles stay: their writer's next write and its close get EIO
+        for handle in list(self.handles.values()):
+            if not handle.upload.committed and not handle.upload.closed:
                 log.warning("s3://%s/%s was still being written at shutdown: not uploaded",
                             handle.bucket, handle.key)
                 await handle.upload.abort()
