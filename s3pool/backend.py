@@ -607,6 +607,7 @@ def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,
 
 
 FAST_ENTRIES = "S3PoolEntries"
+FAST_PREFIXES = "S3PoolPrefixes"
 _KEEP_FOR_BOTOCORE = ("IsTruncated", "NextContinuationToken", "KeyCount", "MaxKeys", "Name",
                       "Prefix", "EncodingType", "ContinuationToken", "StartAfter")
 
@@ -653,6 +654,11 @@ def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: 
                                      etag))
     except ValueError:
         return
+    # a delimiter LIST's subdirectories (listing.py's directory listings)
+    customized_response_dict[FAST_PREFIXES] = [
+        unquote_plus(text) if encoded else text
+        for item in root.iterfind(f"{ns}CommonPrefixes")
+        if (text := item.findtext(f"{ns}Prefix"))]
     kept = "".join(
         f"<{name}>{escape(value)}</{name}>"
         for name in _KEEP_FOR_BOTOCORE

@@ -121,10 +121,12 @@ class Cache:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.listings.nursery = nursery  # directory LISTs outlive their readdir
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            self.listings.nursery = None
 
     def _setting_changed(self, name: str, value: Any) -> None:
         if name == "pull_concurrency":
@@ -512,11 +514,30 @@ class Cache:
         return None
 
     async def glob(self, bucket: str, pattern: str) -> list[str]:
+        """Keys matching *pattern*, from a listing no older than listing_freshness
+        for the part of the bucket the pattern can match (listings.fresh_for_glob)."""
         check_bucket(bucket)
-        await self.ensure_listing(bucket)
+        compiled, age, listed = await self.listings.fresh_for_glob(
+            bucket, pattern, self.settings.listing_window)
         self.use_bucket(bucket)
         self.stats.globs += 1
-        return await self.listings.glob(bucket, pattern)
+        if listed == "the whole bucket":  # a listing taken without a REFRESH (count_refresh)
+            self.stats.refreshes_begun += 1
+            self.stats.refreshes += 1
+        found = await self.listings.glob(bucket, pattern, compiled)
+        log.info("GLOB s3://%s %r: %d keys from a listing %.1fs old (listed again: %s)",
+                 bucket, pattern, len(found), age, listed)
+        return found
+
+    async def fresh_dir(self, bucket: str, dir_prefix: str) -> Any:
+        """None if the directory's entries in the index were listed within
+        listing_freshness, else the LIST (a listings.ListJob) bringing them up
+        to date, running in the background: readers serve what it has merged."""
+        check_bucket(bucket)
+        job = await self.listings.fresh(bucket, dir_prefix, False,
+                                        self.settings.listing_window)
+        self.use_bucket(bucket)
+        return job
 
 
 class SmallInstall:

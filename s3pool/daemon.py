@@ -446,6 +446,8 @@ class Daemon:
             ("downloads_in_progress", self.cache.downloads_in_flight()),
             ("refresh_rounds", self.refresher.rounds),
             ("refresh_failures", self.refresher.failures),
+            # listing_requests N, then listing_age BUCKET SECONDS per bucket in use
+            *self.cache.listings.status_lines(self.cache.buckets_in_use),
             *self.fleet.status_lines(),
             ("connections", self.server.connections),
             ("s3_errors", self.backend.errors),

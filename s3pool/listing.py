@@ -24,9 +24,11 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import trio
 
-from .backend import Backend, ListEntry
-from .errors import NoSpace, S3PoolError, ShuttingDown
-from .globpattern import compile_glob
+import botocore.exceptions
+
+from .backend import FAST_ENTRIES, FAST_PREFIXES, Backend, ListEntry, translate
+from .errors import BackendError, NoSpace, S3PoolError, ShuttingDown
+from .globpattern import CompiledGlob, compile_glob
 from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
 from .published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
 
@@ -36,7 +38,23 @@ _SCHEMA = """
 CREATE TABLE keys (key TEXT PRIMARY KEY, size INTEGER, mtime REAL, etag TEXT) WITHOUT ROWID;
 CREATE TABLE info (name TEXT PRIMARY KEY, value);
 CREATE TABLE local_adds (key TEXT PRIMARY KEY, added_at REAL) WITHOUT ROWID;
+CREATE TABLE dirs (prefix TEXT, deep INTEGER, listed_at REAL, PRIMARY KEY (prefix, deep))
+    WITHOUT ROWID;
 """
+# When a part of the index was last listed again from S3: a directory (deep 0,
+# a delimiter LIST of its prefix) or everything under a prefix (deep 1, a
+# GLOB's LIST of its literal prefix). These times describe what the index file
+# holds, so they live in it: a new index (a full listing) starts without them,
+# its info 'listed_at' then dates every part, and they survive a restart.
+_DIRS = "CREATE TABLE IF NOT EXISTS dirs (prefix TEXT, deep INTEGER, listed_at REAL, " \
+    "PRIMARY KEY (prefix, deep)) WITHOUT ROWID"
+# a directory a delimiter LIST showed whose keys the index lacks: a row
+# (PREFIX/, -1, 0, '') that makes it show in its parent; no key, no GLOB match
+DIR_MARK = -1
+# a GLOB with more literal prefixes than this, when stale, refreshes the whole listing
+MAX_PREFIX_RELISTS = 16
+# keys per LIST page
+PAGE_KEYS = 1000
 # keys put into the index here (add_key), with when: kept over a published
 # listing taken before then
 _LOCAL_ADDS = "CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL) " \
@@ -88,6 +106,52 @@ class FleetHooks(Protocol):
     async def listed(self, bucket: str, listed_at: float) -> None: ...
 
 
+class ListJob:
+    """One LIST of a prefix from S3, merged into the index page by page.
+
+    Shared by everyone who wants that prefix listed (single-flight): a
+    reader serves the index's entries up to :attr:`through` (merged
+    already) while later pages arrive.
+    """
+
+    def __init__(self, bucket: str, prefix: str, deep: bool) -> None:
+        self.bucket, self.prefix, self.deep = bucket, prefix, deep
+        self.started = time.time()  # the listing reflects S3 as of (at least) now
+        self.through: str | None = None  # the last position merged; None: nothing yet
+        self.done = False
+        self.error: BaseException | None = None
+        self.pages = 0
+        self._changed = trio.Event()
+
+    def covers(self, position: str) -> bool:
+        """True once the index is current up to *position* (a key, or a
+        subdirectory's prefix) under this listing."""
+        return self.done or (self.through is not None and position <= self.through)
+
+    def advance(self, through: str | None) -> None:
+        self.pages += 1
+        self.through = prefix_upper(self.prefix) if through is None else through
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done = True
+        self._changed.set()
+
+    async def changed(self) -> None:
+        """Wait for the next page or the end."""
+        if not self.done:
+            await self._changed.wait()
+
+    async def wait(self) -> None:
+        """Wait for the end; raise its error if it failed."""
+        while not self.done:
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
+
+
 class Listings:
     """Per-bucket listing files: refresh them, query them."""
 
@@ -116,17 +180,25 @@ class Listings:
         # set at shutdown (it is the backend's): a GLOB scan in a worker
         # thread, which cannot be cancelled, gives up
         self.stopping: threading.Event = getattr(backend, "stopping", None) or threading.Event()
+        # LISTs of one prefix running now (bucket, prefix, deep) -> job
+        self._jobs: dict[tuple[str, str, bool], ListJob] = {}
+        # where jobs run, so that they outlive the readdir that started them
+        # (the cache's nursery); without one a job runs in its caller
+        self.nursery: trio.Nursery | None = None
+        self.list_requests = 0  # LIST requests (pages) sent, for STATUS
 
     # --- refresh ---------------------------------------------------------
 
     def has_index(self, bucket: str) -> bool:
         return os.path.exists(self.layout.index_path(bucket))
 
-    async def refresh(self, bucket: str) -> int:
+    async def refresh(self, bucket: str, max_age: float | None = None) -> int:
         """Re-list *bucket*; at most one listing of a bucket runs at a time.
 
         A caller that had to wait for a listing started after it asked gets
-        that listing's result instead of starting another one.
+        that listing's result instead of starting another one. With
+        *max_age*, a published listing older than that is not enough: the
+        bucket is listed.
         """
         lock = self._locks.setdefault(bucket, trio.Lock())
         # any listing that starts from now on reflects the bucket as it is now
@@ -137,7 +209,7 @@ class Listings:
             self._started[bucket] = self._started.get(bucket, 0) + 1
             self._pushed_meanwhile[bucket] = []
             try:
-                count, listed_at = await self._list(bucket)
+                count, listed_at = await self._list(bucket, max_age)
             finally:
                 pushed = self._pushed_meanwhile.pop(bucket, [])
             self._finished[bucket] = self._started[bucket]
@@ -153,13 +225,18 @@ class Listings:
     def hidden(self, key: str) -> bool:
         return is_hidden(key, self.published_key)
 
-    async def _list(self, bucket: str) -> tuple[int, float | None]:
+    async def _list(self, bucket: str, max_age: float | None = None
+                    ) -> tuple[int, float | None]:
         """(keys, when the LIST started) after listing *bucket*; the time is
         None when the listing came from the published one."""
         if self.fleet is not None:
             count = await self.fleet.fetch(bucket)
             if count is not None:
-                return count, None
+                age = self.listing_age(bucket)
+                if max_age is None or (age is not None and age <= max_age):
+                    return count, None
+                log.info("the published listing of s3://%s is %.0fs old, more than "
+                         "listing_freshness (%gs): listing the bucket", bucket, age, max_age)
         listed_at = time.time()
         count = await trio.to_thread.run_sync(self._build, bucket, listed_at,
                                               limiter=self.backend.limiter)
@@ -240,9 +317,175 @@ class Listings:
         """The bucket's listing pages, given up at shutdown: a bucket of
         millions of keys lists for minutes in a thread nobody can cancel."""
         for page in self.backend.iter_listing(bucket):
+            self.list_requests += 1
             if self.stopping.is_set():
                 raise ShuttingDown(f"the daemon is stopping: listing of s3://{bucket} abandoned")
             yield page
+
+    # --- freshness: parts of the index listed again ------------------------
+
+    def listing_age(self, bucket: str) -> float | None:
+        """Seconds since the bucket's whole listing was taken (a published one:
+        since its publisher took it); None without an index."""
+        listed = self._info_time(bucket)
+        return None if listed is None else max(0.0, time.time() - listed)
+
+    def _info_time(self, bucket: str) -> float | None:
+        conn = self.conn(bucket)
+        if conn is None:
+            return None
+        try:
+            row = conn.execute("SELECT value FROM info WHERE name = 'listed_at'").fetchone()
+            return float(row[0]) if row and row[0] is not None else 0.0
+        except (sqlite3.Error, TypeError, ValueError):
+            return 0.0
+
+    def listed_at(self, bucket: str, prefix: str, deep: bool) -> float:
+        """When the index last took from S3 the directory *prefix* (every key
+        under it with *deep*): the whole listing, a LIST of that directory or
+        a deep LIST of a prefix of it, whichever came last; 0 if never."""
+        best = self._info_time(bucket) or 0.0
+        conn = self.conn(bucket)
+        if conn is None:
+            return best
+        try:
+            # deep listings are few (one per GLOB prefix); directories many
+            for listed_prefix, listed_at in conn.execute(
+                    "SELECT prefix, listed_at FROM dirs WHERE deep = 1"):
+                if prefix.startswith(listed_prefix):
+                    best = max(best, float(listed_at))
+            if not deep:
+                row = conn.execute("SELECT listed_at FROM dirs WHERE prefix = ? AND deep = 0",
+                                   (prefix,)).fetchone()
+                if row is not None:
+                    best = max(best, float(row[0]))
+        except sqlite3.OperationalError:
+            pass  # an index written before there were directory listings: no table
+        return best
+
+    def never_listed(self, bucket: str) -> bool:
+        """True while the index is the empty one ensure_index made (no whole listing yet)."""
+        return self._info_time(bucket) == 0.0
+
+    async def idle(self, bucket: str) -> None:
+        """Wait until no LIST of a part of *bucket* runs (whatever came of them)."""
+        while True:
+            running = [job for (b, _, _), job in self._jobs.items() if b == bucket]
+            if not running:
+                return
+            await running[0].changed()
+
+    async def ensure_index(self, bucket: str) -> None:
+        """An index to merge directory listings into: if the bucket has none
+        yet, an empty one, listed at time 0 (so every part of it is stale)."""
+        if self.has_index(bucket):
+            return
+        await trio.to_thread.run_sync(_create_empty_index, self.layout, bucket,
+                                      limiter=self.disk_limiter)
+
+    async def fresh(self, bucket: str, prefix: str, deep: bool, window: float
+                    ) -> ListJob | None:
+        """None if the index holds the directory *prefix* (with *deep*, every
+        key under it) as listed within *window* seconds; otherwise the LIST
+        that makes it so, started or joined (one per prefix at a time). It
+        runs in the background when there is a nursery: wait on the job."""
+        await self.ensure_index(bucket)
+        now = time.time()
+        if window > 0 and now - self.listed_at(bucket, prefix, deep) <= window:
+            return None
+        ident = (bucket, prefix, deep)
+        job = self._jobs.get(ident)
+        if job is not None and job.started >= now - window:
+            return job  # started within the window: what it lists is fresh enough
+        job = ListJob(bucket, prefix, deep)
+        self._jobs[ident] = job
+        if self.nursery is not None:
+            self.nursery.start_soon(self._run_job, job)
+        else:
+            await self._run_job(job)
+        return job
+
+    async def _run_job(self, job: ListJob) -> None:
+        error: BaseException | None = None
+        try:
+            await trio.to_thread.run_sync(self._relist, job, trio.lowlevel.current_trio_token(),
+                                          limiter=self.backend.limiter)
+        except Exception as exc:  # noqa: BLE001 (told to every waiter)
+            error = exc
+            log.warning("listing s3://%s/%s%s failed: %s", job.bucket, job.prefix,
+                        "**" if job.deep else "", exc)
+        finally:
+            if self._jobs.get((job.bucket, job.prefix, job.deep)) is job:
+                del self._jobs[(job.bucket, job.prefix, job.deep)]
+            self._children.pop(job.bucket, None)
+            job.finish(error)
+        if error is None:
+            log.info("listed s3://%s/%s%s again: %d page(s) in %.2fs", job.bucket, job.prefix,
+                     "" if job.deep else " (one directory)", job.pages,
+                     time.time() - job.started)
+
+    def _relist(self, job: ListJob, token: trio.lowlevel.TrioToken) -> None:
+        """Blocking: LIST *job*'s prefix page by page, each merged into the
+        index (new keys in, deleted keys out) and told to its readers.
+
+        A whole listing may replace the index file meanwhile (a rename): the
+        pages still to come go into the new file, but the prefix is not
+        recorded as listed in it (its earlier pages went into the old one)."""
+        path = self.layout.index_path(job.bucket)
+        db, ino = _open_for_merge(path)
+        replaced = False
+        try:
+            lo: str | None = None
+            for entries, subdirs, last in self._prefix_pages(job):
+                hi = None if last else max(
+                    entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
+                entries = [e for e in entries if not self.hidden(e.key)]
+                subdirs = [d for d in subdirs if not self.hidden(d)]
+                for attempt in (1, 2):
+                    try:
+                        _merge_page(db, job.prefix, job.deep, lo, hi, entries, subdirs,
+                                    job.started - 1.0)
+                        if last and not replaced:
+                            db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)",
+                                       (job.prefix, int(job.deep), job.started))
+                        db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
+                        db.commit()
+                        break
+                    except sqlite3.OperationalError:
+                        if attempt == 2 or _inode(path) == ino:
+                            raise
+                        db.close()  # the index was replaced under us: go on in the new one
+                        db, ino = _open_for_merge(path)
+                        replaced = True
+                token.run_sync_soon(job.advance, hi)
+                lo = hi
+        except sqlite3.Error as exc:
+            raise _not_written(job.bucket, exc) from exc
+        finally:
+            db.close()
+
+    def _prefix_pages(self, job: ListJob) -> Iterator[tuple[list[ListEntry], list[str], bool]]:
+        """(keys, subdirectories, last page?) of a LIST of the job's prefix."""
+        continuation: str | None = None
+        while True:
+            if self.stopping.is_set():
+                raise ShuttingDown(f"the daemon is stopping: listing of s3://{job.bucket}/"
+                                   f"{job.prefix} abandoned")
+            self.list_requests += 1
+            entries, subdirs, continuation = list_page(
+                self.backend, job.bucket, job.prefix, None if job.deep else "/", continuation)
+            yield entries, subdirs, continuation is None
+            if continuation is None:
+                return
+
+    def status_lines(self, buckets: Iterable[str]) -> list[tuple[str, Any]]:
+        """STATUS: LIST requests sent, and each bucket's listing age (seconds
+        since its whole listing was taken; parts listed since are younger)."""
+        lines: list[tuple[str, Any]] = [("listing_requests", self.list_requests)]
+        for bucket in sorted(buckets):
+            age = self.listing_age(bucket)
+            lines.append(("listing_age", f"{bucket} {'-' if age is None else round(age, 1)}"))
+        return lines
 
     # --- queries ---------------------------------------------------------
 
@@ -300,7 +543,8 @@ class Listings:
         conn = self.conn(bucket)
         if conn is None:
             return None
-        row = conn.execute("SELECT size, mtime, etag FROM keys WHERE key = ?", (key,)).fetchone()
+        row = conn.execute("SELECT size, mtime, etag FROM keys WHERE key = ? AND size >= 0",
+                           (key,)).fetchone()
         return (int(row[0]), float(row[1]), row[2]) if row else None
 
     def has_children(self, bucket: str, key: str) -> bool:
@@ -384,7 +628,39 @@ class Listings:
             else:
                 return
 
-    async def glob(self, bucket: str, pattern: str) -> list[str]:
+    async def fresh_for_glob(self, bucket: str, pattern: str, window: float
+                             ) -> tuple[CompiledGlob, float, str]:
+        """Make the part of the index *pattern* can match no older than
+        *window* seconds: its literal prefixes listed again (a LIST of each,
+        no delimiter) when stale, or, for a pattern without one, the whole
+        bucket. Returns (the compiled pattern, the age in seconds of the
+        oldest listing the answer comes from, what was listed)."""
+        compiled = await trio.to_thread.run_sync(compile_glob, pattern,
+                                                 limiter=self.glob_limiter)
+        await self.ensure_index(bucket)
+        prefixes = compiled.prefixes
+        now = time.time()
+
+        def stale(prefix: str) -> bool:
+            return window <= 0 or now - self.listed_at(bucket, prefix, True) > window
+
+        if "" in prefixes or len(prefixes) > MAX_PREFIX_RELISTS:
+            done = "-"
+            if stale(""):
+                await self.refresh(bucket, max_age=window)
+                done = "the whole bucket"
+            return compiled, time.time() - self.listed_at(bucket, "", True), done
+        relisted = [p for p in prefixes if stale(p)]
+        jobs = [await self.fresh(bucket, p, True, window) for p in relisted]
+        for job in jobs:
+            if job is not None:
+                await job.wait()
+        age = max(time.time() - self.listed_at(bucket, p, True) for p in prefixes)
+        done = ", ".join(repr(p) for p in relisted) if relisted else "-"
+        return compiled, age, done
+
+    async def glob(self, bucket: str, pattern: str,
+                   compiled: CompiledGlob | None = None) -> list[str]:
         """Keys of the listing matching *pattern*, in key order.
 
         Compiling and scanning run in a worker thread (a pattern with many
@@ -405,13 +681,15 @@ class Listings:
                     for line in f:
                         yield line[:-1]
                 return
-            rows = conn.execute("SELECT key FROM keys WHERE key >= ? AND key < ? ORDER BY key",
-                                (prefix, prefix_upper(prefix)))
+            rows = conn.execute("SELECT key FROM keys WHERE key >= ? AND key < ? AND size >= 0 "
+                                "ORDER BY key", (prefix, prefix_upper(prefix)))
             for (key,) in rows:
                 yield key
 
         def scan() -> list[str]:
-            compiled = compile_glob(pattern)
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_glob(pattern)
             found: list[str] = []
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
@@ -500,6 +778,156 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
             except FileNotFoundError:
                 pass
     return count
+
+
+def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
+              continuation: str | None) -> tuple[list[ListEntry], list[str], str | None]:
+    """Blocking: one LIST request of up to 1,000 entries under *prefix*:
+    (keys, subdirectories (with *delimiter*), the next page's token or None).
+    The entries come from the backend's parser hook (expat, through
+    ElementTree), not from botocore's parser."""
+    params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": PAGE_KEYS}
+    if delimiter:
+        params["Delimiter"] = delimiter
+    if continuation:
+        params["ContinuationToken"] = continuation
+    try:
+        resp = backend.client.list_objects_v2(**params)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise translate(exc, bucket) from exc
+    entries = resp.get(FAST_ENTRIES)
+    if entries is None:  # botocore parsed it (an answer the fast parser left alone)
+        entries = [ListEntry(item["Key"], int(item.get("Size", 0)),
+                             item["LastModified"].timestamp(), item.get("ETag", ""))
+                   for item in resp.get("Contents", ())]
+    subdirs = resp.get(FAST_PREFIXES)
+    if subdirs is None:
+        subdirs = [item["Prefix"] for item in resp.get("CommonPrefixes", ()) if item.get("Prefix")]
+    token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+    if resp.get("IsTruncated") and not token:
+        raise BackendError(f"S3 said the listing of s3://{bucket}/{prefix} goes on but gave "
+                           "no continuation token")
+    return entries, subdirs, token
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _open_for_merge(path: str) -> tuple[sqlite3.Connection, int | None]:
+    """A writing connection to the index at *path* and the inode it opened."""
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_DIRS)
+        db.execute(_LOCAL_ADDS)
+        db.commit()
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db, _inode(path)
+
+
+def _create_empty_index(layout: Layout, bucket: str) -> None:
+    """Blocking: an empty index for *bucket*, listed at time 0, unless one
+    appeared meanwhile (linked into place: never over another)."""
+    os.makedirs(layout.listing_dir(bucket), exist_ok=True)
+    tmp = os.path.join(layout.tmp_dir, f"index.{bucket[:64]}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        db = sqlite3.connect(tmp)
+        try:
+            db.executescript(_SCHEMA)
+            db.executemany("INSERT INTO info VALUES (?, ?)", [
+                ("listed_at", 0.0), ("source", "none"), ("count", 0), ("list_complete", 0)])
+            db.commit()
+        finally:
+            db.close()
+        try:
+            os.link(tmp, layout.index_path(bucket))
+        except FileExistsError:
+            pass  # a listing got there first
+    except (OSError, sqlite3.Error) as exc:
+        raise _not_written(bucket, exc) from exc
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _merge_page(db: sqlite3.Connection, prefix: str, deep: bool, lo: str | None,
+                hi: str | None, entries: list[ListEntry], subdirs: list[str],
+                keep_since: float) -> None:
+    """Blocking: make the index agree with one LIST page of *prefix*.
+
+    The page covers the positions after *lo* (None: from the start of the
+    prefix) up to *hi* (None: to the end of the prefix). A position is a key
+    or, in a directory listing (not *deep*), a subdirectory's prefix. Index
+    keys in that range the page lacks go (a subdirectory it lacks goes with
+    every key under it), unless this host put them there after *keep_since*
+    (a PUSH while the LIST ran); the page's keys go in; a subdirectory the
+    index has no key under gets a DIR_MARK row so it shows in its parent.
+    """
+    end = prefix_upper(prefix)
+    present = {e.key for e in entries}
+    recent = {key for (key,) in db.execute(
+        "SELECT key FROM local_adds WHERE added_at >= ? AND key >= ? AND key < ?",
+        (keep_since, prefix, end))}
+    doomed: list[str] = []
+    doomed_dirs: list[str] = []
+    low, inclusive = (prefix, True) if lo is None else (lo, False)
+    if deep:
+        rows = db.execute(
+            f"SELECT key FROM keys WHERE key {'>=' if inclusive else '>'} ? AND key < ? "
+            "ORDER BY key", (low, end))
+        for (key,) in rows:
+            if hi is not None and key > hi:
+                break
+            if key not in present and key not in recent:
+                doomed.append(key)
+    else:
+        dirs = set(subdirs)
+        cut = len(prefix)
+        while True:
+            rows = db.execute(
+                f"SELECT key FROM keys WHERE key {'>=' if inclusive else '>'} ? AND key < ? "
+                "ORDER BY key", (low, end))
+            jumped = False
+            for (key,) in rows:
+                slash = key.find("/", cut)
+                if slash < 0:
+                    if hi is not None and key > hi:
+                        break
+                    if key not in present and key not in recent:
+                        doomed.append(key)
+                    low, inclusive = key, False
+                    continue
+                sub = key[:slash + 1]
+                if (lo is None or sub > lo) and (hi is None or sub <= hi):
+                    if sub not in dirs:
+                        doomed_dirs.append(sub)
+                elif hi is not None and sub > hi:
+                    break
+                low, inclusive, jumped = prefix_upper(sub), False, True
+                break  # past the subdirectory's keys in one jump
+            if not jumped:
+                break
+    if doomed:
+        db.executemany("DELETE FROM keys WHERE key = ?", [(k,) for k in doomed])
+    for sub in doomed_dirs:
+        db.execute("DELETE FROM keys WHERE key >= ? AND key < ? AND key NOT IN "
+                   "(SELECT key FROM local_adds WHERE added_at >= ?)",
+                   (sub, prefix_upper(sub), keep_since))
+    if entries:
+        db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+                       [(e.key, e.size, e.mtime, e.etag) for e in entries])
+    for sub in subdirs:
+        if db.execute("SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1",
+                      (sub, prefix_upper(sub))).fetchone() is None:
+            db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?, 0, '')", (sub, DIR_MARK))
 
 
 class ListingNotWritten(S3PoolError):

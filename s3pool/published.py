@@ -71,11 +71,12 @@ def is_hidden(key: str, published_key: str = DEFAULT_KEY) -> bool:
 
 
 def write_published(index_path: str, out_path: str, bucket: str, listed_at: float) -> int:
-    """Blocking: write the gzip'ed listing of the index at *index_path* to *out_path*."""
+    """Blocking: write the gzip'ed listing of the index at *index_path* to *out_path*
+    (its keys; a directory a delimiter LIST showed, size -1, is no key)."""
     db = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True)
     count = 0
     try:
-        total = db.execute("SELECT count(*) FROM keys").fetchone()[0]
+        total = db.execute("SELECT count(*) FROM keys WHERE size >= 0").fetchone()[0]
         with open(out_path, "wb") as raw:
             # mtime=0: the same listing gives the same bytes (and ETag)
             with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6,
@@ -86,7 +87,8 @@ def write_published(index_path: str, out_path: str, bucket: str, listed_at: floa
                           "listed_at": listed_at, "count": total}
                 text.write(json.dumps(header) + "\n")
                 dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-                for row in db.execute("SELECT key, size, mtime, etag FROM keys ORDER BY key"):
+                for row in db.execute("SELECT key, size, mtime, etag FROM keys WHERE size >= 0 "
+                                      "ORDER BY key"):
                     text.write(dumps(row) + "\n")
                     count += 1
                 text.flush()

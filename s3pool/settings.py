@@ -156,6 +156,20 @@ def parse_connections(text: str) -> int:
     return value
 
 
+FOLLOWS_FRESHNESS = "freshness_window"
+
+
+def parse_listing_freshness(text: str) -> float | None:
+    """Seconds, or None for "the freshness_window's value, whatever it is"."""
+    if str(text).strip().lower() in (FOLLOWS_FRESHNESS, "default"):
+        return None
+    return parse_seconds(text)
+
+
+def _listing_freshness_wire(value: float | None) -> Any:
+    return FOLLOWS_FRESHNESS if value is None else value
+
+
 class FileMode(int):
     """Permission bits that print in octal (0660), as chmod takes them."""
 
@@ -236,6 +250,13 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("freshness_window", 120.0, parse_seconds,
                 "seconds after an ETag check during which a cached object is served "
                 "with no S3 request; 30s, 5m, 1h also work", "SECONDS", "s"),
+    SettingSpec("listing_freshness", None, parse_listing_freshness,
+                "seconds a directory's listing (the mount's ls, GLOB, pull --glob) is "
+                "served before S3 is asked again: past it, that directory (or the "
+                "pattern's prefix) is listed anew; 0 = list at every ls and GLOB; "
+                "'freshness_window' (the default) follows freshness_window, also when "
+                "that is SET later; 30s, 5m, 1h also work", "SECONDS", "s",
+                _listing_freshness_wire),
     SettingSpec("stale_on_error", 0.0, parse_seconds,
                 "if S3 cannot be reached, serve a cached copy checked within this many "
                 "seconds instead of failing (0 = never serve unchecked data); 30s, 5m, 1h "
@@ -334,8 +355,18 @@ class Settings:
             raise AttributeError(name) from None
 
     def items(self) -> list[tuple[str, Any]]:
-        """(name, value) as STATUS shows them: in the wire's units (refresh_interval minutes)."""
-        return [(spec.name, spec.to_wire(self._values[spec.name])) for spec in SPECS]
+        """(name, value) as STATUS shows them: in the wire's units (refresh_interval minutes);
+        listing_freshness as the seconds in force."""
+        return [(spec.name, self.listing_window if spec.name == "listing_freshness"
+                 else spec.to_wire(self._values[spec.name])) for spec in SPECS]
+
+    @property
+    def listing_window(self) -> float:
+        """Seconds a listing is served before S3 is asked again: listing_freshness,
+        or while it was never set (or SET to 'freshness_window'), freshness_window's
+        current value, so a later SET of freshness_window moves both."""
+        value = self._values["listing_freshness"]
+        return self._values["freshness_window"] if value is None else value
 
     def on_change(self, listener: Callable[[str, Any], None]) -> None:
         self._listeners.append(listener)

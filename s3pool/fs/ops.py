@@ -40,7 +40,7 @@ from ..errors import (
     S3PoolError,
 )
 from ..layout import check_bucket
-from ..listing import Entry, visible_name
+from ..listing import Entry, ListJob, visible_name
 from ..prefetch import Prefetcher
 from .writes import MountWrites
 
@@ -129,6 +129,9 @@ class DirHandle:
         self.entries: Iterator[Entry] | None = None  # the listing, from after `after`
         self.pending: Entry | None = None  # read from entries, not yet returned
         self.buckets: list[str] | None = None  # root only: snapshot of bucket names
+        # the LIST bringing this directory up to date (listing_freshness), if it
+        # was stale at opendir: entries are served as far as it has merged them
+        self.job: ListJob | None = None
 
     def restart(self) -> None:
         self.position, self.after, self.entries, self.pending = 0, None, None, None
@@ -275,25 +278,40 @@ class S3PoolOperations(pyfuse3.Operations):
         return exists
 
     def _listing_or_start(self, bucket: str) -> bool:
-        """True if the bucket's listing index is there; if not, start the
-        listing in the background (names are asked of S3 meanwhile): the
-        first file opened after a start does not wait for a whole bucket to
-        be listed, which for millions of keys takes minutes."""
+        """True if the bucket's listing index is there; if not, make an empty
+        one in the background (names are asked of S3 meanwhile), then list
+        the bucket, after the directories being read. The mount never waits
+        for a whole bucket to be listed, which for millions of keys takes
+        minutes: each directory is listed when it is read (and again once it
+        is older than listing_freshness)."""
         self.cache.use_bucket(bucket)
         if self.listings.has_index(bucket):
             return True
         if bucket not in self._listing and self.spawn is not None:
             self._listing.add(bucket)
-            self.spawn(self._list_in_background, bucket)
+            self.spawn(self._index_in_background, bucket)
         return False
 
-    async def _list_in_background(self, bucket: str) -> None:
+    async def _index_in_background(self, bucket: str) -> None:
         try:
-            await self._ensure_listing(bucket)
-        except pyfuse3.FUSEError:
-            pass  # logged there; the next lookup starts it again
+            await self.listings.ensure_index(bucket)
+            # __list__ and GLOB want the whole listing: it comes once the
+            # LISTs of the directories being read are through
+            await self.listings.idle(bucket)
+            if self.listings.never_listed(bucket):
+                await self.cache.refresh(bucket)
+        except S3PoolError as exc:
+            log.warning("cannot list bucket %s: %s", bucket, exc)
         finally:
             self._listing.discard(bucket)
+
+    async def _fresh_dir(self, node: Node) -> ListJob | None:
+        """The LIST bringing the directory up to listing_freshness, or None if it is."""
+        try:
+            return await self.cache.fresh_dir(node.bucket, node.dir_prefix)
+        except S3PoolError as exc:
+            log.warning("cannot list s3://%s/%s: %s", node.bucket, node.dir_prefix, exc)
+            raise fuse_error(exc) from None
 
     async def _ensure_listing(self, bucket: str) -> None:
         try:
@@ -393,10 +411,12 @@ class S3PoolOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        handle = DirHandle(inode)
         if inode != ROOT:
-            await self._ensure_listing(node.bucket)
+            self._listing_or_start(node.bucket)
+            handle.job = await self._fresh_dir(node)
         fh = self._fh()
-        self.dirs[fh] = DirHandle(inode)
+        self.dirs[fh] = handle
         return fh
 
     @guarded
@@ -418,6 +438,17 @@ class S3PoolOperations(pyfuse3.Operations):
                     return
                 self._remember(child, inode)
             return
+        try:
+            await self._readdir(handle, node, start_id, token)
+        finally:
+            # no statement stays open between calls: an open read would hold
+            # off the writes of listings merged into the index meanwhile
+            if handle.entries is not None:
+                handle.entries.close()
+                handle.entries = None
+                handle.pending = None  # the next call's query starts after `after`
+
+    async def _readdir(self, handle: DirHandle, node: Node, start_id: int, token: Any) -> None:
         if start_id == 0 or start_id != handle.position:
             handle.restart()
             if start_id:
@@ -427,8 +458,8 @@ class S3PoolOperations(pyfuse3.Operations):
                     handle.after = (entry.name, entry.is_dir)
                     if handle.position == start_id:
                         break
-        # the generator lives in the handle: one range query serves many
-        # readdir calls (the kernel asks for a page of entries at a time)
+        job = handle.job
+        replied = 0
         while True:
             entry = handle.pending
             if entry is None:
@@ -438,10 +469,27 @@ class S3PoolOperations(pyfuse3.Operations):
                 try:
                     entry = next(handle.entries)
                 except StopIteration:
-                    return
+                    handle.entries = None
+                    if job is None or job.done:
+                        self._check_job(job, handle)
+                        return
+                    entry = None
                 except sqlite3.ProgrammingError:
                     handle.entries = None  # the index was replaced: resume in the new one
                     continue
+            if job is not None and not job.done and (entry is None or not job.covers(
+                    node.dir_prefix + entry.name + ("/" if entry.is_dir else ""))):
+                # past what the LIST has merged: serve what this call has, or
+                # wait for the next page (an empty reply would end the listing)
+                if handle.entries is not None:
+                    handle.entries.close()
+                    handle.entries = None
+                handle.pending = None
+                if replied:
+                    return
+                await job.changed()
+                continue
+            assert entry is not None
             child = self._entry_node(node.bucket, node.dir_prefix, entry)
             inode = inode_for(child.bucket, child.path, child.is_dir)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
@@ -449,9 +497,19 @@ class S3PoolOperations(pyfuse3.Operations):
                 handle.pending = entry  # did not fit: first in the next call
                 return
             handle.pending = None
+            replied += 1
             self._remember(child, inode)
             handle.position += 1
             handle.after = (entry.name, entry.is_dir)
+
+    @staticmethod
+    def _check_job(job: ListJob | None, handle: DirHandle) -> None:
+        """A LIST that failed before anything of the directory was served is
+        the listing's error (EIO, ENOENT...), not an empty directory."""
+        if job is not None and job.error is not None and handle.position == 0:
+            if isinstance(job.error, S3PoolError):
+                raise fuse_error(job.error)
+            raise pyfuse3.FUSEError(errno.EIO)
 
     @guarded
     async def releasedir(self, fh: int) -> None:
