@@ -127,8 +127,11 @@ WRITES = [
      "close(2) (FUSE FLUSH) and fsync(2) upload the file and return once S3 has it, or EIO "
      "if the upload failed, so cp exits non-zero and nothing is on S3. A file larger than "
      "upload_part_size (8M) is sent as a multipart upload while it is written, a part as "
-     "soon as it is full, so close waits only for the last part. The first close after "
-     "bytes were written ends the file (later writes: EIO); a close before any write "
+     "soon as it is full, so close waits only for the last part. The file ends at the "
+     "close of the process that opened it (copies of the descriptor closed first by other "
+     "processes, the commands of a script run as script > file, do not end it; when that "
+     "cannot be told, the first close after a write does); later writes get EIO. A close "
+     "before any write "
      "uploads nothing (the shell's > closes a first descriptor before the command writes); "
      "an empty file is uploaded when its last descriptor closes (a failure is only logged)."),
     ("Never half-visible",

@@ -423,6 +423,11 @@ def test_shell_redirection_and_mkdir(writable, s3, bucket):
     # the shell opens, dup2s and closes a first descriptor before echo writes
     subprocess.run(["sh", "-c", f"{{ echo one; echo two; }} > '{root}/shell.txt'"], check=True)
     assert s3_bytes(s3, bucket, "shell.txt") == b"one\ntwo\n"
+    # a script whose commands are processes of their own: each one's exit closes its
+    # copy of the descriptor; the upload waits for the shell that opened the file
+    subprocess.run(["sh", "-c", f"{{ /bin/echo one; /bin/echo two; /bin/true; }} "
+                                f"> '{root}/children.txt'"], check=True)
+    assert s3_bytes(s3, bucket, "children.txt") == b"one\ntwo\n"
     subprocess.run(["sh", "-c", f": > '{root}/empty-by-shell.txt'"], check=True)
     wait_for(lambda: s3_has(s3, bucket, "empty-by-shell.txt"), what="the empty file")
     assert s3_bytes(s3, bucket, "empty-by-shell.txt") == b""

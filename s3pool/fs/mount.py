@@ -36,6 +36,8 @@ class FuseMount:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.ops = S3PoolOperations(self.cache, self.buckets, spawn=self._spawn)
+        # what descriptors of files written in the mount point to (/proc/PID/fd)
+        self.ops.writes.mountpoint = os.path.realpath(self.mountpoint)
         options = set(pyfuse3.default_options)
         options |= {"fsname=s3pool", "subtype=s3pool"}
         if self.cache.settings.mount_writes:

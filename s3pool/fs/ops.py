@@ -523,7 +523,7 @@ class S3PoolOperations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            return await self.writes.open_for_write(inode, node, flags)  # EROFS if off
+            return await self.writes.open_for_write(inode, node, flags, ctx)  # EROFS if off
         # before the open's own fetch: the files ahead download while this one does
         self.prefetcher.opened(node.bucket, node.path)
         try:

@@ -5,9 +5,13 @@ The model is mountpoint-s3's, made stricter where it can be:
 - ``create`` (cp, shell ``>``, ``open(O_CREAT|O_WRONLY)``) of a name that
   is not an object starts a :class:`s3pool.upload.StagedUpload`; writes
   must continue where the file ends (else EINVAL) and are staged in tmp/.
-- ``close()`` returns the answer to FUSE's FLUSH: the first FLUSH after
-  bytes were written uploads the file and answers only once S3 has it (EIO
-  if the upload failed, so cp exits non-zero); ``fsync`` does the same.
+- ``close()`` returns the answer to FUSE's FLUSH: the FLUSH of the
+  process that opened the file (once bytes were written) uploads it and
+  answers only once S3 has it (EIO if the upload failed, so cp exits
+  non-zero); ``fsync`` does the same. A FLUSH while the opener still holds
+  a descriptor of the file (``/proc/PID/fd``) is another process's copy
+  closing (the commands of ``script > file``) and ends nothing; when the
+  opener cannot be looked at, the first FLUSH after a write uploads.
   The file is then finished: later writes get EIO. A FLUSH before any
   byte was written does nothing (the shell's ``>`` opens the file, dup2s it
   and closes the first descriptor before the command writes); an empty
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyfuse3
+import trio
 
 from ..backend import ObjectExists
 from ..errors import BadKey, NoSpace, NoSuchKey, S3PoolError
@@ -61,6 +66,7 @@ class WriteHandle:
     inode: int
     bucket: str
     key: str
+    opener: int = 0  # pid of the process that opened it (FUSE's, the thread's id)
 
 
 def _error(code: int) -> pyfuse3.FUSEError:
@@ -78,6 +84,7 @@ class MountWrites:
         self.local_dirs: set[tuple[str, str]] = set()  # (bucket, path) made by mkdir
         self.uploads = 0
         self.upload_failures = 0
+        self.mountpoint = ""  # set by FuseMount: where openers' descriptors point
 
     @property
     def enabled(self) -> bool:
@@ -123,9 +130,10 @@ class MountWrites:
         if await self._exists(parent.bucket, key):
             # the kernel sends CREATE for a name it did not know: it exists by now
             raise _error(errno.EEXIST)
-        return await self._start(parent.bucket, key, mode)
+        return await self._start(parent.bucket, key, mode, opener=_pid(ctx))
 
-    async def open_for_write(self, inode: int, node: "Node", flags: int) -> pyfuse3.FileInfo:
+    async def open_for_write(self, inode: int, node: "Node", flags: int, ctx: Any = None
+                             ) -> pyfuse3.FileInfo:
         """open() of an existing object for writing: a whole-file replace, or EPERM."""
         self._require()
         if node.is_dir:
@@ -134,11 +142,13 @@ class MountWrites:
             raise _error(errno.EPERM)
         if self.being_written(node.bucket, node.path):
             raise _error(errno.EBUSY)
-        info, _ = await self._start(node.bucket, node.path, 0o666, inode, replace=True)
+        info, _ = await self._start(node.bucket, node.path, 0o666, inode, replace=True,
+                                    opener=_pid(ctx))
         return info
 
     async def _start(self, bucket: str, key: str, mode: int, inode: int | None = None,
-                     replace: bool = False) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+                     replace: bool = False, opener: int = 0
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         from .ops import Node  # ops imports this module
 
         ops = self.ops
@@ -149,7 +159,7 @@ class MountWrites:
         node = ops.nodes[inode]
         node.size = 0
         fh = ops._fh()
-        self.handles[fh] = WriteHandle(upload, inode, bucket, key)
+        self.handles[fh] = WriteHandle(upload, inode, bucket, key, opener)
         attrs = ops._attrs(inode, node)
         attrs.st_mode = stat.S_IFREG | (mode & 0o666 & ~int(self.settings.mount_umask))
         # nobody else may find the name through the kernel's caches before the upload
@@ -207,7 +217,32 @@ class MountWrites:
             return
         if upload.size == 0 and upload.error is None:
             return  # nothing written yet: the shell's > closes its first descriptor
+        if upload.error is None and await trio.to_thread.run_sync(self._opener_holds, handle):
+            # a copy of the descriptor closed (a child of the shell that opened the
+            # file exited): the file ends when the opener closes its own
+            return
         await self._commit(handle)
+
+    def _opener_holds(self, handle: WriteHandle) -> bool:
+        """Worker thread: True if the process that opened the file still has a
+        descriptor of it (this FLUSH is then another process's, or a dup's).
+        False when that cannot be told (the process is gone, or its /proc
+        entry is not ours to read): the close then uploads."""
+        if not handle.opener or not self.mountpoint:
+            return False
+        target = os.path.join(self.mountpoint, handle.bucket, handle.key)
+        fd_dir = f"/proc/{handle.opener}/fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            return False
+        for name in names:
+            try:
+                if os.readlink(os.path.join(fd_dir, name)) == target:
+                    return True
+            except OSError:
+                continue
+        return False
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles[fh]
@@ -354,6 +389,10 @@ class MountWrites:
         return [("mount_files_writing", len(self.handles)),
                 ("mount_uploads", self.uploads),
                 ("mount_upload_failures", self.upload_failures)]
+
+
+def _pid(ctx: Any) -> int:
+    return int(getattr(ctx, "pid", 0) or 0)
 
 
 def _no_spawn(fn: Any, *args: Any) -> None:
