@@ -166,7 +166,10 @@ class StagedUpload:
         self._parts_changed = trio.Event()
         self._part_limiter = trio.CapacityLimiter(PARTS_IN_FLIGHT)
         self.error: BaseException | None = None  # the first failure: nothing is uploaded
+        self.meta: dict[str, Any] = {}  # what S3 answered, once committed
         self.committed = False
+        self.sealed = False  # the commit began: no more writes
+        self._commit_lock = trio.Lock()  # writes and commits, one at a time
         self.closed = False  # staged file gone, reservation returned
 
     @property
@@ -176,7 +179,12 @@ class StagedUpload:
     # --- writing ----------------------------------------------------------
 
     async def write(self, offset: int, data: bytes) -> int:
-        if self.closed or self.committed:
+        # one at a time, and never beside a commit reading the staged file
+        async with self._commit_lock:
+            return await self._write(offset, data)
+
+    async def _write(self, offset: int, data: bytes) -> int:
+        if self.closed or self.committed or self.sealed:
             raise UploadFailed(f"{self.url}: written after it was closed")
         if self.error is not None:
             raise UploadFailed(f"{self.url}: an earlier write failed")
@@ -261,9 +269,15 @@ class StagedUpload:
     async def commit(self) -> dict[str, Any]:
         """Upload what was written (the tail part and S3's complete, or one PUT),
         then install it in the cache; returns its meta. On failure nothing is
-        left on S3 and UploadFailed (or NoSpace) is raised."""
-        if self.committed:
-            raise UploadFailed(f"{self.url}: already uploaded")
+        left on S3 and UploadFailed (or NoSpace) is raised. A second commit
+        while one runs waits for it and shares its outcome."""
+        async with self._commit_lock:
+            if self.committed:
+                return self.meta
+            return await self._commit()
+
+    async def _commit(self) -> dict[str, Any]:
+        self.sealed = True
         if self.error is not None:
             await self.abort()
             raise UploadFailed(f"{self.url}: not uploaded, a write failed: {self.error}")
@@ -281,9 +295,10 @@ class StagedUpload:
                 raise UploadFailed(f"upload of {self.url} failed: {exc}") from exc
             raise
         self.committed = True
-        meta = {"LastModified": answer.get("LastModified"), "ETag": answer["ETag"],
-                "ContentLength": self.size, "ContentType": "binary/octet-stream",
-                "Metadata": {}, "AcceptRanges": "bytes"}
+        meta = self.meta = {
+            "LastModified": answer.get("LastModified"), "ETag": answer["ETag"],
+            "ContentLength": self.size, "ContentType": "binary/octet-stream",
+            "Metadata": {}, "AcceptRanges": "bytes"}
         with trio.CancelScope(shield=True):
             await self._install(meta)
         return meta
