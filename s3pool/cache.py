@@ -16,6 +16,7 @@ evictor, handed in at construction.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import logging
 import os
@@ -48,6 +49,8 @@ SMALL_OBJECT = 256 << 10
 PREFETCH = "read-ahead"
 # a download that fails its ETag MD5 or checksum is fetched again this many times
 DIGEST_RETRIES = 2
+# set by a GLOB for the request's log line: how old the listing it answered from was
+LISTING_NOTE: contextvars.ContextVar[str] = contextvars.ContextVar("listing_note", default="")
 
 
 
@@ -525,8 +528,9 @@ class Cache:
             self.stats.refreshes_begun += 1
             self.stats.refreshes += 1
         found = await self.listings.glob(bucket, pattern, compiled)
-        log.info("GLOB s3://%s %r: %d keys from a listing %.1fs old (listed again: %s)",
-                 bucket, pattern, len(found), age, listed)
+        LISTING_NOTE.set(f"listing {age:.1f}s old, listed again: {listed}")
+        log.debug("GLOB s3://%s %r: %d keys from a listing %.1fs old (listed again: %s)",
+                  bucket, pattern, len(found), age, listed)
         return found
 
     async def fresh_dir(self, bucket: str, dir_prefix: str) -> Any:

@@ -186,6 +186,7 @@ class Listings:
         # (the cache's nursery); without one a job runs in its caller
         self.nursery: trio.Nursery | None = None
         self.list_requests = 0  # LIST requests (pages) sent, for STATUS
+        self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
 
     # --- refresh ---------------------------------------------------------
 
@@ -367,13 +368,18 @@ class Listings:
         """True while the index is the empty one ensure_index made (no whole listing yet)."""
         return self._info_time(bucket) == 0.0
 
-    async def idle(self, bucket: str) -> None:
-        """Wait until no LIST of a part of *bucket* runs (whatever came of them)."""
+    async def idle(self, bucket: str, quiet: float = 0.0) -> None:
+        """Wait until no LIST of a part of *bucket* runs (whatever came of
+        them) and none started for *quiet* seconds."""
         while True:
             running = [job for (b, _, _), job in self._jobs.items() if b == bucket]
-            if not running:
+            if running:
+                await running[0].changed()
+                continue
+            since = trio.current_time() - self._last_job.get(bucket, -quiet)
+            if since >= quiet:
                 return
-            await running[0].changed()
+            await trio.sleep(quiet - since)
 
     async def ensure_index(self, bucket: str) -> None:
         """An index to merge directory listings into: if the bucket has none
@@ -399,6 +405,7 @@ class Listings:
             return job  # started within the window: what it lists is fresh enough
         job = ListJob(bucket, prefix, deep)
         self._jobs[ident] = job
+        self._last_job[bucket] = trio.current_time()
         if self.nursery is not None:
             self.nursery.start_soon(self._run_job, job)
         else:

@@ -129,7 +129,12 @@ def test_missing_names_are_enoent_and_internal_files_hidden(mounted):
         with pytest.raises(FileNotFoundError):
             os.stat(missing)
     daemon.ok("PULL", root.name, "top.txt")
-    assert (daemon.data / root.name / "__list__").exists()
+    # the mount lists the whole bucket in the background, once its directory
+    # listings are through (listing_freshness, issue 19)
+    deadline = time.monotonic() + 30
+    while not (daemon.data / root.name / "__list__").exists():
+        assert time.monotonic() < deadline, "no __list__ from the background listing"
+        time.sleep(0.1)
     names = os.listdir(root)
     assert "__list__" not in names and "__index__" not in names
     assert not any(n.endswith("__meta__") for n in names)

@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from ..cache import Cache
+from ..cache import LISTING_NOTE, Cache
 from ..errors import BadRequest, LocalFileError, PermissionDenied, S3PoolError, StartupError
 from ..logs import RequestLog
 from ..settings import format_value
@@ -198,6 +198,7 @@ class ControlServer:
         self.connections += 1
         summary = command = "-"
         status = "ERROR"
+        LISTING_NOTE.set("")  # a GLOB says here how old its listing was
         complete = [False]  # did we read the whole request?
         try:
             try:
@@ -227,6 +228,8 @@ class ControlServer:
                 finally:
                     self.active -= 1
                 status = "OK"
+                if LISTING_NOTE.get():
+                    status = f"OK ({LISTING_NOTE.get()})"
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise  # the client went away (a reset): not a bug of ours, see below
             except S3PoolError as exc:

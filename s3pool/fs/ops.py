@@ -58,6 +58,8 @@ ERRNO_FOR: dict[type[Exception], int] = {
 }
 
 ATTR_TIMEOUT = 10.0
+# a cold bucket's whole listing starts once no directory of it was listed for this long
+WHOLE_LISTING_AFTER = 2.0
 NEGATIVE_BUCKET_TTL = 30.0
 ROOT = pyfuse3.ROOT_INODE
 
@@ -296,8 +298,10 @@ class S3PoolOperations(pyfuse3.Operations):
         try:
             await self.listings.ensure_index(bucket)
             # __list__ and GLOB want the whole listing: it comes once the
-            # LISTs of the directories being read are through
-            await self.listings.idle(bucket)
+            # LISTs of the directories being read are through (a cold ls of a
+            # huge directory should not share S3 and the CPU with it)
+            await trio.sleep(WHOLE_LISTING_AFTER)
+            await self.listings.idle(bucket, quiet=WHOLE_LISTING_AFTER)
             if self.listings.never_listed(bucket):
                 await self.cache.refresh(bucket)
         except S3PoolError as exc:
