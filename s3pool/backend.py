@@ -10,8 +10,10 @@ explicit endpoint only for its embedded demo S3.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -29,12 +31,18 @@ import botocore.exceptions
 import trio
 import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
+from botocore.awsrequest import (
+    AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection, AWSHTTPSConnectionPool,
+)
 from botocore.config import Config
 from botocore.utils import parse_timestamp
 
 from .checksums import Digest, digest_for, full_object_checksums, leave_checks_to_s3pool
-from .errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey
-from .s3http import NOT_FOUND, NOT_MODIFIED, Fallback, LeanGets
+from .errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey, VersionChanged
+from .s3http import (
+    NOT_FOUND, NOT_MODIFIED, PRECONDITION_FAILED, Fallback, LeanBody, LeanGets, bytes_behind,
+)
+from .s3requests import DeadlineExceeded, S3Request, S3Requests
 from .transfer import Transfer, write_all
 
 log = logging.getLogger(__name__)
@@ -105,6 +113,226 @@ def validator(etag: str | None) -> str | None:
     return f'"{bare}"' if bare else None
 
 
+# an HTTP field value (RFC 9110: visible ASCII, spaces and tabs inside; no CR, LF, NUL)
+_LEGAL_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?|")
+# an ETag as S3 and the tiers in front of it send one: quoted or not, weak or not,
+# visible ASCII without quotes inside (S3's own are 32 hex digits, maybe "-N")
+_ETAG = re.compile(r'(W/)?("[\x21\x23-\x7e]{0,1024}"|[\x21\x23-\x7e]{1,1024})')
+# operations whose requests have a deadline (uploads send for as long as they send)
+_DEADLINED = {"GetObject", "HeadObject", "HeadBucket", "ListObjectsV2", "ListObjects"}
+
+
+def check_answer(resp: dict[str, Any], bucket: str, key: str) -> None:
+    """What a GET of a whole object must be before a byte of it is used: a 200
+    (no Content-Range), a length that is a number (or none: see
+    ``_length_from_head``), an ETag that can be sent back as a header."""
+    url = f"s3://{bucket}/{key}"
+    status = _status_of(resp)
+    if status != 200 or resp.get("ContentRange"):
+        raise BackendError(f"S3 answered {status} ({resp.get('ContentRange') or 'no range'}) "
+                           f"to a GET of all of {url}")
+    length = resp.get("ContentLength")
+    if length is not None and (not isinstance(length, int) or length < 0):
+        raise BackendError(f"S3 sent a Content-Length of {length!r} for {url}")
+    check_etag(resp.get("ETag"), url)
+
+
+def check_etag(etag: Any, url: str) -> None:
+    """An ETag that is not a legal header value (or not shaped like one) would be
+    sent back in If-Match and If-None-Match: such an object is not cached."""
+    if etag is None:
+        return
+    if not isinstance(etag, str) or not _ETAG.fullmatch(etag) \
+            or not _LEGAL_VALUE.fullmatch(etag):
+        raise BackendError(f"S3 sent the ETag {str(etag)[:80]!r} for {url}: not a legal "
+                           "header value, so the object cannot be cached (nothing of it "
+                           "is served)")
+
+
+def check_range(resp: dict[str, Any], bucket: str, key: str, etag: str, start: int,
+                length: int, total: int | None) -> None:
+    """A ranged GET's answer must be the range asked of the version pinned: a 206
+    whose Content-Range is exactly ``bytes start-end/total`` and whose
+    Content-Length is the range's, or a 200 when the range was the whole
+    object; and the ETag pinned. Anything else is refused before a byte of it
+    is written; another ETag is VersionChanged."""
+    url = f"s3://{bucket}/{key}"
+    end = start + length - 1
+    status = _status_of(resp)
+    got_etag = resp.get("ETag")
+    check_etag(got_etag, url)
+    if validator(etag) is not None and validator(got_etag) != validator(etag):
+        raise VersionChanged(f"{url} changed on S3 while it was read: ETag {got_etag} "
+                             f"instead of {etag}")
+    size = resp.get("ContentLength")
+    if status == 206:
+        content_range = resp.get("ContentRange") or ""
+        expected = f"bytes {start}-{end}/"
+        if not content_range.startswith(expected) or (
+                total is not None and content_range != f"{expected}{total}"):
+            raise BackendError(f"S3 answered bytes {start}-{end} of {url} with "
+                               f"Content-Range {content_range[:80]!r}")
+        if size is not None and size != length:  # None: chunked, counted as it comes
+            raise BackendError(f"S3 answered bytes {start}-{end} of {url} with "
+                               f"Content-Length {size!r}")
+    elif status == 200:
+        # RFC 9110 lets a server ignore Range: the whole object, used only when the
+        # whole object is what was asked for
+        if start != 0 or total is None or length != total or size not in (None, total):
+            raise BackendError(f"S3 answered bytes {start}-{end} of {url} with the whole "
+                               f"object ({size!r} bytes)")
+    else:
+        raise BackendError(f"S3 answered {status} to a GET of bytes {start}-{end} of {url}")
+
+
+def _status_of(resp: dict[str, Any]) -> int:
+    return int((resp.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 200)
+
+
+class WatchedBody:
+    """A GET's body (lean or botocore's) that tells its S3Request how it goes:
+    its bytes, when somebody reads it (time between reads is not a stall), its
+    end. ``exactly(n)``: a body of unknown length that must be n bytes."""
+
+    def __init__(self, body: Any, request: S3Request | None, length: Any = None) -> None:
+        self._body = body
+        self._request = request
+        self._exact: int | None = None  # bytes the body must have (its length was not given)
+        self._got = 0
+        # botocore's body: its http.client answer, looked at behind the declared
+        # end (LeanBody looks itself)
+        raw = getattr(body, "_raw_stream", None)
+        self._answer = None if isinstance(body, LeanBody) else getattr(raw, "_fp", None)
+        self._length = length if isinstance(length, int) else None
+        # one socket read at a time (urllib3's read() would close its answer at the
+        # end, with whatever came behind it)
+        self._read1 = getattr(body, "read1", None) or getattr(raw, "read1", None)
+
+    def exactly(self, size: int) -> "WatchedBody":
+        self._exact = size
+        return self
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._read(size, True)
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._read(size, False)
+
+    def _read(self, size: int | None, once: bool) -> bytes:
+        request = self._request
+        exact = self._exact
+        if exact is not None:
+            size = exact - self._got if size is None or size < 0 else min(size,
+                                                                          exact - self._got)
+            if size == 0:
+                self._check_end()
+                return b""
+        if request is not None:
+            request.resume()
+        try:
+            if self._read1 is None:
+                data = self._body.read(size) if size is not None else self._body.read()
+            elif once:
+                data = self._read1(size if size is not None and size >= 0 else 1 << 20)
+            else:
+                data = self._read_all(size)
+        except (OSError, urllib3.exceptions.HTTPError, botocore.exceptions.BotoCoreError,
+                http.client.HTTPException) as exc:
+            if request is not None and request.expired:
+                raise DeadlineExceeded(f"S3 request ended: {request.expired}") from exc
+            raise
+        finally:
+            if request is not None:
+                request.pause()
+        if request is not None:
+            request.add(len(data))
+            if request.expired:  # the watchdog shut the socket: what came is not all
+                raise DeadlineExceeded(f"S3 request ended: {request.expired}")
+        self._got += len(data)
+        if exact is not None and self._got == exact:
+            self._check_end()
+        elif self._got == self._length and self._answer is not None and request is not None \
+                and bytes_behind(self._answer, request.sock):
+            self.close()
+            raise BackendError("bytes behind the body's last byte: the answer is longer "
+                               "than its Content-Length")
+        return data
+
+    def _read_all(self, size: int | None) -> bytes:
+        """Up to *size* bytes (all if None or negative) in reads of one socket read."""
+        assert self._read1 is not None
+        parts: list[bytes] = []
+        got = 0
+        while size is None or size < 0 or got < size:
+            data = self._read1(1 << 20 if size is None or size < 0 else size - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+    def _check_end(self) -> None:
+        """A body of unknown length must end right after its last expected byte."""
+        if self._exact is None:
+            return
+        exact, self._exact = self._exact, None
+        extra = self._body.read(1)
+        if extra:
+            self.close()
+            raise BackendError(f"a body of no given length went on past the {exact} "
+                               "bytes the object has")
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        finally:
+            request, self._request = self._request, None
+            if request is not None:
+                request.end()
+
+
+def _name_call(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """botocore hook: what a call is about, for STATUS (s3://bucket/key)."""
+    bucket = params.get("Bucket", "")
+    key = params.get("Key")
+    context["s3pool_url"] = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
+
+
+class _Watched:
+    """An urllib3 connection of botocore's that hands its socket to the S3Request
+    the thread is making, so the deadline watchdog can end a stalled answer."""
+
+    s3pool_requests: S3Requests | None = None
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        requests = self.s3pool_requests
+        request = requests.current if requests is not None else None
+        if request is not None:
+            request.attach(getattr(self, "sock", None))
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+def _watch_connections(client: Any, requests: S3Requests) -> None:
+    """Give the client's HTTP session connection classes that report their socket."""
+    extra = {"s3pool_requests": requests}
+    http_connection = type("WatchedHTTPConnection", (_Watched, AWSHTTPConnection), extra)
+    https_connection = type("WatchedHTTPSConnection", (_Watched, AWSHTTPSConnection), extra)
+    classes = {
+        "http": type("WatchedHTTPPool", (AWSHTTPConnectionPool,),
+                     {"ConnectionCls": http_connection}),
+        "https": type("WatchedHTTPSPool", (AWSHTTPSConnectionPool,),
+                      {"ConnectionCls": https_connection}),
+    }
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    manager = getattr(session, "_manager", None)
+    if manager is None or not hasattr(session, "_pool_classes_by_scheme"):
+        log.warning("botocore's HTTP session is not as expected: boto3 requests have no "
+                    "deadline beyond their socket timeouts")
+        return
+    session._pool_classes_by_scheme = classes
+    manager.pool_classes_by_scheme = classes
+
+
 def _error_code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
     err = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -147,10 +375,12 @@ class Backend:
         self.max_threads = max_threads
         self.lean_gets = 0  # GETs sent on the lean path (s3http)
         self.lean_fallbacks = 0  # ... and those it handed back to boto3
+        self.stopping = threading.Event()  # set at shutdown: worker threads give up
+        # every S3 request in flight (STATUS) and its deadline (set from the settings)
+        self.requests = S3Requests(self.stopping)
         self.client = self._make_client(max_threads)
         self.lean = self._make_lean(max_threads)
         self.limiter = trio.CapacityLimiter(max_threads)
-        self.stopping = threading.Event()  # set at shutdown: worker threads give up
         self.transfer_config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
             max_concurrency=4, use_threads=True,
@@ -172,9 +402,11 @@ class Backend:
         events = client.meta.events
         events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
         events.register("before-call.s3.GetObject", leave_checks_to_s3pool)
+        events.register("before-parameter-build.s3", _name_call)
         events.register("before-call.s3", self._call_started)
         events.register("after-call.s3", self._call_answered)
         events.register("after-call-error.s3", self._call_failed)
+        _watch_connections(client, self.requests)
         return client
 
     def _make_lean(self, pool_size: int) -> LeanGets | None:
@@ -229,18 +461,31 @@ class Backend:
 
     def _call_started(self, model: Any, context: dict[str, Any], **_: Any) -> None:
         context["s3pool_call"] = (model.name, time.perf_counter())
+        # the S3 request in flight, from here (retries included) to its answer, or
+        # for a GET to its body's end; uploads are shown but have no deadline
+        request = self.requests.begin(model.name, context.get("s3pool_url", "s3://"),
+                                      judged=model.name in _DEADLINED)
+        context["s3pool_request"] = request
+        self.requests.current = request
 
     def _call_answered(self, http_response: Any, context: dict[str, Any], **_: Any) -> None:
         status = getattr(http_response, "status_code", 0)
         # 304, 404 and 412 are answers (current, missing, changed), not failures
         failed = status >= 400 and status not in (404, 412)
-        self._call_done(context, str(status) if failed else None)
+        self._call_done(context, str(status) if failed else None, status)
 
     def _call_failed(self, exception: Exception, context: dict[str, Any], **_: Any) -> None:
         self._call_done(context, type(exception).__name__)
 
-    def _call_done(self, context: dict[str, Any], error: str | None) -> None:
+    def _call_done(self, context: dict[str, Any], error: str | None, status: int = 0) -> None:
         operation, started = context.pop("s3pool_call", ("unknown", time.perf_counter()))
+        request = context.pop("s3pool_request", None)
+        if request is not None:
+            if operation == "GetObject" and 200 <= status < 300:
+                request.answered(None)  # its body ends it (see _get)
+            else:
+                request.end()
+                self.requests.current = None
         if error is not None:
             with self._errors_lock:
                 self.errors += 1
@@ -254,6 +499,13 @@ class Backend:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate(exc, bucket, key) from exc
+        except (ValueError, OverflowError, http.client.HTTPException,
+                urllib3.exceptions.HTTPError) as exc:
+            # botocore's parsers and http.client on headers no S3 sends (a
+            # Content-Length of "12¹", a date past 9999): an answer, not our bug
+            what = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
+            raise BackendError(f"S3 sent an answer for {what} that cannot be read: "
+                               f"{exc!r}") from exc
         except boto3.exceptions.Boto3Error as exc:
             # upload_file wraps S3's answer (NoSuchBucket, AccessDenied...) in
             # S3UploadFailedError: translate the answer it wraps
@@ -289,6 +541,13 @@ class Backend:
                                            f"s3://{bucket}/{key}") from None
                     return None
                 raise
+            try:
+                check_answer(resp, bucket, key)
+                if resp.get("ContentLength") is None:
+                    self._length_from_head(resp, bucket, key)
+            except BaseException:
+                resp["Body"].close()
+                raise
             response = ObjectResponse(meta_from_response(resp), resp["Body"],
                                       digest_for(resp, bucket, key))
             if response.content_length <= read_up_to:
@@ -299,15 +558,35 @@ class Backend:
 
         return await self._run(call, bucket=bucket, key=key)
 
+    def _length_from_head(self, resp: dict[str, Any], bucket: str, key: str) -> None:
+        """An answer without a Content-Length (chunked, or up to the close): a HEAD
+        says how long the object is, and the body must be exactly that long."""
+        head = self.client.head_object(Bucket=bucket, Key=key)
+        size = head.get("ContentLength")
+        if not isinstance(size, int) or size < 0 or \
+                validator(head.get("ETag")) != validator(resp.get("ETag")):
+            raise BackendError(f"S3 gave no length for s3://{bucket}/{key}, and its HEAD "
+                               f"answered another version or none ({head.get('ETag')!r}, "
+                               f"{size!r})")
+        resp["ContentLength"] = size
+        resp["Body"] = resp["Body"].exactly(size)
+
     def _get(self, bucket: str, key: str, conditions: dict[str, str]) -> dict[str, Any]:
         """A GET's response in boto3's shape (worker thread): on the lean path when
-        it answers, else boto3's. Errors are botocore's ClientError either way."""
+        it answers, else boto3's, with its Body a :class:`WatchedBody`. Errors are
+        botocore's ClientError either way."""
+        url = f"s3://{bucket}/{key}"
+        for name, value in conditions.items():  # values S3 gave us, sent back
+            if not _LEGAL_VALUE.fullmatch(value):
+                raise BackendError(f"not sending {name} {value!r} for {url}: not a legal "
+                                   "header value")
         lean = self.lean
         if lean is not None:
             headers = {_HEADER_OF[name]: value for name, value in conditions.items()}
             started = time.perf_counter()
+            request = self.requests.begin("GetObject", url)
             try:
-                status, resp = lean.get(bucket, key, headers)
+                status, resp = lean.get(bucket, key, headers, request)
             except Fallback as exc:
                 with self._errors_lock:
                     self.lean_fallbacks += 1
@@ -318,16 +597,23 @@ class Backend:
                 observer = self.observer
                 if observer is not None:
                     observer("GetObject", time.perf_counter() - started, None)
-                if status in (NOT_MODIFIED, NOT_FOUND):
+                if status in (NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED):
                     raise botocore.exceptions.ClientError(
                         {"Error": resp or {"Code": str(status), "Message": "Not Modified"},
                          "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
                 assert resp is not None
+                resp["Body"] = WatchedBody(resp["Body"], request, resp.get("ContentLength"))
                 return resp
         # ChecksumMode: S3 sends the object's x-amz-checksum-* (botocore asks for it
         # only when its response_checksum_validation is "when_supported")
-        return self.client.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED",
-                                      **conditions)
+        try:
+            resp = self.client.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED",
+                                          **conditions)
+        finally:
+            request = self.requests.current  # begun by _call_started, kept for the body
+            self.requests.current = None
+        resp["Body"] = WatchedBody(resp["Body"], request, resp.get("ContentLength"))
+        return resp
 
     async def read_body_at(self, response: ObjectResponse, fd: int, offset: int, limit: int,
                            bucket: str, key: str, transfer: Transfer | None = None,
@@ -358,8 +644,11 @@ class Backend:
 
     async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
                              fd: int, transfer: Transfer | None = None,
-                             on_progress: Callable[[int], None] | None = None) -> int:
-        """GET bytes [start, start+length) of the version *etag* into *fd* at *start*."""
+                             on_progress: Callable[[int], None] | None = None,
+                             total: int | None = None) -> int:
+        """GET bytes [start, start+length) of the version *etag* (of *total* bytes)
+        into *fd* at *start*. The answer is checked before a byte of it is
+        written (:func:`check_range`); another version is VersionChanged."""
 
         def call() -> int:
             kwargs: dict[str, Any] = {"Range": f"bytes={start}-{start + length - 1}"}
@@ -367,8 +656,19 @@ class Backend:
                 kwargs["IfMatch"] = validator(etag)
             if transfer is not None:
                 transfer.check()
-            body = self._get(bucket, key, kwargs)["Body"]
             try:
+                resp = self._get(bucket, key, kwargs)
+            except botocore.exceptions.ClientError as exc:
+                code, status = _error_code(exc)
+                if status == PRECONDITION_FAILED or code in ("PreconditionFailed", "412"):
+                    raise VersionChanged(f"s3://{bucket}/{key} changed on S3 while it was "
+                                         f"read (If-Match {etag} failed)") from None
+                raise
+            body = resp["Body"]
+            try:
+                check_range(resp, bucket, key, etag, start, length, total)
+                if resp.get("ContentLength") is None:
+                    body.exactly(length)
                 return _copy_into(body, fd, start, length,
                                   transfer or self._transfer(bucket, key, length), None,
                                   on_progress)

@@ -30,7 +30,7 @@ from .backend import Backend, ListEntry, ObjectResponse, listing_time
 from .checksums import Verifications
 from .errors import (
     BadKey, BackendError, DigestMismatch, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
-    S3PoolError,
+    S3PoolError, VersionChanged,
 )
 from .freshness import Freshness
 from .layout import check_bucket, check_key
@@ -106,6 +106,7 @@ class Cache:
         self.verifications = Verifications()  # installs per kind of check (STATUS)
         self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
         self.transfers = Transfers(settings, backend.stopping)  # downloads in flight
+        self._set_deadline()  # of each S3 request
         self.freshness = Freshness(settings)  # last ETag check per key, names S3 lacks
         self.buckets_in_use: set[str] = set()
         # downloads in flight, shared by every opener of the key until installed
@@ -132,9 +133,17 @@ class Cache:
             self.listings.nursery = None
 
     def _setting_changed(self, name: str, value: Any) -> None:
+        if name in ("download_stall_timeout", "download_stall_bytes"):
+            self._set_deadline()
         if name == "pull_concurrency":
             self.download_limiter.total_tokens = value
             self.backend.resize(value)
+
+    def _set_deadline(self) -> None:
+        requests = getattr(self.backend, "requests", None)  # fakes in unit tests have none
+        if requests is not None:
+            requests.set_deadline(self.settings.download_stall_timeout,
+                                  self.settings.download_stall_bytes)
 
     def use_bucket(self, bucket: str) -> None:
         self.buckets_in_use.add(bucket)
@@ -191,6 +200,7 @@ class Cache:
         Bytes that fail their ETag MD5 or checksum (a tier that served a
         damaged or half-synced object) are never installed: the key is
         fetched again, DIGEST_RETRIES times at most, then the PULL fails."""
+        changed = False
         for attempt in range(DIGEST_RETRIES + 1):
             try:
                 got = await self._current(bucket, key, source)
@@ -201,6 +211,12 @@ class Cache:
                 if attempt == DIGEST_RETRIES:
                     raise
                 self._digest_failed(exc, attempt, bucket, key)
+            except VersionChanged as exc:
+                if changed:  # the new version once, not a chase of a key that keeps changing
+                    raise
+                changed = True
+                self.freshness.forget(bucket, key)
+                log.info("%s; fetching the new version", exc)
         raise AssertionError("unreachable")
 
     def _digest_failed(self, exc: DigestMismatch, attempt: int, bucket: str, key: str) -> None:

@@ -461,6 +461,7 @@ class Daemon:
         if self.fs is not None:
             lines += self.fs.status_lines()
         lines += self.cache.transfers.status_lines()  # download URL DONE TOTAL SECONDS
+        lines += self.backend.requests.status_lines()  # s3_request OP URL BYTES SECONDS
         lines += self.original_status_lines()
         lines += self.settings.items()
         return lines

@@ -46,6 +46,10 @@ class DigestMismatch(BackendError):
     """Downloaded bytes that do not hash to what S3 said (retried, never installed)."""
 
 
+class VersionChanged(BackendError):
+    """The object changed on S3 while it was read (a reader of the old version: ESTALE)."""
+
+
 class NoSpace(S3PoolError):
     """The object does not fit in the cache even after eviction."""
 

@@ -4,10 +4,8 @@ A boto3 ``get_object`` spends about 2 ms of CPU per call in Python
 (parameter validation, endpoint rules, a dozen event hooks, response
 parsing with dateutil, a second checksum of the body) on top of the
 request itself: for a 16 KiB object on a nearby S3 that is half of the
-time a miss costs, and a general HTTP library (urllib3, with
-``http.client`` parsing headers through the ``email`` package) another
-0.7 ms. :class:`LeanGets` sends the same request on a connection of its
-own small keep-alive pool and reads the answer itself:
+time a miss costs. :class:`LeanGets` sends the same request on a
+connection of its own small keep-alive pool:
 
 - the URL is the one botocore itself builds for the bucket (taken once
   per bucket from a presigned URL of the client, so endpoint, addressing
@@ -15,34 +13,50 @@ own small keep-alive pool and reads the answer itself:
   botocore encodes it;
 - the request is signed by botocore's own SigV4 signer with the
   client's current credentials (refreshed as botocore refreshes them);
-- the answer is HTTP/1.1 read by :class:`_Connection`: a status line,
-  headers, and a body of the Content-Length given (a body of unknown
-  length is not answered here); the headers are read into the dict shape
-  boto3 returns, the body is a :class:`LeanBody`.
+- the HTTP/1.1 framing is the standard library's ``http.client`` (status
+  line, headers, Content-Length, chunked and close-delimited bodies,
+  ``100 Continue``; header values it is asked to send are checked for
+  CR/LF); on top of it, what a cache must not believe is refused here: a
+  Content-Length that is not ASCII digits or given twice differently, a
+  body that ends before its length or has more bytes right behind it (a
+  body longer than its Content-Length, or a second answer smuggled after
+  it), an idle kept-alive connection with bytes waiting on it. Interim
+  ``1xx`` answers are skipped. The headers are read into the dict shape
+  boto3 returns (ContentLength None when the length is not given), the
+  body is a :class:`LeanBody`.
 
-Only the plain cases are answered here: 200, 206, 304 and 404. Anything
-else (an error, a redirect to another region, a connection that failed
-before the headers, a key that cannot be encoded) goes back to the
+Only the plain cases are answered here: 200, 206, 304, 404 and 412.
+Anything else (an error, a redirect to another region, a connection that
+failed before the headers, a key that cannot be encoded) goes back to the
 boto3 call, which retries and translates errors as always. A bucket that
 answered with something unusual (a redirect, 400, 403) is left to boto3
 from then on. A connection goes back to the pool only when its body was
 read to the end; a body closed early closes its connection.
+
+Each GET is an :class:`~s3pool.s3requests.S3Request` (when the caller
+gives one): its socket is attached to it, so the deadline watchdog can end
+a trickling answer wherever it is.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+import re
+import select
 import socket
 import ssl
 import threading
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.httpsession import get_cert_path
+
+from .errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +78,14 @@ _FIELDS = (
 )
 _META_PREFIX = "x-amz-meta-"
 # statuses answered here; any other goes to boto3
-NOT_MODIFIED, NOT_FOUND = 304, 404
-_PLAIN = {200, 206, NOT_MODIFIED, NOT_FOUND}
+NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED = 304, 404, 412
+_PLAIN = {200, 206, NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED}
 # statuses that say this bucket wants something botocore knows how to do
 _LEAVE_BUCKET = {301, 307, 400, 403}
-MAX_HEAD = 64 << 10  # bytes of status line and headers we read at most
 MAX_ERROR_BODY = 64 << 10  # bytes of an error document read (more: the connection is closed)
-RECV = 256 << 10  # bytes asked of one recv() of a body
 DRAIN = 64 << 10  # an unread rest up to this is read so the connection can be reused
+MAX_INTERIM = 8  # interim (1xx) answers skipped before an answer, at most
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() takes "²" and "١"
 
 
 class Fallback(Exception):
@@ -83,81 +97,33 @@ class TLSFailed(Fallback):
 
 
 class BodyError(ConnectionError):
-    """The connection ended or failed before the body's last byte."""
+    """The connection ended or failed before the body's last byte, or the body
+    did not end where its framing said."""
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection (used by one thread at a time)."""
+class BadAnswer(BackendError):
+    """An answer whose framing cannot be believed (no boto3 retry: it would be
+    told the same)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()  # bytes received and not used yet
-        self.reusable = True
 
-    def close(self) -> None:
-        self.reusable = False
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+class _Response(http.client.HTTPResponse):
+    """http.client's answer, skipping interim 1xx answers (it skips only 100)."""
 
-    def read_head(self) -> tuple[int, dict[str, str]]:
-        """Status and headers (names lower-cased) of the next answer."""
-        buf = self.buf
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(buf) > MAX_HEAD:
-                raise Fallback("answer headers too long")
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise BodyError("connection closed before the answer")
-            buf += chunk
-        lines = buf[:end].decode("latin-1").split("\r\n")
-        del buf[:end + 4]
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise Fallback(f"not an HTTP/1.x answer: {lines[0][:60]!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise Fallback(f"bad header line {line[:60]!r}")
-            name = name.strip().lower()
-            value = value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        if version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
-            self.reusable = False
-        elif headers.get("connection", "").lower() == "close":
-            self.reusable = False
-        return int(code), headers
+    def _read_status(self) -> tuple[str, int, str]:  # type: ignore[override]
+        for _ in range(MAX_INTERIM):
+            version, status, reason = super()._read_status()
+            if not 101 < status < 200:  # 100 is skipped by begin(); 101 is refused
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's headers
+        raise http.client.HTTPException("too many interim answers")
 
-    def recv_some(self, most: int) -> bytes:
-        """At most *most* bytes of the body (one recv); BodyError at its end."""
-        buf = self.buf
-        if buf:
-            chunk = bytes(buf[:most])
-            del buf[:most]
-            return chunk
-        chunk = self.sock.recv(min(most, RECV))
-        if not chunk:
-            raise BodyError("connection closed in the middle of the body")
-        return chunk
 
-    def recv_exactly(self, count: int) -> bytes:
-        out = bytearray(count)
-        view = memoryview(out)
-        have = min(len(self.buf), count)
-        view[:have] = self.buf[:have]
-        del self.buf[:have]
-        while have < count:
-            got = self.sock.recv_into(view[have:], count - have)
-            if not got:
-                raise BodyError(f"connection closed after {have} of {count} body bytes")
-            have += got
-        return bytes(out)
+class _HTTPConnection(http.client.HTTPConnection):
+    response_class = _Response
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    response_class = _Response
 
 
 class _Pool:
@@ -169,27 +135,37 @@ class _Pool:
         self.host, self.port, self.size = host, port, size
         self.context = context if scheme == "https" else None
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        self.idle: list[_Connection] = []
+        self.idle: list[http.client.HTTPConnection] = []
         self.lock = threading.Lock()
 
-    def take(self) -> tuple[_Connection, bool]:
-        """A connection, and whether it was used before."""
-        with self.lock:
-            if self.idle:
-                return self.idle.pop(), True
-        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+    def take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """A connected connection, and whether it was used before. An idle one
+        with anything to read (the server closed it, or sent bytes nobody asked
+        for) is dropped."""
+        while True:
+            with self.lock:
+                conn = self.idle.pop() if self.idle else None
+            if conn is None:
+                break
+            if conn.sock is not None and not _readable(conn.sock):
+                return conn, True
+            conn.close()
+        if self.context is not None:
+            conn = _HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
+                                    context=self.context)
+        else:
+            conn = _HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.context is not None:
-                sock = self.context.wrap_socket(sock, server_hostname=self.host)
-            sock.settimeout(self.read_timeout)
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sock.settimeout(self.read_timeout)
         except BaseException:
-            sock.close()
+            conn.close()
             raise
-        return _Connection(sock), False
+        return conn, False
 
-    def give(self, conn: _Connection) -> None:
-        if conn.reusable and not conn.buf:
+    def give(self, conn: http.client.HTTPConnection) -> None:
+        if conn.sock is not None:
             with self.lock:
                 if len(self.idle) < self.size:
                     self.idle.append(conn)
@@ -197,65 +173,179 @@ class _Pool:
         conn.close()
 
 
+def _ended(request: Any) -> str:
+    """Why the deadline watchdog ended *request*, if it did (for messages)."""
+    why = getattr(request, "expired", None)
+    return f" (S3 request ended: {why})" if why else ""
+
+
+def _waiting(sock: Any) -> bool:
+    """True if bytes (not just the peer's close) wait on *sock*, looked at without
+    blocking or taking them."""
+    if isinstance(sock, ssl.SSLSocket):
+        return sock.pending() > 0  # TLS cannot peek further without decrypting
+    if not _readable(sock):  # (a recv on a socket with a timeout waits, whatever flags)
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
+
+
+def _readable(sock: Any) -> bool:
+    """True if a recv would not block (bytes waiting, or the peer closed)."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
+
+
+def bytes_behind(resp: http.client.HTTPResponse, sock: Any) -> bool:
+    """True if bytes are already here after an answer's declared end (read
+    without blocking: from the response's buffer, else the socket)."""
+    fp = resp.fp
+    if sock is None:
+        return False
+    if fp is None:
+        return _waiting(sock)
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0)
+        return bool(fp.peek(1))
+    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+        return False
+    except (OSError, ValueError):
+        return False  # the connection broke: it is not reused, the body was whole
+    finally:
+        try:
+            sock.settimeout(timeout)
+        except OSError:
+            pass
+
+
 class LeanBody:
-    """The body of a 200/206 answer: exactly its Content-Length bytes.
+    """The body of a 200/206 answer.
 
     ``read1`` returns after one socket read at most (the download loop
-    checks for stalls between reads); the connection goes back to the
-    pool when the last byte was read, and is closed by an early close."""
+    checks for stalls between reads). With a Content-Length, exactly that
+    many bytes are handed out: fewer (the connection ended) or more (bytes
+    right behind the last one) is a :class:`BodyError` instead of the last
+    bytes. Without one (chunked, or up to the connection's close) the body
+    is what http.client decodes. The connection goes back to the pool when
+    the last byte was read, and is closed by an early close."""
 
-    def __init__(self, conn: _Connection, pool: _Pool, length: int) -> None:
-        self._conn: _Connection | None = conn
+    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                 pool: _Pool, length: int | None, request: Any = None) -> None:
+        self._conn: http.client.HTTPConnection | None = conn
+        self._resp = resp
         self._pool = pool
-        self._left = length
+        self._left = length  # None: until the body's own end
+        self._request = request  # the S3Request that counts the bytes
 
     def read1(self, size: int = -1) -> bytes:
-        return self._take(size, _Connection.recv_some)
+        return self._take(size, True)
 
     def read(self, size: int | None = None) -> bytes:
-        return self._take(size, _Connection.recv_exactly)
+        return self._take(size, False)
 
-    def _take(self, size: int | None, receive: Callable[[_Connection, int], bytes]) -> bytes:
-        """Up to *size* bytes of what is left (all if None or negative), as
-        *receive* reads them; the connection is given back after the last byte
-        and dropped on a failure."""
-        conn = self._conn
-        if not self._left or conn is None:
+    def _take(self, size: int | None, once: bool) -> bytes:
+        """Up to *size* bytes of what is left (all if None or negative): one
+        socket read if *once*, else as many as that takes."""
+        if self._conn is None or self._left == 0:
             return b""
-        want = self._left if size is None or size < 0 else min(size, self._left)
+        want = -1 if size is None or size < 0 else size
+        if once:
+            return self._read1(want)
+        parts: list[bytes] = []
+        got = 0
+        while self._conn is not None and self._left != 0:
+            data = self._read1(want if want < 0 else want - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+            if 0 <= want <= got:
+                break
+        return b"".join(parts)
+
+    def _read1(self, want: int) -> bytes:
+        conn = self._conn
+        if conn is None or self._left == 0 or want == 0:
+            return b""
+        resp = self._resp
+        left = self._left
+        request = self._request
+        if left is not None:
+            want = left if want < 0 else min(want, left)
         try:
-            data = receive(conn, want)
-        except OSError:
+            data = resp.read1(want if want > 0 else 1 << 20)
+            if left is not None:
+                if not data:
+                    raise BodyError(f"connection closed with {left} body bytes to come"
+                                    + _ended(request))
+                self._left = left = left - len(data)
+                if left == 0 and bytes_behind(resp, resp.s3pool_sock):
+                    raise BodyError("bytes behind the body's last byte: the answer is "
+                                    "longer than its Content-Length")
+            elif not data:
+                self._left = 0  # the decoded body ended (chunked, or the close)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             self._drop()
-            raise
-        self._left -= len(data)
-        if not self._left:
+            if isinstance(exc, BodyError):
+                raise
+            raise BodyError(f"reading the body failed: {exc!r}{_ended(request)}"
+                            ) from exc
+        if request is not None:
+            request.add(len(data))
+        if self._left == 0:
             self._done()
         return data
+
+    @property
+    def declared(self) -> bool:
+        """True if the answer gave its length (else the caller checks the count)."""
+        return self._left is not None or self._conn is None
 
     def close(self) -> None:
         conn = self._conn
         if conn is None:
             return
-        if self._left <= DRAIN:
+        left = self._left
+        if left is not None and left <= DRAIN:
             try:
-                conn.recv_exactly(self._left)
-                self._left = 0
-                self._done()
+                while self._conn is not None and self._left:
+                    self._take(self._left, False)
+                if self._conn is not None:
+                    self._done()
                 return
-            except OSError:
-                pass
+            except BodyError:
+                return
         self._drop()
 
     def _done(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._pool.give(conn)
+            self._resp.close()
+            if self._resp.will_close:
+                conn.close()
+            else:
+                self._pool.give(conn)
+        self._end_request()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            self._resp.close()
             conn.close()
+        self._end_request()
+
+    def _end_request(self) -> None:
+        request, self._request = self._request, None
+        if request is not None:
+            request.end()
 
     def __del__(self) -> None:
         if self._conn is not None:
@@ -341,11 +431,25 @@ class LeanGets:
         with self._lock:
             self._prefixes[bucket] = None
 
-    def get(self, bucket: str, key: str, headers: dict[str, str]
+    def get(self, bucket: str, key: str, headers: dict[str, str], request: Any = None
             ) -> tuple[int, dict[str, Any] | None]:
         """(status, boto3-shaped response with a LeanBody) for 200/206,
-        (304, None), or (404, the error's Code and Message). Raises
-        :class:`Fallback` for anything else."""
+        (304 or 412, None), or (404, the error's Code and Message). Raises
+        :class:`Fallback` for anything else, :class:`BadAnswer` for an answer
+        that cannot be believed. *request* (an S3Request) is given the socket
+        and the body's bytes, and is ended with the answer or its body."""
+        try:
+            status, result = self._get(bucket, key, headers, request)
+        except BaseException:
+            if request is not None:
+                request.end()
+            raise
+        if request is not None and (result is None or "Body" not in result):
+            request.end()
+        return status, result
+
+    def _get(self, bucket: str, key: str, headers: dict[str, str], request: Any
+             ) -> tuple[int, dict[str, Any] | None]:
         prefix = self._prefix(bucket)
         if prefix is None:
             raise Fallback(f"bucket {bucket} is left to boto3")
@@ -355,61 +459,65 @@ class LeanGets:
         except UnicodeEncodeError:
             raise Fallback("key not UTF-8") from None
         credentials = self.credentials.get_frozen_credentials()
-        request = AWSRequest("GET", origin + path, headers={
+        signed = AWSRequest("GET", origin + path, headers={
             "Host": host, "x-amz-checksum-mode": "ENABLED", **headers})
-        S3SigV4Auth(credentials, "s3", self.region).add_auth(request)
-        lines = [f"GET {path} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in request.headers.items()]
-        lines += ["Accept-Encoding: identity", "User-Agent: s3pool", "", ""]
+        S3SigV4Auth(credentials, "s3", self.region).add_auth(signed)
+        fields = [*signed.headers.items(), ("Accept-Encoding", "identity"),
+                  ("User-Agent", "s3pool")]
         try:
-            wire = "\r\n".join(lines).encode("latin-1")
-        except UnicodeEncodeError:
-            raise Fallback("a header is not Latin-1") from None
-        try:
-            conn, status, fields = self._exchange(pool, wire)
+            conn, resp = self._exchange(pool, path, fields, request)
         except TLSFailed as exc:
             log.info("no TLS connection for lean GETs in bucket %s (%s): boto3 makes its "
                      "GETs from now on", bucket, exc)
             self.leave_bucket(bucket)
             raise
+        status = resp.status
         if status not in _PLAIN:
-            _let_go(conn, pool, fields, status)
+            _let_go(conn, resp, pool)
             if status in _LEAVE_BUCKET:
                 log.info("S3 answered %d to a lean GET in bucket %s: boto3 makes its GETs "
                          "from now on", status, bucket)
                 self.leave_bucket(bucket)
             raise Fallback(f"status {status}")
-        if status == NOT_MODIFIED:
-            _let_go(conn, pool, fields, status)
+        if status in (NOT_MODIFIED, PRECONDITION_FAILED):
+            _let_go(conn, resp, pool)
             return status, None
         if status == NOT_FOUND:  # NoSuchKey or NoSuchBucket: the code is in the body
-            text = _error_text(conn, pool, fields)
+            text = _error_text(conn, resp, pool)
             code = _xml_text(text, "Code") or "NoSuchKey"
             return status, {"Code": code, "Message": _xml_text(text, "Message")}
-        length = fields.get("content-length")
-        modified = fields.get("last-modified")
-        if (length is None or not length.isdigit() or modified is None
-                or "transfer-encoding" in fields):
+        answer = resp.headers
+        try:
+            length = _content_length(answer)
+        except BadAnswer:
             conn.close()
-            raise Fallback("no Content-Length or Last-Modified")
-        result: dict[str, Any] = {"ContentLength": int(length)}
+            raise
+        modified = answer.get("last-modified")
+        if modified is None:
+            conn.close()
+            raise Fallback("no Last-Modified")
+        result: dict[str, Any] = {"ContentLength": length}
         for header, name in _FIELDS:
-            value = fields.get(header)
+            value = answer.get(header)
             if value is not None:
                 result[name] = value
         try:
             result["LastModified"] = parsedate_to_datetime(modified)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             conn.close()
             raise Fallback(f"Last-Modified {modified!r}") from None
-        result["Metadata"] = {name[len(_META_PREFIX):]: value
-                              for name, value in fields.items()
-                              if name.startswith(_META_PREFIX)}
-        result["Body"] = LeanBody(conn, pool, int(length))
+        result["Metadata"] = {name[len(_META_PREFIX):].lower(): value
+                              for name, value in answer.items()
+                              if name.lower().startswith(_META_PREFIX)}
+        result["ResponseMetadata"] = {"HTTPStatusCode": status}
+        if request is not None:
+            request.answered(length)
+        result["Body"] = LeanBody(conn, resp, pool, length, request)
         return status, result
 
     @staticmethod
-    def _exchange(pool: _Pool, wire: bytes) -> tuple[_Connection, int, dict[str, str]]:
+    def _exchange(pool: _Pool, path: str, fields: list[tuple[str, str]], request: Any
+                  ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send the request and read the answer's head. A kept-alive connection
         the server closed meanwhile (nothing came back on it) is replaced by a
         new one once; any other failure is boto3's to retry."""
@@ -418,24 +526,31 @@ class LeanGets:
                 conn, reused = pool.take()
             except ssl.SSLCertVerificationError as exc:  # it will not pass the next time
                 raise TLSFailed(f"TLS: {exc}") from None
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 raise Fallback(f"cannot connect: {exc}") from None
+            if request is not None:
+                request.attach(conn.sock)
             try:
-                conn.sock.sendall(wire)
-                status, fields = conn.read_head()
-            except Fallback:
+                conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+                for name, value in fields:
+                    conn.putheader(name, value)  # ValueError: CR/LF in a value
+                conn.endheaders()
+                sock = conn.sock  # http.client lets go of it at a Connection: close
+                resp = conn.getresponse()
+                resp.s3pool_sock = sock  # type: ignore[attr-defined]
+            except ValueError as exc:
                 conn.close()
-                raise
-            except OSError as exc:
+                raise BadAnswer(f"a header of the request is not a legal value: {exc}"
+                                ) from None
+            except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if reused and isinstance(exc, (BodyError, ConnectionResetError,
-                                               BrokenPipeError)):
+                if request is not None and request.expired is not None:
+                    raise BadAnswer(f"S3 request ended: {request.expired}") from None
+                if reused and isinstance(exc, (http.client.RemoteDisconnected,
+                                               ConnectionResetError, BrokenPipeError)):
                     continue
-                raise Fallback(f"no answer: {exc}") from None
-            if 100 <= status < 200:
-                conn.close()
-                raise Fallback(f"status {status}")
-            return conn, status, fields
+                raise Fallback(f"no answer: {exc!r}") from None
+            return conn, resp
 
 
 def tls_context(verify: bool | str) -> ssl.SSLContext:
@@ -451,55 +566,54 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=bundle)
 
 
-def _let_go(conn: _Connection, pool: _Pool, fields: dict[str, str], status: int) -> None:
+def _content_length(headers: Any) -> int | None:
+    """The answer's Content-Length: None when not given (or a chunked body);
+    BadAnswer when it is not plain ASCII digits or is given twice differently."""
+    values = headers.get_all("content-length") or []
+    if not values:
+        return None
+    if len(set(value.strip() for value in values)) != 1:
+        raise BadAnswer(f"two different Content-Length headers: {values!r}")
+    value = values[0].strip()
+    if not _DIGITS.fullmatch(value):
+        raise BadAnswer(f"Content-Length {value[:40]!r} is not a number")
+    if "chunked" in (headers.get("transfer-encoding") or "").lower():
+        # both: a smuggling attempt or a broken proxy; http.client would go by chunks
+        raise BadAnswer("both Content-Length and Transfer-Encoding")
+    return int(value)
+
+
+def _let_go(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+            pool: _Pool) -> None:
     """Read the rest of an answer not used (if short), and give its connection back."""
-    if status == NOT_MODIFIED:  # never has a body
-        pool.give(conn)
-        return
-    _error_text(conn, pool, fields)
+    _error_text(conn, resp, pool)
 
 
-def _error_text(conn: _Connection, pool: _Pool, fields: dict[str, str]) -> str:
+def _error_text(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                pool: _Pool) -> str:
     """The (short) body of an error answer; the connection is reused if it
     was read to its end, closed otherwise."""
-    length = fields.get("content-length")
     try:
-        if length is not None and length.isdigit() and "transfer-encoding" not in fields:
-            if int(length) <= MAX_ERROR_BODY:
-                data = conn.recv_exactly(int(length))
-                pool.give(conn)
-                return data.decode("utf-8", "replace")
-        elif fields.get("transfer-encoding", "").lower() == "chunked":
-            data = _read_chunked(conn)
-            if data is not None:
-                pool.give(conn)
-                return data.decode("utf-8", "replace")
-    except (OSError, ValueError):
-        pass
-    conn.close()
-    return ""
-
-
-def _read_chunked(conn: _Connection) -> bytes | None:
-    """A chunked body of at most MAX_ERROR_BODY bytes (None if longer)."""
-    out = bytearray()
-    while True:
-        while b"\r\n" not in conn.buf:
-            if len(conn.buf) > 1024:
-                return None
-            chunk = conn.sock.recv(65536)
-            if not chunk:
-                raise BodyError("connection closed in a chunked body")
-            conn.buf += chunk
-        line, _, _ = conn.buf.partition(b"\r\n")
-        del conn.buf[:len(line) + 2]
-        size = int(line.split(b";")[0].strip() or b"0", 16)
-        if len(out) + size > MAX_ERROR_BODY:
-            return None
-        data = conn.recv_exactly(size + 2)  # the chunk and its CRLF
-        out += data[:size]
-        if size == 0:  # no trailers are sent by S3
-            return bytes(out)
+        length = _content_length(resp.headers)
+        if resp.status == NOT_MODIFIED:
+            data = b""
+        elif length is not None and length > MAX_ERROR_BODY:
+            raise BadAnswer("error document too long")
+        else:
+            data = resp.read(MAX_ERROR_BODY + 1)
+            if len(data) > MAX_ERROR_BODY or (length is not None and len(data) != length):
+                raise BadAnswer("error document too long or cut short")
+            if not resp.isclosed() and resp.read(1):
+                raise BadAnswer("error document too long")
+        resp.close()
+        if resp.will_close:
+            conn.close()
+        else:
+            pool.give(conn)
+        return data.decode("utf-8", "replace")
+    except (OSError, ValueError, http.client.HTTPException, BadAnswer):
+        conn.close()
+        return ""
 
 
 def _xml_text(document: str, tag: str) -> str:

@@ -403,7 +403,8 @@ class Download:
         try:
             got = await self.cache.backend.get_range_into(
                 self.bucket, self.key, self.etag, start, end - start, self.fd, self.transfer,
-                on_progress=lambda count: self._landed_from_thread(index, count))
+                on_progress=lambda count: self._landed_from_thread(index, count),
+                total=self.size)
             if got != end - start:
                 raise BackendError(f"short range of s3://{self.bucket}/{self.key} at {start}: "
                                    f"{got} of {end - start} bytes")

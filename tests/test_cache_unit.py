@@ -8,7 +8,7 @@ import trio
 
 from s3pool.backend import Backend
 from s3pool.cache import Cache
-from s3pool.errors import BackendError, KeyConflict
+from s3pool.errors import KeyConflict, VersionChanged
 from s3pool.evictor import Evictor
 from s3pool.layout import Layout
 from s3pool.settings import Settings
@@ -170,21 +170,34 @@ async def test_an_etag_change_between_ranges_fails_and_installs_nothing(make_cac
     s3.put_object(Bucket=bucket, Key="big", Body=b"a" * (2 << 20))
     cache = make_cache(**small_ranges)
     original = cache.backend.get_range_into
-    changed = []
+    versions = iter(b"bcdefgh")
+    changes = []
+    pinned = set()  # the versions (ETags) whose downloads saw a change
 
-    async def change_then_get(*args, **kwargs):
-        if not changed:
-            changed.append(True)
+    async def change_then_get(bucket_, key_, etag, *args, **kwargs):
+        # a new version before the first range of each download, *limit* times
+        if len(changes) < limit and etag not in pinned:
+            pinned.add(etag)
+            body = bytes([next(versions)]) * (2 << 20)
+            changes.append(body)
             await trio.to_thread.run_sync(
-                lambda: s3.put_object(Bucket=bucket, Key="big", Body=b"b" * (2 << 20)))
-        return await original(*args, **kwargs)
+                lambda: s3.put_object(Bucket=bucket, Key="big", Body=body))
+        return await original(bucket_, key_, etag, *args, **kwargs)
 
     cache.backend.get_range_into = change_then_get
-    with pytest.raises(BackendError):
+    # changed once under the PULL: it fetches the new version once, whole, unmixed
+    limit = 1
+    assert open(await cache.pull(bucket, "big"), "rb").read() == b"b" * (2 << 20)
+    # changed again under that refetch: the PULL fails, nothing is installed
+    await cache.store.remove(bucket, "big")
+    cache.freshness.forget(bucket, "big")
+    limit = 3
+    with pytest.raises(VersionChanged):  # ESTALE for a reader of the mount
         await cache.pull(bucket, "big")
+    assert len(changes) == 3
     assert cache.store.lookup(bucket, "big") is None
     assert not os.path.exists(cache.layout.object_path(bucket, "big"))
     assert os.listdir(cache.layout.tmp_dir) == []
-    # the next PULL gets the new version whole
+    # the next PULL gets the newest version whole
     cache.backend.get_range_into = original
-    assert open(await cache.pull(bucket, "big"), "rb").read() == b"b" * (2 << 20)
+    assert open(await cache.pull(bucket, "big"), "rb").read() == changes[-1]

@@ -3,6 +3,7 @@ scripted server on a real socket: keep-alive reuse, a kept-alive connection
 the server closed, short and chunked bodies, answers that go to boto3, and
 HTTPS checked with the CA bundle the boto3 client was given."""
 
+import select
 import socket
 import threading
 
@@ -11,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from s3pool.s3http import BodyError, Fallback, LeanGets
+from s3pool.s3http import BadAnswer, BodyError, Fallback, LeanGets
 
 OK_HEAD = ("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nETag: \"abc\"\r\n"
            "Last-Modified: Thu, 26 Nov 2026 03:00:00 GMT\r\nx-amz-meta-Owner: me\r\n{extra}\r\n")
@@ -276,3 +277,136 @@ def test_a_certificate_that_fails_the_check_leaves_the_bucket_to_boto3(tmp_path)
         assert server.requests == []
     finally:
         server.stop()
+
+
+# --- framing by http.client, and what a cache must not believe (issue 16) -----
+
+LM = "Last-Modified: Thu, 26 Nov 2026 03:00:00 GMT\r\n"
+
+
+def test_a_chunked_answer_is_read_whole_with_no_length(serve):
+    body = bytes(range(256)) * 1000
+    chunks = b"".join(b"%x\r\n" % len(body[i:i + 7000]) + body[i:i + 7000] + b"\r\n"
+                      for i in range(0, len(body), 7000))
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: \"abc\"\r\n"
+              + LM.encode() + b"\r\n" + chunks + b"0\r\n\r\n")
+    server, lean = serve(lambda line, n: (answer if n == 1 else ok(b"next"), False))
+    status, resp = lean.get("bkt", "k", {})
+    assert status == 200 and resp["ContentLength"] is None  # the backend asks a HEAD
+    assert resp["Body"].read() == body
+    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"next"
+    assert server.connections == 1  # the chunked body was read to its end
+
+
+@pytest.mark.parametrize("length", ["1\xb9", "\u0661\u0662", "12 34", "-5", "0x10"])
+def test_a_content_length_that_is_not_ascii_digits_is_refused(serve, length):
+    answer = (f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nETag: \"abc\"\r\n{LM}\r\n"
+              .encode("utf-8" if length.startswith("\u0661") else "latin-1") + b"x" * 12)
+    server, lean = serve(lambda line, n: (answer, False))
+    with pytest.raises(BadAnswer):
+        lean.get("bkt", "k", {})
+
+
+def test_two_different_content_lengths_are_refused(serve):
+    answer = (f"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n{LM}\r\n"
+              .encode() + b"abcde")
+    server, lean = serve(lambda line, n: (answer, False))
+    with pytest.raises(BadAnswer):
+        lean.get("bkt", "k", {})
+
+
+def test_a_body_longer_than_its_content_length_fails_at_its_end(serve):
+    # the first 5000 bytes are handed out; the read that would end the body fails
+    body = b"y" * 10000
+    answer = OK_HEAD.format(n=9000, extra="").encode() + body
+    server, lean = serve(lambda line, n: (answer if n == 1 else ok(b"fine"), False))
+    _, resp = lean.get("bkt", "k", {})
+    assert resp["Body"].read1(5000) == b"y" * 5000
+    with pytest.raises(BodyError, match="longer than its Content-Length"):
+        while resp["Body"].read1(1 << 20):
+            pass
+    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"fine"
+    assert server.connections == 2  # that connection was dropped
+
+
+def test_an_answer_smuggled_behind_a_kept_alive_one_is_never_taken(serve):
+    smuggled = ok(b"EVIL!")
+
+    def script(line, n):
+        if n == 1:  # a whole answer, and a second one nobody asked for right behind it
+            return ok(b"first") + smuggled, False
+        return ok(b"second"), False
+
+    server, lean = serve(script)
+    _, resp = lean.get("bkt", "k", {})
+    with pytest.raises(BodyError):
+        resp["Body"].read()
+    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"second"
+    assert server.connections == 2
+
+
+def test_garbage_arriving_on_an_idle_connection_drops_it():
+    """Bytes that arrive on a kept-alive connection while it is idle (a late or
+    smuggled answer) are never read as the next request's answer."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    garbage_now = threading.Event()
+    accepted = []
+
+    def serve_connection(conn, first):
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            conn.sendall(ok(b"first" if first else b"second"))
+            if first:
+                garbage_now.wait(10)
+                conn.sendall(ok(b"EVIL!"))
+                try:
+                    conn.recv(65536)  # until the client lets go
+                except OSError:  # it closed the connection with the garbage unread
+                    pass
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            threading.Thread(target=serve_connection, args=(conn, len(accepted) == 1),
+                             daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        class Server:
+            pass
+
+        server = Server()
+        server.port = port
+        lean = lean_for(server)
+        assert lean.get("bkt", "k", {})[1]["Body"].read() == b"first"
+        [pool] = lean._pools.values()
+        [idle] = pool.idle
+        garbage_now.set()
+        select.select([idle.sock], [], [], 10)  # the smuggled answer is there
+        assert lean.get("bkt", "k", {})[1]["Body"].read() == b"second"
+        assert len(accepted) == 2
+    finally:
+        listener.close()
+
+
+def test_interim_answers_are_skipped(serve):
+    answer = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+              + ok(b"after the hints"))
+    server, lean = serve(lambda line, n: (answer, False))
+    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"after the hints"
+
+
+def test_a_header_value_with_a_line_break_is_never_sent(serve):
+    server, lean = serve(lambda line, n: (ok(b"x"), False))
+    with pytest.raises(BadAnswer):
+        lean.get("bkt", "k", {"If-Match": '"abc"\r\nX-Injected: 1'})
+    assert server.requests == []

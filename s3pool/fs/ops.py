@@ -37,7 +37,7 @@ from ..backend import ListEntry
 from ..cache import Cache, Reader
 from ..errors import (
     AccessDenied, BackendError, BadBucket, BadKey, KeyConflict, NoSpace, NoSuchBucket, NoSuchKey,
-    S3PoolError,
+    S3PoolError, VersionChanged,
 )
 from ..layout import check_bucket
 from ..listing import Entry, ListJob, visible_name
@@ -54,6 +54,7 @@ ERRNO_FOR: dict[type[Exception], int] = {
     KeyConflict: errno.EISDIR,
     AccessDenied: errno.EACCES,
     NoSpace: errno.ENOSPC,
+    VersionChanged: errno.ESTALE,  # before BackendError, its base: the first match wins
     BackendError: errno.EIO,
 }
 
