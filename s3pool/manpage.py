@@ -95,7 +95,10 @@ COMMANDS = {
               "verified_crc32c, verified_crc32, verified_sha, verified_length_only) and "
               "downloads refused by theirs (verify_failures), and more; then one line per "
               "download in flight, 'download s3://BUCKET/KEY DONE "
-              "TOTAL SECONDS' (bytes received, object size, seconds since it started); the "
+              "TOTAL SECONDS' (bytes received, object size, seconds since it started), and "
+              "one line per S3 request in flight, 's3_request OPERATION s3://BUCKET[/KEY] "
+              "BYTES SECONDS' (GetObject, HeadObject, ListObjectsV2...: body bytes "
+              "received, seconds since it was sent); the "
               "original s3pool's names, counting what it counted (count_pull and count_push "
               "every PULL and PUSH request, even a malformed one; count_refresh every REFRESH "
               "and every listing begun without one; count_pull_hit, count_glob, is_master, "
@@ -388,9 +391,11 @@ def s3pool_page() -> str:
         "endpoint, \\fB\\-\\-embedded\\-s3 auto\\fR starts a local demo S3.",
         ".TP", "\\fBS3POOL_LEAN_GET\\fR",
         "0 sends every object GET through boto3. By default GETs are signed by botocore's "
-        "SigV4 signer and sent on keep-alive connections of s3pool's own, and only what is not a plain answer "
+        "SigV4 signer and sent on keep-alive connections of s3pool's own (framed by "
+        "Python's http.client), and only what is not a plain answer "
         "(an error, a redirect, a failed connection) goes through boto3 (STATUS "
-        "s3_lean_gets, s3_lean_fallbacks).",
+        "s3_lean_gets, s3_lean_fallbacks). Either way every answer is checked before a "
+        "byte of it is used (see download_stall_timeout for the deadline of each request).",
         ".SH SIGNALS",
         "SIGINT and SIGTERM unmount the FUSE view, finish the current replies, flush the access "
         "records and exit 0. A file still being written in the mount is not uploaded (its "

@@ -286,7 +286,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 "request from the peer's credentials, whatever the mode", "MODE"),
     SettingSpec("download_stall_timeout", 60.0, parse_seconds,
                 "a download that takes longer than this many seconds to receive "
-                "download_stall_bytes bytes fails and frees its slot (0 = never)", "SECONDS", "s"),
+                "download_stall_bytes bytes fails and frees its slot; so does any S3 request "
+                "(GET, HEAD, LIST) not answered within it or whose body stalls so "
+                "(0 = never)", "SECONDS", "s"),
     SettingSpec("download_stall_bytes", 256 << 10, parse_positive_size,
                 "see download_stall_timeout (K/M/G suffixes)", "BYTES", "B"),
     SettingSpec("download_part_size", 8 << 20, parse_positive_size,
