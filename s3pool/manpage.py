@@ -356,7 +356,9 @@ def s3pool_page() -> str:
         "ones and new subdirectories appear. A GLOB lists its pattern's literal prefix again "
         "(or the whole bucket). A published listing counts with the age it says it has. A "
         "name looked up directly (stat, open) that the listing lacks is asked of S3 at once, "
-        "and open(2) always checks the ETag. STATUS shows listing_requests (LIST requests "
+        "and open(2) always checks the ETag. When S3 cannot be reached, ls shows the listing "
+        "in hand (the failure is logged; a directory never listed is EIO) and GLOB answers "
+        "ERROR. STATUS shows listing_requests (LIST requests "
         "sent) and one 'listing_age BUCKET SECONDS' line per bucket in use (the age of its "
         "whole listing; directories listed since are younger). Times of directory listings "
         "are kept in the index file, so they survive a restart.",

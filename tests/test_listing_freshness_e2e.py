@@ -227,3 +227,23 @@ def test_ls_of_a_large_cold_directory_streams(start_daemon, s3, bucket, moto_ser
     assert len(rest) == 4999
     assert len(pages(lists(moto_server.app, bucket))) == 5
     assert daemon.stop() == 0
+
+
+def test_s3_down_glob_is_an_error_and_ls_shows_the_listing_in_hand(start_daemon):
+    from conftest import MotoServer
+
+    server = MotoServer()
+    server.client().create_bucket(Bucket="gone")
+    server.client().put_object(Bucket="gone", Key="d/f.txt", Body=b"f")
+    daemon = start_daemon(mount=True, endpoint=server.endpoint,
+                          args=["--listing-freshness", "0"])
+    path = daemon.mountpoint / "gone" / "d"
+    assert os.listdir(path) == ["f.txt"]
+    assert daemon.ok("GLOB", "gone", "d/*") == ["d/f.txt"]
+    server.stop()
+    status, lines = daemon.request("GLOB", "gone", "d/*")
+    assert status.startswith("ERROR") and "internal error" not in status, (status, lines)
+    assert os.listdir(path) == ["f.txt"]  # the listing in hand; the failure is logged
+    assert "listing s3://gone/d/ failed" in daemon.log_text()
+    assert daemon.process.poll() is None
+    assert daemon.stop() == 0
