@@ -27,7 +27,7 @@ import trio
 import botocore.exceptions
 
 from .backend import FAST_ENTRIES, FAST_PREFIXES, Backend, ListEntry, translate
-from .errors import BackendError, NoSpace, S3PoolError, ShuttingDown
+from .errors import BackendError, NoSpace, NoSuchBucket, S3PoolError, ShuttingDown
 from .globpattern import CompiledGlob, compile_glob
 from .layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
 from .published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
@@ -381,6 +381,14 @@ class Listings:
                 return
             await trio.sleep(quiet - since)
 
+    async def _forget_empty(self, bucket: str) -> None:
+        """A bucket S3 does not have: a misspelt name leaves no empty index behind."""
+        if self.never_listed(bucket):
+            self._drop_conn(bucket)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_remove_empty_index, self.layout, bucket,
+                                              limiter=self.disk_limiter)
+
     async def ensure_index(self, bucket: str) -> None:
         """An index to merge directory listings into: if the bucket has none
         yet, an empty one, listed at time 0 (so every part of it is stale)."""
@@ -421,6 +429,8 @@ class Listings:
             error = exc
             log.warning("listing s3://%s/%s%s failed: %s", job.bucket, job.prefix,
                         "**" if job.deep else "", exc)
+            if isinstance(exc, NoSuchBucket):
+                await self._forget_empty(job.bucket)
         finally:
             if self._jobs.get((job.bucket, job.prefix, job.deep)) is job:
                 del self._jobs[(job.bucket, job.prefix, job.deep)]
@@ -654,7 +664,11 @@ class Listings:
         if "" in prefixes or len(prefixes) > MAX_PREFIX_RELISTS:
             done = "-"
             if stale(""):
-                await self.refresh(bucket, max_age=window)
+                try:
+                    await self.refresh(bucket, max_age=window)
+                except NoSuchBucket:
+                    await self._forget_empty(bucket)
+                    raise
                 done = "the whole bucket"
             return compiled, time.time() - self.listed_at(bucket, "", True), done
         relisted = [p for p in prefixes if stale(p)]
@@ -836,6 +850,19 @@ def _open_for_merge(path: str) -> tuple[sqlite3.Connection, int | None]:
         db.close()
         raise
     return db, _inode(path)
+
+
+def _remove_empty_index(layout: Layout, bucket: str) -> None:
+    """Blocking: take away the index _create_empty_index made (and its directory)."""
+    for path in (layout.index_path(bucket),):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(layout.listing_dir(bucket))
+    except OSError:
+        pass  # not empty (a journal, a listing that came meanwhile): leave it
 
 
 def _create_empty_index(layout: Layout, bucket: str) -> None:

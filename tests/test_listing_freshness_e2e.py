@@ -247,3 +247,10 @@ def test_s3_down_glob_is_an_error_and_ls_shows_the_listing_in_hand(start_daemon)
     assert "listing s3://gone/d/ failed" in daemon.log_text()
     assert daemon.process.poll() is None
     assert daemon.stop() == 0
+
+
+def test_a_glob_of_a_bucket_s3_lacks_is_an_error_and_leaves_no_index(daemon):
+    for pattern in ("logs/*", "*"):  # a prefix LIST, the whole bucket's
+        status, lines = daemon.request("GLOB", "no-such-bucket-19", pattern)
+        assert status.startswith("ERROR") and "internal error" not in status, (status, lines)
+        assert not (daemon.home / "state" / "listings" / "no-such-bucket-19").exists()
