@@ -246,9 +246,14 @@ class Download:
         reader.next_offset = end
         reader.last_part = last
         horizon = min(self.parts, last + 1 + reader.ahead)
+        newly_wanted = False
         for index in range(last + 1, horizon):
-            self.wanted[index] = 1
-        if self.demanded or horizon > self._horizon:
+            if not self.wanted[index]:
+                self.wanted[index] = 1
+                newly_wanted = True
+        # a part newly wanted below a horizon another read set (a footer read
+        # first) is started too: nothing else would (its reads find it wanted)
+        if self.demanded or newly_wanted or horizon > self._horizon:
             self._horizon = max(self._horizon, horizon)
             self._schedule()
 
