@@ -18,12 +18,14 @@ import errno
 import hashlib
 import json
 import os
+import urllib.request
 
 import boto3
 import pytest
 from botocore.config import Config
 
 from conftest import fuse_available
+from s3pool.embedded import free_port
 from fault_proxy import FaultProxy
 
 KIB = 1 << 10
@@ -133,7 +135,9 @@ def test_objects_of_every_checksum_are_verified_and_counted(http_path, moto_serv
     for bucket in (pulled, mounted):
         s3.create_bucket(Bucket=bucket)
         objects[bucket] = _write_objects(moto_server, s3, bucket)
-    daemon = start_daemon(mount=True, args=["--download-part-size", PART_SIZE])
+    metrics_port = free_port()
+    daemon = start_daemon(mount=True, args=["--download-part-size", PART_SIZE,
+                                            "--metrics-port", str(metrics_port)])
     assert _counts(daemon) == dict.fromkeys(KINDS, 0)
 
     for key, (data, _) in objects[pulled].items():
@@ -147,6 +151,12 @@ def test_objects_of_every_checksum_are_verified_and_counted(http_path, moto_serv
     expected = {kind: 2 * count for kind, count in expected.items()}
     assert _counts(daemon) == expected
     assert daemon.status()["verify_failures"] == "0"
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+        exported = dict(line.rsplit(" ", 1) for line in answer.read().decode().splitlines()
+                        if line.startswith("s3pool_verif"))
+    assert {name: float(value) for name, value in exported.items()} == {
+        **{f"s3pool_verified_{kind}_total": float(count) for kind, count in expected.items()},
+        "s3pool_verify_failures_total": 0.0}
 
     meta = json.loads(_read(daemon.data / pulled / "crc64nvme/12m-multipart__meta__"))
     assert meta["ChecksumType"] == "FULL_OBJECT"
