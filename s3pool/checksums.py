@@ -7,9 +7,9 @@ CRC32C, CRC32, SHA-1 or SHA-256, with ``x-amz-checksum-type: FULL_OBJECT``
 or, for an object written in one PUT, no type (its checksum is of all of
 its bytes). And the ETag, which is the MD5 of the bytes for a single-part
 object that is not encrypted with SSE-KMS or SSE-C. A composite checksum
-(``...-N``, a checksum of the parts' checksums) and a multipart ETag say
-nothing checkable about the whole: such an object is checked by its length
-only.
+(type COMPOSITE, ``...-N``: a checksum of the parts' checksums) and a
+multipart ETag say nothing checkable about the whole: such an object is
+checked by its length only.
 
 A :class:`Digest` is the running hash of one download. The bytes reach it
 in order, wherever they came from (the first GET's body as it streams, the
