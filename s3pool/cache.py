@@ -71,8 +71,8 @@ class Stats:
     bytes_uploaded: int = 0
     globs: int = 0
     refreshes: int = 0
-    errors: int = 0
     refreshes_begun: int = 0  # refresh() calls, whatever came of them (count_refresh)
+    errors: int = 0
 
 
 class Room(Protocol):
@@ -115,6 +115,7 @@ class Cache:
         self.downloads_running = 0  # Download.run() tasks alive
         self.waiting_reads = 0  # reads of the mount waiting for bytes
         self.on_install: Callable[[], None] | None = None  # the checkpoint's nudge
+        self.tier: Any = None  # the shared cache tier (tier.SharedTier), --shared-cache
         settings.on_change(self._setting_changed)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -217,10 +218,17 @@ class Cache:
                 changed = True
                 self.freshness.forget(bucket, key)
                 log.info("%s; fetching the new version", exc)
+            except BackendError as exc:
+                # a download from the shared tier that failed: from the origin, then
+                if self.tier is None or attempt == DIGEST_RETRIES or \
+                        not self.tier.download_failed(bucket, key, exc):
+                    raise
         raise AssertionError("unreachable")
 
     def _digest_failed(self, exc: DigestMismatch, attempt: int, bucket: str, key: str) -> None:
         self.stats.digest_retries += 1
+        if self.tier is not None:
+            self.tier.download_failed(bucket, key, exc)  # the next try: the origin's bytes
         self.freshness.forget(bucket, key)  # the next try asks S3 again
         log.warning("%s; fetching it again (%d of %d)", exc, attempt + 1, DIGEST_RETRIES)
 
@@ -316,11 +324,23 @@ class Cache:
                              self.verifications)
         try:
             try:
-                response = await self.backend.get_object(
-                    bucket, key, if_none_match=obj.meta.get("ETag") if obj else None,
-                    read_up_to=min(SMALL_OBJECT, self.settings.download_part_size),
-                    then=small,
-                )
+                tiered = None
+                if self.tier is not None:  # the shared tier's bytes, checked by the origin's word
+                    tiered = await self.tier.lookup(
+                        self, bucket, key, obj, small,
+                        min(SMALL_OBJECT, self.settings.download_part_size))
+                if tiered is not None and obj is not None and not isinstance(
+                        tiered, ObjectResponse):  # the origin's check: our copy is current
+                    self.stats.hits += 1
+                    self.stats.revalidations += 1
+                    self.freshness.mark(bucket, key)
+                    return obj
+                response = tiered if isinstance(tiered, ObjectResponse) else \
+                    await self.backend.get_object(
+                        bucket, key, if_none_match=obj.meta.get("ETag") if obj else None,
+                        read_up_to=min(SMALL_OBJECT, self.settings.download_part_size),
+                        then=small,
+                    )
             except NoSuchKey:
                 if obj is not None:
                     # deleted on S3: never serve it again
@@ -393,6 +413,8 @@ class Cache:
             raise small.error
         size = response.content_length
         obj = self.store.installed(bucket, key, response.meta, small.done)
+        if self.tier is not None:  # under the key's lock: the file is this version
+            self.tier.installed(bucket, key, obj, response)
         self.checkpoint_needed()
         digest = response.digest
         self.verifications.installed(digest)
@@ -433,6 +455,8 @@ class Cache:
                 raise BackendError(f"s3://{bucket}/{key} was replaced while it downloaded")
             try:
                 obj = await self.store.install(bucket, key, download.tmp_path, download.meta)
+                if self.tier is not None:  # under the key's lock: the file is this version
+                    self.tier.installed(bucket, key, obj, download.response)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc
@@ -481,13 +505,13 @@ class Cache:
     # --- listings --------------------------------------------------------
 
     async def refresh(self, bucket: str) -> int:
+        self.stats.refreshes_begun += 1
         check_bucket(bucket)
         count = await self.listings.refresh(bucket)
         self.use_bucket(bucket)
         self.stats.refreshes += 1
         return count
 
-        self.stats.refreshes_begun += 1
     async def ensure_listing(self, bucket: str) -> None:
         if not self.listings.has_index(bucket):
             await self.refresh(bucket)

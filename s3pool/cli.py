@@ -105,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send PUSH (and the published listing) to this S3 endpoint "
                              "instead of AWS_ENDPOINT_URL: for a read tier in front of S3, "
                              "which must not take writes")
+    parser.add_argument("--shared-cache", metavar="s3://BUCKET/PREFIX",
+                        help="a shared cache tier for a fleet: a bucket on an S3-compatible "
+                             "engine read before the origin (objects addressed by origin "
+                             "bucket, key and ETag; bytes checked against the origin's MD5 "
+                             "ETag or full-object checksum, so an object with neither is "
+                             "always read from the origin) and written in the background "
+                             "with what was fetched from the origin. Which version is "
+                             "current is still the origin's word. A tier that errs, times "
+                             "out or sends other metadata or bytes: that object comes from "
+                             "the origin, with one log line; after 3 failures in a row the "
+                             "tier is skipped for 30 s (doubling, up to 10 min). STATUS: "
+                             "shared_cache_*. See docs/fleet.md")
+    parser.add_argument("--shared-cache-endpoint", metavar="URL",
+                        help="the shared cache tier's S3 endpoint (default: the origin's)")
+    parser.add_argument("--shared-cache-profile", metavar="NAME",
+                        help="AWS profile with the shared cache tier's credentials "
+                             "(default: the standard AWS chain)")
     for spec in SPECS:
         names = [*SHORT_OPTIONS.get(spec.name, ()), spec.option]
         default = spec.show(spec.default) + (f" {spec.unit}" if spec.unit else "")
@@ -311,6 +328,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         admin_group=args.admin_group, allow_remote_admin=args.allow_remote_admin,
         publish_listing=args.publish_listing, use_published_listing=args.use_published_listing,
         published_listing_key=args.published_listing_key, push_endpoint=args.push_endpoint,
+        shared_cache=args.shared_cache, shared_cache_endpoint=args.shared_cache_endpoint,
+        shared_cache_profile=args.shared_cache_profile,
     )
     daemon = None
     try:

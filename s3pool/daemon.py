@@ -74,6 +74,9 @@ class Options:
     use_published_listing: bool = False  # refresh from the published listing
     published_listing_key: str = DEFAULT_PUBLISHED_KEY
     push_endpoint: str | None = None  # PUSH here instead of the read endpoint
+    shared_cache: str | None = None  # s3://BUCKET/PREFIX: the fleet's shared tier (tier.py)
+    shared_cache_endpoint: str | None = None
+    shared_cache_profile: str | None = None
 
 
 class PidFile:
@@ -315,6 +318,12 @@ class Daemon:
         self.fleet = FleetListings(listings, fleet, self.push_backend)
         self.cache = Cache(self.store, self.backend, self.settings, room=self.evictor,
                            listings=listings, push_backend=self.push_backend)
+        self.tier = None
+        if options.shared_cache:
+            from .tier import make_tier
+            self.tier = make_tier(options.shared_cache, options.shared_cache_endpoint,
+                                  options.shared_cache_profile, self.backend, make_backend)
+            self.cache.tier = self.tier
         self.checkpoint = Checkpoint(self.layout, self.settings)
         # after an unclean reboot, what was installed since the last sync is dropped
         self.store.suspect_after = self.checkpoint.suspect_after()
@@ -422,6 +431,7 @@ class Daemon:
             ("endpoint", self.backend.describe()),
             ("s3_check", self.s3_check),
             ("push_endpoint", self.push_backend.describe()),
+            *(self.tier.status_lines() if self.tier is not None else ()),  # shared_cache_*
             ("mountpoint", self.mountpoint or "-"),
         ]
         if self.embedded is not None:
@@ -476,8 +486,8 @@ class Daemon:
         GLOB's first, the background refreshes); count_pull_hit counts objects.
         """
         stats = self.cache.stats
-        up_since = time.localtime(self.started)
         requests = self.server.requests
+        up_since = time.localtime(self.started)
         return [
             ("count_glob", stats.globs),
             ("count_pull", requests["PULL"]),
@@ -520,6 +530,8 @@ class Daemon:
                 nursery.start_soon(self._warm_up)
                 nursery.start_soon(self._check_s3)
                 await nursery.start(self.cache.run)  # downloads outlive their requests
+                if self.tier is not None:
+                    await nursery.start(self.tier.run)  # its uploads, in the background
                 await nursery.start(self.store.run)
                 if self.metrics is not None:
                     await nursery.start(self.metrics.serve, self.options.metrics_bind,
@@ -561,6 +573,8 @@ class Daemon:
         self.backend.stopping.set()
         self.server.stopping = True
         self.cache.stop_downloads("download abandoned: s3pool is shutting down")
+        if self.tier is not None:
+            self.tier.stop()
         with trio.move_on_after(STOP_GRACE):
             while self.server.active or self.store.locks.held() \
                     or self.cache.busy():

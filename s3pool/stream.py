@@ -406,7 +406,10 @@ class Download:
     async def _fetch_part(self, index: int) -> None:
         start, end = self.part_range(index)
         try:
-            got = await self.cache.backend.get_range_into(
+            # a download from the shared tier (tier.TierResponse) gets its parts there
+            ranges = getattr(self.response, "get_range_into", None) or \
+                self.cache.backend.get_range_into
+            got = await ranges(
                 self.bucket, self.key, self.etag, start, end - start, self.fd, self.transfer,
                 on_progress=lambda count: self._landed_from_thread(index, count),
                 total=self.size)

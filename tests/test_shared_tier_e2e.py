@@ -1,0 +1,250 @@
+"""The shared cache tier (--shared-cache, issue 20), end to end.
+
+Real daemons as subprocesses, each with its own HOMEDIR; moto's server as
+the origin (the session's) and a second moto server as the tier. Requests
+are counted where they arrive (CountingApp), so "the origin saw one GET of
+each object" is counted at the origin, not taken from s3pool's word.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+
+import pytest
+
+from conftest import MotoServer
+
+SMALL = 20  # small objects (read whole with the GET's headers)
+BIG = "big/twelve.bin"  # 12 MiB: streamed in parts (download_part_size 8 MiB)
+PUBLISHED = ".s3pool/listing.jsonl.gz"
+
+
+@pytest.fixture
+def tier():
+    server = MotoServer()
+    yield server
+    try:
+        server.stop()
+    except Exception:  # noqa: BLE001 (a test may have stopped it)
+        pass
+
+
+def _fill(s3, bucket: str) -> dict[str, bytes]:
+    objects = {}
+    for i in range(SMALL):
+        objects[f"small/{i:02d}.bin"] = os.urandom(1000 + 997 * i)
+    objects[BIG] = os.urandom(12 << 20)
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)  # one PUT: an MD5 ETag
+    return objects
+
+
+def _tier_args(tier: MotoServer, tier_bucket: str, *more: str) -> list[str]:
+    return ["--shared-cache", f"s3://{tier_bucket}/fleet/",
+            "--shared-cache-endpoint", tier.endpoint, *more]
+
+
+def _new_tier_bucket(tier: MotoServer) -> str:
+    name = f"tier-{uuid.uuid4().hex[:10]}"
+    tier.client().create_bucket(Bucket=name)
+    return name
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pull_all(daemon, bucket: str, objects: dict[str, bytes]) -> None:
+    for key, body in objects.items():
+        [path] = daemon.ok("PULL", bucket, key)
+        with open(path, "rb") as f:
+            assert _sha(f.read()) == _sha(body), f"{key}: wrong bytes from {daemon.home}"
+
+
+def _origin_gets(moto_server, bucket: str, keys) -> int:
+    return sum(moto_server.app.gets(bucket, key) for key in keys)
+
+
+def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _uploads_done(daemon, count: int) -> None:
+    def done() -> bool:
+        status = daemon.status()
+        return int(status["shared_cache_uploads"]) + int(status["shared_cache_uploads_kept"]) \
+            >= count and status["shared_cache_uploads_queued_bytes"] == "0"
+    _wait_for(done, f"{count} uploads to the tier by {daemon.home}")
+
+
+def test_three_hosts_fetch_each_object_once_from_the_origin(start_daemon, moto_server, s3,
+                                                            bucket, tier, tmp_path):
+    objects = _fill(s3, bucket)
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    first = start_daemon(home=tmp_path / "a", args=args)
+    second = start_daemon(home=tmp_path / "b", args=args)
+    third = start_daemon(home=tmp_path / "c", args=args, mount=True)
+
+    _pull_all(first, bucket, objects)
+    _uploads_done(first, len(objects))
+    assert first.status()["shared_cache_misses"] == str(len(objects))
+    listed = tier.client().list_objects_v2(Bucket=tier_bucket, Prefix="fleet/")
+    assert listed["KeyCount"] == len(objects)
+    head = tier.client().head_object(Bucket=tier_bucket, Key=listed["Contents"][0]["Key"])
+    assert {"s3pool-etag", "s3pool-size", "s3pool-bucket"} <= set(head["Metadata"])
+
+    # the third host reads a few through its mount first (streamed from the tier)
+    for key in (BIG, "small/03.bin", "small/17.bin"):
+        with open(third.mountpoint / bucket / key, "rb") as f:
+            assert _sha(f.read()) == _sha(objects[key]), key
+    _pull_all(second, bucket, objects)
+    _pull_all(third, bucket, objects)
+
+    assert _origin_gets(moto_server, bucket, objects) == len(objects), \
+        "the origin saw more than one GET of some object"
+    for daemon in (second, third):
+        status = daemon.status()
+        assert status["shared_cache_hits"] == str(len(objects)), status
+        assert status["shared_cache_fallbacks"] == "0"
+        assert status["shared_cache_bytes_from_origin"] == "0"
+        assert int(status["shared_cache_bytes_from_tier"]) == sum(map(len, objects.values()))
+    assert int(first.status()["shared_cache_bytes_from_origin"]) == \
+        sum(map(len, objects.values()))
+
+    # a key changed at the origin: fetched from it once more, never the old bytes
+    changed = "small/05.bin"
+    new_body = os.urandom(len(objects[changed]))  # same size: only the ETag tells
+    s3.put_object(Bucket=bucket, Key=changed, Body=new_body)
+    for daemon in (first, second, third):
+        daemon.ok("SET", "freshness_window", "0")
+    [path] = first.ok("PULL", bucket, changed)
+    assert open(path, "rb").read() == new_body
+    _uploads_done(first, len(objects) + 1)
+    for daemon in (second, third):
+        [path] = daemon.ok("PULL", bucket, changed)
+        assert open(path, "rb").read() == new_body, "the tier served the old version"
+    with open(third.mountpoint / bucket / changed, "rb") as f:
+        assert f.read() == new_body
+    assert moto_server.app.gets(bucket, changed) == 2
+    assert _origin_gets(moto_server, bucket, objects) == len(objects) + 1
+    assert third.stop() == 0, third.log_text()
+
+
+def test_a_corrupted_tier_is_detected_and_the_origin_read(start_daemon, moto_server, s3,
+                                                         bucket, tier, tmp_path):
+    objects = _fill(s3, bucket)
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    first = start_daemon(home=tmp_path / "a", args=args)
+    _pull_all(first, bucket, objects)
+    _uploads_done(first, len(objects))
+
+    # behind s3pool's back: a flipped byte (same size, same metadata) in a small
+    # object and in the big one; and one tier object replaced by another object's
+    # bytes, its metadata forged to say it is the right version
+    client = tier.client()
+    by_etag = {}
+    for item in client.list_objects_v2(Bucket=tier_bucket, Prefix="fleet/")["Contents"]:
+        head = client.head_object(Bucket=tier_bucket, Key=item["Key"])
+        by_etag[head["Metadata"]["s3pool-key"]] = (item["Key"], head["Metadata"])
+
+    def flip(key: str) -> None:
+        name, meta = by_etag[key]
+        body = bytearray(client.get_object(Bucket=tier_bucket, Key=name)["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        client.put_object(Bucket=tier_bucket, Key=name, Body=bytes(body), Metadata=meta)
+
+    flip("small/07.bin")
+    flip(BIG)
+    forged_name, forged_meta = by_etag["small/11.bin"]
+    liar = os.urandom(len(objects["small/11.bin"]))
+    client.put_object(Bucket=tier_bucket, Key=forged_name, Body=liar, Metadata=forged_meta)
+    # the tier copy of another key, under its own name, with metadata claiming small/12
+    name12, meta12 = by_etag["small/12.bin"]
+    _, meta13 = by_etag["small/13.bin"]
+    body13 = client.get_object(Bucket=tier_bucket, Key=by_etag["small/13.bin"][0])["Body"].read()
+    client.put_object(Bucket=tier_bucket, Key=name12, Body=body13,
+                      Metadata=dict(meta13, **{"s3pool-key": "small/12.bin"}))
+    damaged = {"small/07.bin", BIG, "small/11.bin", "small/12.bin"}
+
+    second = start_daemon(home=tmp_path / "b", args=args, mount=True)
+    before = {key: moto_server.app.gets(bucket, key) for key in objects}
+    # the mount first: a damaged small object opens with the origin's bytes
+    with open(second.mountpoint / bucket / "small/07.bin", "rb") as f:
+        assert f.read() == objects["small/07.bin"]
+    _pull_all(second, bucket, objects)
+    for key in objects:
+        expected = 1 if key in damaged else 0
+        assert moto_server.app.gets(bucket, key) - before[key] == expected, key
+    status = second.status()
+    assert status["shared_cache_fallbacks"] == str(len(damaged)), status
+    # the big one counts as a hit when it starts streaming, before its check fails
+    assert status["shared_cache_hits"] == str(len(objects) - len(damaged) + 1), status
+    assert status["verify_failures"] == "3", status  # flipped twice, forged once
+    log = second.log_text()
+    assert "shared cache:" in log and "fetching from the origin" in log
+    assert second.stop() == 0, second.log_text()
+
+
+def test_a_tier_stopped_mid_run_leaves_every_pull_to_the_origin(start_daemon, moto_server, s3,
+                                                                bucket, tier, tmp_path):
+    objects = _fill(s3, bucket)
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    first = start_daemon(home=tmp_path / "a", args=args)
+    second = start_daemon(home=tmp_path / "b", args=args)
+    _pull_all(first, bucket, objects)
+    _uploads_done(first, len(objects))
+    keys = list(objects)
+    half = {key: objects[key] for key in keys[:SMALL // 2]}
+    rest = {key: objects[key] for key in keys[SMALL // 2:]}
+    _pull_all(second, bucket, half)
+    assert second.status()["shared_cache_hits"] == str(len(half))
+    tier.stop()
+    _pull_all(second, bucket, rest)  # every one served, from the origin
+    status = second.status()
+    assert int(status["shared_cache_fallbacks"]) >= 1
+    assert status["shared_cache_state"].startswith("skipped")  # backoff after 3 in a row
+    assert int(status["shared_cache_fallbacks"]) <= 3, "the tier was asked during its backoff"
+    assert int(status["shared_cache_bytes_from_origin"]) == sum(map(len, rest.values()))
+    assert second.stop() == 0, second.log_text()
+
+
+def test_a_published_listing_stands_as_the_freshness_check(start_daemon, moto_server, s3,
+                                                          bucket, tier, tmp_path):
+    objects = _fill(s3, bucket)
+    tier_bucket = _new_tier_bucket(tier)
+    publisher = start_daemon(home=tmp_path / "a",
+                             args=_tier_args(tier, tier_bucket, "--publish-listing"))
+    publisher.ok("REFRESH", bucket)
+    _pull_all(publisher, bucket, objects)
+    _uploads_done(publisher, len(objects))
+
+    reader = start_daemon(home=tmp_path / "b",
+                          args=_tier_args(tier, tier_bucket, "--use-published-listing"))
+    reader.ok("REFRESH", bucket)
+    assert reader.status()["published_listings_used"] == "1"
+    paths = {f"/{bucket}/{key}" for key in objects}
+    asked_before = sum(1 for r in moto_server.app.requests if r["path"] in paths)
+    _pull_all(reader, bucket, objects)
+    asked = sum(1 for r in moto_server.app.requests if r["path"] in paths) - asked_before
+    assert asked == 0, "the origin was asked about objects the published listing covers"
+    status = reader.status()
+    assert status["shared_cache_listing_checks"] == str(len(objects))  # positive control
+    assert status["shared_cache_hits"] == str(len(objects))
+
+    # once the listing is older than the window, the origin is asked (a HEAD, no GET)
+    reader.ok("SET", "freshness_window", "0")
+    _pull_all(reader, bucket, {BIG: objects[BIG]})
+    heads = [r for r in moto_server.app.requests if r["path"] == f"/{bucket}/{BIG}"]
+    assert [r["method"] for r in heads][-1:] == ["HEAD"]
+    assert reader.stop() == 0, reader.log_text()
