@@ -283,6 +283,8 @@ class WatchedBody:
                                "bytes the object has")
 
     def close(self) -> None:
+        if self._request is not None:
+            self._request.resume()  # a short rest is drained to keep the connection: judged
         try:
             self._body.close()
         finally:

@@ -486,9 +486,9 @@ class LeanGets:
             text = _error_text(conn, resp, pool)
             code = _xml_text(text, "Code") or "NoSuchKey"
             return status, {"Code": code, "Message": _xml_text(text, "Message")}
-        answer = resp.headers
+        answer = _fields(resp)
         try:
-            length = _content_length(answer)
+            length = _content_length(resp.headers, answer)
         except BadAnswer:
             conn.close()
             raise
@@ -506,9 +506,9 @@ class LeanGets:
         except (TypeError, ValueError, OverflowError):
             conn.close()
             raise Fallback(f"Last-Modified {modified!r}") from None
-        result["Metadata"] = {name[len(_META_PREFIX):].lower(): value
+        result["Metadata"] = {name[len(_META_PREFIX):]: value
                               for name, value in answer.items()
-                              if name.lower().startswith(_META_PREFIX)}
+                              if name.startswith(_META_PREFIX)}
         result["ResponseMetadata"] = {"HTTPStatusCode": status}
         if request is not None:
             request.answered(length)
@@ -566,9 +566,21 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=bundle)
 
 
-def _content_length(headers: Any) -> int | None:
+def _fields(resp: http.client.HTTPResponse) -> dict[str, str]:
+    """The answer's headers by lower-cased name (repeated ones joined by ", "),
+    read once: a lookup in the email Message walks every header."""
+    fields: dict[str, str] = {}
+    for name, value in resp.headers.items():
+        name = name.lower()
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    return fields
+
+
+def _content_length(headers: Any, fields: dict[str, str] | None = None) -> int | None:
     """The answer's Content-Length: None when not given (or a chunked body);
     BadAnswer when it is not plain ASCII digits or is given twice differently."""
+    if fields is not None and "content-length" not in fields:
+        return None
     values = headers.get_all("content-length") or []
     if not values:
         return None
