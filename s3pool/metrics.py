@@ -66,6 +66,18 @@ COUNTERS = {
     "fuse_reads": "reads on the mount",
     "prefetches": "files of a directory read in order fetched ahead of their open",
     "prefetch_hits": "opens on the mount of a file a prefetch had fetched",
+    # the shared cache tier (--shared-cache, tier.py)
+    "shared_cache_hits": "objects read from the shared cache tier",
+    "shared_cache_misses": "objects the shared cache tier did not have",
+    "shared_cache_fallbacks": "objects read from the origin because the shared tier failed",
+    "shared_cache_unverifiable": "objects read from the origin: no MD5 ETag or full checksum",
+    "shared_cache_listing_checks": "versions taken from a fresh listing instead of a HEAD",
+    "shared_cache_bytes_from_tier": "bytes installed from the shared cache tier",
+    "shared_cache_bytes_from_origin": "bytes installed from the origin with the tier on",
+    "shared_cache_uploads": "objects written to the shared cache tier",
+    "shared_cache_uploads_kept": "uploads left out: the tier had that version already",
+    "shared_cache_uploads_skipped": "uploads left out: too many bytes queued",
+    "shared_cache_upload_failures": "uploads to the shared cache tier that failed",
 }
 GAUGE_HELP = {
     "cache_bytes": "bytes of the objects in the cache",
