@@ -42,8 +42,10 @@ tier in the background, so the next host finds it there.
   uploaded from its installed cache file (a descriptor opened under the
   key's lock, so eviction cannot change it under the upload) by a
   background task: ``UPLOAD_CONCURRENCY`` at a time and at most
-  ``UPLOAD_BYTES`` queued, beyond which an upload is skipped; a HEAD
-  first, so a copy another host wrote is kept. Nobody waits for them.
+  ``UPLOAD_BYTES`` queued, beyond which an upload is skipped; it waits
+  while the host downloads (up to ``UPLOAD_DEFER_MAX``), so it does not
+  slow the readers; a HEAD first, so a copy another host wrote is kept.
+  Nobody waits for them.
 
 Expiry is the engine's business (a lifecycle rule on the prefix; see
 docs/fleet.md). STATUS shows ``shared_cache_*`` counters.
@@ -81,6 +83,8 @@ BACKOFF_FIRST = 30.0  # seconds skipped the first time
 BACKOFF_MAX = 600.0
 UPLOAD_CONCURRENCY = 2  # uploads to the tier at once
 UPLOAD_BYTES = 512 << 20  # bytes queued or in flight for the tier at most
+UPLOAD_DEFER_MAX = 60.0  # seconds an upload waits for the host's downloads to end, at most
+UPLOAD_DEFER_POLL = 0.2
 TIER_DEADLINE = 10.0  # seconds a tier request may go unanswered or stall
 BAD_VERSIONS = 10_000  # versions remembered as bad in the tier (for the origin)
 META = "s3pool-"
@@ -217,6 +221,7 @@ class SharedTier:
         self._queued_bytes = 0
         self._upload_limiter = trio.CapacityLimiter(UPLOAD_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
+        self.busy: Callable[[], bool] = lambda: False  # this host is downloading (the cache)
         backend.requests.set_deadline(TIER_DEADLINE, 1)
 
     def describe(self) -> str:
@@ -428,6 +433,12 @@ class SharedTier:
         tier = self.backend
         try:
             async with self._upload_limiter:
+                # never beside this host's own downloads: an upload competes with them
+                # for the cores and the GIL (4 hosts missing at once ran 3x slower)
+                with trio.move_on_after(UPLOAD_DEFER_MAX):
+                    while self.busy():
+                        await trio.sleep(UPLOAD_DEFER_POLL)
+
                 def call() -> bool:
                     try:
                         head = tier.client.head_object(Bucket=self.bucket, Key=name)
