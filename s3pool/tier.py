@@ -407,6 +407,8 @@ class SharedTier:
             if response.data is None:  # streamed: ranged parts counted as they came
                 self._serving.pop((bucket, key), None)
                 self.add_bytes(tier=max(0, int(obj.size) - response.ranged_bytes))
+            log.info("shared cache: s3://%s/%s (%d bytes) came from the tier (%s)", bucket,
+                     key, obj.size, response.tier_key)
             return
         size = int(obj.size)
         self.add_bytes(origin=size)
@@ -448,7 +450,7 @@ class SharedTier:
                             return False  # another host wrote this version: one copy
                     except Exception:  # noqa: BLE001 (missing, or the PUT will say)
                         pass
-                    with os.fdopen(os.dup(fd), "rb") as source:
+                    with os.fdopen(own, "rb") as source:  # closes *own*
                         tier.client.upload_fileobj(
                             source, self.bucket, name,
                             ExtraArgs={"Metadata": want,
@@ -457,6 +459,9 @@ class SharedTier:
                             Config=tier.transfer_config)
                     return True
 
+                # the thread's own descriptor: a cancelled (abandoned) upload may still
+                # read after *fd* is closed below
+                own = os.dup(fd)
                 wrote = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
             if wrote:
                 self.uploads += 1
