@@ -85,7 +85,8 @@ UPLOAD_CONCURRENCY = 2  # uploads to the tier at once
 UPLOAD_BYTES = 512 << 20  # bytes queued or in flight for the tier at most
 UPLOAD_DEFER_MAX = 60.0  # seconds an upload waits for the host's downloads to end, at most
 UPLOAD_DEFER_POLL = 0.2
-TIER_DEADLINE = 10.0  # seconds a tier request may go unanswered or stall
+TIER_DEADLINE = 10.0  # seconds a tier request may go unanswered...
+TIER_STALL_BYTES = 1 << 20  # ... or bring less than this many bytes of its body
 BAD_VERSIONS = 10_000  # versions remembered as bad in the tier (for the origin)
 META = "s3pool-"
 
@@ -222,7 +223,7 @@ class SharedTier:
         self._upload_limiter = trio.CapacityLimiter(UPLOAD_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
         self.busy: Callable[[], bool] = lambda: False  # this host is downloading (the cache)
-        backend.requests.set_deadline(TIER_DEADLINE, 1)
+        backend.requests.set_deadline(TIER_DEADLINE, TIER_STALL_BYTES)
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.backend.describe()}"
@@ -496,6 +497,8 @@ class SharedTier:
             ("shared_cache_uploads_skipped", self.uploads_skipped),
             ("shared_cache_upload_failures", self.upload_failures),
             ("shared_cache_uploads_queued_bytes", self._queued_bytes),
+            # the tier's requests in flight: OP URL BYTES SECONDS
+            *(("shared_cache_request", value) for _, value in self.backend.requests.status_lines()),
         ]
 
 

@@ -248,3 +248,28 @@ def test_a_published_listing_stands_as_the_freshness_check(start_daemon, moto_se
     heads = [r for r in moto_server.app.requests if r["path"] == f"/{bucket}/{BIG}"]
     assert [r["method"] for r in heads][-1:] == ["HEAD"]
     assert reader.stop() == 0, reader.log_text()
+
+
+def test_a_tier_that_trickles_is_given_up_and_the_origin_read(start_daemon, moto_server, s3,
+                                                              bucket, tier, tmp_path):
+    objects = _fill(s3, bucket)
+    big = {BIG: objects[BIG]}
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    first = start_daemon(home=tmp_path / "a", args=args)
+    _pull_all(first, bucket, big)
+    _uploads_done(first, 1)
+    [item] = tier.client().list_objects_v2(Bucket=tier_bucket, Prefix="fleet/")["Contents"]
+    # 16 KiB a second: far less than the tier's 1 MiB in 10 s
+    tier.app.slow_paths[f"/{tier_bucket}/{item['Key']}"] = 4.0
+    second = start_daemon(home=tmp_path / "b", args=args)
+    _pull_all(second, bucket, big)  # right bytes, from the origin
+    # the first host's GET, the fallback's; a ranged part the tier was also
+    # trickling when the body was given up may have gone to the origin too
+    assert 2 <= moto_server.app.gets(bucket, BIG) <= 3
+    assert tier.app.gets(tier_bucket, item["Key"]) >= 1  # the tier was asked (control)
+    status = second.status()
+    assert 1 <= int(status["shared_cache_fallbacks"]) <= 2, status
+    assert status["shared_cache_bytes_from_tier"] == "0", status
+    assert "fetching from the origin" in second.log_text()
+    assert second.stop() == 0, second.log_text()
