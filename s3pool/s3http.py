@@ -85,6 +85,7 @@ _LEAVE_BUCKET = {301, 307, 400, 403}
 MAX_ERROR_BODY = 64 << 10  # bytes of an error document read (more: the connection is closed)
 DRAIN = 64 << 10  # an unread rest up to this is read so the connection can be reused
 MAX_INTERIM = 8  # interim (1xx) answers skipped before an answer, at most
+RECV = 256 << 10  # bytes asked of one socket read of a body (as the own reader did)
 _DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() takes "²" and "١"
 
 
@@ -281,7 +282,7 @@ class LeanBody:
         if left is not None:
             want = left if want < 0 else min(want, left)
         try:
-            data = resp.read1(want if want > 0 else 1 << 20)
+            data = resp.read1(min(want, RECV) if want > 0 else RECV)
             if left is not None:
                 if not data:
                     raise BodyError(f"connection closed with {left} body bytes to come"

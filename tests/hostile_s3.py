@@ -54,8 +54,8 @@ from urllib.parse import urlsplit
 
 MODES = ("honest", "whole_200", "other_range", "range_long", "new_version", "long_body",
          "chunked", "chunked_empty", "no_length", "cut_body", "super_length", "super_status",
-         "year_9999", "etag_lf", "etag_cr", "etag_ctl", "garbage_after", "big_headers", "interim_1xx",
-         "trickle_head", "trickle_body", "trickle_meta")
+         "year_9999", "etag_lf", "etag_cr", "etag_ctl", "garbage_after", "big_headers",
+         "interim_1xx", "trickle_head", "trickle_body", "trickle_meta")
 
 _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
         b"proxy-connection", b"te", b"upgrade", b"trailer"}
