@@ -273,3 +273,44 @@ def test_a_tier_that_trickles_is_given_up_and_the_origin_read(start_daemon, moto
     assert status["shared_cache_bytes_from_tier"] == "0", status
     assert "fetching from the origin" in second.log_text()
     assert second.stop() == 0, second.log_text()
+
+
+def test_an_object_with_only_a_multipart_etag_is_never_read_from_the_tier(
+        start_daemon, moto_server, bucket, tier, tmp_path):
+    """No MD5 ETag and no full-object checksum: the tier's bytes could be checked
+    by their length only, so the object is read from the origin by every host
+    and never written to the tier (docs/fleet.md says why)."""
+    import boto3
+    from botocore.config import Config
+
+    plain = boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1",
+                         aws_access_key_id="testing", aws_secret_access_key="testing",
+                         config=Config(request_checksum_calculation="when_required"))
+    key = "multi/part.bin"
+    body = os.urandom(11 << 20)
+    upload = plain.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    parts = []
+    for number, start in enumerate(range(0, len(body), 6 << 20), 1):
+        etag = plain.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number,
+                                 Body=body[start:start + (6 << 20)])["ETag"]
+        parts.append({"ETag": etag, "PartNumber": number})
+    plain.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                    MultipartUpload={"Parts": parts})
+    head = plain.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert head["ETag"].strip('"').endswith("-2")
+    assert not any(name.startswith("Checksum") and name != "ChecksumType" for name in head)
+
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    hosts = [start_daemon(home=tmp_path / name, args=args) for name in ("a", "b")]
+    tier_gets = tier.app.count("GET")
+    for host in hosts:
+        _pull_all(host, bucket, {key: body})
+        status = host.status()
+        assert status["shared_cache_unverifiable"] == "1", status
+        # an upload is queued before the PULL answers: none queued, none done
+        assert status["shared_cache_uploads_queued_bytes"] == "0", status
+        assert status["shared_cache_uploads"] == "0"
+    assert moto_server.app.gets(bucket, key) == 2  # each host from the origin
+    assert tier.app.count("GET") == tier_gets  # the tier was not asked
+    assert tier.client().list_objects_v2(Bucket=tier_bucket).get("KeyCount", 0) == 0
