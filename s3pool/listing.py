@@ -55,6 +55,8 @@ DIR_MARK = -1
 MAX_PREFIX_RELISTS = 16
 # keys per LIST page
 PAGE_KEYS = 1000
+# the info 'source' of the empty index ensure_index makes (no whole listing yet)
+EMPTY_SOURCE = "none"
 # keys put into the index here (add_key), with when: kept over a published
 # listing taken before then
 _LOCAL_ADDS = "CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL) " \
@@ -336,8 +338,11 @@ class Listings:
         if conn is None:
             return None
         try:
-            row = conn.execute("SELECT value FROM info WHERE name = 'listed_at'").fetchone()
-            return float(row[0]) if row and row[0] is not None else 0.0
+            # when its LIST began (a published one: its publisher's); else when it was written
+            info = dict(conn.execute("SELECT name, value FROM info WHERE name IN "
+                                     "('listed_at', 'refreshed_at')"))
+            value = info.get("listed_at", info.get("refreshed_at"))
+            return float(value) if value is not None else 0.0
         except (sqlite3.Error, TypeError, ValueError):
             return 0.0
 
@@ -366,7 +371,14 @@ class Listings:
 
     def never_listed(self, bucket: str) -> bool:
         """True while the index is the empty one ensure_index made (no whole listing yet)."""
-        return self._info_time(bucket) == 0.0
+        conn = self.conn(bucket)
+        if conn is None:
+            return False
+        try:
+            row = conn.execute("SELECT value FROM info WHERE name = 'source'").fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] == EMPTY_SOURCE
 
     async def idle(self, bucket: str, quiet: float = 0.0) -> None:
         """Wait until no LIST of a part of *bucket* runs (whatever came of
@@ -875,7 +887,8 @@ def _create_empty_index(layout: Layout, bucket: str) -> None:
         try:
             db.executescript(_SCHEMA)
             db.executemany("INSERT INTO info VALUES (?, ?)", [
-                ("listed_at", 0.0), ("source", "none"), ("count", 0), ("list_complete", 0)])
+                ("listed_at", 0.0), ("source", EMPTY_SOURCE), ("count", 0),
+                ("list_complete", 0)])
             db.commit()
         finally:
             db.close()

@@ -70,3 +70,26 @@ def test_listing_freshness_follows_freshness_window_until_set():
     assert settings.listing_window == 0.0
     settings.set("listing_freshness", "freshness_window")
     assert settings.listing_window == 60.0
+
+
+def test_only_the_empty_index_counts_as_never_listed_and_a_written_one_is_dated(tmp_path):
+    """A listing written without 'listed_at' (tools, tests, older versions) is
+    dated by when it was written, and is never taken for the empty index that
+    a NoSuchBucket may remove."""
+    import time
+
+    from s3pool.listing import Listings, _create_empty_index
+
+    layout = Layout.create(str(tmp_path / "home"))
+    write_listing(layout, "written", [[entry("k")]])
+    _create_empty_index(layout, "empty")
+    listings = Listings(layout, backend=None)  # no S3 asked here
+    try:
+        assert not listings.never_listed("written")
+        assert listings.listing_age("written") < 60
+        assert abs(listings.listed_at("written", "", True) - time.time()) < 60
+        assert listings.never_listed("empty")
+        assert listings.listed_at("empty", "", False) == 0.0
+        assert not listings.never_listed("absent") and listings.listing_age("absent") is None
+    finally:
+        listings.close()
