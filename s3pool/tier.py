@@ -66,8 +66,8 @@ from urllib.parse import quote, urlsplit
 
 import trio
 
-from .backend import Backend, ObjectResponse, _read_small, check_answer, meta_from_response, \
-    validator
+from .backend import Backend, ObjectResponse, _read_small, check_answer, check_etag, \
+    meta_from_response, validator
 from .checksums import CHECKSUM_FIELDS, Digest, digest_for
 from .errors import BackendError, DigestMismatch, NoSuchKey, S3PoolError
 from .transfer import Transfer
@@ -283,7 +283,7 @@ class SharedTier:
         age = cache.listings.listing_age(bucket)
         if age is not None and age < window:
             info = cache.listings.key_info(bucket, key)
-            if info is not None and "-" not in info[2].strip('"'):  # a single-part MD5 ETag
+            if info is not None and "-" not in info[2].strip('"') and _legal_etag(info[2]):
                 size, mtime, etag = info
                 self.listing_checks += 1
                 return {"ETag": etag, "ContentLength": int(size),
@@ -296,6 +296,7 @@ class SharedTier:
             resp = await origin._run(
                 lambda: origin.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"),
                 bucket=bucket, key=key)
+            check_etag(resp.get("ETag"), f"s3://{bucket}/{key}")  # ETags are sent back
         except S3PoolError as exc:
             log.debug("shared cache: HEAD of s3://%s/%s at the origin: %s", bucket, key, exc)
             return None
@@ -542,3 +543,13 @@ def make_tier(url: str, endpoint: str | None, profile: str | None, origin: Backe
     tier = SharedTier(backend, bucket, prefix, origin)
     log.info("shared cache: %s", tier.describe())
     return tier
+
+
+def _legal_etag(etag: str) -> bool:
+    """A listing's ETag that may be sent back as a header (a published listing
+    is anyone's who may write the bucket); else the origin is asked."""
+    try:
+        check_etag(etag, "")
+    except BackendError:
+        return False
+    return True
