@@ -531,6 +531,13 @@ class Backend:
         one thread hop, like a plain boto3 GET."""
 
         condition = validator(if_none_match)
+        if condition is not None and not (_ETAG.fullmatch(condition)
+                                          and _LEGAL_VALUE.fullmatch(condition)):
+            # a copy cached before ETags were checked: fetched again, never sent back
+            log.warning("the cached ETag %r of s3://%s/%s is not a legal header value: "
+                        "fetching the object again unconditionally", condition[:80],
+                        bucket, key)
+            condition = None
 
         def call() -> ObjectResponse | None:
             try:
