@@ -270,7 +270,9 @@ LAYOUT = [
     ("data/BUCKET/__list__", "every key of the bucket, one a line, written by REFRESH "
                              "(temporary file and rename)."),
     ("state/listings/BUCKET/index.db", "SQLite index of the same listing (key, size, mtime, "
-                                       "ETag), used by GLOB and the FUSE view. Nothing of "
+                                       "ETag), used by GLOB and the FUSE view, and when each "
+                                       "directory or GLOB prefix was last listed from S3 "
+                                       "(listing_freshness). Nothing of "
                                        "s3pool's own but __list__ and the meta files lives in "
                                        "a BUCKETDIR, where a key can name any file."),
     ("state/uploads/ID.json", "a multipart upload of a file written in the mount "
