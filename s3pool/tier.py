@@ -67,7 +67,7 @@ from urllib.parse import quote, urlsplit
 import trio
 
 from .backend import Backend, ObjectResponse, _read_small, check_answer, check_etag, \
-    meta_from_response, validator
+    check_range, meta_from_response, validator
 from .checksums import CHECKSUM_FIELDS, Digest, digest_for
 from .errors import BackendError, DigestMismatch, NoSuchKey, S3PoolError
 from .transfer import Transfer
@@ -143,6 +143,7 @@ class TierResponse(ObjectResponse):
     tier_key: str = ""
     tier_etag: str = ""
     ranged_bytes: int = 0  # bytes of ranged parts (from the tier or the origin)
+    body_origin_bytes: int = 0  # bytes of the body read from the origin after a tier failure
 
     async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
                              fd: int, transfer: Transfer | None = None,
@@ -194,6 +195,68 @@ class _PartTransfer:
         pass
 
 
+class _OnFromOrigin:
+    """The body of a GET of the tier that, if the tier fails it (an error, the
+    deadline, an early end), goes on with the same bytes from the origin: a
+    ranged GET from where it broke, pinned to the origin's ETag (worker
+    threads; the download and its digest see one body, in order)."""
+
+    def __init__(self, body: Any, response: TierResponse, tier: "SharedTier", bucket: str,
+                 key: str, etag: str, size: int) -> None:
+        self._body = body
+        self._response = response
+        self._tier = tier
+        self._bucket = bucket
+        self._key = key
+        self._etag = etag
+        self._size = size
+        self._pos = 0
+        self._from_origin = False
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._read(size, True)
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._read(size, False)
+
+    def _read(self, size: int | None, once: bool) -> bytes:
+        try:
+            data = self._body.read1(size) if once else self._body.read(size)
+            if not data and self._pos < self._size and size != 0:
+                raise BackendError(f"the body ended after {self._pos} of {self._size} bytes")
+        except Exception as exc:  # noqa: BLE001 (the tier's failure, whatever it is)
+            if self._from_origin or self._tier.origin.stopping.is_set():
+                raise
+            self._switch(exc)
+            data = self._body.read1(size) if once else self._body.read(size)
+        self._pos += len(data)
+        if self._from_origin:
+            self._response.body_origin_bytes += len(data)
+        return data
+
+    def _switch(self, exc: BaseException) -> None:
+        self._tier.failed(self._bucket, self._key, f"body at byte {self._pos}: {exc}")
+        try:
+            self._body.close()
+        except Exception:  # noqa: BLE001 (a broken body)
+            pass
+        self._from_origin = True
+        origin, start, length = self._tier.origin, self._pos, self._size - self._pos
+        conditions = {"Range": f"bytes={start}-{self._size - 1}"}
+        if validator(self._etag):
+            conditions["IfMatch"] = validator(self._etag)  # type: ignore[assignment]
+        resp = origin._get(self._bucket, self._key, conditions)
+        try:
+            check_range(resp, self._bucket, self._key, self._etag, start, length, self._size)
+        except BaseException:
+            resp["Body"].close()
+            raise
+        self._body = resp["Body"]
+
+    def close(self) -> None:
+        self._body.close()
+
+
 class SharedTier:
     """One host's view of the shared cache tier (see the module's docstring)."""
 
@@ -213,7 +276,7 @@ class SharedTier:
         self.uploads_skipped = 0  # over the queue's bytes: best effort
         self.upload_failures = 0
         self.listing_checks = 0  # versions taken from a fresh listing instead of a HEAD
-        self._lock = threading.Lock()  # bytes counters: parts land in worker threads
+        self._lock = threading.RLock()  # counters: bodies and parts fail in worker threads
         self._failures_in_row = 0
         self._skip_until = 0.0
         self._backoff = BACKOFF_FIRST
@@ -246,16 +309,17 @@ class SharedTier:
 
     def failed(self, bucket: str, key: str, why: str) -> None:
         """One failure of the tier for s3://bucket/key: one log line; a tier that
-        keeps failing is skipped for a while."""
-        self.fallbacks += 1
-        self._failures_in_row += 1
-        log.warning("shared cache: %s failed for s3://%s/%s (%s); fetching from the origin",
-                    self.describe(), bucket, key, why)
-        if self._failures_in_row >= FAILURES_BEFORE_BACKOFF and self.usable():
-            self._skip_until = time.monotonic() + self._backoff
-            log.warning("shared cache: %d failures in a row; not used for %.0fs",
-                        self._failures_in_row, self._backoff)
-            self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+        keeps failing is skipped for a while (trio's thread or a worker's)."""
+        with self._lock:
+            self.fallbacks += 1
+            self._failures_in_row += 1
+            log.warning("shared cache: %s failed for s3://%s/%s (%s); fetching from the "
+                        "origin", self.describe(), bucket, key, why)
+            if self._failures_in_row >= FAILURES_BEFORE_BACKOFF and self.usable():
+                self._skip_until = time.monotonic() + self._backoff
+                log.warning("shared cache: %d failures in a row; not used for %.0fs",
+                            self._failures_in_row, self._backoff)
+                self._backoff = min(BACKOFF_MAX, self._backoff * 2)
 
     def _worked(self) -> None:
         self._failures_in_row = 0
@@ -385,6 +449,9 @@ class SharedTier:
             if size <= small_limit:
                 _read_small(response, self.bucket, name)  # hashed into the origin's digest
                 small(response)  # checked and installed, or its error noted
+            else:  # streamed: a body the tier breaks goes on from the origin
+                response.body = _OnFromOrigin(body, response, self, bucket, key,
+                                              meta.get("ETag") or "", size)
             return response
 
         return await tier._run(call, bucket=self.bucket, key=name)
@@ -408,7 +475,9 @@ class SharedTier:
         if isinstance(response, TierResponse):
             if response.data is None:  # streamed: ranged parts counted as they came
                 self._serving.pop((bucket, key), None)
-                self.add_bytes(tier=max(0, int(obj.size) - response.ranged_bytes))
+                self.add_bytes(tier=max(0, int(obj.size) - response.ranged_bytes
+                                        - response.body_origin_bytes),
+                               origin=response.body_origin_bytes)
             log.info("shared cache: s3://%s/%s (%d bytes) came from the tier (%s)", bucket,
                      key, obj.size, response.tier_key)
             return
