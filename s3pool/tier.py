@@ -33,10 +33,11 @@ tier in the background, so the next host finds it there.
   reached, answers with other metadata or with bytes that do not match
   sends that object to the origin, with one log line (``shared cache:
   ... fetching from the origin``). A ranged part that fails from the tier
-  is fetched from the origin; a body that fails mid-way, or bytes that
-  fail the check, fail that download and the PULL fetches the object from
-  the origin (a reader of the mount gets EIO and the next open reads from
-  the origin). After ``FAILURES_BEFORE_BACKOFF`` failures in a row the tier
+  is fetched from the origin; a body that fails mid-way goes on from the
+  origin where it broke (:class:`_OnFromOrigin`); bytes that fail the
+  check fail that download, and the PULL fetches the object from the
+  origin (a reader of the mount that read it all gets EIO at its last
+  read, and the next open reads from the origin). After ``FAILURES_BEFORE_BACKOFF`` failures in a row the tier
   is skipped for ``BACKOFF_FIRST`` seconds, doubling up to ``BACKOFF_MAX``.
 - **Writes are best effort.** A verified object fetched from the origin is
   uploaded from its installed cache file (a descriptor opened under the
