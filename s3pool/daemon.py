@@ -572,6 +572,7 @@ class Daemon:
         stopping and a reader of the mount gets EIO, before anything is torn
         down. Whatever has not ended after STOP_GRACE is cancelled."""
         self.backend.stopping.set()
+        self.push_backend.stopping.set()  # its S3 requests end too (--push-endpoint)
         self.server.stopping = True
         self.cache.stop_downloads("download abandoned: s3pool is shutting down")
         if self.tier is not None:
