@@ -319,3 +319,15 @@ def test_an_object_with_only_a_multipart_etag_is_never_read_from_the_tier(
     assert moto_server.app.gets(bucket, key) == 2  # each host from the origin
     assert tier.app.count("GET") == tier_gets  # the tier was not asked
     assert tier.client().list_objects_v2(Bucket=tier_bucket).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("url", ["http://tier/x", "s3://", "tier-bucket/prefix"])
+def test_a_bad_shared_cache_url_is_a_clear_start_up_error(start_daemon, tmp_path, url):
+    from conftest import Daemon
+    daemon = Daemon(tmp_path / "home", "http://127.0.0.1:9", None, ["--shared-cache", url])
+    daemon.start(wait=False)
+    assert daemon.process.wait(30) == 2
+    daemon.stderr.close()
+    log = daemon.log_text()
+    assert "--shared-cache wants s3://BUCKET/PREFIX" in log, log
+    assert "Traceback" not in log
