@@ -441,6 +441,7 @@ class Download:
             self.transfer.resume()  # waiting for the first read is not a stall
             if self._stream_abandoned and not self.want_all:
                 self.claimed[0] = 0  # a ranged GET fetches it if it is read later
+                self._first_free = 0  # a _schedule() meanwhile went past it, claimed
                 if self.wanted[0]:
                     self.demanded.append(0)
                 return

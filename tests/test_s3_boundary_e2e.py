@@ -175,6 +175,17 @@ def _run_mode(mode: str, start_daemon, hostile: HostileS3, objects) -> list[Tria
             _finish(trial, daemon, mode)
     for trial in trials:
         _finish(trial, daemon, mode)
+    # what was installed is listed and stat'ed without an internal error (a year 9999
+    # Last-Modified is kept in the meta and the listing)
+    status, lines = request(daemon.port, "GLOB", bucket, "*", timeout=TRIAL_LIMIT)
+    assert status == "OK", (mode, status, lines)
+    for trial in trials:
+        try:
+            os.stat(daemon.mountpoint / bucket / trial.key)
+        except OSError as exc:
+            assert exc.errno in (errno.EIO, errno.ENOENT, errno.ESTALE), (mode, exc)
+        status, lines = request(daemon.port, "PULL", bucket, trial.key, timeout=TRIAL_LIMIT)
+        assert "internal error" not in f"{status} {lines}".lower(), (mode, status, lines)
     if mode == "honest":  # the path under test is the one that answered
         lean_gets = int(daemon.status()["s3_lean_gets"])
         assert (lean_gets > 0) == (os.environ.get("S3POOL_LEAN_GET") != "0"), lean_gets

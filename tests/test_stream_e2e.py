@@ -286,3 +286,22 @@ def test_an_unclean_reboot_drops_what_was_installed_after_the_checkpoint(
     assert moto_server.app.gets(bucket, "unsynced", status=200) == 2
     assert json.loads(state.read_text())["boot_id"] == "boot-2"
     assert rebooted.stop() == 0, rebooted.log_text()
+
+
+def test_a_pull_after_a_footer_read_fetches_part_0(start_daemon, s3, bucket):
+    """The open GET's body is left unread when the first read is elsewhere (a
+    footer); part 0 must then come from a ranged GET when a PULL wants it all.
+    Before, a ranged GET of the footer's part had moved the scan for free parts
+    past part 0 while the body still held it: the PULL never ended."""
+    body = os.urandom(3 * MIB)
+    s3.put_object(Bucket=bucket, Key="footer-first", Body=body)
+    daemon = start_daemon(mount=True, args=["--bucket", bucket, "--download-part-size", "1M"])
+    path = daemon.mountpoint / bucket / "footer-first"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 64 * KIB, len(body) - 64 * KIB) == body[-64 * KIB:]
+        status, lines = daemon.request("PULL", bucket, "footer-first", timeout=30)
+        assert status == "OK", (status, lines)
+        assert open(lines[0], "rb").read() == body
+    finally:
+        os.close(fd)
