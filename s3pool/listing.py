@@ -70,6 +70,25 @@ _STOP_CHECK_EVERY = 128
 # keys with a line break named in the log per listing (then only counted)
 LINE_BREAKS_LOGGED = 20
 
+_index_locks: dict[str, threading.Lock] = {}
+_index_locks_guard = threading.Lock()
+
+
+def index_lock(path: str) -> threading.Lock:
+    """The lock of the index file at *path* (a leaf: nothing else is waited
+    for while it is held). Every write into the index holds it for the whole
+    transaction, from opening (or checking) the file the name holds to the
+    commit; every rename, link or unlink of the name holds it too. SQLite's
+    rollback journal is found by the file's name (``index.db-journal``), its
+    locks are on the file: a write still going into a file just replaced
+    left a journal that looked hot to a writer of the new file, which "rolled
+    it back" into the wrong file ('database disk image is malformed', 'disk
+    I/O error', readers kept 'locked'). Under this lock the name never
+    changes file while a journal exists, and no write goes into a file the
+    name no longer holds."""
+    with _index_locks_guard:
+        return _index_locks.setdefault(path, threading.Lock())
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -269,17 +288,20 @@ class Listings:
             return  # no listing yet: the first one will have the key
 
         def insert() -> None:
-            db = sqlite3.connect(path)
-            try:
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry))
-                db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
-                db.execute(_LOCAL_ADDS)
-                db.execute("INSERT OR REPLACE INTO local_adds VALUES (?, ?)",
-                           (entry.key, time.time()))
-                db.commit()
-            finally:
-                db.close()
+            with index_lock(path):
+                if not os.path.exists(path):
+                    return  # taken away meanwhile: connect would make an empty file
+                db = sqlite3.connect(path)
+                try:
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry))
+                    db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
+                    db.execute(_LOCAL_ADDS)
+                    db.execute("INSERT OR REPLACE INTO local_adds VALUES (?, ?)",
+                               (entry.key, time.time()))
+                    db.commit()
+                finally:
+                    db.close()
 
         try:
             await trio.to_thread.run_sync(insert, limiter=self.disk_limiter)
@@ -295,14 +317,17 @@ class Listings:
             return
 
         def delete() -> None:
-            db = sqlite3.connect(path)
-            try:
-                db.execute("DELETE FROM keys WHERE key = ?", (key,))
-                db.execute(_LOCAL_ADDS)
-                db.execute("DELETE FROM local_adds WHERE key = ?", (key,))
-                db.commit()
-            finally:
-                db.close()
+            with index_lock(path):
+                if not os.path.exists(path):
+                    return
+                db = sqlite3.connect(path)
+                try:
+                    db.execute("DELETE FROM keys WHERE key = ?", (key,))
+                    db.execute(_LOCAL_ADDS)
+                    db.execute("DELETE FROM local_adds WHERE key = ?", (key,))
+                    db.commit()
+                finally:
+                    db.close()
 
         try:
             await trio.to_thread.run_sync(delete, limiter=self.disk_limiter)
@@ -461,7 +486,9 @@ class Listings:
         pages still to come go into the new file, but the prefix is not
         recorded as listed in it (its earlier pages went into the old one)."""
         path = self.layout.index_path(job.bucket)
-        db, ino = _open_for_merge(path)
+        lock = index_lock(path)
+        db: sqlite3.Connection | None = None
+        ino: int | None = None
         replaced = False
         try:
             lo: str | None = None
@@ -470,7 +497,16 @@ class Listings:
                     entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
                 entries = [e for e in entries if not self.hidden(e.key)]
                 subdirs = [d for d in subdirs if not self.hidden(d)]
-                for attempt in (1, 2):
+                with lock:  # the name holds the file written, and keeps it till the commit
+                    now = _inode(path)
+                    if now is None:
+                        raise sqlite3.OperationalError("the index was taken away meanwhile")
+                    if db is None or now != ino:
+                        if db is not None:
+                            db.close()  # replaced by a whole listing: go on in the new one
+                            replaced = True
+                            db = None
+                        db, ino = _open_for_merge(path)
                     try:
                         _merge_page(db, job.prefix, job.deep, lo, hi, entries, subdirs,
                                     job.started - 1.0)
@@ -479,19 +515,17 @@ class Listings:
                                        (job.prefix, int(job.deep), job.started))
                         db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
                         db.commit()
-                        break
-                    except sqlite3.OperationalError:
-                        if attempt == 2 or _inode(path) == ino:
-                            raise
-                        db.close()  # the index was replaced under us: go on in the new one
-                        db, ino = _open_for_merge(path)
-                        replaced = True
+                    except BaseException:
+                        db.close()  # rolled back while the lock is held: no journal left
+                        db = None
+                        raise
                 token.run_sync_soon(job.advance, hi)
                 lo = hi
         except sqlite3.Error as exc:
             raise _not_written(job.bucket, exc) from exc
         finally:
-            db.close()
+            if db is not None:
+                db.close()
 
     def _prefix_pages(self, job: ListJob) -> Iterator[tuple[list[ListEntry], list[str], bool]]:
         """(keys, subdirectories, last page?) of a LIST of the job's prefix."""
@@ -800,7 +834,8 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
         os.makedirs(layout.listing_dir(bucket), exist_ok=True)
         with open(tmp_index, "rb") as f:
             os.fsync(f.fileno())
-        os.rename(tmp_index, layout.index_path(bucket))
+        with index_lock(layout.index_path(bucket)):  # no write into the old file runs
+            os.rename(tmp_index, layout.index_path(bucket))
         os.rename(tmp_list, layout.list_path(bucket))
     except (OSError, sqlite3.Error) as exc:
         raise _not_written(bucket, exc) from exc
@@ -867,10 +902,11 @@ def _open_for_merge(path: str) -> tuple[sqlite3.Connection, int | None]:
 def _remove_empty_index(layout: Layout, bucket: str) -> None:
     """Blocking: take away the index _create_empty_index made (and its directory)."""
     for path in (layout.index_path(bucket),):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        with index_lock(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
     try:
         os.rmdir(layout.listing_dir(bucket))
     except OSError:
@@ -893,7 +929,8 @@ def _create_empty_index(layout: Layout, bucket: str) -> None:
         finally:
             db.close()
         try:
-            os.link(tmp, layout.index_path(bucket))
+            with index_lock(layout.index_path(bucket)):
+                os.link(tmp, layout.index_path(bucket))
         except FileExistsError:
             pass  # a listing got there first
     except (OSError, sqlite3.Error) as exc:
