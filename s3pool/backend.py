@@ -203,6 +203,9 @@ class WatchedBody:
         # end (LeanBody looks itself)
         raw = getattr(body, "_raw_stream", None)
         self._answer = None if isinstance(body, LeanBody) else getattr(raw, "_fp", None)
+        # a LeanBody adds its bytes to the request itself: counted here too, they
+        # were counted twice (download_stall_bytes halved)
+        self._counts = not isinstance(body, LeanBody)
         self._length = length if isinstance(length, int) else None
         # one socket read at a time (urllib3's read() would close its answer at the
         # end, with whatever came behind it)
@@ -245,7 +248,8 @@ class WatchedBody:
             if request is not None:
                 request.pause()
         if request is not None:
-            request.add(len(data))
+            if self._counts:
+                request.add(len(data))
             if request.expired:  # the watchdog shut the socket: what came is not all
                 raise DeadlineExceeded(f"S3 request ended: {request.expired}")
         self._got += len(data)
