@@ -287,54 +287,50 @@ class Listings:
         if not os.path.exists(path):
             return  # no listing yet: the first one will have the key
 
-        def insert() -> None:
-            with index_lock(path):
-                if not os.path.exists(path):
-                    return  # taken away meanwhile: connect would make an empty file
-                db = sqlite3.connect(path)
-                try:
-                    db.execute("PRAGMA synchronous=NORMAL")
-                    db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry))
-                    db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
-                    db.execute(_LOCAL_ADDS)
-                    db.execute("INSERT OR REPLACE INTO local_adds VALUES (?, ?)",
-                               (entry.key, time.time()))
-                    db.commit()
-                finally:
-                    db.close()
-
-        try:
-            await trio.to_thread.run_sync(insert, limiter=self.disk_limiter)
-        except sqlite3.Error as exc:
-            log.warning("could not add s3://%s/%s to the index: %s", bucket, entry.key, exc)
-        finally:
-            self._children.pop(bucket, None)  # the key may be a directory's first child
+        now = time.time()
+        await self._change_index(bucket, path, [
+            ("PRAGMA synchronous=NORMAL", ()),
+            ("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry)),
+            ("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)", ()),
+            (_LOCAL_ADDS, ()),
+            ("INSERT OR REPLACE INTO local_adds VALUES (?, ?)", (entry.key, now)),
+        ], f"could not add s3://{bucket}/{entry.key} to the index")
 
     async def remove_key(self, bucket: str, key: str) -> None:
         """Take a key we just deleted on S3 (rm in the mount) out of the index."""
         path = self.layout.index_path(bucket)
         if not os.path.exists(path):
             return
+        await self._change_index(bucket, path, [
+            ("DELETE FROM keys WHERE key = ?", (key,)),
+            (_LOCAL_ADDS, ()),
+            ("DELETE FROM local_adds WHERE key = ?", (key,)),
+        ], f"could not remove s3://{bucket}/{key} from the index")
 
-        def delete() -> None:
+    async def _change_index(self, bucket: str, path: str,
+                            statements: list[tuple[str, tuple[Any, ...]]], failure: str) -> None:
+        """Run *statements* as one transaction on the index at *path*, in a
+        worker thread, under the index's lock (a rename of a new index over
+        it waits; see index_lock). A failure is logged as *failure*: the
+        next listing puts the index right."""
+        def change() -> None:
             with index_lock(path):
                 if not os.path.exists(path):
-                    return
+                    return  # taken away meanwhile: connect would make an empty file
                 db = sqlite3.connect(path)
                 try:
-                    db.execute("DELETE FROM keys WHERE key = ?", (key,))
-                    db.execute(_LOCAL_ADDS)
-                    db.execute("DELETE FROM local_adds WHERE key = ?", (key,))
+                    for sql, args in statements:
+                        db.execute(sql, args)
                     db.commit()
                 finally:
                     db.close()
 
         try:
-            await trio.to_thread.run_sync(delete, limiter=self.disk_limiter)
+            await trio.to_thread.run_sync(change, limiter=self.disk_limiter)
         except sqlite3.Error as exc:
-            log.warning("could not remove s3://%s/%s from the index: %s", bucket, key, exc)
+            log.warning("%s: %s", failure, exc)
         finally:
-            self._children.pop(bucket, None)
+            self._children.pop(bucket, None)  # a key may be a directory's first child
 
     def _build(self, bucket: str, listed_at: float) -> int:
         """Blocking: list the bucket into tmp/, then rename into place."""
