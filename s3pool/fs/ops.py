@@ -580,7 +580,9 @@ class S3PoolOperations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.files.get(fh)
         if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+            # the kernel only reads handles it opened: one we no longer hold was
+            # ended by a stop while its reader was at work, an I/O error for it
+            raise pyfuse3.FUSEError(errno.EIO)
         self.reads += 1
         try:
             return await handle.reader.read(off, size)
