@@ -34,7 +34,7 @@ check_args() {
     [ -x "$venv/bin/python" ] && py="$venv/bin/python"
     command -v "$py" >/dev/null 2>&1 || return 0
     out="$(PYTHONPATH="$here" "$py" -c \
-        'import sys; from s3pool.cli import check_command_line; sys.exit(check_command_line(sys.argv[1:]))' \
+        'import sys; from s3pool.cli.main import check_command_line; sys.exit(check_command_line(sys.argv[1:]))' \
         "$@" 2>&1)" || rc=$?
     case "$rc" in
         0) if [ -n "$out" ]; then printf '%s\n' "$out"; exit 0; fi ;;  # --help, --version
@@ -136,7 +136,7 @@ install_venv() {
     fi
     echo "installing s3pool into $libdir/venv" >&2
     if ! "$target/bin/pip" install -q --upgrade "$here[demo]" >"$destdir$libdir/pip-install.log" 2>&1 \
-        || ! "$target/bin/python" -c "import pyfuse3, trio, boto3, s3pool.cli"; then
+        || ! "$target/bin/python" -c "import pyfuse3, trio, boto3, s3pool.cli.main"; then
         tail -40 "$destdir$libdir/pip-install.log" >&2
         echo "dev.sh: installing s3pool into $target failed" >&2
         exit 1

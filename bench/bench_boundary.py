@@ -60,7 +60,7 @@ class TreeDaemon:
         mountpoint.mkdir()
         env = dict(os.environ, **CREDS, AWS_ENDPOINT_URL=endpoint, PYTHONPATH=str(tree))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "s3pool.cli", "-p", str(self.port), "-D", str(home),
+            [sys.executable, "-m", "s3pool.cli.main", "-p", str(self.port), "-D", str(home),
              "--embedded-s3", "no", "--bucket", "bench", "-m", str(mountpoint)],
             env=env, cwd=tree, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(home.parent / f"daemon-{self.port}.err", "ab"))

@@ -4,7 +4,7 @@
 
 Hashes --mib MiB (a 64 MiB random buffer, again and again) in 1 MiB
 pieces, the size of the chunks the download path hands to its digest,
-through the very hashers s3pool/checksums.py uses (awscrt's CRC64NVME and
+through the very hashers s3pool/s3/checksums.py uses (awscrt's CRC64NVME and
 CRC32C, zlib's CRC32, hashlib's SHA-1, SHA-256 and MD5), plus awscrt's
 CRC32 for comparison. CPU time is the thread's own (time.thread_time), so
 other work on a shared machine does not count; the median of --rounds
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from awscrt import checksums as crt  # noqa: E402
 
-from s3pool.checksums import CHECKSUMS, Crc  # noqa: E402
+from s3pool.s3.checksums import CHECKSUMS, Crc  # noqa: E402
 
 CHUNK = 1 << 20
 BUFFER = 64 << 20

@@ -76,7 +76,7 @@ def run_daemon(home: Path, s3_port: int, log) -> tuple[subprocess.Popen, int]:
     env["HOME"] = str(home)
     env["PYTHONPATH"] = str(ROOT)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "s3pool.cli", "-p", str(port), "-D",
+    proc = subprocess.Popen([sys.executable, "-m", "s3pool.cli.main", "-p", str(port), "-D",
                              str(home / ".s3pool"), "--embedded-s3-port", str(s3_port)],
                             env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     client = Client(port=port, timeout=5)

@@ -1,4 +1,4 @@
-"""CPU per GET of the lean path (s3pool/s3http.py) against a boto3 baseline, in one run.
+"""CPU per GET of the lean path (s3pool/s3/lean.py) against a boto3 baseline, in one run.
 
 Every GET of a small object (16 KiB by default) is made from one thread
 and its CPU time measured with ``time.thread_time()`` around the call and
@@ -32,14 +32,14 @@ from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import S3Server, print_table  # noqa: E402
-from s3pool.s3http import LeanGets  # noqa: E402
+from s3pool.s3.lean import LeanGets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_REF = "6a10b86"  # s3http.py with its own HTTP/1.1 reading (before issue 16)
 
 
 def old_lean_class(ref: str):
-    source = subprocess.run(["git", "show", f"{ref}:s3pool/s3http.py"], cwd=ROOT, check=True,
+    source = subprocess.run(["git", "show", f"{ref}:s3pool/s3/lean.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "s3http_old.py"
     path.write_text(source)

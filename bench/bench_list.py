@@ -35,7 +35,7 @@ import botocore.parsers  # noqa: E402
 import botocore.session  # noqa: E402
 
 from common import Daemon, S3Server, print_table, workdir  # noqa: E402
-from s3pool.backend import FAST_ENTRIES, ListEntry, parse_listing_fast  # noqa: E402
+from s3pool.s3.backend import FAST_ENTRIES, ListEntry, parse_listing_fast  # noqa: E402
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
@@ -167,8 +167,8 @@ def bench_parsers(runs: int) -> None:
 
 
 def bench_e2e(keys: int, runs: int) -> None:
-    from s3pool.backend import Backend
-    from s3pool.listing import list_page
+    from s3pool.s3.backend import Backend
+    from s3pool.listing.listings import list_page
 
     root = workdir("s3pool-bench-list-")
     server = S3Server("weed", root)

@@ -84,7 +84,7 @@ class Daemon:
         self.port = free_port()
         self.home = home
         self.mountpoint = mountpoint
-        cmd = [sys.executable, "-m", "s3pool.cli", "-p", str(self.port), "-D", str(home),
+        cmd = [sys.executable, "-m", "s3pool.cli.main", "-p", str(self.port), "-D", str(home),
                "--embedded-s3", "no", *(args or [])]
         if mountpoint:
             cmd += ["-m", str(mountpoint)]

@@ -3,14 +3,14 @@
 The control socket and the FUSE view are thin adapters over this module;
 a PULL (:meth:`Cache.fetch`) and an ``open()`` (:meth:`Cache.open`) reach
 S3 through the same path (``_current``), so they share one download, one
-freshness record and one lock. A miss starts a :class:`~.stream.Download`
+freshness record and one lock. A miss starts a :class:`~s3pool.download.download.Download`
 in the cache's nursery: ``open()`` returns once the GET's headers are in
 and reads wait only for their bytes; a PULL waits for the install.
 
 This module holds policy only: single-flight, downloads and listings,
-with what is remembered of S3's answers in ``freshness.py`` and PUSH in
-``push.py``. The files under ``data/``, their locks and access records
-belong to the store (``store.py``); room for a download comes from the
+with what is remembered of S3's answers in ``download/freshness.py`` and PUSH in
+``upload/push.py``. The files under ``data/``, their locks and access records
+belong to the store (``store/objects.py``); room for a download comes from the
 evictor, handed in at construction.
 """
 
@@ -26,20 +26,20 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
-from .backend import Backend, ListEntry, ObjectResponse, listing_time
-from .checksums import Verifications
-from .errors import (
+from s3pool.s3.backend import Backend, ListEntry, ObjectResponse, listing_time
+from s3pool.s3.checksums import Verifications
+from s3pool.errors import (
     BadKey, BackendError, DigestMismatch, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
     S3PoolError, VersionChanged,
 )
-from .freshness import Freshness
-from .layout import check_bucket, check_key
-from .listing import Listings
-from .push import push_file
-from .settings import Settings
-from .store import CachedObject, Installed, Store
-from .stream import Download, Reader
-from .transfer import Transfers
+from s3pool.download.freshness import Freshness
+from s3pool.store.layout import check_bucket, check_key
+from s3pool.listing.listings import Listings
+from s3pool.upload.push import push_file
+from s3pool.settings import Settings
+from s3pool.store.objects import CachedObject, Installed, Store
+from s3pool.download.download import Download, Reader
+from s3pool.s3.progress import Transfers
 
 log = logging.getLogger(__name__)
 

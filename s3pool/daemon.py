@@ -27,25 +27,25 @@ import boto3
 import botocore.exceptions
 import trio
 
-from . import __version__
-from .backend import Backend
-from .cache import Cache
-from .checkpoint import Checkpoint
-from .control.peer import AccessPolicy
-from .control.server import ControlServer
-from .control.unixsocket import UnixSocket
-from .embedded import DEFAULT_PORT as EMBEDDED_S3_PORT, DEMO_BUCKET, EmbeddedS3
-from .errors import EXIT_MOUNT, EXIT_RUNNING, EXIT_USAGE, StartupError
-from .evictor import Evictor
-from .layout import Layout
-from .migrate import migrate as migrate_layout
-from .fleet import Fleet, FleetListings
-from .listing import Listings
-from .logs import RequestLog, apply_verbosity
-from .published import DEFAULT_KEY as DEFAULT_PUBLISHED_KEY
-from .refresher import Refresher
-from .settings import Settings
-from .store import Store
+from s3pool import __version__
+from s3pool.s3.backend import Backend
+from s3pool.cache import Cache
+from s3pool.store.checkpoint import Checkpoint
+from s3pool.control.peer import AccessPolicy
+from s3pool.control.server import ControlServer
+from s3pool.control.unixsocket import UnixSocket
+from s3pool.embedded import DEFAULT_PORT as EMBEDDED_S3_PORT, DEMO_BUCKET, EmbeddedS3
+from s3pool.errors import EXIT_MOUNT, EXIT_RUNNING, EXIT_USAGE, StartupError
+from s3pool.store.evictor import Evictor
+from s3pool.store.layout import Layout
+from s3pool.store.migrate import migrate as migrate_layout
+from s3pool.listing.fleet import Fleet, FleetListings
+from s3pool.listing.listings import Listings
+from s3pool.logs import RequestLog, apply_verbosity
+from s3pool.listing.published import DEFAULT_KEY as DEFAULT_PUBLISHED_KEY
+from s3pool.listing.refresher import Refresher
+from s3pool.settings import Settings
+from s3pool.store.objects import Store
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Options:
     use_published_listing: bool = False  # refresh from the published listing
     published_listing_key: str = DEFAULT_PUBLISHED_KEY
     push_endpoint: str | None = None  # PUSH here instead of the read endpoint
-    shared_cache: str | None = None  # s3://BUCKET/PREFIX: the fleet's shared tier (tier.py)
+    shared_cache: str | None = None  # s3://BUCKET/PREFIX: the fleet's shared tier (download/tier.py)
     shared_cache_endpoint: str | None = None
     shared_cache_profile: str | None = None
 
@@ -320,7 +320,7 @@ class Daemon:
                            listings=listings, push_backend=self.push_backend)
         self.tier = None
         if options.shared_cache:
-            from .tier import make_tier
+            from s3pool.download.tier import make_tier
             self.tier = make_tier(options.shared_cache, options.shared_cache_endpoint,
                                   options.shared_cache_profile, self.backend, make_backend)
             self.cache.tier = self.tier
@@ -355,7 +355,7 @@ class Daemon:
         self.metrics: Any = None
         if options.metrics_port:
             try:
-                from .metrics import Metrics  # prometheus_client only when asked for
+                from s3pool.control.metrics import Metrics  # prometheus_client only when asked for
             except ImportError as exc:
                 raise StartupError(f"--metrics-port needs prometheus_client ({exc}); "
                                    "pip install prometheus_client") from None
@@ -541,7 +541,7 @@ class Daemon:
                 await nursery.start(self.checkpoint.run)
                 await nursery.start(self.refresher.run)
                 if self.mountpoint:
-                    from .fs.mount import FuseMount
+                    from s3pool.fs.mount import FuseMount
 
                     self.fs = FuseMount(self.cache, self.mountpoint, self.options.buckets,
                                         allow_other=self.options.allow_other)

@@ -57,9 +57,9 @@ import boto3
 import botocore.session
 from botocore.config import Config
 
-from .errors import EXIT_FAILURE, StartupError
+from s3pool.errors import EXIT_FAILURE, StartupError
 
-from .logs import private_opener
+from s3pool.logs import private_opener
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import BadRequest
+from s3pool.errors import BadRequest
 
 _SIZE_RE = re.compile(r"\s*(\d+)(?:\.(\d+))?\s*([kmgtp]?)(i?b?)\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}

@@ -201,7 +201,7 @@ class Daemon:
     def start(self, wait: bool = True) -> "Daemon":
         env = dict(os.environ, **CREDENTIALS, AWS_ENDPOINT_URL=self.endpoint)
         env.pop("AWS_PROFILE", None)
-        args = [sys.executable, "-m", "s3pool.cli", "-p", str(self.port), "-D", str(self.home),
+        args = [sys.executable, "-m", "s3pool.cli.main", "-p", str(self.port), "-D", str(self.home),
                 "--embedded-s3", "no", "-v", "2", *self.extra_args]
         if self.mountpoint is not None:
             args += ["-m", str(self.mountpoint)]

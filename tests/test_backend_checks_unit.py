@@ -1,4 +1,4 @@
-"""The checks of S3's answers in s3pool/backend.py (issue 16): a ranged answer is
+"""The checks of S3's answers in s3pool/s3/backend.py (issue 16): a ranged answer is
 the range asked of the version pinned, a whole answer a 200, an ETag sent back
 a legal header value. Pure checks first, then against moto's server."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from s3pool.backend import Backend, check_answer, check_etag, check_range
+from s3pool.s3.backend import Backend, check_answer, check_etag, check_range
 from s3pool.errors import BackendError, VersionChanged
 
 ETAG = '"0123456789abcdef0123456789abcdef"'

@@ -6,13 +6,13 @@ import stat
 import pytest
 import trio
 
-from s3pool.backend import Backend
+from s3pool.s3.backend import Backend
 from s3pool.cache import Cache
 from s3pool.errors import KeyConflict, VersionChanged
-from s3pool.evictor import Evictor
-from s3pool.layout import Layout
+from s3pool.store.evictor import Evictor
+from s3pool.store.layout import Layout
 from s3pool.settings import Settings
-from s3pool.store import Store
+from s3pool.store.objects import Store
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ async def test_the_meta_just_installed_is_not_read_back(make_cache, s3, bucket, 
     file changed on disk afterwards is read again."""
     import json as json_module
 
-    import s3pool.store as store_module
+    import s3pool.store.objects as store_module
 
     s3.put_object(Bucket=bucket, Key="dir/k", Body=b"data", Metadata={"a": "1"})
     cache = make_cache()

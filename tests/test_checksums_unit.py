@@ -1,4 +1,4 @@
-"""Unit tests of s3pool/checksums.py: which check an answer allows, the CRCs
+"""Unit tests of s3pool/s3/checksums.py: which check an answer allows, the CRCs
 against their published check values, and the counts STATUS shows."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from s3pool.checksums import KINDS, Verifications, digest_for, full_object_checksums
+from s3pool.s3.checksums import KINDS, Verifications, digest_for, full_object_checksums
 from s3pool.errors import DigestMismatch
 
 # the standard check values: each CRC of b"123456789" (CRC-64/NVME, CRC-32C, CRC-32)
@@ -118,7 +118,7 @@ def test_verifications_count_installs_per_kind_and_mismatches():
 
 
 def _reader():
-    from s3pool.stream import Reader
+    from s3pool.download.download import Reader
 
     return Reader(None, -1, {})  # completes() touches neither the download nor the fd
 

@@ -34,7 +34,7 @@ def ctl_env(port: int) -> dict[str, str]:
 
 
 def run_ctl(port: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "s3pool.ctl", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "s3pool.cli.ctl", *args], capture_output=True,
                           text=True, env=ctl_env(port), timeout=timeout, cwd=str(ROOT))
 
 
@@ -83,7 +83,7 @@ def test_progress_bar_on_a_terminal_during_a_slow_pull(daemon, s3, bucket, moto_
     # 32 chunks of 64 KiB at 0.06 s each: about 2 s
     moto_server.app.slow_paths[f"/{bucket}/slow.bin"] = 0.06
     code, stdout, terminal = run_with_tty_stderr(
-        [sys.executable, "-m", "s3pool.cli", "pull", bucket, "fast.bin", "slow.bin"],
+        [sys.executable, "-m", "s3pool.cli.main", "pull", bucket, "fast.bin", "slow.bin"],
         ctl_env(daemon.port))
     assert code == 0, terminal
     assert stdout.splitlines() == [str(daemon.data / bucket / "fast.bin"),
@@ -99,7 +99,7 @@ def test_progress_bar_on_a_terminal_without_a_size(daemon, s3, bucket, moto_serv
     s3.put_object(Bucket=bucket, Key="slow.bin", Body=os.urandom(2 * MIB))
     moto_server.app.slow_paths[f"/{bucket}/slow.bin"] = 0.06
     code, stdout, terminal = run_with_tty_stderr(
-        [sys.executable, "-m", "s3pool.ctl", "pull", bucket, "slow.bin"],
+        [sys.executable, "-m", "s3pool.cli.ctl", "pull", bucket, "slow.bin"],
         ctl_env(daemon.port), columns=0)
     assert code == 0, terminal
     assert stdout.strip() == str(daemon.data / bucket / "slow.bin")
@@ -191,7 +191,7 @@ def test_progress_bar_shows_bytes_and_rate_from_status_download_lines():
     fake = FakeDaemon(seconds=2.5)
     try:
         code, stdout, terminal = run_with_tty_stderr(
-            [sys.executable, "-m", "s3pool.ctl", "pull", "bkt", "big file.bin"],
+            [sys.executable, "-m", "s3pool.cli.ctl", "pull", "bkt", "big file.bin"],
             ctl_env(fake.port))
     finally:
         fake.close()
@@ -208,7 +208,7 @@ def test_progress_bar_shows_bytes_and_rate_from_status_download_lines():
 def test_no_bar_when_the_pull_is_quick(daemon, s3, bucket):
     s3.put_object(Bucket=bucket, Key="quick", Body=b"q")
     code, stdout, terminal = run_with_tty_stderr(
-        [sys.executable, "-m", "s3pool.ctl", "pull", bucket, "quick"], ctl_env(daemon.port))
+        [sys.executable, "-m", "s3pool.cli.ctl", "pull", bucket, "quick"], ctl_env(daemon.port))
     assert code == 0 and stdout.strip() == str(daemon.data / bucket / "quick")
     assert terminal == ""
 
@@ -230,7 +230,7 @@ def test_status_table_json_and_watch(daemon, s3, bucket):
     assert as_json["pulls"] == 1 and as_json["cache_objects"] == 1
     assert as_json["refresh_interval"] == 5 and as_json["downloads_in_flight"] == []
     assert as_json["downloads"] == 1  # STATUS's counter, under its own name
-    watch = subprocess.Popen([sys.executable, "-m", "s3pool.ctl", "status", "--watch", "0.2"],
+    watch = subprocess.Popen([sys.executable, "-m", "s3pool.cli.ctl", "status", "--watch", "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ctl_env(daemon.port), cwd=str(ROOT))
     time.sleep(1.2)
@@ -380,7 +380,7 @@ def test_dash_d_returns_once_the_daemon_answers(tmp_path, moto_server, flags):
     port = free_port()
     home = tmp_path / "home"
     argv = [flag.format(port=port, home=home) for flag in flags]
-    result = subprocess.run([sys.executable, "-m", "s3pool.cli", "-d", *argv,
+    result = subprocess.run([sys.executable, "-m", "s3pool.cli.main", "-d", *argv,
                              "--embedded-s3", "no"], env=daemon_env(moto_server), cwd=str(ROOT),
                             capture_output=True, text=True, timeout=60,
                             stdin=subprocess.DEVNULL)
@@ -402,7 +402,7 @@ def test_dash_d_reports_a_failed_start_and_its_exit_code(tmp_path, moto_server):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "s3pool.cli", "-d", "-p", str(port),
+        result = subprocess.run([sys.executable, "-m", "s3pool.cli.main", "-d", "-p", str(port),
                                  "-D", str(tmp_path / "home"), "--embedded-s3", "no"],
                                 env=daemon_env(moto_server), cwd=str(ROOT), capture_output=True,
                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -416,7 +416,7 @@ def test_go_flag_forms_of_the_original_and_its_child(tmp_path, moto_server):
     home = tmp_path / "home"
     # what the original's parent ran as its child, plus the forms its scripts used
     process = subprocess.Popen(
-        [sys.executable, "-m", "s3pool.cli", "--daemonprep", f"--p={port}", "-D", str(home),
+        [sys.executable, "-m", "s3pool.cli.main", "--daemonprep", f"--p={port}", "-D", str(home),
          "-n=true", "-c=7", "--pidfile", "go.pid", "--embedded-s3", "no"],
         env=daemon_env(moto_server), cwd=str(ROOT), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -444,7 +444,7 @@ def test_go_flag_forms_of_the_original_and_its_child(tmp_path, moto_server):
      ["--bucket", "-n=true", "--max-cache-size=1G"]),
 ])
 def test_go_flag_forms_are_rewritten(argv, expected):
-    from s3pool.cli import build_parser, go_flags
+    from s3pool.cli.main import build_parser, go_flags
 
     assert go_flags(argv, build_parser()) == expected
 

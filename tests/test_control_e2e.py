@@ -328,7 +328,7 @@ def test_second_instance_on_the_same_homedir_is_refused(daemon, tmp_path):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "s3pool.cli", "-p", "0", "-D", str(daemon.home),
+        [sys.executable, "-m", "s3pool.cli.main", "-p", "0", "-D", str(daemon.home),
          "--embedded-s3", "no"], capture_output=True, text=True, timeout=30,
         env=dict(os.environ, AWS_ENDPOINT_URL=daemon.endpoint),
     )
@@ -358,7 +358,7 @@ def test_client_command_line(daemon, s3, bucket, tmp_path):
     env = dict(os.environ, S3POOL_PORT=str(daemon.port))
 
     def ctl(*args):
-        return subprocess.run([sys.executable, "-m", "s3pool.ctl", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "s3pool.cli.ctl", *args], capture_output=True,
                               text=True, env=env, timeout=60)
 
     pulled = ctl("pull", bucket, "cli/one")
@@ -371,7 +371,7 @@ def test_client_command_line(daemon, s3, bucket, tmp_path):
     assert ctl("glob", bucket, "cli/*").stdout.split() == ["cli/one", "cli/up"]
     assert "pulls" in ctl("status").stdout
     assert ctl("set", "verbose", "1").returncode == 0
-    assert subprocess.run([sys.executable, "-m", "s3pool.ctl", "-p", "1", "status"],
+    assert subprocess.run([sys.executable, "-m", "s3pool.cli.ctl", "-p", "1", "status"],
                           capture_output=True, timeout=30).returncode == 3
 
 
@@ -462,7 +462,7 @@ def test_port_in_use_is_a_clear_startup_error(tmp_path, moto_server):
         busy.listen(1)
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "s3pool.cli", "-p", str(port), "-D", str(tmp_path / "h"),
+            [sys.executable, "-m", "s3pool.cli.main", "-p", str(port), "-D", str(tmp_path / "h"),
              "--embedded-s3", "no"], capture_output=True, text=True, timeout=60,
             env=dict(os.environ, AWS_ENDPOINT_URL=moto_server.endpoint),
         )

@@ -12,10 +12,10 @@ import threading
 
 import pytest
 
-from s3pool import ctl
+from s3pool.cli import ctl
 from s3pool.client import Client, Download, NotS3Pool, parse_download
 from s3pool.errors import BadRequest
-from s3pool.progress import PullProgress, human_bytes
+from s3pool.cli.progress import PullProgress, human_bytes
 from s3pool.settings import Settings, parse_minutes, parse_seconds
 
 
@@ -55,7 +55,7 @@ def test_a_wrong_argument_count_names_the_expected_arguments(argv, expected, cap
 
 
 def test_messages_say_s3pool_when_run_as_s3pool_pull(capsys):
-    from s3pool.cli import main as s3pool_main
+    from s3pool.cli.main import main as s3pool_main
 
     with pytest.raises(SystemExit) as info:
         s3pool_main(["glob", "b"])

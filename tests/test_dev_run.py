@@ -113,10 +113,11 @@ def test_a_homedir_other_users_cannot_reach_is_warned_about(tmp_path, moto_serve
 
 def test_the_command_line_parses_with_the_standard_library_alone():
     # what ./dev.sh run checks before the venv exists: no trio, no boto3 (-S: no site)
-    from s3pool import cli, published
+    from s3pool.cli import main as cli
+    from s3pool.listing import published
 
     assert cli.DEFAULT_KEY == published.DEFAULT_KEY
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from s3pool.cli import "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from s3pool.cli.main import "
             "check_command_line; check_command_line(['-p', '1', '-D', 'x']); "
             "assert 'trio' not in sys.modules and 'boto3' not in sys.modules")
     result = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT)],

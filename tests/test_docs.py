@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from s3pool.manpage import PAGES
+from s3pool.cli.manpage import PAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_committed_man_page_matches_the_parser(name):
     committed = (ROOT / "man" / f"{name}.1").read_text()
     assert committed == PAGES[name](), (
-        f"man/{name}.1 is stale: run python -m s3pool.manpage {name} > man/{name}.1")
+        f"man/{name}.1 is stale: run python -m s3pool.cli.manpage {name} > man/{name}.1")
 
 
 def test_every_option_of_help_is_in_the_man_page():
-    help_text = subprocess.run([sys.executable, "-m", "s3pool.cli", "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "s3pool.cli.main", "--help"],
                                capture_output=True, text=True, check=True).stdout
     page = (ROOT / "man" / "s3pool.1").read_text().replace("\\-", "-")
     for word in help_text.split():

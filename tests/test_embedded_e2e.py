@@ -30,7 +30,7 @@ class DemoDaemon:
         self.port = free_port()
         self.log = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "s3pool.cli", "-p", str(self.port), "-D", str(self.home),
+            [sys.executable, "-m", "s3pool.cli.main", "-p", str(self.port), "-D", str(self.home),
              "--embedded-s3-port", str(self.s3_port), *self.args],
             env=self.env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
             cwd=str(ROOT))
@@ -147,7 +147,7 @@ def test_embedded_s3_port_in_use_is_a_clear_error(tmp_path):
         daemon = DemoDaemon(tmp_path, port)
         log = open(daemon.stderr_path, "wb")
         proc = subprocess.run(
-            [sys.executable, "-m", "s3pool.cli", "-p", str(free_port()), "-D",
+            [sys.executable, "-m", "s3pool.cli.main", "-p", str(free_port()), "-D",
              str(daemon.home), "--embedded-s3-port", str(port)],
             env=daemon.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(ROOT),
             timeout=60)

@@ -193,7 +193,7 @@ def test_refuses_a_non_empty_mount_point(tmp_path, moto_server):
     mountpoint.mkdir()
     (mountpoint / "something").write_text("x")
     result = subprocess.run(
-        [sys.executable, "-m", "s3pool.cli", "-p", "0", "-D", str(tmp_path / "h"),
+        [sys.executable, "-m", "s3pool.cli.main", "-p", "0", "-D", str(tmp_path / "h"),
          "-m", str(mountpoint), "--embedded-s3", "no"],
         capture_output=True, text=True, timeout=30,
         env=dict(os.environ, AWS_ENDPOINT_URL=moto_server.endpoint),
@@ -253,9 +253,9 @@ def test_restart_after_sigkill_clears_the_dead_mount(start_daemon, s3, bucket):
 
 
 def test_a_directory_of_100000_entries_streams(start_daemon, tmp_path):
-    from s3pool.backend import ListEntry
-    from s3pool.layout import Layout
-    from s3pool.listing import write_listing
+    from s3pool.s3.backend import ListEntry
+    from s3pool.store.layout import Layout
+    from s3pool.listing.listings import write_listing
 
     # the listing is what readdir serves: write a 100,000-key one directly
     home = tmp_path / "home"

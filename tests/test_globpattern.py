@@ -7,7 +7,7 @@ import time
 import pytest
 
 from s3pool.errors import BadRequest
-from s3pool.globpattern import compile_glob, expand_braces
+from s3pool.listing.globpattern import compile_glob, expand_braces
 
 
 def matches(pattern, key):
@@ -88,7 +88,7 @@ def test_literal_prefixes_are_disjoint_and_in_key_order():
 
 
 def test_runs_of_wildcards_fold_into_one():
-    from s3pool.globpattern import tokenize
+    from s3pool.listing.globpattern import tokenize
 
     assert tokenize("a/**/**/**/b")[1] == tokenize("a/**/b")[1]
     assert tokenize("**/**")[1] == tokenize("**")[1]
@@ -207,7 +207,7 @@ def _skip_stars(pattern, positions):
 
 
 def test_the_dfa_cache_is_bounded_and_still_right_after_it_is_dropped(monkeypatch):
-    from s3pool import globmatch
+    from s3pool.listing import globmatch
 
     # a small cache, so that keys walk through more states than it holds
     monkeypatch.setattr(globmatch, "DFA_MAX_STATES", 16)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from s3pool.errors import BadBucket, BadKey
-from s3pool.layout import Layout, check_bucket, check_key
+from s3pool.store.layout import Layout, check_bucket, check_key
 
 
 @pytest.mark.parametrize("key", [

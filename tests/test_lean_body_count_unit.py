@@ -10,8 +10,8 @@ import threading
 
 from test_s3http_unit import ScriptedServer, lean_for, ok
 
-from s3pool.backend import WatchedBody
-from s3pool.s3requests import S3Requests
+from s3pool.s3.backend import WatchedBody
+from s3pool.s3.inflight import S3Requests
 
 
 def test_lean_body_bytes_are_counted_once():

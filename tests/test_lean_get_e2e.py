@@ -1,4 +1,4 @@
-"""The lean GET path (s3pool/s3http.py): object GETs signed by botocore's
+"""The lean GET path (s3pool/s3/lean.py): object GETs signed by botocore's
 signer and sent on keep-alive connections of its own, with boto3 taking over anything unusual.
 
 A signature or URL that S3 rejects would not show as a failure (boto3
@@ -16,7 +16,7 @@ import pytest
 
 from conftest import free_port_block, request
 from fault_proxy import FaultProxy
-from s3pool.layout import META_SUFFIX
+from s3pool.store.layout import META_SUFFIX
 from test_embedded_e2e import DemoDaemon, s3_client
 
 AWKWARD_KEYS = [

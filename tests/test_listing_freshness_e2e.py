@@ -48,7 +48,7 @@ def wait_for(condition, what: str, timeout: float = WAIT):
 def run_ctl(port: int, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, S3POOL_PORT=str(port), S3POOL_HOST="127.0.0.1")
     env.pop("S3POOL_SOCKET", None)
-    return subprocess.run([sys.executable, "-m", "s3pool.ctl", "-p", str(port), *args],
+    return subprocess.run([sys.executable, "-m", "s3pool.cli.ctl", "-p", str(port), *args],
                           capture_output=True, text=True, env=env, timeout=120, cwd=str(ROOT))
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from s3pool.backend import ListEntry
-from s3pool.layout import Layout
-from s3pool.listing import DIR_MARK, _merge_page, write_listing
+from s3pool.s3.backend import ListEntry
+from s3pool.store.layout import Layout
+from s3pool.listing.listings import DIR_MARK, _merge_page, write_listing
 from s3pool.settings import Settings
 
 
@@ -78,7 +78,7 @@ def test_only_the_empty_index_counts_as_never_listed_and_a_written_one_is_dated(
     a NoSuchBucket may remove."""
     import time
 
-    from s3pool.listing import Listings, _create_empty_index
+    from s3pool.listing.listings import Listings, _create_empty_index
 
     layout = Layout.create(str(tmp_path / "home"))
     write_listing(layout, "written", [[entry("k")]])

@@ -4,15 +4,15 @@ pushed keys kept across a refresh (fake backends, real files)."""
 import pytest
 import trio
 
-from s3pool.layout import Layout
+from s3pool.store.layout import Layout
 
 
 async def test_listings_never_run_two_listings_of_one_bucket_at_once(tmp_path):
     import threading
     import time as time_module
 
-    from s3pool.backend import ListEntry
-    from s3pool.listing import Listings
+    from s3pool.s3.backend import ListEntry
+    from s3pool.listing.listings import Listings
 
     class SlowBackend:
         limiter = trio.CapacityLimiter(10)
@@ -46,8 +46,8 @@ async def test_listings_never_run_two_listings_of_one_bucket_at_once(tmp_path):
 async def test_glob_during_a_refresh_sees_the_old_listing_whole(tmp_path):
     import threading
 
-    from s3pool.backend import ListEntry
-    from s3pool.listing import Listings, write_listing
+    from s3pool.s3.backend import ListEntry
+    from s3pool.listing.listings import Listings, write_listing
 
     layout = Layout.create(str(tmp_path))
     write_listing(layout, "bkt", [[ListEntry(f"old/{i:04d}", 1, 0.0, "") for i in range(2000)]])
@@ -77,8 +77,8 @@ async def test_glob_during_a_refresh_sees_the_old_listing_whole(tmp_path):
 async def test_a_push_during_a_refresh_survives_the_new_listing(tmp_path):
     import threading
 
-    from s3pool.backend import ListEntry
-    from s3pool.listing import Listings, write_listing
+    from s3pool.s3.backend import ListEntry
+    from s3pool.listing.listings import Listings, write_listing
 
     layout = Layout.create(str(tmp_path))
     write_listing(layout, "bkt", [[ListEntry("a", 1, 0.0, "")]])
@@ -106,9 +106,9 @@ async def test_a_push_during_a_refresh_survives_the_new_listing(tmp_path):
 
 
 async def test_glob_with_alternatives_reads_each_range_once_in_key_order(tmp_path):
-    from s3pool.backend import ListEntry
-    from s3pool.globpattern import compile_glob
-    from s3pool.listing import Listings, write_listing
+    from s3pool.s3.backend import ListEntry
+    from s3pool.listing.globpattern import compile_glob
+    from s3pool.listing.listings import Listings, write_listing
 
     keys = sorted({f"{top}/{mid}/{leaf}" for top in ("a", "ab", "b", "logs", "x")
                    for mid in ("1", "2", "10", "a b") for leaf in ("f.txt", "g.csv", "h")}
@@ -134,9 +134,9 @@ async def test_glob_with_alternatives_reads_each_range_once_in_key_order(tmp_pat
 async def test_a_glob_scan_gives_up_when_the_daemon_stops(tmp_path):
     import threading
 
-    from s3pool.backend import ListEntry
+    from s3pool.s3.backend import ListEntry
     from s3pool.errors import ShuttingDown
-    from s3pool.listing import Listings, write_listing
+    from s3pool.listing.listings import Listings, write_listing
 
     layout = Layout.create(str(tmp_path))
     write_listing(layout, "bkt", [[ListEntry(f"k/{i:05d}", 1, 0.0, "") for i in range(3000)]])
@@ -159,9 +159,9 @@ async def test_a_listing_gives_up_at_its_next_page_when_the_daemon_stops(tmp_pat
     leaves nothing behind in tmp/."""
     import threading
 
-    from s3pool.backend import ListEntry
+    from s3pool.s3.backend import ListEntry
     from s3pool.errors import ShuttingDown
-    from s3pool.listing import Listings
+    from s3pool.listing.listings import Listings
 
     class EndlessBackend:
         limiter = trio.CapacityLimiter(10)
@@ -189,8 +189,8 @@ async def test_a_listing_gives_up_at_its_next_page_when_the_daemon_stops(tmp_pat
 async def test_directory_answers_follow_inserts_and_new_listings(tmp_path):
     """has_children is asked at every open and PULL; its answers are kept,
     but a key added under a name, or a new listing, is seen at once."""
-    from s3pool.backend import ListEntry
-    from s3pool.listing import Listings
+    from s3pool.s3.backend import ListEntry
+    from s3pool.listing.listings import Listings
 
     class Backend:
         limiter = trio.CapacityLimiter(10)

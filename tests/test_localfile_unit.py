@@ -1,4 +1,4 @@
-"""Opening the file a PUSH names (s3pool/localfile.py, control/peer.py):
+"""Opening the file a PUSH names (s3pool/upload/localfile.py, control/peer.py):
 only regular files, another user's with that user's rights, one answer
 for what the user cannot reach."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from s3pool.control import peer
 from s3pool.errors import LocalFileError
-from s3pool.localfile import NotRegularFile, open_as, open_regular
+from s3pool.upload.localfile import NotRegularFile, open_as, open_regular
 
 NOBODY = 65534
 

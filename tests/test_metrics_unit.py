@@ -1,4 +1,4 @@
-"""The metrics endpoint on the trio loop (s3pool/metrics.py): HTTP answers,
+"""The metrics endpoint on the trio loop (s3pool/control/metrics.py): HTTP answers,
 and its connection cap with idle scrapers hurried out."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from s3pool import metrics
-from s3pool.metrics import Metrics, MetricsServer
+from s3pool.control import metrics
+from s3pool.control.metrics import Metrics, MetricsServer
 
 
 async def _status_lines():

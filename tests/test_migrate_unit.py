@@ -9,8 +9,8 @@ import sqlite3
 import pytest
 
 from s3pool.errors import StartupError
-from s3pool.layout import LAYOUT_VERSION, Layout
-from s3pool.migrate import layout_version, migrate
+from s3pool.store.layout import LAYOUT_VERSION, Layout
+from s3pool.store.migrate import layout_version, migrate
 
 SCHEMA = """
 CREATE TABLE keys (key TEXT PRIMARY KEY, size INTEGER, mtime REAL, etag TEXT) WITHOUT ROWID;

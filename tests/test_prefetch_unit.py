@@ -1,4 +1,4 @@
-"""The read-ahead detector (s3pool/prefetch.py) against a fake listing and cache.
+"""The read-ahead detector (s3pool/fs/prefetch.py) against a fake listing and cache.
 
 What reaches S3 and the disk is tested end to end in test_prefetch_e2e.py;
 here the decisions: which opens count as in order, when the window starts,
@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-from s3pool import prefetch
+from s3pool.fs import prefetch
 from s3pool.errors import NoSuchKey
-from s3pool.listing import Entry
-from s3pool.prefetch import Prefetcher
+from s3pool.listing.listings import Entry
+from s3pool.fs.prefetch import Prefetcher
 from s3pool.settings import Settings
 
 

@@ -12,12 +12,12 @@ import zlib
 
 import pytest
 
-from s3pool.backend import ListEntry, validator
+from s3pool.s3.backend import ListEntry, validator
 from s3pool.errors import BackendError
-from s3pool.layout import Layout
-from s3pool.fleet import Fleet, FleetListings
-from s3pool.listing import Listings, write_listing
-from s3pool.published import DEFAULT_KEY, PublishedListing, is_hidden, write_published
+from s3pool.store.layout import Layout
+from s3pool.listing.fleet import Fleet, FleetListings
+from s3pool.listing.listings import Listings, write_listing
+from s3pool.listing.published import DEFAULT_KEY, PublishedListing, is_hidden, write_published
 
 ODD_KEYS = ["a", "dir/b", "tab\there", "new\nline", "quote\"s", "ünï/ç", "z" * 900]
 

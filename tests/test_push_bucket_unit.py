@@ -1,4 +1,4 @@
-"""PUSH asks whether the bucket exists before uploading (s3pool/push.py)."""
+"""PUSH asks whether the bucket exists before uploading (s3pool/upload/push.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from s3pool.errors import AccessDenied, NoSuchBucket
-from s3pool.push import BUCKET_CONFIRMED_FOR, check_bucket_exists
+from s3pool.upload.push import BUCKET_CONFIRMED_FOR, check_bucket_exists
 
 
 class FakeBackend:

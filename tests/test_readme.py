@@ -71,7 +71,7 @@ def test_readme_examples_run_verbatim(tmp_path):
     daemon = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
          'mount -t tmpfs -o size=1m tmpfs /mnt && exec "$0" "$@"',
-         sys.executable, "-m", "s3pool.cli", "-p", str(port), "-D", f"{home}/.s3pool",
+         sys.executable, "-m", "s3pool.cli.main", "-p", str(port), "-D", f"{home}/.s3pool",
          "-m", "/mnt/s3pool", "--embedded-s3-port", str(free_port_block())],
         env=env, cwd=ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:

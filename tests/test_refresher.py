@@ -5,7 +5,7 @@ import random
 import trio
 
 from s3pool.errors import BackendError, NoSuchBucket
-from s3pool.refresher import Refresher
+from s3pool.listing.refresher import Refresher
 
 
 class FakeListings:

@@ -1,4 +1,4 @@
-"""The lean GET path's own HTTP/1.1 reading (s3pool/s3http.py), against a
+"""The lean GET path's own HTTP/1.1 reading (s3pool/s3/lean.py), against a
 scripted server on a real socket: keep-alive reuse, a kept-alive connection
 the server closed, short and chunked bodies, answers that go to boto3, and
 HTTPS checked with the CA bundle the boto3 client was given."""
@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from s3pool.s3http import BadAnswer, BodyError, Fallback, LeanGets
+from s3pool.s3.lean import BadAnswer, BodyError, Fallback, LeanGets
 
 OK_HEAD = ("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nETag: \"abc\"\r\n"
            "Last-Modified: Thu, 26 Nov 2026 03:00:00 GMT\r\nx-amz-meta-Owner: me\r\n{extra}\r\n")

@@ -1,4 +1,4 @@
-"""The S3 request deadline (s3pool/s3requests.py) on real sockets: a request that
+"""The S3 request deadline (s3pool/s3/inflight.py) on real sockets: a request that
 gets no answer, or whose body stalls, is ended by shutting its socket down;
 one nobody reads is not judged; the stop ends every request at once."""
 
@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from s3pool.s3requests import S3Requests
+from s3pool.s3.inflight import S3Requests
 
 
 def _wait(predicate, what: str, seconds: float = 20.0) -> None:

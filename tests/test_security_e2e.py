@@ -170,7 +170,7 @@ def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(start_daemon, pu
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666
     assert Client(socket_path=sock).status()["pid"] == str(daemon.process.pid)
     # the shell client: --socket, or $S3POOL_SOCKET when neither -H nor -p is given
-    ctl = [daemon.process.args[0], "-m", "s3pool.ctl"]
+    ctl = [daemon.process.args[0], "-m", "s3pool.cli.ctl"]
     env = dict(os.environ, S3POOL_SOCKET=sock, S3POOL_PORT="1")
     for args in (["--socket", sock, "status"], ["status"]):
         result = subprocess.run(ctl + args, capture_output=True, text=True, timeout=30, env=env,
@@ -182,7 +182,7 @@ def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(start_daemon, pu
     assert result.returncode == 3 and "127.0.0.1:1" in result.stderr, result
     # a second daemon (another HOMEDIR) must not steal a live socket
     result = subprocess.run(
-        [daemon.process.args[0], "-m", "s3pool.cli", "-p", "0", "-D", str(tmp_path / "other"),
+        [daemon.process.args[0], "-m", "s3pool.cli.main", "-p", "0", "-D", str(tmp_path / "other"),
          "--embedded-s3", "no", "--socket", sock], capture_output=True, text=True, timeout=60,
         env=dict(os.environ, AWS_ENDPOINT_URL=moto_server.endpoint),
         cwd=ROOT)

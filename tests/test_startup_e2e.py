@@ -26,7 +26,7 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def s3pool(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "s3pool.cli", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "s3pool.cli.main", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
@@ -48,7 +48,7 @@ def test_unreachable_endpoint_and_no_credentials_are_said_at_start(tmp_path):
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "s3pool.cli", "-p", str(port), "-D", str(tmp_path / "home"),
+            [sys.executable, "-m", "s3pool.cli.main", "-p", str(port), "-D", str(tmp_path / "home"),
              "--embedded-s3", "no"], env=env, cwd=ROOT, stdout=log, stderr=log,
             stdin=subprocess.DEVNULL)
     try:

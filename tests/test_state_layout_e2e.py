@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from s3pool.layout import LAYOUT_VERSION
+from s3pool.store.layout import LAYOUT_VERSION
 
 NOBODY = 65534
 NOGROUP = 65534

@@ -2,12 +2,12 @@
 
 import trio
 
-from s3pool.backend import Backend
+from s3pool.s3.backend import Backend
 from s3pool.cache import Cache
-from s3pool.evictor import Evictor
-from s3pool.layout import Layout
+from s3pool.store.evictor import Evictor
+from s3pool.store.layout import Layout
 from s3pool.settings import Settings
-from s3pool.store import Store
+from s3pool.store.objects import Store
 
 
 async def test_eviction_with_pulls_and_pushes_of_its_victims_never_hangs(tmp_path, moto_server,

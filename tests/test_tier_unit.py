@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from s3pool import tier as tiermod
-from s3pool.s3requests import S3Requests
-from s3pool.tier import SharedTier, parse_tier_url, tier_key, tier_metadata
+from s3pool.download import tier as tiermod
+from s3pool.s3.inflight import S3Requests
+from s3pool.download.tier import SharedTier, parse_tier_url, tier_key, tier_metadata
 
 
 class FakeBackend:

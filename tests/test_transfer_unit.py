@@ -1,5 +1,5 @@
 """Unit tests of the download mechanism: checked writes, the stall deadline and
-the choice of verification (s3pool/transfer.py, s3pool/checksums.py,
+the choice of verification (s3pool/s3/progress.py, s3pool/s3/checksums.py,
 backend._copy_into)."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import zlib
 
 import pytest
 
-from s3pool import checksums as checksums_module
-from s3pool.backend import _copy_into
-from s3pool.checksums import digest_for
+from s3pool.s3 import checksums as checksums_module
+from s3pool.s3.backend import _copy_into
+from s3pool.s3.checksums import digest_for
 from s3pool.errors import BackendError, NoSpace
-from s3pool.transfer import Transfer, write_all
+from s3pool.s3.progress import Transfer
+from s3pool.store.files import write_all
 
 
 class FakeBody:

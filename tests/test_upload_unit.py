@@ -1,4 +1,4 @@
-"""StagedUpload (s3pool/upload.py) with a real Store in a temp HOMEDIR and a
+"""StagedUpload (s3pool/upload/staged.py) with a real Store in a temp HOMEDIR and a
 fake S3 backend that records its calls; the end-to-end tests through a real
 mount and moto are in test_mount_writes_e2e.py."""
 
@@ -13,9 +13,9 @@ import trio.testing
 
 from s3pool.cache import NoEviction
 from s3pool.errors import BackendError
-from s3pool.layout import Layout
-from s3pool.store import Store
-from s3pool.upload import NotSequential, StagedUpload, UploadFailed, UploadRecords, \
+from s3pool.store.layout import Layout
+from s3pool.store.objects import Store
+from s3pool.upload.staged import NotSequential, StagedUpload, UploadFailed, UploadRecords, \
     abort_leftovers
 
 

@@ -18,7 +18,7 @@ us about the client:
   for SET, which needs ``--allow-remote-admin``.
 
 PUSH by a known local user opens the file with that user's rights (a
-helper process that becomes the user, see ``localfile.py``), and only a
+helper process that becomes the user, see ``upload/localfile.py``), and only a
 regular file; whatever the user cannot reach gets one answer, the same
 for a missing file, so PUSH tells nobody what exists where they cannot
 look.
@@ -36,8 +36,8 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from ..errors import LocalFileError, PermissionDenied
-from ..localfile import NotRegularFile, open_as
+from s3pool.errors import LocalFileError, PermissionDenied
+from s3pool.upload.localfile import NotRegularFile, open_as
 
 # Linux's value; Python's socket module does not name it
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..errors import BadRequest
+from s3pool.errors import BadRequest
 
 MAX_REQUEST_BYTES = 1 << 20
 # an ERROR line naming a megabyte of input is cut (a key is at most 1 KiB)

@@ -34,12 +34,12 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from ..cache import LISTING_NOTE, Cache
-from ..errors import BadRequest, LocalFileError, PermissionDenied, S3PoolError, StartupError
-from ..logs import RequestLog
-from ..settings import format_value
-from .peer import AccessPolicy, Peer, open_for_peer, tcp_peer, unix_peer
-from .protocol import MAX_REQUEST_BYTES, Request, format_done, format_error, format_list, parse_request
+from s3pool.cache import LISTING_NOTE, Cache
+from s3pool.errors import BadRequest, LocalFileError, PermissionDenied, S3PoolError, StartupError
+from s3pool.logs import RequestLog
+from s3pool.settings import format_value
+from s3pool.control.peer import AccessPolicy, Peer, open_for_peer, tcp_peer, unix_peer
+from s3pool.control.protocol import MAX_REQUEST_BYTES, Request, format_done, format_error, format_list, parse_request
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import os
 import socket
 import stat
 
-from ..errors import StartupError
+from s3pool.errors import StartupError
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ..cache import Cache
-from ..errors import EXIT_MOUNT, StartupError
-from ..upload import abort_leftovers
-from .ops import S3PoolOperations
+from s3pool.cache import Cache
+from s3pool.errors import EXIT_MOUNT, StartupError
+from s3pool.upload.staged import abort_leftovers
+from s3pool.fs.ops import S3PoolOperations
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class FuseMount:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                # multipart uploads a killed daemon left are aborted (upload.py)
+                # multipart uploads a killed daemon left are aborted (upload/staged.py)
                 nursery.start_soon(self._abort_leftover_uploads)
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 with trio.move_on_after(30, shield=True):

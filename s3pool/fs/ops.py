@@ -33,16 +33,16 @@ from typing import Any, Callable, Iterator
 import pyfuse3
 import trio
 
-from ..backend import ListEntry
-from ..cache import Cache, Reader
-from ..errors import (
+from s3pool.s3.backend import ListEntry
+from s3pool.cache import Cache, Reader
+from s3pool.errors import (
     AccessDenied, BackendError, BadBucket, BadKey, KeyConflict, NoSpace, NoSuchBucket, NoSuchKey,
     S3PoolError, VersionChanged,
 )
-from ..layout import check_bucket
-from ..listing import Entry, ListJob, visible_name
-from ..prefetch import Prefetcher
-from .writes import MountWrites
+from s3pool.store.layout import check_bucket
+from s3pool.listing.listings import Entry, ListJob, visible_name
+from s3pool.fs.prefetch import Prefetcher
+from s3pool.fs.writes import MountWrites
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The model is mountpoint-s3's, made stricter where it can be:
 
 - ``create`` (cp, shell ``>``, ``open(O_CREAT|O_WRONLY)``) of a name that
-  is not an object starts a :class:`s3pool.upload.StagedUpload`; writes
+  is not an object starts a :class:`s3pool.upload.staged.StagedUpload`; writes
   must continue where the file ends (else EINVAL) and are staged in tmp/.
 - ``close()`` returns the answer to FUSE's FLUSH: the FLUSH of the
   process that opened the file (once bytes were written) uploads it and
@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING, Any
 import pyfuse3
 import trio
 
-from ..backend import ObjectExists
-from ..errors import BadKey, NoSpace, NoSuchKey, S3PoolError
-from ..layout import check_key
-from ..listing import Entry
-from ..upload import NotSequential, StagedUpload, UploadFailed
+from s3pool.s3.backend import ObjectExists
+from s3pool.errors import BadKey, NoSpace, NoSuchKey, S3PoolError
+from s3pool.store.layout import check_key
+from s3pool.listing.listings import Entry
+from s3pool.upload.staged import NotSequential, StagedUpload, UploadFailed
 
 if TYPE_CHECKING:
-    from .ops import Node, S3PoolOperations
+    from s3pool.fs.ops import Node, S3PoolOperations
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class MountWrites:
     async def _start(self, bucket: str, key: str, mode: int, inode: int | None = None,
                      replace: bool = False, opener: int = 0
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        from .ops import Node  # ops imports this module
+        from s3pool.fs.ops import Node  # ops imports this module
 
         ops = self.ops
         upload = StagedUpload(self.cache, bucket, key, self.settings.upload_part_size,
@@ -318,7 +318,7 @@ class MountWrites:
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int
                     ) -> pyfuse3.EntryAttributes:
-        from .ops import Node
+        from s3pool.fs.ops import Node
 
         self._require()
         ops = self.ops

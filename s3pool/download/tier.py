@@ -1,0 +1,625 @@
+"""The shared cache tier: a second S3 endpoint between a fleet's hosts and the origin.
+
+``--shared-cache s3://BUCKET/PREFIX`` (with ``--shared-cache-endpoint URL``
+and ``--shared-cache-profile NAME``, else the standard AWS chain) names a
+bucket on any S3-compatible engine the site runs (SeaweedFS, MinIO, Ceph,
+S3 itself). A host that misses an object asks the tier for it before the
+origin; a host that fetched an object from the origin writes it to the
+tier in the background, so the next host finds it there.
+
+- **Addressed by content version.** An object's tier key is ``PREFIX`` +
+  the SHA-256 (hex) of ``origin bucket NUL key NUL ETag``: a new version
+  at the origin has another tier key, so the tier can never serve an old
+  version under a new name. The origin's metadata travels beside the
+  bytes as the tier object's user metadata (``s3pool-etag``,
+  ``s3pool-size``, ``s3pool-content-type``, ``s3pool-last-modified``,
+  ``s3pool-bucket``, ``s3pool-key``, and any full-object checksum as
+  ``s3pool-checksumcrc64nvme``...).
+- **Freshness stays the origin's.** Which version is current is asked of
+  the origin (a HEAD after the freshness window, instead of the
+  conditional GET), or read from a whole listing of the bucket (the
+  published one, or the host's own) younger than the freshness window.
+  Only the bytes come from the tier.
+- **The tier is not trusted.** Its answer must carry the metadata of the
+  version the origin named (ETag and size) and exactly that many bytes,
+  and the bytes must hash to the origin's full-object checksum or its
+  single-part ETag's MD5 (``checksums.Digest``, from the *origin's*
+  answer, never the tier's). So an object is read from the tier only when
+  the origin gives such a check: an object with a multipart ETag and no
+  full-object checksum is always read from the origin (and never written
+  to the tier), since a length is all that could be checked and a
+  checksum the tier stored beside the bytes is the tier's word.
+- **The tier never fails a PULL.** A tier that errs, times out, cannot be
+  reached, answers with other metadata or with bytes that do not match
+  sends that object to the origin, with one log line (``shared cache:
+  ... fetching from the origin``). A ranged part that fails from the tier
+  is fetched from the origin; a body that fails mid-way goes on from the
+  origin where it broke (:class:`_OnFromOrigin`); bytes that fail the
+  check fail that download, and the PULL fetches the object from the
+  origin (a reader of the mount that read it all gets EIO at its last
+  read, and the next open reads from the origin). After ``FAILURES_BEFORE_BACKOFF`` failures in a row the tier
+  is skipped for ``BACKOFF_FIRST`` seconds, doubling up to ``BACKOFF_MAX``.
+- **Writes are best effort.** A verified object fetched from the origin is
+  uploaded from its installed cache file (a descriptor opened under the
+  key's lock, so eviction cannot change it under the upload) by a
+  background task: ``UPLOAD_CONCURRENCY`` at a time and at most
+  ``UPLOAD_BYTES`` queued, beyond which an upload is skipped; it waits
+  while the host downloads (up to ``UPLOAD_DEFER_MAX``), so it does not
+  slow the readers; a HEAD first, so a copy another host wrote is kept.
+  Nobody waits for them.
+
+Expiry is the engine's business (a lifecycle rule on the prefix; see
+docs/fleet.md). STATUS shows ``shared_cache_*`` counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from email.utils import format_datetime
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import quote, urlsplit
+
+import trio
+
+from s3pool.s3.backend import Backend, ObjectResponse, _read_small, check_answer, check_etag, \
+    check_range, meta_from_response, validator
+from s3pool.s3.checksums import CHECKSUM_FIELDS, Digest, digest_for
+from s3pool.errors import BackendError, DigestMismatch, NoSuchKey, S3PoolError
+from s3pool.s3.progress import Transfer
+
+if TYPE_CHECKING:
+    from s3pool.cache import Cache
+    from s3pool.store.objects import CachedObject
+
+log = logging.getLogger(__name__)
+
+FAILURES_BEFORE_BACKOFF = 3  # tier failures in a row before it is skipped
+BACKOFF_FIRST = 30.0  # seconds skipped the first time
+BACKOFF_MAX = 600.0
+UPLOAD_CONCURRENCY = 2  # uploads to the tier at once
+UPLOAD_BYTES = 512 << 20  # bytes queued or in flight for the tier at most
+UPLOAD_DEFER_MAX = 60.0  # seconds an upload waits for the host's downloads to end, at most
+UPLOAD_DEFER_POLL = 0.2
+TIER_DEADLINE = 10.0  # seconds a tier request may go unanswered...
+TIER_STALL_BYTES = 1 << 20  # ... or bring less than this many bytes of its body
+BAD_VERSIONS = 10_000  # versions remembered as bad in the tier (for the origin)
+META = "s3pool-"
+
+
+class TierCurrent:
+    """The origin's check found the cached copy current (no bytes needed)."""
+
+
+CURRENT = TierCurrent()
+
+
+def parse_tier_url(url: str) -> tuple[str, str]:
+    """``s3://BUCKET/PREFIX`` -> (bucket, prefix ending in '/' or empty)."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"--shared-cache wants s3://BUCKET/PREFIX, not {url!r}")
+    prefix = parts.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return parts.netloc, prefix
+
+
+def tier_key(prefix: str, bucket: str, key: str, etag: str) -> str:
+    """The tier key of one version: PREFIX + sha256(bucket NUL key NUL bare ETag)."""
+    bare = (etag or "").strip().strip('"')
+    name = hashlib.sha256(f"{bucket}\0{key}\0{bare}".encode("utf-8", "surrogateescape"))
+    return prefix + name.hexdigest()
+
+
+def tier_metadata(bucket: str, key: str, meta: dict[str, Any]) -> dict[str, str]:
+    """The origin's metadata, as the tier object's user metadata (ASCII)."""
+    out = {
+        META + "etag": str(meta.get("ETag") or "").strip().strip('"'),
+        META + "size": str(int(meta["ContentLength"])),
+        META + "content-type": quote(str(meta.get("ContentType") or ""), safe="/;=+-. "),
+        META + "last-modified": str(meta.get("LastModified") or ""),
+        META + "bucket": bucket,
+    }
+    quoted = quote(key, safe="/")
+    if len(quoted) <= 1024:  # user metadata is 2 KiB at most in all
+        out[META + "key"] = quoted
+    for field in CHECKSUM_FIELDS + ("ChecksumType",):
+        if meta.get(field):
+            out[META + field.lower()] = str(meta[field])
+    return out
+
+
+@dataclass
+class TierResponse(ObjectResponse):
+    """A GET of the tier that stands for the origin's: the origin's meta and
+    digest, the tier's body; ranged parts through :meth:`get_range_into`."""
+
+    tier: "SharedTier | None" = None
+    tier_key: str = ""
+    tier_etag: str = ""
+    ranged_bytes: int = 0  # bytes of ranged parts (from the tier or the origin)
+    body_origin_bytes: int = 0  # bytes of the body read from the origin after a tier failure
+
+    async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
+                             fd: int, transfer: Transfer | None = None,
+                             on_progress: Callable[[int], None] | None = None,
+                             total: int | None = None) -> int:
+        """A part from the tier, pinned to the tier copy's ETag; from the origin
+        (pinned to the origin's) if the tier fails it."""
+        tier = self.tier
+        assert tier is not None
+        if tier.usable():
+            try:
+                got = await tier.backend.get_range_into(
+                    tier.bucket, self.tier_key, self.tier_etag, start, length, fd,
+                    _PartTransfer(transfer) if transfer is not None else None,
+                    on_progress, total)
+                if got == length:
+                    tier.add_bytes(tier=got)
+                    self.ranged_bytes += got
+                    return got
+                raise BackendError(f"short range from the tier: {got} of {length} bytes")
+            except S3PoolError as exc:
+                tier.failed(bucket, key, f"part at {start}: {exc}")
+        got = await tier.origin.get_range_into(bucket, key, etag, start, length, fd, transfer,
+                                               on_progress, total)
+        tier.add_bytes(origin=got)
+        self.ranged_bytes += got
+        return got
+
+
+class _PartTransfer:
+    """The download's Transfer for one part from the tier: bytes and the stop
+    are the download's, but a failure stays with the part (the origin's turn)."""
+
+    def __init__(self, transfer: Transfer) -> None:
+        self._transfer = transfer
+        self.url = transfer.url
+
+    @property
+    def done(self) -> int:
+        return self._transfer.done
+
+    def add(self, count: int) -> None:
+        self._transfer.add(count)
+
+    def check(self) -> None:
+        self._transfer.check()
+
+    def fail(self, message: str) -> None:
+        pass
+
+
+class _OnFromOrigin:
+    """The body of a GET of the tier that, if the tier fails it (an error, the
+    deadline, an early end), goes on with the same bytes from the origin: a
+    ranged GET from where it broke, pinned to the origin's ETag (worker
+    threads; the download and its digest see one body, in order)."""
+
+    def __init__(self, body: Any, response: TierResponse, tier: "SharedTier", bucket: str,
+                 key: str, etag: str, size: int) -> None:
+        self._body = body
+        self._response = response
+        self._tier = tier
+        self._bucket = bucket
+        self._key = key
+        self._etag = etag
+        self._size = size
+        self._pos = 0
+        self._from_origin = False
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._read(size, True)
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._read(size, False)
+
+    def _read(self, size: int | None, once: bool) -> bytes:
+        try:
+            data = self._body.read1(size) if once else self._body.read(size)
+            if not data and self._pos < self._size and size != 0:
+                raise BackendError(f"the body ended after {self._pos} of {self._size} bytes")
+        except Exception as exc:  # noqa: BLE001 (the tier's failure, whatever it is)
+            if self._from_origin or self._tier.origin.stopping.is_set():
+                raise
+            self._switch(exc)
+            data = self._body.read1(size) if once else self._body.read(size)
+        self._pos += len(data)
+        if self._from_origin:
+            self._response.body_origin_bytes += len(data)
+        return data
+
+    def _switch(self, exc: BaseException) -> None:
+        self._tier.failed(self._bucket, self._key, f"body at byte {self._pos}: {exc}")
+        try:
+            self._body.close()
+        except Exception:  # noqa: BLE001 (a broken body)
+            pass
+        self._from_origin = True
+        origin, start, length = self._tier.origin, self._pos, self._size - self._pos
+        conditions = {"Range": f"bytes={start}-{self._size - 1}"}
+        if validator(self._etag):
+            conditions["IfMatch"] = validator(self._etag)  # type: ignore[assignment]
+        resp = origin._get(self._bucket, self._key, conditions)
+        try:
+            check_range(resp, self._bucket, self._key, self._etag, start, length, self._size)
+        except BaseException:
+            resp["Body"].close()
+            raise
+        self._body = resp["Body"]
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class SharedTier:
+    """One host's view of the shared cache tier (see the module's docstring)."""
+
+    def __init__(self, backend: Backend, bucket: str, prefix: str, origin: Backend) -> None:
+        self.backend = backend
+        self.bucket = bucket
+        self.prefix = prefix
+        self.origin = origin
+        self.hits = 0
+        self.misses = 0
+        self.fallbacks = 0
+        self.unverifiable = 0  # objects the tier could not be trusted for (origin only)
+        self.bytes_from_tier = 0
+        self.bytes_from_origin = 0
+        self.uploads = 0
+        self.uploads_kept = 0  # the tier had the version already (another host wrote it)
+        self.uploads_skipped = 0  # over the queue's bytes: best effort
+        self.upload_failures = 0
+        self.listing_checks = 0  # versions taken from a fresh listing instead of a HEAD
+        self._lock = threading.RLock()  # counters: bodies and parts fail in worker threads
+        self._failures_in_row = 0
+        self._skip_until = 0.0
+        self._backoff = BACKOFF_FIRST
+        self._bad: dict[tuple[str, str, str], None] = {}  # versions to read from the origin
+        self._serving: dict[tuple[str, str], str] = {}  # downloads from the tier: ETag
+        self._queued_bytes = 0
+        self._upload_limiter = trio.CapacityLimiter(UPLOAD_CONCURRENCY)
+        self._nursery: trio.Nursery | None = None
+        self.busy: Callable[[], bool] = lambda: False  # this host is downloading (the cache)
+        backend.requests.set_deadline(TIER_DEADLINE, TIER_STALL_BYTES)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} at {self.backend.describe()}"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Background: the nursery the uploads run in."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    # --- health --------------------------------------------------------
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self._skip_until
+
+    def failed(self, bucket: str, key: str, why: str) -> None:
+        """One failure of the tier for s3://bucket/key: one log line; a tier that
+        keeps failing is skipped for a while (trio's thread or a worker's)."""
+        with self._lock:
+            self.fallbacks += 1
+            self._failures_in_row += 1
+            log.warning("shared cache: %s failed for s3://%s/%s (%s); fetching from the "
+                        "origin", self.describe(), bucket, key, why)
+            if self._failures_in_row >= FAILURES_BEFORE_BACKOFF and self.usable():
+                self._skip_until = time.monotonic() + self._backoff
+                log.warning("shared cache: %d failures in a row; not used for %.0fs",
+                            self._failures_in_row, self._backoff)
+                self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+
+    def _worked(self) -> None:
+        self._failures_in_row = 0
+        self._backoff = BACKOFF_FIRST
+
+    def add_bytes(self, tier: int = 0, origin: int = 0) -> None:
+        with self._lock:
+            self.bytes_from_tier += tier
+            self.bytes_from_origin += origin
+
+    def _mark_bad(self, bucket: str, key: str, etag: str) -> None:
+        if len(self._bad) >= BAD_VERSIONS:
+            self._bad.pop(next(iter(self._bad)))
+        self._bad[(bucket, key, validator(etag) or "")] = None
+
+    # --- the origin's version ------------------------------------------
+
+    async def origin_version(self, cache: "Cache", bucket: str, key: str
+                             ) -> dict[str, Any] | None:
+        """The current version's meta (`aws s3api` shape), from a whole listing
+        younger than the freshness window, else a HEAD of the origin (asking
+        for its checksums); None if the origin could not say (the caller's
+        GET of the origin then reports what is wrong)."""
+        window = cache.settings.freshness_window
+        age = cache.listings.listing_age(bucket)
+        if age is not None and age < window:
+            info = cache.listings.key_info(bucket, key)
+            if info is not None and "-" not in info[2].strip('"') and _legal_etag(info[2]):
+                size, mtime, etag = info
+                self.listing_checks += 1
+                return {"ETag": etag, "ContentLength": int(size),
+                        "LastModified": format_datetime(
+                            datetime.fromtimestamp(mtime, timezone.utc), usegmt=True),
+                        "ContentType": None, "Metadata": {}, "AcceptRanges": "bytes",
+                        "FromListing": True}
+        origin = self.origin
+        try:
+            resp = await origin._run(
+                lambda: origin.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"),
+                bucket=bucket, key=key)
+            check_etag(resp.get("ETag"), f"s3://{bucket}/{key}")  # ETags are sent back
+        except S3PoolError as exc:
+            log.debug("shared cache: HEAD of s3://%s/%s at the origin: %s", bucket, key, exc)
+            return None
+        meta = meta_from_response(resp)
+        for name in ("ServerSideEncryption", "SSECustomerAlgorithm"):
+            if resp.get(name):
+                meta[name] = resp[name]
+        return meta
+
+    # --- the miss path ---------------------------------------------------
+
+    async def lookup(self, cache: "Cache", bucket: str, key: str, obj: "CachedObject | None",
+                     small: Callable[[ObjectResponse], None], small_limit: int
+                     ) -> TierResponse | TierCurrent | None:
+        """Called by the cache, under the key's lock, where it would GET the
+        origin: CURRENT if the cached copy *obj* is the origin's current
+        version, a response streaming from the tier, or None (GET the origin)."""
+        meta = await self.origin_version(cache, bucket, key)
+        if meta is None:
+            return None
+        etag = meta.get("ETag") or ""
+        if obj is not None and validator(obj.meta.get("ETag")) == validator(etag) \
+                and validator(etag) is not None and obj.size == meta["ContentLength"]:
+            return CURRENT
+        digest = digest_for(meta, bucket, key)
+        if digest is None:  # a length is all that could be checked: the origin's bytes
+            self.unverifiable += 1
+            return None
+        if (bucket, key, validator(etag) or "") in self._bad or not self.usable():
+            return None
+        name = tier_key(self.prefix, bucket, key, etag)
+        try:
+            response = await self._get(bucket, key, name, meta, digest, small, small_limit)
+        except NoSuchKey:
+            self.misses += 1
+            self._worked()  # an answer
+            return None
+        except S3PoolError as exc:
+            self.failed(bucket, key, str(exc))
+            return None
+        if response.data is not None:
+            error = getattr(small, "error", None)
+            if isinstance(error, DigestMismatch):  # the tier's bytes are wrong: the origin's
+                self._mark_bad(bucket, key, etag)
+                small.error = None  # type: ignore[attr-defined]
+                self.failed(bucket, key, str(error))
+                return None
+            self.add_bytes(tier=response.content_length)
+        else:
+            self._serving[(bucket, key)] = etag
+        self.hits += 1
+        self._worked()
+        return response
+
+    async def _get(self, bucket: str, key: str, name: str, meta: dict[str, Any],
+                   digest: Digest, small: Callable[[ObjectResponse], None], small_limit: int
+                   ) -> TierResponse:
+        tier = self.backend
+        size = int(meta["ContentLength"])
+        want = tier_metadata(bucket, key, meta)
+
+        def call() -> TierResponse:
+            resp = tier._get(self.bucket, name, {})  # botocore's errors: _run translates
+            body = resp["Body"]
+            try:
+                check_answer(resp, self.bucket, name)
+                stored = {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()}
+                for field in (META + "etag", META + "size", META + "bucket", META + "key"):
+                    if field in want and stored.get(field) != want[field]:
+                        raise BackendError(f"the tier copy's {field} is "
+                                           f"{str(stored.get(field))[:80]!r}, the origin's "
+                                           f"{want[field][:80]!r}")
+                if resp.get("ContentLength") != size:
+                    raise BackendError(f"the tier copy has {resp.get('ContentLength')!r} "
+                                       f"bytes, the origin's {size}")
+            except BaseException:
+                body.close()
+                raise
+            served = dict(meta)
+            served.pop("FromListing", None)
+            if not served.get("ContentType"):  # a listing says none: the tier's word
+                served["ContentType"] = _unquote(stored.get(META + "content-type")) \
+                    or "binary/octet-stream"
+            response = TierResponse(served, body, digest, tier=self, tier_key=name,
+                                    tier_etag=resp.get("ETag") or "")
+            if size <= small_limit:
+                _read_small(response, self.bucket, name)  # hashed into the origin's digest
+                small(response)  # checked and installed, or its error noted
+            else:  # streamed: a body the tier breaks goes on from the origin
+                response.body = _OnFromOrigin(body, response, self, bucket, key,
+                                              meta.get("ETag") or "", size)
+            return response
+
+        return await tier._run(call, bucket=self.bucket, key=name)
+
+    def download_failed(self, bucket: str, key: str, error: BaseException) -> bool:
+        """A download from the tier failed (its body, or its bytes did not match):
+        True if it was one (the caller fetches from the origin)."""
+        etag = self._serving.pop((bucket, key), None)
+        if etag is None:
+            return False
+        self._mark_bad(bucket, key, etag)
+        self.failed(bucket, key, str(error))
+        return True
+
+    # --- after an install ----------------------------------------------------
+
+    def installed(self, bucket: str, key: str, obj: "CachedObject",
+                  response: ObjectResponse) -> None:
+        """Under the key's lock: *obj* was installed from *response* (checked).
+        From the tier: counted. From the origin and verified: queued for the tier."""
+        if isinstance(response, TierResponse):
+            if response.data is None:  # streamed: ranged parts counted as they came
+                self._serving.pop((bucket, key), None)
+                self.add_bytes(tier=max(0, int(obj.size) - response.ranged_bytes
+                                        - response.body_origin_bytes),
+                               origin=response.body_origin_bytes)
+            log.info("shared cache: s3://%s/%s (%d bytes) came from the tier (%s)", bucket,
+                     key, obj.size, response.tier_key)
+            return
+        size = int(obj.size)
+        self.add_bytes(origin=size)
+        if response.digest is None or not self.usable() or self._nursery is None:
+            return  # unverifiable objects are never read from the tier: not written either
+        if self._queued_bytes + size > UPLOAD_BYTES:
+            self.uploads_skipped += 1
+            log.debug("shared cache: not writing s3://%s/%s (%d bytes queued)", bucket, key,
+                      self._queued_bytes)
+            return
+        try:
+            fd = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.debug("shared cache: cannot open %s: %s", obj.path, exc)
+            return
+        self._queued_bytes += size
+        self._nursery.start_soon(self._upload, bucket, key, dict(obj.meta), fd, size)
+
+    async def _upload(self, bucket: str, key: str, meta: dict[str, Any], fd: int,
+                      size: int) -> None:
+        etag = meta.get("ETag") or ""
+        name = tier_key(self.prefix, bucket, key, etag)
+        want = tier_metadata(bucket, key, meta)
+        tier = self.backend
+        try:
+            async with self._upload_limiter:
+                # never beside this host's own downloads: an upload competes with them
+                # for the cores and the GIL (4 hosts missing at once ran 3x slower)
+                with trio.move_on_after(UPLOAD_DEFER_MAX):
+                    while self.busy():
+                        await trio.sleep(UPLOAD_DEFER_POLL)
+
+                def call() -> bool:
+                    try:
+                        head = tier.client.head_object(Bucket=self.bucket, Key=name)
+                        stored = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+                        if head.get("ContentLength") == size and \
+                                stored.get(META + "etag") == want[META + "etag"]:
+                            return False  # another host wrote this version: one copy
+                    except Exception:  # noqa: BLE001 (missing, or the PUT will say)
+                        pass
+                    with os.fdopen(own, "rb") as source:  # closes *own*
+                        tier.client.upload_fileobj(
+                            source, self.bucket, name,
+                            ExtraArgs={"Metadata": want,
+                                       "ContentType": meta.get("ContentType")
+                                       or "binary/octet-stream"},
+                            Config=tier.transfer_config)
+                    return True
+
+                # the thread's own descriptor: a cancelled (abandoned) upload may still
+                # read after *fd* is closed below
+                own = os.dup(fd)
+                wrote = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+            if wrote:
+                self.uploads += 1
+                log.info("shared cache: wrote s3://%s/%s (%d bytes) as %s", bucket, key, size,
+                         name)
+            else:
+                self.uploads_kept += 1
+        except Exception as exc:  # noqa: BLE001 (best effort: one line)
+            self.upload_failures += 1
+            log.warning("shared cache: writing s3://%s/%s to %s failed: %s", bucket, key,
+                        self.describe(), exc)
+        finally:
+            self._queued_bytes -= size
+            os.close(fd)
+
+    def stop(self) -> None:
+        self.backend.stopping.set()
+
+    def status_lines(self) -> list[tuple[str, Any]]:
+        return [
+            ("shared_cache", self.describe()),
+            ("shared_cache_state", "ok" if self.usable() else "skipped (backoff)"),
+            ("shared_cache_hits", self.hits),
+            ("shared_cache_misses", self.misses),
+            ("shared_cache_fallbacks", self.fallbacks),
+            ("shared_cache_unverifiable", self.unverifiable),
+            ("shared_cache_listing_checks", self.listing_checks),
+            ("shared_cache_bytes_from_tier", self.bytes_from_tier),
+            ("shared_cache_bytes_from_origin", self.bytes_from_origin),
+            ("shared_cache_uploads", self.uploads),
+            ("shared_cache_uploads_kept", self.uploads_kept),
+            ("shared_cache_uploads_skipped", self.uploads_skipped),
+            ("shared_cache_upload_failures", self.upload_failures),
+            ("shared_cache_uploads_queued_bytes", self._queued_bytes),
+            # the tier's requests in flight: OP URL BYTES SECONDS
+            *(("shared_cache_request", value) for _, value in self.backend.requests.status_lines()),
+        ]
+
+
+def _unquote(text: str | None) -> str:
+    from urllib.parse import unquote
+    return unquote(text or "")
+
+
+def make_tier(url: str, endpoint: str | None, profile: str | None, origin: Backend,
+              make_backend: Callable[..., Backend]) -> SharedTier:
+    """The tier of ``--shared-cache URL`` (a StartupError names what is wrong):
+    its endpoint (``--shared-cache-endpoint``, else the origin's), its
+    credentials (``--shared-cache-profile``'s, else the standard AWS chain)."""
+    import boto3
+    import botocore.exceptions
+    from s3pool.errors import EXIT_USAGE, StartupError
+
+    try:
+        bucket, prefix = parse_tier_url(url)
+    except ValueError as exc:
+        raise StartupError(str(exc), EXIT_USAGE) from None
+    credentials = None
+    region = None
+    if profile:
+        try:
+            session = boto3.session.Session(profile_name=profile)
+            found = session.get_credentials()
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StartupError(f"--shared-cache-profile {profile}: {exc}", EXIT_USAGE) from None
+        if found is None:
+            raise StartupError(f"--shared-cache-profile {profile}: no credentials in it",
+                               EXIT_USAGE)
+        frozen = found.get_frozen_credentials()
+        credentials = {"aws_access_key_id": frozen.access_key,
+                       "aws_secret_access_key": frozen.secret_key}
+        if frozen.token:
+            credentials["aws_session_token"] = frozen.token
+        region = session.region_name
+    backend = make_backend(endpoint_url=endpoint or origin.endpoint_url, max_threads=32,
+                           credentials=credentials, region=region)
+    tier = SharedTier(backend, bucket, prefix, origin)
+    log.info("shared cache: %s", tier.describe())
+    return tier
+
+
+def _legal_etag(etag: str) -> bool:
+    """A listing's ETag that may be sent back as a header (a published listing
+    is anyone's who may write the bucket); else the origin is asked."""
+    try:
+        check_etag(etag, "")
+    except BackendError:
+        return False
+    return True

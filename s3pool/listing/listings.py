@@ -1,0 +1,1041 @@
+"""Bucket listings: ``__list__`` for other tools and an index for us.
+
+A REFRESH streams the bucket's listing page by page (never the whole
+listing in memory) into two files built in ``tmp/``: the plain
+``__list__`` (one key a line, as the original wrote it) and the index,
+a SQLite table of (key, size, mtime, etag) ordered by key. The index is
+renamed to ``state/listings/BUCKET/index.db`` (outside the key namespace:
+no key can reach it or its journals), then ``__list__`` into the
+BUCKETDIR, so a reader sees the old listing or the new one, never a mix.
+GLOB, the FUSE view's lookups and readdir all query the index by key
+range instead of scanning the listing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import trio
+
+import botocore.exceptions
+
+from s3pool.s3.backend import FAST_ENTRIES, FAST_PREFIXES, Backend, ListEntry, translate
+from s3pool.errors import BackendError, NoSpace, NoSuchBucket, S3PoolError, ShuttingDown
+from s3pool.listing.globpattern import CompiledGlob, compile_glob
+from s3pool.store.layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
+from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE keys (key TEXT PRIMARY KEY, size INTEGER, mtime REAL, etag TEXT) WITHOUT ROWID;
+CREATE TABLE info (name TEXT PRIMARY KEY, value);
+CREATE TABLE local_adds (key TEXT PRIMARY KEY, added_at REAL) WITHOUT ROWID;
+CREATE TABLE dirs (prefix TEXT, deep INTEGER, listed_at REAL, PRIMARY KEY (prefix, deep))
+    WITHOUT ROWID;
+"""
+# When a part of the index was last listed again from S3: a directory (deep 0,
+# a delimiter LIST of its prefix) or everything under a prefix (deep 1, a
+# GLOB's LIST of its literal prefix). These times describe what the index file
+# holds, so they live in it: a new index (a full listing) starts without them,
+# its info 'listed_at' then dates every part, and they survive a restart.
+_DIRS = "CREATE TABLE IF NOT EXISTS dirs (prefix TEXT, deep INTEGER, listed_at REAL, " \
+    "PRIMARY KEY (prefix, deep)) WITHOUT ROWID"
+# a directory a delimiter LIST showed whose keys the index lacks: a row
+# (PREFIX/, -1, 0, '') that makes it show in its parent; no key, no GLOB match
+DIR_MARK = -1
+# a GLOB with more literal prefixes than this, when stale, refreshes the whole listing
+MAX_PREFIX_RELISTS = 16
+# keys per LIST page
+PAGE_KEYS = 1000
+# the info 'source' of the empty index ensure_index makes (no whole listing yet)
+EMPTY_SOURCE = "none"
+# keys put into the index here (add_key), with when: kept over a published
+# listing taken before then
+_LOCAL_ADDS = "CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL) " \
+    "WITHOUT ROWID"
+# Sorts after every character a key can hold: the end of a prefix range.
+_TOP = chr(0x10FFFF)
+# has_children answers kept per bucket (all forgotten when it is full)
+CHILDREN_MEMORY = 1 << 16
+# keys a GLOB scan matches between two looks at the stopping flag
+_STOP_CHECK_EVERY = 128
+# keys with a line break named in the log per listing (then only counted)
+LINE_BREAKS_LOGGED = 20
+
+_index_locks: dict[str, threading.Lock] = {}
+_index_locks_guard = threading.Lock()
+
+
+def index_lock(path: str) -> threading.Lock:
+    """The lock of the index file at *path* (a leaf: nothing else is waited
+    for while it is held). Every write into the index holds it for the whole
+    transaction, from opening (or checking) the file the name holds to the
+    commit; every rename, link or unlink of the name holds it too. SQLite's
+    rollback journal is found by the file's name (``index.db-journal``), its
+    locks are on the file: a write still going into a file just replaced
+    left a journal that looked hot to a writer of the new file, which "rolled
+    it back" into the wrong file ('database disk image is malformed', 'disk
+    I/O error', readers kept 'locked'). Under this lock the name never
+    changes file while a journal exists, and no write goes into a file the
+    name no longer holds."""
+    with _index_locks_guard:
+        return _index_locks.setdefault(path, threading.Lock())
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A name inside a bucket directory of the FUSE view."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+    etag: str = ""
+
+
+def same_etag(a: str | None, b: str | None) -> bool:
+    """ETags from LIST and GET compare equal with or without their quotes."""
+    return (a or "").strip('"') == (b or "").strip('"')
+
+
+def prefix_upper(prefix: str) -> str:
+    return prefix + _TOP
+
+
+def visible_name(name: str, at_root: bool) -> bool:
+    """Can *name* be shown as one path component of the FUSE view?"""
+    if name in ("", ".", "..") or name.endswith(META_SUFFIX):
+        return False
+    if at_root and (name in RESERVED_ROOT_NAMES or name == HIDDEN_ROOT):
+        return False
+    return len(name.encode("utf-8", "surrogatepass")) <= 255
+
+
+class FleetHooks(Protocol):
+    """The published listing's part in a refresh (fleet.FleetListings)."""
+
+    async def fetch(self, bucket: str) -> int | None: ...
+
+    async def listed(self, bucket: str, listed_at: float) -> None: ...
+
+
+class ListJob:
+    """One LIST of a prefix from S3, merged into the index page by page.
+
+    Shared by everyone who wants that prefix listed (single-flight): a
+    reader serves the index's entries up to :attr:`through` (merged
+    already) while later pages arrive.
+    """
+
+    def __init__(self, bucket: str, prefix: str, deep: bool) -> None:
+        self.bucket, self.prefix, self.deep = bucket, prefix, deep
+        self.started = time.time()  # the listing reflects S3 as of (at least) now
+        self.through: str | None = None  # the last position merged; None: nothing yet
+        self.done = False
+        self.error: BaseException | None = None
+        self.pages = 0
+        self._changed = trio.Event()
+
+    def covers(self, position: str) -> bool:
+        """True once the index is current up to *position* (a key, or a
+        subdirectory's prefix) under this listing."""
+        return self.done or (self.through is not None and position <= self.through)
+
+    def advance(self, through: str | None) -> None:
+        self.pages += 1
+        self.through = prefix_upper(self.prefix) if through is None else through
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done = True
+        self._changed.set()
+
+    async def changed(self) -> None:
+        """Wait for the next page or the end."""
+        if not self.done:
+            await self._changed.wait()
+
+    async def wait(self) -> None:
+        """Wait for the end; raise its error if it failed."""
+        while not self.done:
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class Listings:
+    """Per-bucket listing files: refresh them, query them."""
+
+    def __init__(self, layout: Layout, backend: Backend) -> None:
+        self.layout = layout
+        self.backend = backend
+        # the published listing (fleet.py sets these): where it is, and what
+        # fetches it instead of a LIST and publishes after one
+        self.published_key = DEFAULT_KEY
+        self.fleet: FleetHooks | None = None
+        self._locks: dict[str, trio.Lock] = {}
+        self._conns: dict[str, tuple[int, sqlite3.Connection]] = {}
+        # has_children answers per bucket, for the index the connection has open
+        # (an open and a PULL each ask; inserts clear it, a new index drops it)
+        self._children: dict[str, dict[str, bool]] = {}
+        self.last_refresh: dict[str, float] = {}
+        # listings of a bucket started / finished: a caller that waited while
+        # a listing which started after its request ran is served by that one
+        self._started: dict[str, int] = {}
+        self._finished: dict[str, int] = {}
+        # PUSHes made while a listing of their bucket runs
+        self._pushed_meanwhile: dict[str, list[ListEntry]] = {}
+        self.disk_limiter = trio.CapacityLimiter(4)
+        # GLOB scans have their own: long ones must not hold up index writes
+        self.glob_limiter = trio.CapacityLimiter(4)
+        # set at shutdown (it is the backend's): a GLOB scan in a worker
+        # thread, which cannot be cancelled, gives up
+        self.stopping: threading.Event = getattr(backend, "stopping", None) or threading.Event()
+        # LISTs of one prefix running now (bucket, prefix, deep) -> job
+        self._jobs: dict[tuple[str, str, bool], ListJob] = {}
+        # where jobs run, so that they outlive the readdir that started them
+        # (the cache's nursery); without one a job runs in its caller
+        self.nursery: trio.Nursery | None = None
+        self.list_requests = 0  # LIST requests (pages) sent, for STATUS
+        self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
+
+    # --- refresh ---------------------------------------------------------
+
+    def has_index(self, bucket: str) -> bool:
+        return os.path.exists(self.layout.index_path(bucket))
+
+    async def refresh(self, bucket: str, max_age: float | None = None) -> int:
+        """Re-list *bucket*; at most one listing of a bucket runs at a time.
+
+        A caller that had to wait for a listing started after it asked gets
+        that listing's result instead of starting another one. With
+        *max_age*, a published listing older than that is not enough: the
+        bucket is listed.
+        """
+        lock = self._locks.setdefault(bucket, trio.Lock())
+        # any listing that starts from now on reflects the bucket as it is now
+        wanted = self._started.get(bucket, 0) + 1
+        async with lock:
+            if self._finished.get(bucket, 0) >= wanted:
+                return self._count(bucket)
+            self._started[bucket] = self._started.get(bucket, 0) + 1
+            self._pushed_meanwhile[bucket] = []
+            try:
+                count, listed_at = await self._list(bucket, max_age)
+            finally:
+                pushed = self._pushed_meanwhile.pop(bucket, [])
+            self._finished[bucket] = self._started[bucket]
+            # a PUSH during the listing may be missing from it: put it back
+            for entry in pushed:
+                await self.add_key(bucket, entry)
+            if listed_at is not None and self.fleet is not None:
+                await self.fleet.listed(bucket, listed_at)
+        self.last_refresh[bucket] = time.time()
+        self._drop_conn(bucket)
+        return count
+
+    def hidden(self, key: str) -> bool:
+        return is_hidden(key, self.published_key)
+
+    async def _list(self, bucket: str, max_age: float | None = None
+                    ) -> tuple[int, float | None]:
+        """(keys, when the LIST started) after listing *bucket*; the time is
+        None when the listing came from the published one."""
+        if self.fleet is not None:
+            count = await self.fleet.fetch(bucket)
+            if count is not None:
+                age = self.listing_age(bucket)
+                if max_age is None or (age is not None and age <= max_age):
+                    return count, None
+                log.info("the published listing of s3://%s is %.0fs old, more than "
+                         "listing_freshness (%gs): listing the bucket", bucket, age, max_age)
+        listed_at = time.time()
+        count = await trio.to_thread.run_sync(self._build, bucket, listed_at,
+                                              limiter=self.backend.limiter)
+        log.info("refreshed s3://%s: %d keys", bucket, count)
+        return count, listed_at
+
+    def knows_version(self, bucket: str, key: str, etag: str, size: int) -> bool:
+        """True unless the index lacks this version of *key* (no index: nothing to add)."""
+        conn = self.conn(bucket)
+        if conn is None:
+            return True
+        info = self.key_info(bucket, key)
+        return info is not None and info[0] == size and same_etag(info[2], etag)
+
+    async def add_key(self, bucket: str, entry: ListEntry) -> None:
+        """Put a key we just uploaded or downloaded into the index, so GLOB and
+        the FUSE view see it (and its size) before the next listing has it.
+
+        The index then holds a key ``__list__`` lacks: it says so on disk
+        (``list_complete`` 0), so this stays true across restarts."""
+        if self.hidden(entry.key):
+            return  # s3pool's own objects are no part of the listing
+        if bucket in self._pushed_meanwhile:
+            self._pushed_meanwhile[bucket].append(entry)
+        path = self.layout.index_path(bucket)
+        if not os.path.exists(path):
+            return  # no listing yet: the first one will have the key
+
+        now = time.time()
+        await self._change_index(bucket, path, [
+            ("PRAGMA synchronous=NORMAL", ()),
+            ("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry)),
+            ("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)", ()),
+            (_LOCAL_ADDS, ()),
+            ("INSERT OR REPLACE INTO local_adds VALUES (?, ?)", (entry.key, now)),
+        ], f"could not add s3://{bucket}/{entry.key} to the index")
+
+    async def remove_key(self, bucket: str, key: str) -> None:
+        """Take a key we just deleted on S3 (rm in the mount) out of the index."""
+        path = self.layout.index_path(bucket)
+        if not os.path.exists(path):
+            return
+        await self._change_index(bucket, path, [
+            ("DELETE FROM keys WHERE key = ?", (key,)),
+            (_LOCAL_ADDS, ()),
+            ("DELETE FROM local_adds WHERE key = ?", (key,)),
+        ], f"could not remove s3://{bucket}/{key} from the index")
+
+    async def _change_index(self, bucket: str, path: str,
+                            statements: list[tuple[str, tuple[Any, ...]]], failure: str) -> None:
+        """Run *statements* as one transaction on the index at *path*, in a
+        worker thread, under the index's lock (a rename of a new index over
+        it waits; see index_lock). A failure is logged as *failure*: the
+        next listing puts the index right."""
+        def change() -> None:
+            with index_lock(path):
+                if not os.path.exists(path):
+                    return  # taken away meanwhile: connect would make an empty file
+                db = sqlite3.connect(path)
+                try:
+                    for sql, args in statements:
+                        db.execute(sql, args)
+                    db.commit()
+                finally:
+                    db.close()
+
+        try:
+            await trio.to_thread.run_sync(change, limiter=self.disk_limiter)
+        except sqlite3.Error as exc:
+            log.warning("%s: %s", failure, exc)
+        finally:
+            self._children.pop(bucket, None)  # a key may be a directory's first child
+
+    def _build(self, bucket: str, listed_at: float) -> int:
+        """Blocking: list the bucket into tmp/, then rename into place."""
+        return write_listing(self.layout, bucket, self._pages(bucket),
+                             info={"source": "s3", "listed_at": listed_at}, hidden=self.hidden)
+
+    def _pages(self, bucket: str) -> Iterator[list[ListEntry]]:
+        """The bucket's listing pages, given up at shutdown: a bucket of
+        millions of keys lists for minutes in a thread nobody can cancel."""
+        for page in self.backend.iter_listing(bucket):
+            self.list_requests += 1
+            if self.stopping.is_set():
+                raise ShuttingDown(f"the daemon is stopping: listing of s3://{bucket} abandoned")
+            yield page
+
+    # --- freshness: parts of the index listed again ------------------------
+
+    def listing_age(self, bucket: str) -> float | None:
+        """Seconds since the bucket's whole listing was taken (a published one:
+        since its publisher took it); None without an index."""
+        listed = self._info_time(bucket)
+        return None if listed is None else max(0.0, time.time() - listed)
+
+    def _info_time(self, bucket: str) -> float | None:
+        conn = self.conn(bucket)
+        if conn is None:
+            return None
+        try:
+            # when its LIST began (a published one: its publisher's); else when it was written
+            info = dict(conn.execute("SELECT name, value FROM info WHERE name IN "
+                                     "('listed_at', 'refreshed_at')"))
+            value = info.get("listed_at", info.get("refreshed_at"))
+            return float(value) if value is not None else 0.0
+        except (sqlite3.Error, TypeError, ValueError):
+            return 0.0
+
+    def listed_at(self, bucket: str, prefix: str, deep: bool) -> float:
+        """When the index last took from S3 the directory *prefix* (every key
+        under it with *deep*): the whole listing, a LIST of that directory or
+        a deep LIST of a prefix of it, whichever came last; 0 if never."""
+        best = self._info_time(bucket) or 0.0
+        conn = self.conn(bucket)
+        if conn is None:
+            return best
+        try:
+            # deep listings are few (one per GLOB prefix); directories many
+            for listed_prefix, listed_at in conn.execute(
+                    "SELECT prefix, listed_at FROM dirs WHERE deep = 1"):
+                if prefix.startswith(listed_prefix):
+                    best = max(best, float(listed_at))
+            if not deep:
+                row = conn.execute("SELECT listed_at FROM dirs WHERE prefix = ? AND deep = 0",
+                                   (prefix,)).fetchone()
+                if row is not None:
+                    best = max(best, float(row[0]))
+        except sqlite3.OperationalError:
+            pass  # an index written before there were directory listings: no table
+        return best
+
+    def never_listed(self, bucket: str) -> bool:
+        """True while the index is the empty one ensure_index made (no whole listing yet)."""
+        conn = self.conn(bucket)
+        if conn is None:
+            return False
+        try:
+            row = conn.execute("SELECT value FROM info WHERE name = 'source'").fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] == EMPTY_SOURCE
+
+    async def idle(self, bucket: str, quiet: float = 0.0) -> None:
+        """Wait until no LIST of a part of *bucket* runs (whatever came of
+        them) and none started for *quiet* seconds."""
+        while True:
+            running = [job for (b, _, _), job in self._jobs.items() if b == bucket]
+            if running:
+                await running[0].changed()
+                continue
+            since = trio.current_time() - self._last_job.get(bucket, -quiet)
+            if since >= quiet:
+                return
+            await trio.sleep(quiet - since)
+
+    async def _forget_empty(self, bucket: str) -> None:
+        """A bucket S3 does not have: a misspelt name leaves no empty index behind."""
+        if self.never_listed(bucket):
+            self._drop_conn(bucket)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_remove_empty_index, self.layout, bucket,
+                                              limiter=self.disk_limiter)
+
+    async def ensure_index(self, bucket: str) -> None:
+        """An index to merge directory listings into: if the bucket has none
+        yet, an empty one, listed at time 0 (so every part of it is stale)."""
+        if self.has_index(bucket):
+            return
+        await trio.to_thread.run_sync(_create_empty_index, self.layout, bucket,
+                                      limiter=self.disk_limiter)
+
+    async def fresh(self, bucket: str, prefix: str, deep: bool, window: float
+                    ) -> ListJob | None:
+        """None if the index holds the directory *prefix* (with *deep*, every
+        key under it) as listed within *window* seconds; otherwise the LIST
+        that makes it so, started or joined (one per prefix at a time). It
+        runs in the background when there is a nursery: wait on the job."""
+        await self.ensure_index(bucket)
+        now = time.time()
+        if window > 0 and now - self.listed_at(bucket, prefix, deep) <= window:
+            return None
+        ident = (bucket, prefix, deep)
+        job = self._jobs.get(ident)
+        if job is not None and job.started >= now - window:
+            return job  # started within the window: what it lists is fresh enough
+        job = ListJob(bucket, prefix, deep)
+        self._jobs[ident] = job
+        self._last_job[bucket] = trio.current_time()
+        if self.nursery is not None:
+            self.nursery.start_soon(self._run_job, job)
+        else:
+            await self._run_job(job)
+        return job
+
+    async def _run_job(self, job: ListJob) -> None:
+        error: BaseException | None = None
+        try:
+            await trio.to_thread.run_sync(self._relist, job, trio.lowlevel.current_trio_token(),
+                                          limiter=self.backend.limiter)
+        except Exception as exc:  # noqa: BLE001 (told to every waiter)
+            error = exc
+            log.warning("listing s3://%s/%s%s failed: %s", job.bucket, job.prefix,
+                        "**" if job.deep else "", exc)
+            if isinstance(exc, NoSuchBucket):
+                await self._forget_empty(job.bucket)
+        finally:
+            if self._jobs.get((job.bucket, job.prefix, job.deep)) is job:
+                del self._jobs[(job.bucket, job.prefix, job.deep)]
+            self._children.pop(job.bucket, None)
+            job.finish(error)
+        if error is None:
+            log.info("listed s3://%s/%s%s again: %d page(s) in %.2fs", job.bucket, job.prefix,
+                     "" if job.deep else " (one directory)", job.pages,
+                     time.time() - job.started)
+
+    def _relist(self, job: ListJob, token: trio.lowlevel.TrioToken) -> None:
+        """Blocking: LIST *job*'s prefix page by page, each merged into the
+        index (new keys in, deleted keys out) and told to its readers.
+
+        A whole listing may replace the index file meanwhile (a rename): the
+        pages still to come go into the new file, but the prefix is not
+        recorded as listed in it (its earlier pages went into the old one)."""
+        path = self.layout.index_path(job.bucket)
+        lock = index_lock(path)
+        db: sqlite3.Connection | None = None
+        ino: int | None = None
+        replaced = False
+        try:
+            lo: str | None = None
+            for entries, subdirs, last in self._prefix_pages(job):
+                hi = None if last else max(
+                    entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
+                entries = [e for e in entries if not self.hidden(e.key)]
+                subdirs = [d for d in subdirs if not self.hidden(d)]
+                with lock:  # the name holds the file written, and keeps it till the commit
+                    now = _inode(path)
+                    if now is None:
+                        raise sqlite3.OperationalError("the index was taken away meanwhile")
+                    if db is None or now != ino:
+                        if db is not None:
+                            db.close()  # replaced by a whole listing: go on in the new one
+                            replaced = True
+                            db = None
+                        db, ino = _open_for_merge(path)
+                    try:
+                        _merge_page(db, job.prefix, job.deep, lo, hi, entries, subdirs,
+                                    job.started - 1.0)
+                        if last and not replaced:
+                            db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)",
+                                       (job.prefix, int(job.deep), job.started))
+                        db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
+                        db.commit()
+                    except BaseException:
+                        db.close()  # rolled back while the lock is held: no journal left
+                        db = None
+                        raise
+                token.run_sync_soon(job.advance, hi)
+                lo = hi
+        except sqlite3.Error as exc:
+            raise _not_written(job.bucket, exc) from exc
+        finally:
+            if db is not None:
+                db.close()
+
+    def _prefix_pages(self, job: ListJob) -> Iterator[tuple[list[ListEntry], list[str], bool]]:
+        """(keys, subdirectories, last page?) of a LIST of the job's prefix."""
+        continuation: str | None = None
+        while True:
+            if self.stopping.is_set():
+                raise ShuttingDown(f"the daemon is stopping: listing of s3://{job.bucket}/"
+                                   f"{job.prefix} abandoned")
+            self.list_requests += 1
+            entries, subdirs, continuation = list_page(
+                self.backend, job.bucket, job.prefix, None if job.deep else "/", continuation)
+            yield entries, subdirs, continuation is None
+            if continuation is None:
+                return
+
+    def status_lines(self, buckets: Iterable[str]) -> list[tuple[str, Any]]:
+        """STATUS: LIST requests sent, and each bucket's listing age (seconds
+        since its whole listing was taken; parts listed since are younger)."""
+        lines: list[tuple[str, Any]] = [("listing_requests", self.list_requests)]
+        for bucket in sorted(buckets):
+            age = self.listing_age(bucket)
+            lines.append(("listing_age", f"{bucket} {'-' if age is None else round(age, 1)}"))
+        return lines
+
+    # --- queries ---------------------------------------------------------
+
+    def _open(self, bucket: str) -> sqlite3.Connection | None:
+        path = self.layout.index_path(bucket)
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.OperationalError:
+            return None
+        return conn
+
+    def conn(self, bucket: str) -> sqlite3.Connection | None:
+        """A cached read-only connection for quick lookups on the trio thread.
+
+        Reopened when the index file was replaced (by us or by another
+        process), so it never reads a listing older than the one on disk.
+        """
+        try:
+            ino = os.stat(self.layout.index_path(bucket)).st_ino
+        except (FileNotFoundError, NotADirectoryError):
+            self._drop_conn(bucket)
+            return None
+        cached = self._conns.get(bucket)
+        if cached and cached[0] == ino:
+            return cached[1]
+        self._drop_conn(bucket)
+        conn = self._open(bucket)
+        if conn is not None:
+            self._conns[bucket] = (ino, conn)
+        return conn
+
+    def _drop_conn(self, bucket: str) -> None:
+        self._children.pop(bucket, None)
+        cached = self._conns.pop(bucket, None)
+        if cached:
+            cached[1].close()
+
+    def close(self) -> None:
+        for bucket in list(self._conns):
+            self._drop_conn(bucket)
+
+    def key_count(self, bucket: str) -> int:
+        """Keys in the bucket's listing (as counted when it was written)."""
+        return self._count(bucket)
+
+    def _count(self, bucket: str) -> int:
+        conn = self.conn(bucket)
+        if conn is None:
+            return 0
+        row = conn.execute("SELECT value FROM info WHERE name = 'count'").fetchone()
+        return int(row[0]) if row else 0
+
+    def key_info(self, bucket: str, key: str) -> tuple[int, float, str] | None:
+        """(size, mtime, etag) of *key* in the listing, or None."""
+        conn = self.conn(bucket)
+        if conn is None:
+            return None
+        row = conn.execute("SELECT size, mtime, etag FROM keys WHERE key = ? AND size >= 0",
+                           (key,)).fetchone()
+        return (int(row[0]), float(row[1]), row[2]) if row else None
+
+    def has_children(self, bucket: str, key: str) -> bool:
+        """True if some key lies under ``key/`` (then ``key`` is a directory)."""
+        conn = self.conn(bucket)  # a replaced index drops the answers kept for the old one
+        if conn is None:
+            return False
+        known = self._children.setdefault(bucket, {})
+        found = known.get(key)
+        if found is None:
+            prefix = key + "/"
+            found = conn.execute(
+                "SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1",
+                (prefix, prefix_upper(prefix))
+            ).fetchone() is not None
+            if len(known) >= CHILDREN_MEMORY:
+                known.clear()
+            known[key] = found
+        return found
+
+    def lookup(self, bucket: str, dir_prefix: str, name: str) -> Entry | None:
+        """The entry *name* in the directory *dir_prefix* ('' or ending in '/')."""
+        if not visible_name(name, at_root=dir_prefix == ""):
+            return None
+        key = dir_prefix + name
+        if self.has_children(bucket, key):
+            return Entry(name, True)
+        info = self.key_info(bucket, key)
+        if info is None:
+            return None
+        return Entry(name, False, *info)
+
+    def iter_children(self, bucket: str, dir_prefix: str,
+                      after: tuple[str, bool] | None = None) -> Iterator[Entry]:
+        """Entries of directory *dir_prefix* in key order, from after *after*.
+
+        *after* is (name, is_dir) of the last entry already returned. Each
+        subdirectory costs one range jump, not a walk over its keys.
+        """
+        conn = self.conn(bucket)
+        if conn is None:
+            return
+        at_root = dir_prefix == ""
+        hi = prefix_upper(dir_prefix)
+        if after is None:
+            lo, inclusive = dir_prefix, True
+        elif after[1]:
+            lo, inclusive = dir_prefix + after[0] + "0", True  # '0' follows '/'
+        else:
+            lo, inclusive = dir_prefix + after[0], False
+        cut = len(dir_prefix)
+        while True:
+            # stepped lazily: a subdirectory ends the statement after one row,
+            # a flat directory of 100,000 files is one statement
+            op = ">=" if inclusive else ">"
+            cursor = conn.execute(
+                f"SELECT key, size, mtime, etag FROM keys WHERE key {op} ? AND key < ? "
+                "ORDER BY key", (lo, hi),
+            )
+            row = cursor.fetchone()
+            while row is not None:
+                key, size, mtime, etag = row
+                rest = key[cut:]
+                slash = rest.find("/")
+                if slash >= 0:
+                    name = rest[:slash]
+                    if visible_name(name, at_root) and not has_line_break(name):
+                        yield Entry(name, True)
+                    lo, inclusive = dir_prefix + name + "0", True  # '0' follows '/'
+                    break
+                following = cursor.fetchone()
+                lo, inclusive = key, False
+                # keys under "key/" sort right after "key" and the keys that
+                # extend it with a character below '/': unless the next key
+                # starts with "key", there are none
+                if visible_name(rest, at_root) and not has_line_break(rest) and not (
+                        following is not None and following[0].startswith(key)
+                        and self.has_children(bucket, key)):
+                    yield Entry(rest, False, int(size), float(mtime), etag)
+                row = following
+            else:
+                return
+
+    async def fresh_for_glob(self, bucket: str, pattern: str, window: float
+                             ) -> tuple[CompiledGlob, float, str]:
+        """Make the part of the index *pattern* can match no older than
+        *window* seconds: its literal prefixes listed again (a LIST of each,
+        no delimiter) when stale, or, for a pattern without one, the whole
+        bucket. Returns (the compiled pattern, the age in seconds of the
+        oldest listing the answer comes from, what was listed)."""
+        compiled = await trio.to_thread.run_sync(compile_glob, pattern,
+                                                 limiter=self.glob_limiter)
+        await self.ensure_index(bucket)
+        prefixes = compiled.prefixes
+        now = time.time()
+
+        def stale(prefix: str) -> bool:
+            return window <= 0 or now - self.listed_at(bucket, prefix, True) > window
+
+        if "" in prefixes or len(prefixes) > MAX_PREFIX_RELISTS:
+            done = "-"
+            if stale(""):
+                try:
+                    await self.refresh(bucket, max_age=window)
+                except NoSuchBucket:
+                    await self._forget_empty(bucket)
+                    raise
+                done = "the whole bucket"
+            return compiled, time.time() - self.listed_at(bucket, "", True), done
+        relisted = [p for p in prefixes if stale(p)]
+        jobs = [await self.fresh(bucket, p, True, window) for p in relisted]
+        for job in jobs:
+            if job is not None:
+                await job.wait()
+        age = max(time.time() - self.listed_at(bucket, p, True) for p in prefixes)
+        done = ", ".join(repr(p) for p in relisted) if relisted else "-"
+        return compiled, age, done
+
+    async def glob(self, bucket: str, pattern: str,
+                   compiled: CompiledGlob | None = None) -> list[str]:
+        """Keys of the listing matching *pattern*, in key order.
+
+        Compiling and scanning run in a worker thread (a pattern with many
+        alternatives takes a while to compile; a scan of a big listing
+        takes a while to match); the matcher is linear in the key, and the
+        scan gives up when the daemon stops.
+        """
+        path = self.layout.index_path(bucket)
+        list_path = self.layout.list_path(bucket)
+        stopping = self.stopping
+
+        def candidates(conn: sqlite3.Connection, prefix: str) -> Iterable[str]:
+            row = conn.execute("SELECT value FROM info WHERE name = 'list_complete'").fetchone()
+            list_complete = row is None or bool(row[0])
+            if not prefix and list_complete:
+                # the whole listing: reading __list__ beats walking the index
+                with open(list_path, encoding="utf-8", errors="surrogateescape") as f:
+                    for line in f:
+                        yield line[:-1]
+                return
+            rows = conn.execute("SELECT key FROM keys WHERE key >= ? AND key < ? AND size >= 0 "
+                                "ORDER BY key", (prefix, prefix_upper(prefix)))
+            for (key,) in rows:
+                yield key
+
+        def scan() -> list[str]:
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_glob(pattern)
+            found: list[str] = []
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                # the prefixes' key ranges are disjoint and in key order, so
+                # the keys found come in key order, each once
+                for prefix in compiled.prefixes:
+                    matches = compiled.matcher_under(prefix)
+                    for seen, key in enumerate(candidates(conn, prefix)):
+                        if not seen % _STOP_CHECK_EVERY and stopping.is_set():
+                            raise ShuttingDown("the daemon is stopping: GLOB abandoned")
+                        if matches(key) and not has_line_break(key):
+                            found.append(key)
+            finally:
+                conn.close()
+            return found
+
+        return await trio.to_thread.run_sync(scan, limiter=self.glob_limiter)
+
+
+def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
+                  info: dict[str, Any] | None = None,
+                  extra: Iterable[tuple[ListEntry, float]] = (),
+                  hidden: Callable[[str], bool] = is_hidden) -> int:
+    """Blocking: write ``__list__`` and the index from listing pages.
+
+    Both are built in tmp/ a page at a time and renamed into place,
+    so readers see the old listing or the new one, never a mix. Keys for
+    which *hidden* is true (s3pool's own ``.s3pool/`` objects) are left out.
+    *info* goes into the index's info table; *extra* (entry, added_at)
+    pairs go into the index only (keys added here that the pages may lack),
+    which marks it ``list_complete`` 0.
+    """
+    # a bucket name may take 255 characters: only its start goes in a file name
+    stamp = f"{bucket[:64]}.{os.getpid()}.{time.monotonic_ns()}"
+    tmp_list = os.path.join(layout.tmp_dir, f"list.{stamp}")
+    tmp_index = os.path.join(layout.tmp_dir, f"index.{stamp}")
+    count = 0
+    broken = 0  # keys with a line break, left out of __list__ (and of GLOB)
+    try:
+        db = sqlite3.connect(tmp_index)
+        try:
+            db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
+            with open(tmp_list, "w", encoding="utf-8", errors="surrogateescape") as listing:
+                for page in pages:
+                    if any(hidden(e.key) for e in page):
+                        page = [e for e in page if not hidden(e.key)]
+                    if any(has_line_break(e.key) for e in page):
+                        broken += _log_line_breaks(bucket, page, broken)
+                    listing.writelines(e.key + "\n" for e in page if not has_line_break(e.key))
+                    db.executemany(
+                        "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+                        [(e.key, e.size, e.mtime, e.etag) for e in page],
+                    )
+                    count += len(page)
+                listing.flush()
+                os.fsync(listing.fileno())
+            extra = [(e, at) for e, at in extra if not hidden(e.key)]
+            if extra:
+                db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+                               [tuple(e) for e, _ in extra])
+                db.executemany("INSERT OR REPLACE INTO local_adds VALUES (?, ?)",
+                               [(e.key, at) for e, at in extra])
+                db.execute("INSERT INTO info VALUES ('list_complete', 0)")
+            db.execute("INSERT INTO info VALUES ('refreshed_at', ?)", (time.time(),))
+            db.execute("INSERT INTO info VALUES ('count', ?)", (count,))
+            if broken > LINE_BREAKS_LOGGED:
+                log.warning("s3://%s: %d keys in all hold a newline or carriage return (%d "
+                            "named above)", bucket, broken, LINE_BREAKS_LOGGED)
+            for name, value in (info or {}).items():
+                db.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (name, value))
+            db.commit()
+        finally:
+            db.close()
+        os.makedirs(layout.bucket_dir(bucket), exist_ok=True)
+        os.makedirs(layout.listing_dir(bucket), exist_ok=True)
+        with open(tmp_index, "rb") as f:
+            os.fsync(f.fileno())
+        with index_lock(layout.index_path(bucket)):  # no write into the old file runs
+            os.rename(tmp_index, layout.index_path(bucket))
+        os.rename(tmp_list, layout.list_path(bucket))
+    except (OSError, sqlite3.Error) as exc:
+        raise _not_written(bucket, exc) from exc
+    finally:
+        for path in (tmp_list, tmp_index):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    return count
+
+
+def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
+              continuation: str | None) -> tuple[list[ListEntry], list[str], str | None]:
+    """Blocking: one LIST request of up to 1,000 entries under *prefix*:
+    (keys, subdirectories (with *delimiter*), the next page's token or None).
+    The entries come from the backend's parser hook (expat, through
+    ElementTree), not from botocore's parser."""
+    params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": PAGE_KEYS}
+    if delimiter:
+        params["Delimiter"] = delimiter
+    if continuation:
+        params["ContinuationToken"] = continuation
+    try:
+        resp = backend.client.list_objects_v2(**params)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise translate(exc, bucket) from exc
+    entries = resp.get(FAST_ENTRIES)
+    if entries is None:  # botocore parsed it (an answer the fast parser left alone)
+        entries = [ListEntry(item["Key"], int(item.get("Size", 0)),
+                             item["LastModified"].timestamp(), item.get("ETag", ""))
+                   for item in resp.get("Contents", ())]
+    subdirs = resp.get(FAST_PREFIXES)
+    if subdirs is None:
+        subdirs = [item["Prefix"] for item in resp.get("CommonPrefixes", ()) if item.get("Prefix")]
+    token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+    if resp.get("IsTruncated") and not token:
+        raise BackendError(f"S3 said the listing of s3://{bucket}/{prefix} goes on but gave "
+                           "no continuation token")
+    return entries, subdirs, token
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _open_for_merge(path: str) -> tuple[sqlite3.Connection, int | None]:
+    """A writing connection to the index at *path* and the inode it opened."""
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_DIRS)
+        db.execute(_LOCAL_ADDS)
+        db.commit()
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db, _inode(path)
+
+
+def _remove_empty_index(layout: Layout, bucket: str) -> None:
+    """Blocking: take away the index _create_empty_index made (and its directory)."""
+    for path in (layout.index_path(bucket),):
+        with index_lock(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    try:
+        os.rmdir(layout.listing_dir(bucket))
+    except OSError:
+        pass  # not empty (a journal, a listing that came meanwhile): leave it
+
+
+def _create_empty_index(layout: Layout, bucket: str) -> None:
+    """Blocking: an empty index for *bucket*, listed at time 0, unless one
+    appeared meanwhile (linked into place: never over another)."""
+    os.makedirs(layout.listing_dir(bucket), exist_ok=True)
+    tmp = os.path.join(layout.tmp_dir, f"index.{bucket[:64]}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        db = sqlite3.connect(tmp)
+        try:
+            db.executescript(_SCHEMA)
+            db.executemany("INSERT INTO info VALUES (?, ?)", [
+                ("listed_at", 0.0), ("source", EMPTY_SOURCE), ("count", 0),
+                ("list_complete", 0)])
+            db.commit()
+        finally:
+            db.close()
+        try:
+            with index_lock(layout.index_path(bucket)):
+                os.link(tmp, layout.index_path(bucket))
+        except FileExistsError:
+            pass  # a listing got there first
+    except (OSError, sqlite3.Error) as exc:
+        raise _not_written(bucket, exc) from exc
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _merge_page(db: sqlite3.Connection, prefix: str, deep: bool, lo: str | None,
+                hi: str | None, entries: list[ListEntry], subdirs: list[str],
+                keep_since: float) -> None:
+    """Blocking: make the index agree with one LIST page of *prefix*.
+
+    The page covers the positions after *lo* (None: from the start of the
+    prefix) up to *hi* (None: to the end of the prefix). A position is a key
+    or, in a directory listing (not *deep*), a subdirectory's prefix. Index
+    keys in that range the page lacks go (a subdirectory it lacks goes with
+    every key under it), unless this host put them there after *keep_since*
+    (a PUSH while the LIST ran); the page's keys go in; a subdirectory the
+    index has no key under gets a DIR_MARK row so it shows in its parent.
+    """
+    end = prefix_upper(prefix)
+    present = {e.key for e in entries}
+    recent = {key for (key,) in db.execute(
+        "SELECT key FROM local_adds WHERE added_at >= ? AND key >= ? AND key < ?",
+        (keep_since, prefix, end))}
+    doomed: list[str] = []
+    doomed_dirs: list[str] = []
+    low, inclusive = (prefix, True) if lo is None else (lo, False)
+    if deep:
+        rows = db.execute(
+            f"SELECT key FROM keys WHERE key {'>=' if inclusive else '>'} ? AND key < ? "
+            "ORDER BY key", (low, end))
+        for (key,) in rows:
+            if hi is not None and key > hi:
+                break
+            if key not in present and key not in recent:
+                doomed.append(key)
+    else:
+        dirs = set(subdirs)
+        cut = len(prefix)
+        while True:
+            rows = db.execute(
+                f"SELECT key FROM keys WHERE key {'>=' if inclusive else '>'} ? AND key < ? "
+                "ORDER BY key", (low, end))
+            jumped = False
+            for (key,) in rows:
+                slash = key.find("/", cut)
+                if slash < 0:
+                    if hi is not None and key > hi:
+                        break
+                    if key not in present and key not in recent:
+                        doomed.append(key)
+                    low, inclusive = key, False
+                    continue
+                sub = key[:slash + 1]
+                if (lo is None or sub > lo) and (hi is None or sub <= hi):
+                    if sub not in dirs:
+                        doomed_dirs.append(sub)
+                elif hi is not None and sub > hi:
+                    break
+                low, inclusive, jumped = prefix_upper(sub), False, True
+                break  # past the subdirectory's keys in one jump
+            if not jumped:
+                break
+    if doomed:
+        db.executemany("DELETE FROM keys WHERE key = ?", [(k,) for k in doomed])
+    for sub in doomed_dirs:
+        db.execute("DELETE FROM keys WHERE key >= ? AND key < ? AND key NOT IN "
+                   "(SELECT key FROM local_adds WHERE added_at >= ?)",
+                   (sub, prefix_upper(sub), keep_since))
+    if entries:
+        db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+                       [(e.key, e.size, e.mtime, e.etag) for e in entries])
+    for sub in subdirs:
+        if db.execute("SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1",
+                      (sub, prefix_upper(sub))).fetchone() is None:
+            db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?, 0, '')", (sub, DIR_MARK))
+
+
+class ListingNotWritten(S3PoolError):
+    """The new listing of a bucket could not be written; the previous one stands."""
+
+
+def _not_written(bucket: str, exc: OSError | sqlite3.Error) -> S3PoolError:
+    """The error a REFRESH answers when its listing could not be written."""
+    if isinstance(exc, OSError):
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        cause = exc.strerror or str(exc)
+    else:
+        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL \
+            or "disk is full" in str(exc)
+        cause = str(exc)
+    if full:
+        return NoSpace(f"no room on disk to write the listing of s3://{bucket} ({cause}); "
+                       "the previous listing stays in use")
+    return ListingNotWritten(f"cannot write the listing of s3://{bucket} ({cause}); the "
+                             "previous listing stays in use")
+
+
+def _log_line_breaks(bucket: str, page: list[ListEntry], logged: int) -> int:
+    """Name in the log (once per listing) the keys of *page* that hold a line
+    break; return how many there are."""
+    found = [e.key for e in page if has_line_break(e.key)]
+    for key in found[:max(0, LINE_BREAKS_LOGGED - logged)]:
+        log.warning("s3://%s: key %r holds a newline or carriage return: left out of "
+                    "__list__, GLOB and the mount's directory listings (a PULL cannot "
+                    "return its path; it opens by name on the mount)", bucket, key)
+    return len(found)

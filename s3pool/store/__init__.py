@@ -1,0 +1,8 @@
+"""What is on disk: the HOMEDIR layout, the cached objects, their access records.
+
+Owns every path under HOMEDIR (``layout``: the rules that keep a key inside
+``data/BUCKET/``), the cached files and their key locks (``objects``), the LRU
+order (``access``) and the evictor that follows it, the crash checkpoint, the
+migration of older layouts, and checked writes into files (``files``). May use
+only ``errors``, ``logs`` and ``settings``: it knows nothing of S3.
+"""

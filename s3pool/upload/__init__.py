@@ -1,0 +1,6 @@
+"""Uploads: PUSH of a local file, and files written in the mount.
+
+Owns opening a file a local user named, as that user (``localfile``), PUSH
+(``push``) and staged multipart uploads of files written through the mount
+(``staged``). May use ``s3``, ``store`` and the foundation modules.
+"""
