@@ -36,7 +36,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CREDS, S3Server, print_table, workdir  # noqa: E402
-
 from s3pool.client import exchange  # noqa: E402
 from s3pool.embedded import free_port  # noqa: E402
 

@@ -8,7 +8,8 @@ through the very hashers s3pool/s3/checksums.py uses (awscrt's CRC64NVME and
 CRC32C, zlib's CRC32, hashlib's SHA-1, SHA-256 and MD5), plus awscrt's
 CRC32 for comparison. CPU time is the thread's own (time.thread_time), so
 other work on a shared machine does not count; the median of --rounds
-rounds is shown, the order of the hashes reversed every other round. The ratio is MD5's CPU per GiB divided by the hash's (MD5, what a single-part
+rounds is shown, the order of the hashes reversed every other round. The
+ratio is MD5's CPU per GiB divided by the hash's (MD5, what a single-part
 ETag costs, is the baseline measured in the same run).
 """
 
@@ -22,9 +23,10 @@ import statistics
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -84,10 +86,10 @@ def main() -> int:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     print(f"### CPU per GiB hashed in 1 MiB pieces ({args.mib} MiB a round, "
           f"median of {args.rounds} rounds)\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print("| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)) + " |")
     print(f"\nawscrt {version('awscrt')}, zlib {zlib.ZLIB_VERSION}, "
           f"OpenSSL {ssl.OPENSSL_VERSION.split()[1]}, Python {sys.version.split()[0]}")
     return 0

@@ -20,10 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Daemon, S3Server, print_table, summary, timed, workdir  # noqa: E402
-
+from s3pool.listing.listings import write_listing  # noqa: E402
 from s3pool.s3.backend import ListEntry  # noqa: E402
 from s3pool.store.layout import Layout  # noqa: E402
-from s3pool.listing.listings import write_listing  # noqa: E402
 
 MIB = 1 << 20
 
@@ -89,8 +88,9 @@ def main() -> None:
                                ["what", "p50 ms", "p99 ms", "MiB/s"],
                                [["PULL miss (GET, rename, meta)", f"{miss['p50_ms']:.2f}",
                                  f"{miss['p99_ms']:.2f}", f"{miss['per_s']:.0f}"],
-                                ["baseline: boto3 get_object, body read", f"{get_miss['p50_ms']:.2f}",
-                                 f"{get_miss['p99_ms']:.2f}", f"{get_miss['per_s']:.0f}"]]))
+                                ["baseline: boto3 get_object, body read",
+                                 f"{get_miss['p50_ms']:.2f}", f"{get_miss['p99_ms']:.2f}",
+                                 f"{get_miss['per_s']:.0f}"]]))
 
         # --- cold 16 KiB objects, one after another (issue 11) -----------
         payload = os.urandom(16 << 10)

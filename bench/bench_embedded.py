@@ -85,9 +85,9 @@ def run_daemon(home: Path, s3_port: int, log) -> tuple[subprocess.Popen, int]:
         try:
             client.status()
             break
-        except OSError:
+        except OSError as exc:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("daemon did not start")
+                raise RuntimeError("daemon did not start") from exc
             time.sleep(0.2)
     client.pull("s3pool-demo", *DEMO_OBJECTS)
     return proc, port
@@ -151,7 +151,8 @@ def main() -> None:
         port = port_block()
         (work / "mini").mkdir()
         mini = subprocess.Popen(
-            [weed, "-logtostderr=true", "mini", f"-dir={work / 'mini'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            [weed, "-logtostderr=true", "mini", f"-dir={work / 'mini'}", "-ip=127.0.0.1",
+             "-ip.bind=127.0.0.1",
              f"-s3.port={port}", f"-master.port={port + 1}", f"-volume.port={port + 2}",
              f"-filer.port={port + 3}", f"-admin.port={port + 4}", f"-webdav.port={port + 5}",
              f"-s3.port.iceberg={port + 6}", f"-s3.port.lance={port + 7}",

@@ -34,7 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    CountingRelay, Daemon, S3Server, drop_caches, print_table, workdir,
+    CountingRelay,
+    Daemon,
+    S3Server,
+    drop_caches,
+    print_table,
+    workdir,
 )
 
 MIB = 1 << 20

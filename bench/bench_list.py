@@ -167,8 +167,8 @@ def bench_parsers(runs: int) -> None:
 
 
 def bench_e2e(keys: int, runs: int) -> None:
-    from s3pool.s3.backend import Backend
     from s3pool.listing.listings import list_page
+    from s3pool.s3.backend import Backend
 
     root = workdir("s3pool-bench-list-")
     server = S3Server("weed", root)

@@ -182,7 +182,8 @@ def one_request(kind: str, port: int, rng: random.Random, ctx: dict) -> None:
         keys = rng.sample(HOT, 3) + rng.sample(COLD, 3)
         rng.shuffle(keys)
         paths = expect_ok(*request(port, "PULL", BUCKET, *keys), "PULL 6 keys")
-        if len(paths) != 6 or any(not p.endswith("/" + k) for p, k in zip(paths, keys)):
+        if len(paths) != 6 or any(not p.endswith("/" + k)
+                                  for p, k in zip(paths, keys, strict=True)):
             raise Outcome("check", f"PULL {keys}: reply {paths!r}")
     elif kind in ("glob", "glob_hostile"):
         pattern = rng.choice(GLOBS if kind == "glob" else HOSTILE_GLOBS)
@@ -209,7 +210,8 @@ def one_request(kind: str, port: int, rng: random.Random, ctx: dict) -> None:
                 sock.sendall(b'["PULL","load","ho')
             # variant 2: connect and close at once
             if rng.random() < 0.5:  # reset rather than FIN
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
     elif kind == "malformed":
         if rng.random() < 0.01:
             data, why = OVERSIZED, "1.5 MiB request"

@@ -33,9 +33,9 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import re
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -51,13 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import trio  # noqa: E402
 
 from common import Daemon, free_port, print_table, workdir  # noqa: E402
-
-from s3pool.s3.backend import ObjectResponse  # noqa: E402
 from s3pool.cache import Cache  # noqa: E402
-from s3pool.store.evictor import Evictor, Usage  # noqa: E402
 from s3pool.listing.globpattern import compile_glob, expand_braces, regex_source, tokenize  # noqa: E402
-from s3pool.store.layout import Layout  # noqa: E402
+from s3pool.s3.backend import ObjectResponse  # noqa: E402
 from s3pool.settings import Settings  # noqa: E402
+from s3pool.store.evictor import Evictor, Usage  # noqa: E402
+from s3pool.store.layout import Layout  # noqa: E402
 from s3pool.store.objects import Store  # noqa: E402
 
 OBJECT_SIZE = 1024
@@ -187,7 +186,8 @@ def bench_memory(keys: int) -> str:
         index_size = (work / "home" / "state" / "listings" / "million" / "index.db").stat().st_size
         started = time.perf_counter()
         middle = f"{keys // 2 // 10000:03d}"
-        status, matches = daemon.request("GLOB", "million", f"data/{middle[:2]}?/*/object-*.parquet")
+        status, matches = daemon.request("GLOB", "million",
+                                         f"data/{middle[:2]}?/*/object-*.parquet")
         glob_s = time.perf_counter() - started
         assert status == "OK", matches
         started = time.perf_counter()
@@ -208,7 +208,8 @@ def bench_memory(keys: int) -> str:
           f"{after_refresh / list_size:.2f}", f"{refresh_s:.1f} s"],
          [f"after a GLOB ({len(matches):,} matches), readdir of {len(names)} and of "
           f"{len(top)} entries", f"{after_queries / mib:.0f}",
-          f"{after_queries / list_size:.2f}", f"{glob_s * 1000:.0f} ms / {readdir_s * 1000:.0f} ms"]])
+          f"{after_queries / list_size:.2f}",
+          f"{glob_s * 1000:.0f} ms / {readdir_s * 1000:.0f} ms"]])
 
 
 class MemoryBackend:
@@ -349,7 +350,7 @@ def _interleaved_ms(fns, runs: int = 15) -> list[float]:
     """p50 of each, run in turn so that a noisy neighbour hits all alike."""
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        for fn, spent in zip(fns, times):
+        for fn, spent in zip(fns, times, strict=True):
             started = time.perf_counter()
             fn()
             spent.append(time.perf_counter() - started)

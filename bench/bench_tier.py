@@ -104,9 +104,9 @@ class RcloneServe:
             try:
                 socket.create_connection(("127.0.0.1", self.port), 1).close()
                 break
-            except OSError:
+            except OSError as exc:
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("rclone serve s3 did not start")
+                    raise RuntimeError("rclone serve s3 did not start") from exc
                 time.sleep(0.2)
 
     def stop(self) -> None:
@@ -184,7 +184,7 @@ def run_setup(kind: str, args, origin: MotoServer, work: Path) -> dict:
     since = len(origin.app.requests)
     result: dict = {"kind": kind, "glob_equal": True, "sync_s": []}
     try:
-        for round_ in range(args.rounds):
+        for _ in range(args.rounds):
             if kind == "mirror":
                 result["sync_s"].append(sync(origin.endpoint, tier.endpoint, bucket))
             ok(hosts[0], "REFRESH", bucket)  # the publisher (mirror) or a plain host

@@ -59,9 +59,10 @@ class S3Server:
             try:
                 self.client().list_buckets()
                 break
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"{kind} S3 did not start; see {workdir}/{kind}.log")
+                    raise RuntimeError(
+                        f"{kind} S3 did not start; see {workdir}/{kind}.log") from exc
                 time.sleep(0.3)
 
     def client(self):
@@ -143,12 +144,13 @@ def summary(times: list[float]) -> dict[str, float]:
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     lines = [f"### {title}", "",
-             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |")
+        cells = (str(x).ljust(w) for x, w in zip(row, widths, strict=False))
+        lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
     return text

@@ -58,7 +58,6 @@ import botocore.session
 from botocore.config import Config
 
 from s3pool.errors import EXIT_FAILURE, StartupError
-
 from s3pool.logs import private_opener
 
 log = logging.getLogger(__name__)
@@ -246,8 +245,9 @@ class EmbeddedS3:
         with open(config, "w") as f:
             json.dump(identities, f, indent=1)
         with open(os.path.join(self.dir, "filer.toml"), "w") as f:
+            filer_dir = json.dumps(os.path.join(self.dir, "filer"))
             f.write("# written by s3pool: one LevelDB for the filer's metadata\n"
-                    f"[leveldb]\nenabled = true\ndir = {json.dumps(os.path.join(self.dir, 'filer'))}\n")
+                    f"[leveldb]\nenabled = true\ndir = {filer_dir}\n")
         self._write_security()
         return config
 
@@ -294,7 +294,8 @@ class EmbeddedS3:
         for command in (
                 [openssl, "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "36500",
                  "-subj", "/CN=s3pool embedded S3 CA"],
-                [openssl, "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=s3pool-embedded-s3"],
+                [openssl, "req", *ec, "-keyout", key, "-out", csr,
+                 "-subj", "/CN=s3pool-embedded-s3"],
                 [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
                  "-CAcreateserial", "-out", cert, "-days", "36500"]):
             result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,

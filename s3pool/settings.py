@@ -16,8 +16,9 @@ seconds inside. Durations also take a unit suffix (``30s``, ``5m``,
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from s3pool.errors import BadRequest
 

@@ -31,10 +31,11 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from s3pool.client import Client, NotS3Pool, S3PoolClientError, parse_download
 from s3pool.cli.progress import ProgressReporter, PullProgress, human_bytes, human_duration
+from s3pool.client import Client, NotS3Pool, S3PoolClientError, parse_download
 from s3pool.settings import SPECS
 
 EPILOG = ("Exit status: 0 OK, 1 the daemon answered ERROR, 2 bad usage, "
@@ -313,7 +314,7 @@ def status_table(lines: list[tuple[str, str]]) -> str:
         out.append(f"downloads in flight ({len(downloads)}):")
         urls = [f"s3://{d.bucket}/{d.key}" for d in downloads]
         url_width = max(len(url) for url in urls)
-        for url, d in zip(urls, downloads):
+        for url, d in zip(urls, downloads, strict=True):
             percent = f"{100 * d.done / d.total:3.0f}%" if d.total else "  ?%"
             rate = human_bytes(d.done / d.elapsed) + "/s" if d.elapsed > 0 else "-"
             out.append(f"  {url.ljust(url_width)}  {percent}  {human_bytes(d.done)} / "

@@ -3,9 +3,10 @@
 ``s3pool -p PORT -D HOMEDIR [-m MOUNTPOINT] [options]`` runs the daemon in
 the foreground; with ``-d`` it returns once the daemon answers, leaving it in
 the background, as the original s3pool did. The original's flags also parse
-the way Go's flag package took them (``--p 9000``, ``-p=9000``, ``-n=true``). ``s3pool pull|push|glob|refresh|status|set ...`` is the
-client (the same as ``s3poolctl``). The option list here is also what the
-man page prints (see ``s3pool.cli.manpage``), so the two cannot drift.
+the way Go's flag package took them (``--p 9000``, ``-p=9000``, ``-n=true``).
+``s3pool pull|push|glob|refresh|status|set ...`` is the client (the same as
+``s3poolctl``). The option list here is also what the man page prints (see
+``s3pool.cli.manpage``), so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -285,10 +286,10 @@ def run_daemon(args: argparse.Namespace) -> int:
     import trio
 
     from s3pool.daemon import Daemon, Options
-    from s3pool.errors import BadKey, StartupError
     from s3pool.embedded import endpoint_configured
-    from s3pool.store.layout import Layout, check_key
+    from s3pool.errors import BadKey, StartupError
     from s3pool.logs import setup_logging
+    from s3pool.store.layout import Layout, check_key
 
     if args.daemonprep:
         try:

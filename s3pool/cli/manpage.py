@@ -13,9 +13,9 @@ import argparse
 import sys
 
 from s3pool import __version__
+from s3pool.cli.ctl import build_parser as build_ctl_parser
 from s3pool.cli.main import EXIT_CODES, build_parser
 from s3pool.control.protocol import USAGE
-from s3pool.cli.ctl import build_parser as build_ctl_parser
 from s3pool.settings import SPECS
 
 DATE = "2026-11-25"
@@ -344,8 +344,9 @@ def s3pool_page() -> str:
         "deleted; meta goes before data. The background pass also spares objects accessed in "
         "the last second; a download that needs room now does not (the caps are hard), it "
         "evicts the least recently used first. A download that cannot fit even after eviction "
-        "fails with ERROR (ENOSPC on the mount). The list monitor refreshes the listings of the buckets in "
-        "use every refresh_interval minutes (0 turns it off), one at a time with jitter.",
+        "fails with ERROR (ENOSPC on the mount). The list monitor refreshes the listings of the "
+        "buckets in use every refresh_interval minutes (0 turns it off), one at a time with "
+        "jitter.",
         ".PP",
         "How old a listing can be: what ls on the mount, GLOB and pull \\-\\-glob show is "
         "never older than listing_freshness seconds (default: freshness_window's value, and "
@@ -429,7 +430,7 @@ def s3poolctl_page() -> str:
     ]
     commands = next(action for action in parser._actions
                     if isinstance(action, argparse._SubParsersAction))
-    for name, sub in commands.choices.items():
+    for sub in commands.choices.values():
         usage = " ".join(sub.format_usage().split()[1:])  # without "usage:"
         usage = usage.replace(" [-h] [-H HOST] [-p PORT]", "")
         out += [".TP", f"\\fB{esc(usage)}\\fR", esc(sub.description or "")]

@@ -15,7 +15,8 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable, TextIO
+from collections.abc import Callable, Iterable
+from typing import TextIO
 
 from s3pool.client import Download
 
@@ -152,7 +153,7 @@ class ProgressReporter:
         self.shown = False
         self.thread = threading.Thread(target=self._run, name="s3pool-progress", daemon=True)
 
-    def __enter__(self) -> "ProgressReporter":
+    def __enter__(self) -> ProgressReporter:
         self.thread.start()
         return self
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import h11
 import trio

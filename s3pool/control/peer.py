@@ -53,11 +53,11 @@ class Peer:
     source: str  # how we learned it, or why we could not
 
     @classmethod
-    def unknown_local(cls, why: str) -> "Peer":
+    def unknown_local(cls, why: str) -> Peer:
         return cls(None, frozenset(), True, why)
 
     @classmethod
-    def remote(cls, address: str) -> "Peer":
+    def remote(cls, address: str) -> Peer:
         return cls(None, frozenset(), False, f"remote {address}")
 
     def describe(self) -> str:
@@ -202,7 +202,8 @@ def groups_of(uid: int) -> set[int]:
         return {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
 
 
-def _allowed(st: os.stat_result, uid: int, groups: set[int] | frozenset[int], bits: tuple[int, int, int]) -> bool:
+def _allowed(st: os.stat_result, uid: int, groups: set[int] | frozenset[int],
+             bits: tuple[int, int, int]) -> bool:
     owner_bit, group_bit, other_bit = bits
     if st.st_uid == uid:
         return bool(st.st_mode & owner_bit)

@@ -30,16 +30,24 @@ import resource
 import socket
 import time
 from collections import Counter
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
 from s3pool.cache import LISTING_NOTE, Cache
+from s3pool.control.peer import AccessPolicy, Peer, open_for_peer, tcp_peer, unix_peer
+from s3pool.control.protocol import (
+    MAX_REQUEST_BYTES,
+    Request,
+    format_done,
+    format_error,
+    format_list,
+    parse_request,
+)
 from s3pool.errors import BadRequest, LocalFileError, PermissionDenied, S3PoolError, StartupError
 from s3pool.logs import RequestLog
 from s3pool.settings import format_value
-from s3pool.control.peer import AccessPolicy, Peer, open_for_peer, tcp_peer, unix_peer
-from s3pool.control.protocol import MAX_REQUEST_BYTES, Request, format_done, format_error, format_list, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +110,10 @@ class ControlServer:
     def connection_cap(self) -> int:
         return max(1, min(self.cache.settings.max_connections, self.descriptor_limit // 2))
 
-    async def serve(self, host: str, port: int, unix_socket: socket.socket | None = None, *,
-                    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(
+        self, host: str, port: int, unix_socket: socket.socket | None = None, *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Serve TCP on host:port, and the listening Unix socket *unix_socket* if given."""
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)

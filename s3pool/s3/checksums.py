@@ -34,7 +34,8 @@ import os
 import re
 import threading
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from awscrt import checksums as crt
 

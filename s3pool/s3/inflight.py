@@ -43,7 +43,7 @@ class S3Request:
     __slots__ = ("registry", "operation", "url", "started", "bytes", "total", "sock",
                  "expired", "judged", "_mark", "_mark_bytes", "_paused_at", "_answered")
 
-    def __init__(self, registry: "S3Requests", operation: str, url: str,
+    def __init__(self, registry: S3Requests, operation: str, url: str,
                  judged: bool = True) -> None:
         self.registry = registry
         self.judged = judged  # False: shown, ended by the stop, but no deadline (uploads)

@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import trio
 
@@ -105,7 +105,7 @@ class _Batch:
         touched = self.touches.get(ident)
         return touched[0] if touched is not None else None
 
-    def merged_with(self, newer: "_Batch") -> "_Batch":
+    def merged_with(self, newer: _Batch) -> _Batch:
         """This batch with *newer* applied on top (a failed flush keeps its rows)."""
         merged = _Batch()
         for batch in (self, newer):
@@ -193,7 +193,7 @@ class AccessIndex:
         pending, self._pending = self._pending, _Batch()
         self._apply(pending)
 
-    def _apply(self, batch: "_Batch") -> None:
+    def _apply(self, batch: _Batch) -> None:
         # the rows are already parameter tuples: no Python runs per row here,
         # so the trio thread is not kept from the GIL by a big batch
         db = self.db
@@ -244,7 +244,8 @@ class AccessIndex:
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA busy_timeout=10000")
         # mark and sweep in SQL: a million walked keys never sit in a Python set
-        db.execute("CREATE TEMP TABLE seen (bucket TEXT, key TEXT, PRIMARY KEY (bucket, key)) WITHOUT ROWID")
+        db.execute("CREATE TEMP TABLE seen (bucket TEXT, key TEXT, PRIMARY KEY (bucket, key))"
+                   " WITHOUT ROWID")
         added = 0
         started = time.time()
         try:
@@ -259,7 +260,8 @@ class AccessIndex:
             # rows touched since the walk began are live whatever the walk saw
             cur = db.execute(
                 "DELETE FROM objects WHERE atime < ? AND NOT EXISTS "
-                "(SELECT 1 FROM seen WHERE seen.bucket = objects.bucket AND seen.key = objects.key)",
+                "(SELECT 1 FROM seen"
+                " WHERE seen.bucket = objects.bucket AND seen.key = objects.key)",
                 (started,),
             )
             dropped = cur.rowcount
