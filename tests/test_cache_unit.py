@@ -14,6 +14,8 @@ from s3pool.store.layout import Layout
 from s3pool.settings import Settings
 from s3pool.store.objects import Store
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def make_cache(tmp_path, moto_server):

@@ -28,6 +28,8 @@ from conftest import fuse_available
 from s3pool.embedded import free_port
 from fault_proxy import FaultProxy
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 KIB = 1 << 10
 MIB = 1 << 20
 KINDS = ("md5", "crc64nvme", "crc32c", "crc32", "sha", "length_only")

@@ -12,6 +12,8 @@ import pytest
 from s3pool.s3.checksums import KINDS, Verifications, digest_for, full_object_checksums
 from s3pool.errors import DigestMismatch
 
+pytestmark = pytest.mark.unit
+
 # the standard check values: each CRC of b"123456789" (CRC-64/NVME, CRC-32C, CRC-32)
 CHECK = {
     "ChecksumCRC64NVME": 0xAE8B14860A799888 .to_bytes(8, "big"),

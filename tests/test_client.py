@@ -4,6 +4,8 @@ import pytest
 
 from s3pool.client import Client, S3PoolClientError
 
+pytestmark = pytest.mark.e2e
+
 
 def test_python_client(daemon, s3, bucket, tmp_path):
     s3.put_object(Bucket=bucket, Key="x/1", Body=b"one")

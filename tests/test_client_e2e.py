@@ -26,6 +26,8 @@ import pytest
 
 from conftest import ROOT, request
 
+pytestmark = pytest.mark.e2e
+
 MIB = 1 << 20
 
 

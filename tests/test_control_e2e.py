@@ -15,6 +15,8 @@ import pytest
 
 from conftest import MotoServer, raw_request
 
+pytestmark = pytest.mark.e2e
+
 
 def put(s3, bucket, key, body: bytes):
     s3.put_object(Bucket=bucket, Key=key, Body=body)

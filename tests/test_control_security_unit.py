@@ -22,6 +22,8 @@ from s3pool.errors import PermissionDenied
 from s3pool.logs import LOG_FILE_MODE, RequestLog, setup_logging
 from s3pool.settings import Settings, parse_mode
 
+pytestmark = pytest.mark.unit
+
 # --- the peer -----------------------------------------------------------------
 
 

@@ -18,6 +18,8 @@ from s3pool.errors import BadRequest
 from s3pool.cli.progress import PullProgress, human_bytes
 from s3pool.settings import Settings, parse_minutes, parse_seconds
 
+pytestmark = pytest.mark.unit
+
 
 # --- command line -------------------------------------------------------------
 

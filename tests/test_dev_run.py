@@ -19,8 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import CREDENTIALS, ROOT, Daemon, free_port, fuse_available, request
+import pytest
+
+from conftest import CREDENTIALS, ROOT, Daemon, free_port, free_port_block, fuse_available, request
 from test_install import linked_venv
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 
 def wait_status(process: subprocess.Popen, port: int, log: Path) -> dict[str, str]:
@@ -50,7 +54,7 @@ def test_run_arguments_add_to_the_defaults(tmp_path, moto_server):
         process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'mount -t tmpfs -o size=16m tmpfs /var/cache && exec "$0" "$@"',
-             "./dev.sh", "run", "--embedded-s3-port", "8433", "-m", str(mountpoint)],
+             "./dev.sh", "run", "--embedded-s3-port", str(free_port_block()), "-m", str(mountpoint)],
             cwd=ROOT, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
         status = wait_status(process, port, log_path)  # S3POOL_PORT still counts

@@ -8,6 +8,8 @@ import pytest
 
 from s3pool.cli.manpage import PAGES
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

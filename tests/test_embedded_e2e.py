@@ -11,8 +11,11 @@ import time
 
 import boto3
 import psutil
+import pytest
 
 from conftest import ROOT, free_port, free_port_block, request
+
+pytestmark = pytest.mark.e2e
 
 
 class DemoDaemon:

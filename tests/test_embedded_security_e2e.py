@@ -11,11 +11,14 @@ import urllib.error
 import urllib.request
 
 import psutil
+import pytest
 
 from conftest import free_port_block, request
 from test_embedded_e2e import DemoDaemon, s3_client
 import test_security_e2e
 from test_security_e2e import CLIENT, as_nobody
+
+pytestmark = pytest.mark.e2e
 
 HELLO = b"Hello from s3pool's embedded S3.\n"
 # HTTP/2's client preface and an empty SETTINGS frame: how a gRPC client starts

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 
 def test_push_to_a_missing_bucket_is_a_clear_error(daemon, tmp_path):
     local = tmp_path / "f"

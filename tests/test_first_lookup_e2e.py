@@ -6,6 +6,10 @@ listing takes minutes; the original mount blocked every first lookup on it."""
 import os
 import time
 
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 LIST_SECONDS = 6.0
 
 

@@ -22,6 +22,8 @@ from botocore.config import Config
 from conftest import MotoServer
 from fault_proxy import FaultProxy
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 PUBLISHED = ".s3pool/listing.jsonl.gz"
 
 

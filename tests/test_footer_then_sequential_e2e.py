@@ -17,7 +17,11 @@ import os
 import threading
 import time
 
+import pytest
+
 from conftest import fuse_available
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 MIB = 1 << 20
 

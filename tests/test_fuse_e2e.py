@@ -13,6 +13,8 @@ import pytest
 
 from conftest import MotoServer
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 
 @pytest.fixture
 def mounted(start_daemon, s3, bucket):

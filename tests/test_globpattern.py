@@ -9,6 +9,8 @@ import pytest
 from s3pool.errors import BadRequest
 from s3pool.listing.globpattern import compile_glob, expand_braces
 
+pytestmark = pytest.mark.unit
+
 
 def matches(pattern, key):
     """Both engines must agree; the answer is theirs."""

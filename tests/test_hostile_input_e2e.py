@@ -12,8 +12,12 @@ import json
 import threading
 import time
 
+import pytest
+
 from conftest import raw_request, request
 from s3pool.settings import SPEC_BY_NAME
+
+pytestmark = pytest.mark.e2e
 
 # Keys that make a backtracking matcher of the patterns below take minutes
 # (with a 60-character key and eight stars the old regex path took 8.7 s;

@@ -15,6 +15,10 @@ import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 SMALL = 64
 KEYS = 1500  # two LIST pages under cold/
 ROUNDS = 200

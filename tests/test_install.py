@@ -19,7 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
 
 
 def linked_venv(tmp_path: Path) -> Path:

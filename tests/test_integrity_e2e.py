@@ -20,6 +20,8 @@ from botocore.config import Config
 
 from fault_proxy import FaultProxy
 
+pytestmark = pytest.mark.e2e
+
 KIB = 1 << 10
 MIB = 1 << 20
 

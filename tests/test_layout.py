@@ -7,6 +7,8 @@ import pytest
 from s3pool.errors import BadBucket, BadKey
 from s3pool.store.layout import Layout, check_bucket, check_key
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("key", [
     "a", "a/b/c.txt", "with space", "ünïcödé/ключ", "a..b", ".hidden", "x__meta__y",

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from test_s3http_unit import ScriptedServer, lean_for, ok
 
 from s3pool.s3.backend import WatchedBody
 from s3pool.s3.inflight import S3Requests
+
+pytestmark = pytest.mark.unit
 
 
 def test_lean_body_bytes_are_counted_once():

@@ -19,6 +19,8 @@ from fault_proxy import FaultProxy
 from s3pool.store.layout import META_SUFFIX
 from test_embedded_e2e import DemoDaemon, s3_client
 
+pytestmark = pytest.mark.e2e
+
 AWKWARD_KEYS = [
     "plain/one.txt",
     "dir with space/a+b=c.txt",

@@ -19,7 +19,11 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 WAIT = 30.0  # generous: for conditions that must come true
 

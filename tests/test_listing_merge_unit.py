@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from s3pool.s3.backend import ListEntry
 from s3pool.store.layout import Layout
 from s3pool.listing.listings import DIR_MARK, _merge_page, write_listing
 from s3pool.settings import Settings
+
+pytestmark = pytest.mark.unit
 
 
 def entry(key: str) -> ListEntry:

@@ -6,6 +6,8 @@ import trio
 
 from s3pool.store.layout import Layout
 
+pytestmark = pytest.mark.unit
+
 
 async def test_listings_never_run_two_listings_of_one_bucket_at_once(tmp_path):
     import threading

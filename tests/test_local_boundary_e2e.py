@@ -14,10 +14,13 @@ import time
 import urllib.request
 
 import psutil
+import pytest
 
 from s3pool.embedded import free_port
 import test_security_e2e
 from test_security_e2e import CLIENT, IdleConnections, _low_fd_limit, as_nobody, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 FORGED = "\n2026-12-06 14:00:00,000 uid 0 PUSH /etc/shadow -> OK 1.0ms"
 ESCAPE = "\x1b[31m"

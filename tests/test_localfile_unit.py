@@ -15,6 +15,8 @@ from s3pool.control import peer
 from s3pool.errors import LocalFileError
 from s3pool.upload.localfile import NotRegularFile, open_as, open_regular
 
+pytestmark = pytest.mark.unit
+
 NOBODY = 65534
 
 

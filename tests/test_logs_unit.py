@@ -4,7 +4,11 @@ import logging
 import os
 import stat
 
+import pytest
+
 from s3pool.logs import PrivateRotatingFileHandler
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_log_rotates_by_size_and_stays_private(tmp_path):

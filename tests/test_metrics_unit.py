@@ -3,11 +3,14 @@ and its connection cap with idle scrapers hurried out."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from s3pool.control import metrics
 from s3pool.control.metrics import Metrics, MetricsServer
+
+pytestmark = pytest.mark.unit
 
 
 async def _status_lines():

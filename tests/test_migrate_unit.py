@@ -12,6 +12,8 @@ from s3pool.errors import StartupError
 from s3pool.store.layout import LAYOUT_VERSION, Layout
 from s3pool.store.migrate import layout_version, migrate
 
+pytestmark = pytest.mark.unit
+
 SCHEMA = """
 CREATE TABLE keys (key TEXT PRIMARY KEY, size INTEGER, mtime REAL, etag TEXT) WITHOUT ROWID;
 CREATE TABLE info (name TEXT PRIMARY KEY, value);

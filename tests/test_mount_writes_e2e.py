@@ -15,6 +15,8 @@ import pytest
 
 from fault_proxy import FaultProxy
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 MiB = 1 << 20
 
 

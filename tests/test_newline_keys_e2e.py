@@ -17,8 +17,11 @@ import os
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
+import pytest
 
 from conftest import raw_request
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 INJECTED = "OK\nnl\nINJECTED-KEY\n"
 

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 KIB = 1 << 10
 FILES = 20
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
+import pytest
+
 from s3pool.fs import prefetch
 from s3pool.errors import NoSuchKey
 from s3pool.listing.listings import Entry
 from s3pool.fs.prefetch import Prefetcher
 from s3pool.settings import Settings
+
+pytestmark = pytest.mark.unit
 
 
 class FakeListings:

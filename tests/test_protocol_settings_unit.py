@@ -10,6 +10,8 @@ from s3pool.control.protocol import MAX_ERROR_CHARS, format_error, parse_request
 from s3pool.errors import BadRequest
 from s3pool.settings import SPECS, MAX_SIZE, Settings, parse_size
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("line, words", [
     (b'["PULL", "b", "\\ud800"]', "item 2 of the request holds a lone surrogate '\\ud800'"),

@@ -18,6 +18,8 @@ import zlib
 
 import pytest
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 PUBLISHED = ".s3pool/listing.jsonl.gz"
 # the daemon's peak resident memory may not pass this (it starts near 60 MiB;
 # the 512 MiB line took it to 3 GiB before the fix)

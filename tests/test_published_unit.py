@@ -19,6 +19,8 @@ from s3pool.listing.fleet import Fleet, FleetListings
 from s3pool.listing.listings import Listings, write_listing
 from s3pool.listing.published import DEFAULT_KEY, PublishedListing, is_hidden, write_published
 
+pytestmark = pytest.mark.unit
+
 ODD_KEYS = ["a", "dir/b", "tab\there", "new\nline", "quote\"s", "ünï/ç", "z" * 900]
 
 

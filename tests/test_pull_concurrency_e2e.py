@@ -11,7 +11,11 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
+
 from conftest import MotoServer
+
+pytestmark = pytest.mark.e2e
 
 MIB = 1 << 20
 

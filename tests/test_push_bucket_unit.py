@@ -8,6 +8,8 @@ import trio
 from s3pool.errors import AccessDenied, NoSuchBucket
 from s3pool.upload.push import BUCKET_CONFIRMED_FOR, check_bucket_exists
 
+pytestmark = pytest.mark.unit
+
 
 class FakeBackend:
     def __init__(self, buckets: set[str], denied: bool = False) -> None:

@@ -9,6 +9,8 @@ import tempfile
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 NOBODY = 65534
 # bash's /dev/tcp: the client must run as nobody, who cannot run the venv's
 # python (it lives under /root)

@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 from s3pool.fs.mount import mount_device
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 MIB = 1 << 20
 

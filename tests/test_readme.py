@@ -26,7 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, free_port, free_port_block, fuse_available, request
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 MARK = "<!-- example -->"
 

@@ -14,6 +14,8 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 OLD_KEYS = [f"old/{i:03d}.txt" for i in range(20)]
 # (new keys, room left): which file of the new listing finds the disk full
 CASES = {

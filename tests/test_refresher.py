@@ -2,10 +2,13 @@
 
 import random
 
+import pytest
 import trio
 
 from s3pool.errors import BackendError, NoSuchBucket
 from s3pool.listing.refresher import Refresher
+
+pytestmark = pytest.mark.unit
 
 
 class FakeListings:

@@ -26,6 +26,8 @@ import pytest
 from conftest import request
 from hostile_s3 import MODES, HostileS3
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 KIB, MIB = 1 << 10, 1 << 20
 DEADLINE = 3  # download_stall_timeout of these daemons, seconds
 TRIAL_LIMIT = 60.0  # a trial that takes longer than this hangs

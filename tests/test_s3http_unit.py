@@ -14,6 +14,8 @@ from botocore.credentials import Credentials
 
 from s3pool.s3.lean import BadAnswer, BodyError, Fallback, LeanGets
 
+pytestmark = pytest.mark.unit
+
 OK_HEAD = ("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nETag: \"abc\"\r\n"
            "Last-Modified: Thu, 26 Nov 2026 03:00:00 GMT\r\nx-amz-meta-Owner: me\r\n{extra}\r\n")
 

@@ -8,7 +8,11 @@ import socket
 import threading
 import time
 
+import pytest
+
 from s3pool.s3.inflight import S3Requests
+
+pytestmark = pytest.mark.unit
 
 
 def _wait(predicate, what: str, seconds: float = 20.0) -> None:

@@ -19,6 +19,8 @@ import pytest
 
 from s3pool.client import Client, S3PoolClientError
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
 NOGROUP = 65534

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import MotoServer
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 SMALL = 20  # small objects (read whole with the GET's headers)
 BIG = "big/twelve.bin"  # 12 MiB: streamed in parts (download_part_size 8 MiB)
 PUBLISHED = ".s3pool/listing.jsonl.gz"

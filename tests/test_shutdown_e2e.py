@@ -9,6 +9,10 @@ import subprocess
 import threading
 import time
 
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 
 def test_sigterm_during_a_mount_download_and_a_pull(start_daemon, s3, bucket, moto_server):
     s3.put_object(Bucket=bucket, Key="slow-read", Body=os.urandom(2 << 20))

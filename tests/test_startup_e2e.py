@@ -16,7 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, free_port, free_port_block, request
+
+pytestmark = pytest.mark.e2e
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:

@@ -21,6 +21,8 @@ import pytest
 
 from s3pool.store.layout import LAYOUT_VERSION
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 NOBODY = 65534
 NOGROUP = 65534
 # nobody cannot run the venv's python (it lives under /root): its client is

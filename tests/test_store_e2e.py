@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 MIB = 1 << 20
 
 

@@ -1,5 +1,6 @@
 """Eviction under pressure while PULLs and PUSHes of its victims arrive."""
 
+import pytest
 import trio
 
 from s3pool.s3.backend import Backend
@@ -8,6 +9,8 @@ from s3pool.store.evictor import Evictor
 from s3pool.store.layout import Layout
 from s3pool.settings import Settings
 from s3pool.store.objects import Store
+
+pytestmark = pytest.mark.unit
 
 
 async def test_eviction_with_pulls_and_pushes_of_its_victims_never_hangs(tmp_path, moto_server,

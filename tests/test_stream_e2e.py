@@ -20,6 +20,8 @@ import pytest
 
 from fault_proxy import FaultProxy
 
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
 KIB = 1 << 10
 MIB = 1 << 20
 PART = 256 * KIB

@@ -11,6 +11,8 @@ from s3pool.download import tier as tiermod
 from s3pool.s3.inflight import S3Requests
 from s3pool.download.tier import SharedTier, parse_tier_url, tier_key, tier_metadata
 
+pytestmark = pytest.mark.unit
+
 
 class FakeBackend:
     def __init__(self) -> None:

@@ -20,6 +20,8 @@ from s3pool.errors import BackendError, NoSpace
 from s3pool.s3.progress import Transfer
 from s3pool.store.files import write_all
 
+pytestmark = pytest.mark.unit
+
 
 class FakeBody:
     """A body that hands out *step* bytes a call, sleeping *pause* before each."""

@@ -18,6 +18,8 @@ from s3pool.store.objects import Store
 from s3pool.upload.staged import NotSequential, StagedUpload, UploadFailed, UploadRecords, \
     abort_leftovers
 
+pytestmark = pytest.mark.unit
+
 
 class FakeBackend:
     def __init__(self) -> None:
