@@ -52,6 +52,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import boto3
 import botocore.session
@@ -101,7 +103,8 @@ def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_is_free(port: int) -> bool:
@@ -126,7 +129,7 @@ def find_weed() -> str:
     return found
 
 
-def _die_with_parent(parent: int):
+def _die_with_parent(parent: int) -> Callable[[], None]:
     """preexec_fn: SIGKILL this child when the daemon dies, however it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
 
@@ -192,7 +195,7 @@ class EmbeddedS3:
         self.endpoint_url = f"http://127.0.0.1:{port}"
         self.data_dir = os.path.join(self.dir, "volumes")
         self.pidfile = os.path.join(self.dir, "weed.pid")
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self._log = None
         weed = find_weed()
         os.makedirs(self.data_dir, exist_ok=True)
@@ -228,7 +231,7 @@ class EmbeddedS3:
             with open(self.pidfile + ".tmp", "w") as f:
                 f.write(f"{self.process.pid}\n")
             os.replace(self.pidfile + ".tmp", self.pidfile)
-            self._wait_ready()
+            self._wait_ready(self.process, self._log.name)
             self._seed()
         except BaseException:
             self.stop()
@@ -326,7 +329,7 @@ class EmbeddedS3:
     def credentials(self) -> dict[str, str]:
         return {"aws_access_key_id": ACCESS_KEY_ID, "aws_secret_access_key": SECRET_ACCESS_KEY}
 
-    def client(self):
+    def client(self) -> Any:  # boto3's S3 client (boto3 has no type hints)
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=REGION,
                             config=Config(retries={"max_attempts": 1}), **self.credentials())
 
@@ -336,21 +339,22 @@ class EmbeddedS3:
                 f"AWS_SECRET_ACCESS_KEY={SECRET_ACCESS_KEY} AWS_DEFAULT_REGION={REGION} "
                 f"aws s3 ls s3://{DEMO_BUCKET}")
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
+    def _wait_ready(self, process: subprocess.Popen[bytes], log_name: str,
+                    timeout: float = 60.0) -> None:
         client = self.client()
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise StartupError(
-                    f"the embedded S3 (weed) exited at start with {self.process.returncode}; "
-                    f"see its log {self._log.name}", EXIT_EMBEDDED)
+                    f"the embedded S3 (weed) exited at start with {process.returncode}; "
+                    f"see its log {log_name}", EXIT_EMBEDDED)
             try:
                 client.list_buckets()
                 return
             except Exception:
                 if time.monotonic() > deadline:
                     raise StartupError(f"the embedded S3 did not answer on {self.endpoint_url} "
-                                       f"within {timeout:.0f} s; see {self._log.name}",
+                                       f"within {timeout:.0f} s; see {log_name}",
                                        EXIT_EMBEDDED) from None
                 time.sleep(0.1)
 

@@ -18,12 +18,14 @@ traceback's lines are indented, so none reads as a record).
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
 import stat
 import sys
 import time
+from typing import cast
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -103,9 +105,11 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A RotatingFileHandler whose files (the first and each after a rollover)
     are not world-readable."""
 
-    def _open(self):  # type: ignore[no-untyped-def]
-        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
-                    opener=private_opener)
+    def _open(self) -> io.TextIOWrapper:
+        # self.mode is a text mode ("a"): open() gives a TextIOWrapper, as the base class's
+        return cast(io.TextIOWrapper,
+                    open(self.baseFilename, self.mode, encoding=self.encoding,
+                         errors=self.errors, opener=private_opener))
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         """The file's size alone decides: the library's version stats the

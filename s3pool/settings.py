@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from s3pool.errors import BadRequest
 
@@ -56,7 +56,10 @@ def parse_size(text: str) -> int:
     return value
 
 
-def _number(text: str, kind: type, what: str) -> float | int:
+_Number = TypeVar("_Number", int, float)
+
+
+def _number(text: str, kind: Callable[[str], _Number], what: str) -> _Number:
     try:
         return kind(text)
     except (ValueError, TypeError, OverflowError):
@@ -368,8 +371,9 @@ class Settings:
         """Seconds a listing is served before S3 is asked again: listing_freshness,
         or while it was never set (or SET to 'freshness_window'), freshness_window's
         current value, so a later SET of freshness_window moves both."""
-        value = self._values["listing_freshness"]
-        return self._values["freshness_window"] if value is None else value
+        value: float | None = self._values["listing_freshness"]
+        window: float = self._values["freshness_window"] if value is None else value
+        return window
 
     def on_change(self, listener: Callable[[str, Any], None]) -> None:
         self._listeners.append(listener)

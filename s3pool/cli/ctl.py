@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from s3pool.cli.progress import ProgressReporter, PullProgress, human_bytes, human_duration
 from s3pool.client import Client, NotS3Pool, S3PoolClientError, parse_download
@@ -49,7 +49,7 @@ class CommandParser(argparse.ArgumentParser):
 
     expects = ""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         if self.expects is not None and ("arguments are required" in message
                                           or "unrecognized arguments" in message):
             message = (f"wrong number of arguments: expected {self.expects or 'none'} "
@@ -79,7 +79,7 @@ def build_parser(prog: str = "s3poolctl") -> argparse.ArgumentParser:
     connection_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                      parser_class=CommandParser)
-    shared = argparse.ArgumentParser(add_help=False)
+    shared = CommandParser(add_help=False)  # only lends its options (parents=)
     connection_options(shared, suppress=True)
 
     def command(name: str, expects: str, help: str, run: Callable[..., int]) -> CommandParser:
@@ -355,7 +355,7 @@ class UsageError(Exception):
 
 def _is_terminal(stream: Any) -> bool:
     try:
-        return stream.isatty()
+        return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
 
@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None, prog: str = "s3poolctl") -> int:
     where = socket_path or f"{args.host}:{args.port}"
     client = Client(args.host, args.port, timeout=None, socket_path=socket_path)
     try:
-        return args.run(client, args)
+        code: int = args.run(client, args)
+        return code
     except UsageError as exc:
         subparser.print_usage(sys.stderr)
         print(f"{subparser.prog}: error: {exc}", file=sys.stderr)

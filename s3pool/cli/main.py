@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+from typing import Any, TypeVar
 
 from s3pool import __version__
 from s3pool.settings import SPECS
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in SPECS:
         names = [*SHORT_OPTIONS.get(spec.name, ()), spec.option]
         default = spec.show(spec.default) + (f" {spec.unit}" if spec.unit else "")
-        flag = {"nargs": "?", "const": True} if spec.flag else {}  # --mount-writes alone: on
+        # --mount-writes alone: on
+        flag: dict[str, Any] = {"nargs": "?", "const": True} if spec.flag else {}
         parser.add_argument(*names, dest=spec.name, metavar=spec.metavar, default=None,
                             type=spec.parse, **flag,
                             help=f"{spec.help} (default {default})".replace("%", "%%"))
@@ -354,7 +356,10 @@ def run_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+_Found = TypeVar("_Found", bound=BaseException)
+
+
+def _find(exc: BaseException, kind: type[_Found]) -> _Found | None:
     """*exc* itself or the first *kind* inside (nested) exception groups."""
     if isinstance(exc, kind):
         return exc

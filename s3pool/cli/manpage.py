@@ -36,7 +36,7 @@ def options_section(parser: argparse.ArgumentParser) -> list[str]:
         if action.nargs != 0:
             metavar = action.metavar or (action.dest.upper() if not action.choices
                                          else "{" + ",".join(action.choices) + "}")
-            names += f" \\fI{esc(metavar)}\\fR"
+            names += f" \\fI{esc(str(metavar))}\\fR"
         out += [".TP", names, esc((action.help or "").replace("%%", "%"))]
     return out
 

@@ -35,9 +35,16 @@ import socket
 import stat
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from s3pool.errors import LocalFileError, PermissionDenied
 from s3pool.upload.localfile import NotRegularFile, open_as
+
+if TYPE_CHECKING:
+    import trio
+
+    # a connection's socket: the stdlib's, or trio's (SocketStream.socket)
+    AnySocket = socket.socket | trio.socket.SocketType
 
 # Linux's value; Python's socket module does not name it
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
@@ -68,7 +75,7 @@ class Peer:
         return f"uid {self.uid} ({self.source})"
 
 
-def unix_peer(sock: socket.socket) -> Peer:
+def unix_peer(sock: AnySocket) -> Peer:
     """The client of a Unix-domain connection, from SO_PEERCRED. May block
     briefly (group database) when SO_PEERGROUPS is unavailable."""
     try:
@@ -107,8 +114,9 @@ def is_local_address(host: str) -> bool:
     not (EADDRNOTAVAIL): any other failure counts as local, so that a
     lookup that fails (EMFILE, say) never makes a local client "remote"."""
     ip = ipaddress.ip_address(host.split("%")[0])
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip, host = ip.ipv4_mapped, str(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        mapped = ip.ipv4_mapped
+        ip, host = mapped, str(mapped)
     if ip.is_loopback:
         return True
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
@@ -120,7 +128,7 @@ def is_local_address(host: str) -> bool:
     return True
 
 
-def tcp_peer(sock: socket.socket) -> Peer:
+def tcp_peer(sock: AnySocket) -> Peer:
     """The client of a TCP connection. Blocks (reads /proc): call it in a thread."""
     try:
         peer_host, peer_port = sock.getpeername()[:2]

@@ -108,7 +108,8 @@ class ControlServer:
 
     @property
     def connection_cap(self) -> int:
-        return max(1, min(self.cache.settings.max_connections, self.descriptor_limit // 2))
+        configured: int = self.cache.settings.max_connections
+        return max(1, min(configured, self.descriptor_limit // 2))
 
     async def serve(
         self, host: str, port: int, unix_socket: socket.socket | None = None, *,

@@ -181,6 +181,7 @@ class S3Requests:
             for request in requests:
                 if request.expired is not None:
                     continue
+                why: str | None
                 if stopping:
                     why = "s3pool is shutting down"
                 elif self.timeout > 0 and request.judged:

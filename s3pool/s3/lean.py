@@ -49,7 +49,7 @@ import socket
 import ssl
 import threading
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
@@ -110,9 +110,14 @@ class BadAnswer(BackendError):
 class _Response(http.client.HTTPResponse):
     """http.client's answer, skipping interim 1xx answers (it skips only 100)."""
 
-    def _read_status(self) -> tuple[str, int, str]:  # type: ignore[override]
+    # the connection's socket, set by _exchange: http.client lets go of it at a
+    # Connection: close, and bytes_behind still looks at it after the body
+    s3pool_sock: Any = None
+
+    def _read_status(self) -> tuple[str, int, str]:
+        # a private method of http.client, absent from typeshed's stubs
         for _ in range(MAX_INTERIM):
-            version, status, reason = super()._read_status()
+            version, status, reason = super()._read_status()  # type: ignore[misc]
             if not 101 < status < 200:  # 100 is skipped by begin(); 101 is refused
                 return version, status, reason
             http.client.parse_headers(self.fp)  # the interim answer's headers
@@ -238,7 +243,7 @@ class LeanBody:
     is what http.client decodes. The connection goes back to the pool when
     the last byte was read, and is closed by an early close."""
 
-    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+    def __init__(self, conn: http.client.HTTPConnection, resp: _Response,
                  pool: _Pool, length: int | None, request: Any = None) -> None:
         self._conn: http.client.HTTPConnection | None = conn
         self._resp = resp
@@ -518,7 +523,7 @@ class LeanGets:
 
     @staticmethod
     def _exchange(pool: _Pool, path: str, fields: list[tuple[str, str]], request: Any
-                  ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+                  ) -> tuple[http.client.HTTPConnection, _Response]:
         """Send the request and read the answer's head. A kept-alive connection
         the server closed meanwhile (nothing came back on it) is replaced by a
         new one once; any other failure is boto3's to retry."""
@@ -537,8 +542,9 @@ class LeanGets:
                     conn.putheader(name, value)  # ValueError: CR/LF in a value
                 conn.endheaders()
                 sock = conn.sock  # http.client lets go of it at a Connection: close
-                resp = conn.getresponse()
-                resp.s3pool_sock = sock  # type: ignore[attr-defined]
+                # the pool's connections are _HTTP(S)Connection: their response_class
+                resp = cast(_Response, conn.getresponse())
+                resp.s3pool_sock = sock
             except ValueError as exc:
                 conn.close()
                 raise BadAnswer(f"a header of the request is not a legal value: {exc}"
