@@ -27,17 +27,30 @@ def esc(text: str) -> str:
     return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in lines)
 
 
+def page_head(title: str, name: str, synopsis: list[str], description: str) -> list[str]:
+    """A page's .TH line and its NAME, SYNOPSIS and DESCRIPTION sections."""
+    return [f'.TH {title} 1 "{DATE}" "s3pool {__version__}" "User Commands"',
+            ".SH NAME", name, ".SH SYNOPSIS", *synopsis, ".SH DESCRIPTION", description]
+
+
+def option_entry(action: argparse.Action, metavar: str | None) -> list[str]:
+    """An option's .TP entry: its names, *metavar* if any, its help."""
+    names = ", ".join(f"\\fB{esc(name)}\\fR" for name in action.option_strings)
+    if metavar:
+        names += f" \\fI{esc(metavar)}\\fR"
+    return [".TP", names, esc((action.help or "").replace("%%", "%"))]
+
+
 def options_section(parser: argparse.ArgumentParser) -> list[str]:
     out = []
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction) or not action.option_strings:
             continue
-        names = ", ".join(f"\\fB{esc(name)}\\fR" for name in action.option_strings)
+        metavar = None
         if action.nargs != 0:
-            metavar = action.metavar or (action.dest.upper() if not action.choices
-                                         else "{" + ",".join(action.choices) + "}")
-            names += f" \\fI{esc(str(metavar))}\\fR"
-        out += [".TP", names, esc((action.help or "").replace("%%", "%"))]
+            metavar = str(action.metavar or (action.dest.upper() if not action.choices
+                                             else "{" + ",".join(action.choices) + "}"))
+        out += option_entry(action, metavar)
     return out
 
 
@@ -287,16 +300,14 @@ LAYOUT = [
 def s3pool_page() -> str:
     parser = build_parser()
     out = [
-        f'.TH S3POOL 1 "{DATE}" "s3pool {__version__}" "User Commands"',
-        ".SH NAME", "s3pool \\- a local\\-disk cache of S3 objects, served as paths and as files",
-        ".SH SYNOPSIS",
-        "\\fBs3pool\\fR \\fB\\-p\\fR \\fIPORT\\fR \\fB\\-D\\fR \\fIHOMEDIR\\fR "
-        "[\\fB\\-m\\fR \\fIMOUNTPOINT\\fR] [\\fIoptions\\fR]",
-        ".br",
-        "\\fBs3pool\\fR \\fBpull\\fR|\\fBpush\\fR|\\fBglob\\fR|\\fBrefresh\\fR|\\fBstatus\\fR|"
-        "\\fBset\\fR \\fIargs\\fR...",
-        ".SH DESCRIPTION",
-        esc(parser.description or ""),
+        *page_head(
+            "S3POOL", "s3pool \\- a local\\-disk cache of S3 objects, served as paths and as files",
+            ["\\fBs3pool\\fR \\fB\\-p\\fR \\fIPORT\\fR \\fB\\-D\\fR \\fIHOMEDIR\\fR "
+             "[\\fB\\-m\\fR \\fIMOUNTPOINT\\fR] [\\fIoptions\\fR]",
+             ".br",
+             "\\fBs3pool\\fR \\fBpull\\fR|\\fBpush\\fR|\\fBglob\\fR|\\fBrefresh\\fR|\\fBstatus\\fR|"
+             "\\fBset\\fR \\fIargs\\fR..."],
+            esc(parser.description or "")),
         ".PP",
         "The daemon runs in the foreground (with \\fB\\-d\\fR in the background, see "
         "COMPATIBILITY) and logs to HOMEDIR/log/ and standard error. With "
@@ -416,12 +427,11 @@ def s3pool_page() -> str:
 def s3poolctl_page() -> str:
     parser = build_ctl_parser()
     out = [
-        f'.TH S3POOLCTL 1 "{DATE}" "s3pool {__version__}" "User Commands"',
-        ".SH NAME", "s3poolctl \\- talk to a running s3pool daemon",
-        ".SH SYNOPSIS",
-        "\\fBs3poolctl\\fR [\\fB\\-H\\fR \\fIHOST\\fR] [\\fB\\-p\\fR \\fIPORT\\fR | "
-        "\\fB\\-S\\fR \\fIPATH\\fR] \\fICOMMAND\\fR \\fIargs\\fR...",
-        ".SH DESCRIPTION", esc(parser.description or ""),
+        *page_head(
+            "S3POOLCTL", "s3poolctl \\- talk to a running s3pool daemon",
+            ["\\fBs3poolctl\\fR [\\fB\\-H\\fR \\fIHOST\\fR] [\\fB\\-p\\fR \\fIPORT\\fR | "
+             "\\fB\\-S\\fR \\fIPATH\\fR] \\fICOMMAND\\fR \\fIargs\\fR..."],
+            esc(parser.description or "")),
         "It prints the OK payload on standard output and an ERROR message on standard error.",
         ".SH OPTIONS", *options_section(parser),
         ".SH COMMANDS",
@@ -440,10 +450,8 @@ def s3poolctl_page() -> str:
         if own:
             out += [".RS"]
             for action in own:
-                names = ", ".join(f"\\fB{esc(n)}\\fR" for n in action.option_strings)
-                if action.nargs != 0 and action.metavar:
-                    names += f" \\fI{esc(action.metavar)}\\fR"
-                out += [".TP", names, esc((action.help or "").replace("%%", "%"))]
+                metavar = action.metavar if action.nargs != 0 else None
+                out += option_entry(action, str(metavar) if metavar else None)
             out += [".RE"]
     out += [".SH PROGRESS",
             "A pull that takes more than a second draws a progress bar on standard error when "
