@@ -521,6 +521,10 @@ class FakeBackend:
     def uploads_in_progress(self) -> list[str]:
         return sorted(self._uploads)
 
+    def parts_of(self, upload_id: str) -> list[int]:
+        """Numbers of the parts sent so far to a multipart upload in progress."""
+        return sorted(self._uploads[upload_id][2])
+
     async def list_multipart_uploads(self, bucket: str, prefix: str
                                      ) -> list[tuple[str, str, float]]:
         await self._enter("list_multipart_uploads", bucket, prefix)

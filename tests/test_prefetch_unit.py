@@ -8,7 +8,6 @@ how it is topped up, and that the directory memory is bounded.
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import pytest
 
@@ -38,14 +37,25 @@ class FakeListings:
 
 
 class FakeCache:
+    """The Cache facade's methods the read-ahead uses."""
+
     def __init__(self, keys: dict[str, int], **settings) -> None:
         self.listings = FakeListings(keys)
         self.settings = Settings(**settings)
-        self.backend = SimpleNamespace(stopping=threading.Event())
-        self.store = SimpleNamespace(is_locked=lambda bucket, key: False)
+        self.stopping = threading.Event()
+        self.locked: set[str] = set()
         self.cached: set[str] = set()
         self.missing: set[str] = set()
         self.fetched: list[str] = []
+
+    def dir_entries(self, bucket, dir_prefix, after=None):
+        return self.listings.iter_children(bucket, dir_prefix, after)
+
+    def is_stopping(self):
+        return self.stopping.is_set()
+
+    def is_locked(self, bucket, key):
+        return key in self.locked
 
     def is_fresh(self, bucket, key):
         return key in self.cached
@@ -137,7 +147,7 @@ def test_large_cached_and_locked_files_are_skipped():
     keys["d/f04"] = 10 << 20  # over the 8 MiB part size
     p, cache, spawned = make(keys, prefetch_files=4)
     cache.cached.add("d/f05")
-    cache.store.is_locked = lambda bucket, key: key == "d/f06"
+    cache.locked.add("d/f06")
     for name in ("f00", "f01", "f02"):
         p.opened("b", f"d/{name}")
     assert keys_of(spawned) == ["d/f03"]
@@ -179,7 +189,7 @@ def test_directories_are_remembered_in_a_bounded_lru(monkeypatch):
 
 def test_shutdown_starts_no_prefetch():
     p, cache, spawned = make(files(10), prefetch_files=4)
-    cache.backend.stopping.set()
+    cache.stopping.set()
     for name in ("f00", "f01", "f02"):
         p.opened("b", f"d/{name}")
     assert spawned == []

@@ -12,7 +12,6 @@ import trio
 
 from s3pool.cache import Cache
 from s3pool.errors import EXIT_MOUNT, StartupError
-from s3pool.upload.staged import abort_leftovers
 from s3pool.fs.ops import S3PoolOperations
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class FuseMount:
 
     async def _abort_leftover_uploads(self) -> None:
         try:
-            await abort_leftovers(self.cache)
+            await self.cache.abort_leftover_uploads()
         except Exception:  # noqa: BLE001 (the records stay for the next start)
             log.exception("aborting leftover multipart uploads failed")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import logging
 import os
 import sqlite3
@@ -33,14 +32,12 @@ from typing import Any, Callable, Iterator
 import pyfuse3
 import trio
 
-from s3pool.s3.backend import ListEntry
-from s3pool.cache import Cache, Reader
+from s3pool.cache import Cache, Entry, ListEntry, ListJob, Reader, check_bucket, visible_name
 from s3pool.errors import (
     AccessDenied, BackendError, BadBucket, BadKey, KeyConflict, NoSpace, NoSuchBucket, NoSuchKey,
     S3PoolError, VersionChanged,
 )
-from s3pool.store.layout import check_bucket
-from s3pool.listing.listings import Entry, ListJob, visible_name
+from s3pool.fs.nodes import ROOT, Node, inode_for
 from s3pool.fs.prefetch import Prefetcher
 from s3pool.fs.writes import MountWrites
 
@@ -62,7 +59,6 @@ ATTR_TIMEOUT = 10.0
 # a cold bucket's whole listing starts once no directory of it was listed for this long
 WHOLE_LISTING_AFTER = 2.0
 NEGATIVE_BUCKET_TTL = 30.0
-ROOT = pyfuse3.ROOT_INODE
 
 
 def guarded(op: Callable[..., Any]) -> Callable[..., Any]:
@@ -91,27 +87,6 @@ def fuse_error(exc: Exception) -> pyfuse3.FUSEError:
         if isinstance(exc, kind):
             return pyfuse3.FUSEError(code)
     return pyfuse3.FUSEError(errno.EIO)
-
-
-def inode_for(bucket: str, path: str, is_dir: bool) -> int:
-    digest = hashlib.blake2b(f"{bucket}\0{path}\0{'d' if is_dir else 'f'}".encode(
-        "utf-8", "surrogateescape"), digest_size=8).digest()
-    ino = int.from_bytes(digest, "little") & ((1 << 63) - 1)
-    return ino if ino > ROOT else ino + 2
-
-
-@dataclass
-class Node:
-    bucket: str  # '' for the root
-    path: str  # key for a file; directory path without trailing '/' ('' = bucket root)
-    is_dir: bool
-    size: int = 0  # what the kernel was last told
-    mtime: float = 0.0
-    lookups: int = 0
-
-    @property
-    def dir_prefix(self) -> str:
-        return self.path + "/" if self.path else ""
 
 
 @dataclass
@@ -166,8 +141,6 @@ class S3PoolOperations(pyfuse3.Operations):
                  spawn: Callable[..., None] | None = None) -> None:
         super().__init__()
         self.cache = cache
-        self.listings = cache.listings
-        self.layout = cache.layout
         self.spawn = spawn
         self.on_init: Callable[[], None] | None = None  # called once the kernel said hello
         self.pinned_buckets = set(buckets)
@@ -199,18 +172,22 @@ class S3PoolOperations(pyfuse3.Operations):
         if self.on_init is not None:
             self.on_init()
 
-    def _fh(self) -> int:
+    def drop_kernel_pages(self, inode: int) -> None:
+        """The kernel's pages of *inode* are not kept at its next open."""
+        self._kernel_etag.pop(inode, None)
+
+    def new_fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
         return fh
 
-    def _node(self, inode: int) -> Node:
+    def node(self, inode: int) -> Node:
         node = self.nodes.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
-    def _attrs(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
+    def attrs(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
         attr.generation = 0
@@ -237,7 +214,7 @@ class S3PoolOperations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = ns
         return attr
 
-    def _remember(self, node: Node, inode: int | None = None) -> int:
+    def remember(self, node: Node, inode: int | None = None) -> int:
         """Register a node the kernel is about to learn; returns its inode."""
         if inode is None:
             inode = ROOT if not node.bucket else inode_for(node.bucket, node.path, node.is_dir)
@@ -253,8 +230,8 @@ class S3PoolOperations(pyfuse3.Operations):
     def _entry_node(self, bucket: str, dir_prefix: str, entry: Entry) -> Node:
         if entry.is_dir:
             return Node(bucket, dir_prefix + entry.name, True,
-                        mtime=self.listings.last_refresh.get(bucket, self.started))
-        # the index has every version the cache installed (cache._note_version)
+                        mtime=self.cache.last_listed(bucket, self.started))
+        # the index has every version the cache installed (Cache.fetch and open add it)
         return Node(bucket, dir_prefix + entry.name, False, entry.size, entry.mtime)
 
     async def _bucket_exists(self, bucket: str) -> bool:
@@ -264,13 +241,13 @@ class S3PoolOperations(pyfuse3.Operations):
             return False
         if (bucket in self._known_buckets or bucket in self.pinned_buckets
                 or bucket in self.cache.buckets_in_use
-                or os.path.isdir(self.layout.bucket_dir(bucket))):
+                or self.cache.has_bucket_dir(bucket)):
             return True
         missing_since = self._missing_buckets.get(bucket)
         if missing_since is not None and time.monotonic() - missing_since < NEGATIVE_BUCKET_TTL:
             return False
         try:
-            exists = await self.cache.backend.bucket_exists(bucket)
+            exists = await self.cache.bucket_exists(bucket)
         except S3PoolError as exc:
             log.warning("cannot tell whether bucket %s exists: %s", bucket, exc)
             raise fuse_error(exc) from None
@@ -288,7 +265,7 @@ class S3PoolOperations(pyfuse3.Operations):
         minutes: each directory is listed when it is read (and again once it
         is older than listing_freshness)."""
         self.cache.use_bucket(bucket)
-        if self.listings.has_index(bucket):
+        if self.cache.has_listing(bucket):
             return True
         if bucket not in self._listing and self.spawn is not None:
             self._listing.add(bucket)
@@ -297,13 +274,13 @@ class S3PoolOperations(pyfuse3.Operations):
 
     async def _index_in_background(self, bucket: str) -> None:
         try:
-            await self.listings.ensure_index(bucket)
+            await self.cache.start_listing(bucket)
             # __list__ and GLOB want the whole listing: it comes once the
             # LISTs of the directories being read are through (a cold ls of a
             # huge directory should not share S3 and the CPU with it)
             await trio.sleep(WHOLE_LISTING_AFTER)
-            await self.listings.idle(bucket, quiet=WHOLE_LISTING_AFTER)
-            if self.listings.never_listed(bucket):
+            await self.cache.listing_idle(bucket, quiet=WHOLE_LISTING_AFTER)
+            if self.cache.never_listed(bucket):
                 await self.cache.refresh(bucket)
         except S3PoolError as exc:
             log.warning("cannot list bucket %s: %s", bucket, exc)
@@ -327,7 +304,7 @@ class S3PoolOperations(pyfuse3.Operations):
         self.cache.use_bucket(bucket)
 
     def bucket_names(self) -> list[str]:
-        names = set(self.layout.buckets_on_disk()) | self.pinned_buckets | self._known_buckets
+        names = set(self.cache.buckets_on_disk()) | self.pinned_buckets | self._known_buckets
         names |= self.cache.buckets_in_use
         return sorted(n for n in names if visible_name(n, at_root=False))
 
@@ -336,7 +313,7 @@ class S3PoolOperations(pyfuse3.Operations):
     @guarded
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
-        parent = self._node(parent_inode)
+        parent = self.node(parent_inode)
         text = os.fsdecode(name)
         if text in (".", ".."):
             inode = parent_inode if text == "." else self._parent_inode(parent)
@@ -348,10 +325,10 @@ class S3PoolOperations(pyfuse3.Operations):
         if parent_inode == ROOT:
             if not await self._bucket_exists(text):
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            node = Node(text, "", True, mtime=self.listings.last_refresh.get(text, self.started))
+            node = Node(text, "", True, mtime=self.cache.last_listed(text, self.started))
         else:
             listed = self._listing_or_start(parent.bucket)
-            entry = self.listings.lookup(parent.bucket, parent.dir_prefix, text) if listed \
+            entry = self.cache.dir_entry(parent.bucket, parent.dir_prefix, text) if listed \
                 else None
             if entry is None and visible_name(text, at_root=not parent.path):
                 # written to S3 since the last listing, or the listing is not in yet
@@ -364,8 +341,8 @@ class S3PoolOperations(pyfuse3.Operations):
             if entry is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = self._entry_node(parent.bucket, parent.dir_prefix, entry)
-        inode = self._remember(node)
-        return self._attrs(inode, self.nodes[inode])
+        inode = self.remember(node)
+        return self.attrs(inode, self.nodes[inode])
 
     def _parent_inode(self, node: Node) -> int:
         if not node.bucket:
@@ -377,12 +354,12 @@ class S3PoolOperations(pyfuse3.Operations):
 
     @guarded
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        node = self._node(inode)
+        node = self.node(inode)
         if not node.is_dir:
-            info = self.listings.key_info(node.bucket, node.path)
+            info = self.cache.key_info(node.bucket, node.path)
             if info is not None:
                 node.size, node.mtime = info[0], info[1]
-        return self._attrs(inode, node)
+        return self.attrs(inode, node)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         try:
@@ -402,7 +379,7 @@ class S3PoolOperations(pyfuse3.Operations):
 
     @guarded
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
-        st = os.statvfs(self.layout.data_dir)
+        st = self.cache.disk_stats()
         data = pyfuse3.StatvfsData()
         for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                       "f_ffree", "f_favail", "f_namemax"):
@@ -413,14 +390,14 @@ class S3PoolOperations(pyfuse3.Operations):
 
     @guarded
     async def opendir(self, inode: int, ctx: Any = None) -> int:
-        node = self._node(inode)
+        node = self.node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = DirHandle(inode)
         if inode != ROOT:
             self._listing_or_start(node.bucket)
             handle.job = await self._fresh_dir(node)
-        fh = self._fh()
+        fh = self.new_fh()
         self.dirs[fh] = handle
         return fh
 
@@ -429,19 +406,19 @@ class S3PoolOperations(pyfuse3.Operations):
         handle = self.dirs.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        node = self._node(handle.inode)
+        node = self.node(handle.inode)
         if handle.inode == ROOT:
             if handle.buckets is None or start_id == 0:
                 handle.buckets = self.bucket_names()
             for position in range(start_id, len(handle.buckets)):
                 bucket = handle.buckets[position]
                 child = Node(bucket, "", True,
-                             mtime=self.listings.last_refresh.get(bucket, self.started))
+                             mtime=self.cache.last_listed(bucket, self.started))
                 inode = inode_for(bucket, "", True)
                 if not pyfuse3.readdir_reply(token, os.fsencode(bucket),
-                                             self._attrs(inode, child), position + 1):
+                                             self.attrs(inode, child), position + 1):
                     return
-                self._remember(child, inode)
+                self.remember(child, inode)
             return
         try:
             await self._readdir(handle, node, start_id, token)
@@ -458,7 +435,7 @@ class S3PoolOperations(pyfuse3.Operations):
             handle.restart()
             if start_id:
                 # the kernel went back to an older offset: walk forward to it
-                for entry in self.listings.iter_children(node.bucket, node.dir_prefix):
+                for entry in self.cache.dir_entries(node.bucket, node.dir_prefix):
                     handle.position += 1
                     handle.after = (entry.name, entry.is_dir)
                     if handle.position == start_id:
@@ -469,7 +446,7 @@ class S3PoolOperations(pyfuse3.Operations):
             entry = handle.pending
             if entry is None:
                 if handle.entries is None:
-                    handle.entries = self.listings.iter_children(
+                    handle.entries = self.cache.dir_entries(
                         node.bucket, node.dir_prefix, handle.after)
                 try:
                     entry = next(handle.entries)
@@ -498,12 +475,12 @@ class S3PoolOperations(pyfuse3.Operations):
             child = self._entry_node(node.bucket, node.dir_prefix, entry)
             inode = inode_for(child.bucket, child.path, child.is_dir)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
-                                         self._attrs(inode, child), handle.position + 1):
+                                         self.attrs(inode, child), handle.position + 1):
                 handle.pending = entry  # did not fit: first in the next call
                 return
             handle.pending = None
             replied += 1
-            self._remember(child, inode)
+            self.remember(child, inode)
             handle.position += 1
             handle.after = (entry.name, entry.is_dir)
 
@@ -524,7 +501,7 @@ class S3PoolOperations(pyfuse3.Operations):
 
     @guarded
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
-        node = self._node(inode)
+        node = self.node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
@@ -542,7 +519,7 @@ class S3PoolOperations(pyfuse3.Operations):
         self.opens += 1
         etag = reader.etag
         version = (etag, reader.size, _mtime_of(reader.meta))
-        fh = self._fh()
+        fh = self.new_fh()
         info = pyfuse3.FileInfo(fh=fh)
         # Handles that read through the page cache share the kernel's pages
         # and size of this inode, which belong to one version. A handle of
@@ -605,7 +582,7 @@ class S3PoolOperations(pyfuse3.Operations):
             return
         handle.reader.close()
         # reading counts as using: a file read for hours is not least recently used
-        self.cache.store.touch(handle.bucket, handle.key)
+        self.cache.touch(handle.bucket, handle.key)
         inode = handle.inode
         pending = self._pending_switch.get(inode)
         if pending is not None and not any(

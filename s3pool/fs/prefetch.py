@@ -67,7 +67,6 @@ class Prefetcher:
 
     def __init__(self, cache: Cache, spawn: Callable[..., None] | None) -> None:
         self.cache = cache
-        self.listings = cache.listings
         self.settings = cache.settings
         self.spawn = spawn  # starts a background task (the mount's nursery)
         self.directories: OrderedDict[tuple[str, str], DirectoryState] = OrderedDict()
@@ -156,7 +155,7 @@ class Prefetcher:
         """(name, size) of up to *count* files after *name* in the directory's listing."""
         files: list[tuple[str, int]] = []
         try:
-            entries = self.listings.iter_children(bucket, dir_prefix, (name, False))
+            entries = self.cache.dir_entries(bucket, dir_prefix, (name, False))
             for looked_at, entry in enumerate(entries):
                 if not entry.is_dir:
                     files.append((entry.name, entry.size))
@@ -170,9 +169,9 @@ class Prefetcher:
         ident = (bucket, key)
         if ident in self.in_flight or ident in self.fetched:
             return
-        if self.cache.backend.stopping.is_set():
+        if self.cache.is_stopping():
             return
-        if self.cache.store.is_locked(bucket, key) or self.cache.is_fresh(bucket, key):
+        if self.cache.is_locked(bucket, key) or self.cache.is_fresh(bucket, key):
             return  # being opened or pulled right now, or checked moments ago
         assert self.spawn is not None
         self.in_flight[ident] = False

@@ -41,23 +41,18 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyfuse3
 import trio
 
-from s3pool.s3.backend import ObjectExists
-from s3pool.errors import BadKey, NoSpace, NoSuchKey, S3PoolError
-from s3pool.store.layout import check_key
-from s3pool.listing.listings import Entry
-from s3pool.upload.staged import NotSequential, StagedUpload, UploadFailed
-
-if TYPE_CHECKING:
-    from s3pool.fs.ops import Node, S3PoolOperations
+from s3pool.cache import (
+    Entry, NotSequential, ObjectExists, StagedUpload, UploadFailed, check_key,
+)
+from s3pool.errors import BadKey, NoSpace, S3PoolError
+from s3pool.fs.nodes import ROOT, Node, Tree
 
 log = logging.getLogger(__name__)
-
-ROOT = pyfuse3.ROOT_INODE
 
 
 @dataclass
@@ -76,7 +71,7 @@ def _error(code: int) -> pyfuse3.FUSEError:
 class MountWrites:
     """The write operations of :class:`S3PoolOperations` (see the module docstring)."""
 
-    def __init__(self, ops: "S3PoolOperations") -> None:
+    def __init__(self, ops: Tree) -> None:
         self.ops = ops
         self.cache = ops.cache
         self.settings = ops.cache.settings
@@ -96,7 +91,7 @@ class MountWrites:
 
     # --- what the kernel is told -----------------------------------------
 
-    def mode_of(self, node: "Node") -> int:
+    def mode_of(self, node: Node) -> int:
         """Permission bits of a node (default_permissions checks them)."""
         umask = int(self.settings.mount_umask)
         if node.is_dir:
@@ -118,7 +113,7 @@ class MountWrites:
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._require()
         ops = self.ops
-        parent = ops._node(parent_inode)
+        parent = ops.node(parent_inode)
         if not parent.is_dir:
             raise _error(errno.ENOTDIR)
         if parent_inode == ROOT:
@@ -132,7 +127,7 @@ class MountWrites:
             raise _error(errno.EEXIST)
         return await self._start(parent.bucket, key, mode, opener=_pid(ctx))
 
-    async def open_for_write(self, inode: int, node: "Node", flags: int, ctx: Any = None
+    async def open_for_write(self, inode: int, node: Node, flags: int, ctx: Any = None
                              ) -> pyfuse3.FileInfo:
         """open() of an existing object for writing: a whole-file replace, or EPERM."""
         self._require()
@@ -149,18 +144,16 @@ class MountWrites:
     async def _start(self, bucket: str, key: str, mode: int, inode: int | None = None,
                      replace: bool = False, opener: int = 0
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        from s3pool.fs.ops import Node  # ops imports this module
-
         ops = self.ops
-        upload = StagedUpload(self.cache, bucket, key, self.settings.upload_part_size,
-                              ops.spawn or _no_spawn, only_new=not replace)
+        upload = self.cache.staged_upload(bucket, key, self.settings.upload_part_size,
+                                          ops.spawn or _no_spawn, only_new=not replace)
         if inode is None:
-            inode = ops._remember(Node(bucket, key, False, 0, time.time()))
+            inode = ops.remember(Node(bucket, key, False, 0, time.time()))
         node = ops.nodes[inode]
         node.size = 0
-        fh = ops._fh()
+        fh = ops.new_fh()
         self.handles[fh] = WriteHandle(upload, inode, bucket, key, opener)
-        attrs = ops._attrs(inode, node)
+        attrs = ops.attrs(inode, node)
         attrs.st_mode = stat.S_IFREG | (mode & 0o666 & ~int(self.settings.mount_umask))
         # nobody else may find the name through the kernel's caches before the upload
         attrs.entry_timeout = 0
@@ -173,19 +166,11 @@ class MountWrites:
             check_key(key)
         except BadKey:
             raise _error(errno.EINVAL) from None
-        if self.cache.listings.hidden(key):
+        if self.cache.is_hidden(key):
             raise _error(errno.EPERM)
 
     async def _exists(self, bucket: str, key: str) -> bool:
-        if self.cache.listings.key_info(bucket, key) is not None:
-            return True
-        if self.cache.freshness.known_missing(bucket, key):
-            return False  # the kernel's lookup just asked S3 (Cache.discover)
-        try:
-            await self.cache.backend.head_object(bucket, key)
-        except NoSuchKey:
-            return False
-        return True
+        return await self.cache.key_exists(bucket, key)
 
     # --- write, flush, fsync, release -----------------------------------
 
@@ -285,7 +270,7 @@ class MountWrites:
         node = self.ops.nodes.get(handle.inode)
         if node is not None:
             node.size = upload.size
-        self.ops._kernel_etag.pop(handle.inode, None)
+        self.ops.drop_kernel_pages(handle.inode)
         self._drop_local_dirs(handle.bucket, handle.key)
         del meta
 
@@ -301,7 +286,7 @@ class MountWrites:
                       ) -> pyfuse3.EntryAttributes:
         self._require()
         ops = self.ops
-        node = ops._node(inode)
+        node = ops.node(inode)
         writing = [h for h in self.handles.values() if h.inode == inode]
         if fields.update_mode or fields.update_uid or fields.update_gid:
             raise _error(errno.EPERM)
@@ -311,33 +296,31 @@ class MountWrites:
                 raise _error(errno.EPERM)
         elif not writing and not node.is_dir:
             raise _error(errno.EPERM)  # the times of an object are S3's
-        attrs = ops._attrs(inode, node)
+        attrs = ops.attrs(inode, node)
         if writing:
             attrs.entry_timeout = attrs.attr_timeout = 0
         return attrs
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int
                     ) -> pyfuse3.EntryAttributes:
-        from s3pool.fs.ops import Node
-
         self._require()
         ops = self.ops
-        parent = ops._node(parent_inode)
+        parent = ops.node(parent_inode)
         if parent_inode == ROOT:
             raise _error(errno.EPERM)
         path = parent.dir_prefix + os.fsdecode(name)
         self._check_key(parent.bucket, path + "/x")
         if (parent.bucket, path) in self.local_dirs or await self._exists(parent.bucket, path) \
-                or self.cache.listings.lookup(parent.bucket, parent.dir_prefix,
-                                              os.fsdecode(name)) is not None:
+                or self.cache.dir_entry(parent.bucket, parent.dir_prefix,
+                                        os.fsdecode(name)) is not None:
             raise _error(errno.EEXIST)
         self.local_dirs.add((parent.bucket, path))
-        inode = ops._remember(Node(parent.bucket, path, True, mtime=time.time()))
-        return ops._attrs(inode, ops.nodes[inode])
+        inode = ops.remember(Node(parent.bucket, path, True, mtime=time.time()))
+        return ops.attrs(inode, ops.nodes[inode])
 
     async def rmdir(self, parent_inode: int, name: bytes) -> None:
         self._require()
-        parent = self.ops._node(parent_inode)
+        parent = self.ops.node(parent_inode)
         path = parent.dir_prefix + os.fsdecode(name)
         if (parent.bucket, path) not in self.local_dirs:
             raise _error(errno.EPERM)
@@ -351,21 +334,14 @@ class MountWrites:
         self._require()
         if not self.settings.mount_delete:
             raise _error(errno.EPERM)
-        parent = self.ops._node(parent_inode)
+        parent = self.ops.node(parent_inode)
         key = parent.dir_prefix + os.fsdecode(name)
         if self.being_written(parent.bucket, key):
             raise _error(errno.EBUSY)
         bucket = parent.bucket
         if not await self._exists(bucket, key):
             raise _error(errno.ENOENT)
-        cache = self.cache
-        async with cache.store.key_lock(bucket, key):
-            cache.supersede(bucket, key)
-            await cache.push_backend.delete_object(bucket, key)
-            await cache.store.remove(bucket, key)
-            cache.freshness.forget(bucket, key)
-            cache.freshness.note_missing(bucket, key)
-            await cache.listings.remove_key(bucket, key)
+        await self.cache.delete(bucket, key)
         log.info("deleted s3://%s/%s (rm in the mount)", bucket, key)
 
     def refuse(self) -> None:

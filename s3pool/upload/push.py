@@ -20,17 +20,15 @@ import logging
 import os
 import shutil
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from s3pool.s3.backend import ListEntry, listing_time
 from s3pool.errors import AccessDenied, LocalFileError, NoSpace, NoSuchBucket
 from s3pool.store.layout import check_bucket, check_key, unlink_quietly
+from s3pool.upload.context import UploadContext
 from s3pool.upload.localfile import NotRegularFile, open_regular
-
-if TYPE_CHECKING:
-    from s3pool.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +40,13 @@ _confirmed_buckets: "weakref.WeakKeyDictionary[Any, dict[str, float]]" = \
     weakref.WeakKeyDictionary()
 
 
-async def push_file(cache: "Cache", bucket: str, key: str, local_path: str) -> str:
+async def push_file(ctx: UploadContext, bucket: str, key: str, local_path: str) -> str:
     """Upload a local file to s3://bucket/key; the cache then holds the new bytes."""
     check_bucket(bucket)
     check_key(key)
     if not os.path.isabs(local_path):
         raise LocalFileError(f"path {local_path!r} is not absolute")
-    await check_bucket_exists(cache.push_backend, bucket)
+    await check_bucket_exists(ctx.backend, bucket)
     # one open of a regular file (never a FIFO or a device); what is copied
     # and uploaded is read through this descriptor, whatever the path names later
     try:
@@ -58,41 +56,42 @@ async def push_file(cache: "Cache", bucket: str, key: str, local_path: str) -> s
     except OSError as exc:
         raise LocalFileError(f"cannot read {local_path!r}: {exc.strerror}") from None
     try:
-        return await _push_opened(cache, bucket, key, local_path, fd)
+        return await _push_opened(ctx, bucket, key, local_path, fd)
     finally:
         os.close(fd)
 
 
-async def _push_opened(cache: "Cache", bucket: str, key: str, local_path: str, fd: int) -> str:
+async def _push_opened(ctx: UploadContext, bucket: str, key: str, local_path: str, fd: int
+                       ) -> str:
     st = os.fstat(fd)
     source = f"/proc/self/fd/{fd}"
-    cache.use_bucket(bucket)
-    store = cache.store
+    ctx.use_bucket(bucket)
+    store = ctx.store
     async with store.key_lock(bucket, key):
-        cache.check_conflict(bucket, key)
+        ctx.check_conflict(bucket, key)
         store.lookup(bucket, key)  # raises KeyConflict for a directory on disk
         # whatever happens next, the old cached bytes are not served again (a
         # download in flight keeps its readers' version and is not installed)
-        cache.supersede(bucket, key)
+        ctx.supersede(bucket, key)
         await store.remove(bucket, key)
-        cache.freshness.forget(bucket, key)
-        tmp_path = await _copy_for_push(cache, source, local_path, st.st_size)
+        ctx.forget(bucket, key)
+        tmp_path = await _copy_for_push(ctx, source, local_path, st.st_size)
         try:
             # upload the copy when there is one: what is uploaded is then
             # exactly what is installed, even if the caller rewrites its file
-            await cache.push_backend.upload_file(bucket, key, tmp_path or source)
-            cache.stats.pushes += 1
-            cache.stats.bytes_uploaded += st.st_size
-            meta = await cache.push_backend.head_object(bucket, key)
+            await ctx.backend.upload_file(bucket, key, tmp_path or source)
+            ctx.counters.pushes += 1
+            ctx.counters.bytes_uploaded += st.st_size
+            meta = await ctx.backend.head_object(bucket, key)
             if tmp_path and meta["ContentLength"] == os.path.getsize(tmp_path):
                 await store.install(bucket, key, tmp_path, meta)
-                cache.freshness.mark(bucket, key)
-            await cache.listings.add_key(bucket, ListEntry(
+                ctx.mark_fresh(bucket, key)
+            await ctx.add_key(bucket, ListEntry(
                 key, meta["ContentLength"], listing_time(meta), meta.get("ETag") or ""))
         finally:
             if tmp_path:
                 unlink_quietly(tmp_path)
-    return cache.layout.object_path(bucket, key)
+    return store.layout.object_path(bucket, key)
 
 
 async def check_bucket_exists(backend: Any, bucket: str) -> None:
@@ -114,21 +113,21 @@ async def check_bucket_exists(backend: Any, bucket: str) -> None:
     confirmed[bucket] = now
 
 
-async def _copy_for_push(cache: "Cache", source: str, local_path: str, size: int
+async def _copy_for_push(ctx: UploadContext, source: str, local_path: str, size: int
                          ) -> str | None:
     """A synced copy of *source* (the opened *local_path*) in tmp/, or None
     if the cache has no room."""
     try:
-        await cache.room.make_room(size)
+        await ctx.room.make_room(size)
     except NoSpace:
         log.info("%s (%d bytes) does not fit in the cache: uploading it uncached",
                  local_path, size)
         return None
-    fd, tmp_path = cache.store.new_temp("push.")
+    fd, tmp_path = ctx.store.new_temp("push.")
     os.close(fd)
     try:
         await trio.to_thread.run_sync(_copy_and_sync, source, tmp_path,
-                                      limiter=cache.store.disk_limiter)
+                                      limiter=ctx.store.disk_limiter)
     except OSError as exc:
         unlink_quietly(tmp_path)
         if exc.errno == errno.ENOSPC:

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -40,9 +40,7 @@ from s3pool.s3.backend import ListEntry, ObjectExists, listing_time
 from s3pool.errors import BackendError, NoSpace, S3PoolError
 from s3pool.store.layout import unlink_quietly
 from s3pool.store.files import write_all
-
-if TYPE_CHECKING:
-    from s3pool.cache import Cache
+from s3pool.upload.context import UploadContext
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +109,12 @@ class UploadRecords:
         return found
 
 
-async def abort_leftovers(cache: "Cache") -> int:
+async def abort_leftovers(ctx: UploadContext) -> int:
     """Abort the multipart uploads a killed daemon left (see the module
     docstring); returns how many were aborted. A record whose uploads cannot
     be listed or aborted now stays for the next start."""
-    records = UploadRecords(cache.layout.state_dir)
-    backend = cache.push_backend
+    records = UploadRecords(ctx.store.layout.state_dir)
+    backend = ctx.backend
     aborted = 0
     for ident, record in await trio.to_thread.run_sync(records.all):
         bucket, key, upload_id = record["bucket"], record["key"], record["upload_id"]
@@ -142,14 +140,14 @@ async def abort_leftovers(cache: "Cache") -> int:
 class StagedUpload:
     """One new object: sequential writes staged in tmp/, then one commit."""
 
-    def __init__(self, cache: "Cache", bucket: str, key: str, part_size: int,
+    def __init__(self, ctx: UploadContext, bucket: str, key: str, part_size: int,
                  spawn: Any, only_new: bool = True) -> None:
-        self.cache = cache
+        self.ctx = ctx
         # a new file may not replace an object someone else made meanwhile
         # (If-None-Match: *); a replace (--mount-overwrite) may
         self.only_new = only_new
-        self.store = cache.store
-        self.backend = cache.push_backend
+        self.store = ctx.store
+        self.backend = ctx.backend
         self.bucket = bucket
         self.key = key
         self.part_size = part_size
@@ -159,7 +157,7 @@ class StagedUpload:
         self.reserved = 0  # bytes counted in store.reserved for this file
         self.upload_id: str | None = None
         self.ident = uuid.uuid4().hex  # of its record in state/uploads/
-        self.records = UploadRecords(cache.layout.state_dir)
+        self.records = UploadRecords(ctx.store.layout.state_dir)
         self.parts: dict[int, str] = {}  # part number -> ETag
         self.next_part = 1  # the next part to send
         self.in_flight = 0
@@ -206,11 +204,11 @@ class StagedUpload:
         """Count the staged bytes against the cache's caps before they are written."""
         if upto <= self.reserved:
             return
-        cap = self.cache.settings.max_cache_size
+        cap = self.ctx.settings.max_cache_size
         if cap and upto > cap:
             raise NoSpace(f"{self.url}: {upto} bytes is more than max_cache_size ({cap})")
         grow = max(upto - self.reserved, min(self.part_size, 1 << 20))
-        await self.cache.room.make_room(grow)
+        await self.ctx.room.make_room(grow)
         self.store.reserved += grow
         self.reserved += grow
 
@@ -322,27 +320,27 @@ class StagedUpload:
 
     async def _install(self, meta: dict[str, Any]) -> None:
         """The uploaded bytes into data/ (as PUSH does), the key fresh and listed."""
-        cache, store, bucket, key = self.cache, self.store, self.bucket, self.key
+        ctx, store, bucket, key = self.ctx, self.store, self.bucket, self.key
         os.close(self.fd)
         self.fd = -1
         try:
             async with store.key_lock(bucket, key):
-                cache.supersede(bucket, key)  # an old version's download is not installed
+                ctx.supersede(bucket, key)  # an old version's download is not installed
                 await store.remove(bucket, key)
-                cache.freshness.forget(bucket, key)
-                cache.freshness.missing.pop((bucket, key), None)
+                ctx.forget(bucket, key)
+                ctx.forget_missing(bucket, key)
                 self._unreserve()
                 try:
                     await store.install(bucket, key, self.path, meta)
                     self.path = ""  # renamed into data/: its name in tmp/ is no longer ours
-                    cache.freshness.mark(bucket, key)
-                    cache.checkpoint_needed()
+                    ctx.mark_fresh(bucket, key)
+                    ctx.installed()
                 except (NoSpace, OSError, S3PoolError) as exc:
                     log.warning("%s is uploaded but could not be cached: %s", self.url, exc)
-                await cache.listings.add_key(bucket, ListEntry(
+                await ctx.add_key(bucket, ListEntry(
                     key, self.size, listing_time(meta), meta["ETag"]))
-            cache.stats.pushes += 1
-            cache.stats.bytes_uploaded += self.size
+            ctx.counters.pushes += 1
+            ctx.counters.bytes_uploaded += self.size
         finally:
             self._close()
 
