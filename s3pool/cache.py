@@ -22,11 +22,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
-from s3pool.s3.backend import Backend, ListEntry, ObjectExists, ObjectResponse, listing_time
+from s3pool.s3.backend import Backend, ListEntry, ObjectResponse, listing_time
 from s3pool.s3.checksums import Verifications
 from s3pool.errors import (
     BadKey, BackendError, DigestMismatch, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
@@ -34,13 +34,12 @@ from s3pool.errors import (
 )
 from s3pool.download.freshness import Freshness
 from s3pool.store.layout import check_bucket, check_key
-from s3pool.listing.listings import Entry, ListJob, Listings, visible_name
-from s3pool.upload.context import UploadContext
+from s3pool.listing.listings import Listings
 from s3pool.upload.push import push_file
-from s3pool.upload.staged import NotSequential, StagedUpload, UploadFailed, abort_leftovers
 from s3pool.settings import Settings
 from s3pool.store.objects import CachedObject, Installed, Store
-from s3pool.download.download import Download, Reader
+from s3pool.download.download import Download, DownloadDeps, Reader
+from s3pool.download.registry import Downloads
 from s3pool.s3.progress import Transfers
 
 log = logging.getLogger(__name__)
@@ -106,16 +105,18 @@ class Cache:
         self.listings = listings or Listings(store.layout, backend)
         self.stats = Stats()
         self.verifications = Verifications()  # installs per kind of check (STATUS)
-        self.download_limiter = trio.CapacityLimiter(settings.pull_concurrency)
         self.transfers = Transfers(settings, backend.stopping)  # downloads in flight
+        # downloads in flight, shared by every opener of the key until installed
+        self.downloads = Downloads(settings.pull_concurrency, self.install_download)
+        # all a Download may use of the rest of s3pool
+        self._download_deps = DownloadDeps(store=store, backend=backend, settings=settings,
+                                           registry=self.downloads,
+                                           checks=self.verifications,
+                                           transfers=self.transfers)
         self._set_deadline()  # of each S3 request
         self.freshness = Freshness(settings)  # last ETag check per key, names S3 lacks
         self.buckets_in_use: set[str] = set()
-        # downloads in flight, shared by every opener of the key until installed
-        self._downloads: dict[tuple[str, str], Download] = {}
         self._nursery: trio.Nursery | None = None  # where downloads run (see run())
-        self.downloads_running = 0  # Download.run() tasks alive
-        self.waiting_reads = 0  # reads of the mount waiting for bytes
         self.on_install: Callable[[], None] | None = None  # the checkpoint's nudge
         self.tier: Any = None  # the shared cache tier (tier.SharedTier), --shared-cache
         settings.on_change(self._setting_changed)
@@ -139,7 +140,7 @@ class Cache:
         if name in ("download_stall_timeout", "download_stall_bytes"):
             self._set_deadline()
         if name == "pull_concurrency":
-            self.download_limiter.total_tokens = value
+            self.downloads.set_concurrency(value)
             self.backend.resize(value)
 
     def _set_deadline(self) -> None:
@@ -313,15 +314,15 @@ class Cache:
         of the mount started gives it back once its first part is in (it fetches
         only what its readers read, and may idle as long as they keep it open)."""
         self.check_conflict(bucket, key)
-        download = self._downloads.get((bucket, key))
+        download = self.downloads.get(bucket, key)
         if download is not None:
             return download  # its GET checked the ETag moments ago: share it
         obj = self.store.lookup(bucket, key)
         if obj is not None and self.is_fresh(bucket, key):
             self.stats.hits += 1
             return obj
-        slot = object()  # the download_limiter slot, handed to the download
-        await self.download_limiter.acquire_on_behalf_of(slot)
+        slot = object()  # a pull_concurrency slot (downloads.limiter), handed to the download
+        await self.downloads.take_slot(slot)
         small = SmallInstall(self.store, bucket, key, self.settings.max_cache_size,
                              self.verifications)
         try:
@@ -329,8 +330,8 @@ class Cache:
                 tiered = None
                 if self.tier is not None:  # the shared tier's bytes, checked by the origin's word
                     tiered = await self.tier.lookup(
-                        self, bucket, key, obj, small,
-                        min(SMALL_OBJECT, self.settings.download_part_size))
+                        self.listings, self.settings.freshness_window, bucket, key, obj,
+                        small, min(SMALL_OBJECT, self.settings.download_part_size))
                 if tiered is not None and obj is not None and not isinstance(
                         tiered, ObjectResponse):  # the origin's check: our copy is current
                     self.stats.hits += 1
@@ -371,22 +372,15 @@ class Cache:
                 return obj
             download = await self._start_download(bucket, key, response, source)
             if whole and self._nursery is not None:
-                self._nursery.start_soon(self._hold_slot, download, slot)
+                self._nursery.start_soon(self.downloads.hold_slot, download, slot)
             else:
                 download.take_slot(slot)
             slot = None
         finally:
             if slot is not None:
-                self.download_limiter.release_on_behalf_of(slot)
+                self.downloads.release_slot(slot)
         self.freshness.mark(bucket, key)
         return download
-
-    async def _hold_slot(self, download: Download, slot: object) -> None:
-        """A whole download's pull_concurrency slot, given back when it ends."""
-        try:
-            await download.done.wait()
-        finally:
-            self.download_limiter.release_on_behalf_of(slot)
 
     async def _start_download(self, bucket: str, key: str, response: ObjectResponse,
                               source: str) -> Download:
@@ -398,8 +392,9 @@ class Cache:
             response.body.close()
             raise
         transfer = self.transfers.begin(bucket, key, size, source)
-        download = Download(self, bucket, key, response, fd, tmp_path, transfer, source)
-        self._downloads[(bucket, key)] = download
+        download = Download(self._download_deps, bucket, key, response, fd, tmp_path,
+                            transfer, source)
+        self.downloads.add(download)
         if self._nursery is not None:
             self._nursery.start_soon(download.run)
         # the mount shows this version's size from now on, while it streams
@@ -431,26 +426,20 @@ class Cache:
             pass  # the evictor's own round reports it
         return obj
 
-    def download_ended(self, download: Download) -> None:
-        """The download installed its file or failed: the next opener starts afresh."""
-        ident = (download.bucket, download.key)
-        if self._downloads.get(ident) is download:
-            del self._downloads[ident]
-
     def downloads_in_flight(self) -> int:
-        return len(self._downloads)
+        return len(self.downloads)
 
     def busy(self) -> bool:
         """True while a download runs or a read waits for one (shutdown waits)."""
-        return bool(self.downloads_running or self.waiting_reads)
+        return self.downloads.busy()
 
     def stop_downloads(self, reason: str) -> None:
         """Fail every download in flight (shutdown): its readers get EIO, its PULLs ERROR."""
-        for download in list(self._downloads.values()):
-            download.fail(BackendError(reason))
+        self.downloads.stop_all(reason)
 
     async def install_download(self, download: Download) -> CachedObject:
-        """Move a complete, checked download into data/ (called by the download)."""
+        """Move a complete, checked download into data/ (the registry's install
+        hook, called by the download)."""
         bucket, key, size = download.bucket, download.key, download.size
         async with self.store.key_lock(bucket, key):
             if download.superseded:
@@ -494,46 +483,13 @@ class Cache:
 
     async def push(self, bucket: str, key: str, local_path: str) -> str:
         """Upload a local file to s3://bucket/key; the cache then holds the new bytes."""
-        return await push_file(self.upload_context(), bucket, key, local_path)
+        return await push_file(self, bucket, key, local_path)
 
     def supersede(self, bucket: str, key: str) -> None:
         """The key is being replaced (caller holds its lock): a download in
         flight keeps its readers but is never installed, and the next opener
         starts afresh."""
-        download = self._downloads.pop((bucket, key), None)
-        if download is not None:
-            download.superseded = True
-
-    def upload_context(self) -> UploadContext:
-        """What PUSH and the mount's uploads are given of the cache (upload/context.py)."""
-        freshness = self.freshness
-        return UploadContext(
-            store=self.store, backend=self.push_backend, settings=self.settings,
-            room=self.room, counters=self.stats, add_key=self.listings.add_key,
-            supersede=self.supersede, forget=freshness.forget, mark_fresh=freshness.mark,
-            forget_missing=lambda bucket, key: freshness.missing.pop((bucket, key), None),
-            check_conflict=self.check_conflict, use_bucket=self.use_bucket,
-            installed=self.checkpoint_needed)
-
-    def staged_upload(self, bucket: str, key: str, part_size: int, spawn: Any,
-                      only_new: bool = True) -> StagedUpload:
-        """A new object written through the mount (upload/staged.py)."""
-        return StagedUpload(self.upload_context(), bucket, key, part_size, spawn, only_new)
-
-    async def abort_leftover_uploads(self) -> int:
-        """Abort the multipart uploads a killed daemon left (upload/staged.py)."""
-        return await abort_leftovers(self.upload_context())
-
-    async def delete(self, bucket: str, key: str) -> None:
-        """Delete s3://bucket/key on S3 (the PUSH endpoint), then here: the cached
-        copy, a download of it in flight, its freshness and its listing entry."""
-        async with self.store.key_lock(bucket, key):
-            self.supersede(bucket, key)
-            await self.push_backend.delete_object(bucket, key)
-            await self.store.remove(bucket, key)
-            self.freshness.forget(bucket, key)
-            self.freshness.note_missing(bucket, key)
-            await self.listings.remove_key(bucket, key)
+        self.downloads.supersede(bucket, key)
 
     # --- listings --------------------------------------------------------
 
@@ -616,79 +572,6 @@ class Cache:
         self.use_bucket(bucket)
         return job
 
-    # --- what the mount asks (fs/): names, attributes, S3 and disk state ----
-
-    def has_listing(self, bucket: str) -> bool:
-        return self.listings.has_index(bucket)
-
-    async def start_listing(self, bucket: str) -> None:
-        """An (empty) listing index for *bucket*, filled as directories are listed."""
-        await self.listings.ensure_index(bucket)
-
-    async def listing_idle(self, bucket: str, quiet: float = 0.0) -> None:
-        """Once no LIST of *bucket* ran for *quiet* seconds."""
-        await self.listings.idle(bucket, quiet)
-
-    def never_listed(self, bucket: str) -> bool:
-        return self.listings.never_listed(bucket)
-
-    def last_listed(self, bucket: str, default: float) -> float:
-        """When *bucket* was last listed whole (its directories' time on the mount)."""
-        return self.listings.last_refresh.get(bucket, default)
-
-    def dir_entry(self, bucket: str, dir_prefix: str, name: str) -> Entry | None:
-        return self.listings.lookup(bucket, dir_prefix, name)
-
-    def dir_entries(self, bucket: str, dir_prefix: str,
-                    after: tuple[str, bool] | None = None) -> Iterator[Entry]:
-        """The directory's entries from the listing index, in order, after *after*."""
-        return self.listings.iter_children(bucket, dir_prefix, after)
-
-    def key_info(self, bucket: str, key: str) -> tuple[int, float, str] | None:
-        """(size, mtime, ETag) of *key* in the listing index, or None."""
-        return self.listings.key_info(bucket, key)
-
-    def is_hidden(self, key: str) -> bool:
-        """True for s3pool's own objects (.s3pool/), never shown nor written."""
-        return self.listings.hidden(key)
-
-    async def key_exists(self, bucket: str, key: str) -> bool:
-        """True if s3://bucket/key is an object: the listing index has it, or,
-        unless S3 said within the freshness window that it lacks the name, a HEAD."""
-        if self.listings.key_info(bucket, key) is not None:
-            return True
-        if self.freshness.known_missing(bucket, key):
-            return False  # the kernel's lookup just asked S3 (discover)
-        try:
-            await self.backend.head_object(bucket, key)
-        except NoSuchKey:
-            return False
-        return True
-
-    async def bucket_exists(self, bucket: str) -> bool:
-        return await self.backend.bucket_exists(bucket)
-
-    def buckets_on_disk(self) -> list[str]:
-        return self.layout.buckets_on_disk()
-
-    def has_bucket_dir(self, bucket: str) -> bool:
-        return os.path.isdir(self.layout.bucket_dir(bucket))
-
-    def disk_stats(self) -> os.statvfs_result:
-        """statvfs of the filesystem the cached files are on."""
-        return os.statvfs(self.layout.data_dir)
-
-    def touch(self, bucket: str, key: str) -> None:
-        """The key was used (a file read for hours is not least recently used)."""
-        self.store.touch(bucket, key)
-
-    def is_locked(self, bucket: str, key: str) -> bool:
-        """True while someone opens, pulls, pushes or deletes the key."""
-        return self.store.is_locked(bucket, key)
-
-    def is_stopping(self) -> bool:
-        return self.backend.stopping.is_set()
-
 
 class SmallInstall:
     """Run in the worker thread of a small GET: check the body, install it."""
@@ -732,7 +615,4 @@ def _open_readonly(path: str) -> int:
     return fd
 
 
-# the names the mount (fs/) uses of the layers below come through this facade
-__all__ = ["Cache", "CachedObject", "Reader", "Stats", "BadKey", "Entry", "ListEntry", "ListJob",
-           "NotSequential", "ObjectExists", "PREFETCH", "StagedUpload", "UploadFailed",
-           "check_bucket", "check_key", "visible_name"]
+__all__ = ["Cache", "CachedObject", "Reader", "Stats", "BadKey"]

@@ -324,7 +324,7 @@ class Daemon:
             self.tier = make_tier(options.shared_cache, options.shared_cache_endpoint,
                                   options.shared_cache_profile, self.backend, make_backend)
             self.cache.tier = self.tier
-            self.tier.busy = lambda: self.cache.downloads_running > 0  # uploads wait
+            self.tier.busy = lambda: self.cache.downloads.running > 0  # uploads wait
         self.checkpoint = Checkpoint(self.layout, self.settings)
         # after an unclean reboot, what was installed since the last sync is dropped
         self.store.suspect_after = self.checkpoint.suspect_after()

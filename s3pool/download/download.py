@@ -26,6 +26,11 @@ there. When every part has landed and the digest (computed in worker
 threads, in order) matches, the cache installs the file in ``data/`` by
 rename: readers keep reading the same inode through their own descriptor.
 
+A download uses the rest of s3pool only through what it is given
+(:class:`DownloadDeps`: the store's room and disk limiter, the backend's
+body reads and ranged GETs, two settings, the digest counters, the
+transfers and the registry of downloads in flight), never the cache.
+
 A download that fails wakes every waiter with the error (EIO for the
 mount, an ERROR for a PULL); bytes that landed before the failure stay
 readable. When the last reader leaves a download that no PULL waits for
@@ -34,10 +39,12 @@ and more than two parts are missing, it is stopped and its file dropped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Protocol
 
 import trio
 
@@ -47,9 +54,6 @@ from s3pool.errors import BackendError, DigestMismatch, NoSpace, S3PoolError
 from s3pool.store.layout import unlink_quietly
 from s3pool.store.objects import CachedObject, HasMeta
 from s3pool.s3.progress import Transfer
-
-if TYPE_CHECKING:
-    from s3pool.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +65,86 @@ class DownloadCancelled(BackendError):
     """The download was stopped: nobody reads it any more."""
 
 
+class PartSource(Protocol):
+    """What a download needs of the backend (s3.backend.Backend): the open GET's
+    body read on, part after part, and ranged GETs pinned to the ETag."""
+
+    async def read_body_part(self, body: Any, fd: int, offset: int, limit: int, bucket: str,
+                             key: str, transfer: Transfer, digest: Digest | None = None,
+                             on_progress: Callable[[int], None] | None = None) -> int: ...
+
+    async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
+                             fd: int, transfer: Transfer | None = None,
+                             on_progress: Callable[[int], None] | None = None,
+                             total: int | None = None) -> int: ...
+
+
+class DiskRoom(Protocol):
+    """What a download needs of the store (store.objects.Store): its bytes counted
+    as used while it runs, and the limiter of blocking disk work (hashing)."""
+
+    disk_limiter: trio.CapacityLimiter
+
+    def reserve(self, nbytes: int) -> ContextManager[None]: ...
+
+
+class PartSettings(Protocol):
+    """The settings a download reads (download_part_concurrency at each use: SET
+    changes it for downloads in flight too)."""
+
+    download_part_size: int
+    download_part_concurrency: int
+
+
+class DigestChecks(Protocol):
+    """The digest check and its counters (s3.checksums.Verifications)."""
+
+    def check(self, digest: Digest) -> None: ...
+
+
+class TransferBook(Protocol):
+    """The transfers in flight shown by STATUS (s3.progress.Transfers)."""
+
+    def end(self, transfer: Transfer) -> None: ...
+
+
+class Registry(Protocol):
+    """What a download tells the registry of downloads in flight
+    (registry.Downloads), and the install it asks of it."""
+
+    def run_started(self) -> None: ...
+
+    def run_ended(self) -> None: ...
+
+    def read_waits(self) -> None: ...
+
+    def read_waited(self) -> None: ...
+
+    def release_slot(self, owner: object) -> None: ...
+
+    def ended(self, download: "Download") -> None: ...
+
+    async def install(self, download: "Download") -> CachedObject: ...
+
+
+@dataclass(frozen=True)
+class DownloadDeps:
+    """Everything a :class:`Download` uses of the rest of s3pool."""
+
+    store: DiskRoom
+    backend: PartSource
+    settings: PartSettings
+    registry: Registry
+    checks: DigestChecks
+    transfers: TransferBook
+
+
 class Download:
     """One version of one object streaming into tmp/; shared by its openers."""
 
-    def __init__(self, cache: "Cache", bucket: str, key: str, response: ObjectResponse,
+    def __init__(self, deps: DownloadDeps, bucket: str, key: str, response: ObjectResponse,
                  fd: int, tmp_path: str, transfer: Transfer, source: str) -> None:
-        self.cache = cache
+        self.deps = deps
         self.bucket = bucket
         self.key = key
         self.response = response
@@ -78,7 +156,7 @@ class Download:
         self.transfer = transfer
         self.source = source
         self.digest: Digest | None = response.digest
-        part_size = max(1, int(cache.settings.download_part_size))
+        part_size = max(1, int(deps.settings.download_part_size))
         self.part_size = part_size
         self.parts = max(1, -(-self.size // part_size))
         self.progress = [0] * self.parts  # bytes landed from each part's start
@@ -183,7 +261,7 @@ class Download:
             raise self.error  # bytes known to be wrong: none of them (the kernel retries)
         if not self.has(offset, end):
             self._want_for_read(offset, end, reader)
-            self.cache.waiting_reads += 1  # shutdown lets these answer first
+            self.deps.registry.read_waits()  # shutdown lets these answer first
             try:
                 while True:
                     self._need(offset, end)  # before looking: no landing goes unseen
@@ -193,7 +271,7 @@ class Download:
                         raise _as_read_error(self.error, self)
                     await self._wait_change()
             finally:
-                self.cache.waiting_reads -= 1
+                self.deps.registry.read_waited()
         else:
             self._want_for_read(offset, end, reader)
         if completes and self.digest is not None:
@@ -208,11 +286,11 @@ class Download:
         check needs every byte first."""
         if self.result is None:
             self.want_everything()
-            self.cache.waiting_reads += 1  # shutdown lets these answer first
+            self.deps.registry.read_waits()  # shutdown lets these answer first
             try:
                 await self.done.wait()
             finally:
-                self.cache.waiting_reads -= 1
+                self.deps.registry.read_waited()
         if self.result is None and not self.verified:
             raise _as_read_error(self.error or BackendError(
                 f"download of s3://{self.bucket}/{self.key} ended unchecked"), self)
@@ -239,7 +317,7 @@ class Download:
             if not reader.ahead:
                 reader.ahead = 1 if offset else 0
             elif last > reader.last_part:
-                reader.ahead = min(self.cache.settings.download_part_concurrency,
+                reader.ahead = min(self.deps.settings.download_part_concurrency,
                                    reader.ahead * 2)
         else:
             reader.ahead = 0
@@ -299,11 +377,11 @@ class Download:
 
     async def run(self) -> None:
         """The download's own task: the body stream, the parts, the digest, the install."""
-        cache = self.cache
+        deps = self.deps
         self.running = True
-        cache.downloads_running += 1
+        deps.registry.run_started()
         try:
-            with cache.store.reserve(self.size):
+            with deps.store.reserve(self.size):
                 try:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
@@ -323,21 +401,21 @@ class Download:
                 self.fetched_at = time.perf_counter()
                 if self.digest is not None:
                     await self._finish_hash()
-                    cache.verifications.check(self.digest)  # a mismatch is never installed
+                    deps.checks.check(self.digest)  # a mismatch is never installed
                     self.verified = True
-                self.result = await cache.install_download(self)
+                self.result = await deps.registry.install(self)
         except BaseException as exc:
             self.fail(exc if isinstance(exc, Exception) else
                       BackendError(f"download of s3://{self.bucket}/{self.key} was stopped"))
             if not isinstance(exc, Exception):
                 raise
         finally:
-            cache.downloads_running -= 1
+            deps.registry.run_ended()
             self._release_slot()
-            self.cache.transfers.end(self.transfer)
+            deps.transfers.end(self.transfer)
             self._wake()
             self.done.set()
-            cache.download_ended(self)
+            deps.registry.ended(self)
             os.close(self.fd)
             unlink_quietly(self.tmp_path)
 
@@ -347,7 +425,7 @@ class Download:
             self.transfer.fail(str(error) or repr(error))
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
-            self.cache.download_ended(self)  # a new opener starts afresh
+            self.deps.registry.ended(self)  # a new opener starts afresh
             self._wake()
 
     def take_slot(self, owner: object) -> None:
@@ -356,7 +434,7 @@ class Download:
 
     def _release_slot(self) -> None:
         if self._limiter_owner is not None:
-            self.cache.download_limiter.release_on_behalf_of(self._limiter_owner)
+            self.deps.registry.release_slot(self._limiter_owner)
             self._limiter_owner = None
 
     async def _until_all_landed(self) -> None:
@@ -377,7 +455,7 @@ class Download:
             index = self.demanded.pop(0)
             if not self.claimed[index]:
                 self._start_part(nursery, index)
-        limit = self.cache.settings.download_part_concurrency
+        limit = self.deps.settings.download_part_concurrency
         if self.active_parts >= limit:
             return
         while self._first_free < self.parts and self.claimed[self._first_free]:
@@ -408,7 +486,7 @@ class Download:
         try:
             # a download from the shared tier (tier.TierResponse) gets its parts there
             ranges = getattr(self.response, "get_range_into", None) or \
-                self.cache.backend.get_range_into
+                self.deps.backend.get_range_into
             got = await ranges(
                 self.bucket, self.key, self.etag, start, end - start, self.fd, self.transfer,
                 on_progress=lambda count: self._landed_from_thread(index, count),
@@ -430,7 +508,7 @@ class Download:
     async def _stream_body(self) -> None:
         """Part 0 from the open GET, then on into the next parts while they are
         wanted and nobody else fetches them; then the body is closed."""
-        backend = self.cache.backend
+        backend = self.deps.backend
         body = self.response.body
         index = 0
         try:
@@ -449,8 +527,7 @@ class Download:
                 start, end = self.part_range(index)
                 got = await backend.read_body_part(
                     body, self.fd, start, end - start, self.bucket, self.key, self.transfer,
-                    self.digest, on_progress=lambda count, i=index: self._landed_from_thread(
-                        i, count))
+                    self.digest, on_progress=functools.partial(self._landed_from_thread, index))
                 if got != end - start:
                     raise BackendError(f"short download of s3://{self.bucket}/{self.key}: "
                                        f"{start + got} of {self.size} bytes")
@@ -492,7 +569,7 @@ class Download:
             end = min(end, self.hashed_to + HASH_CHUNK)
             await trio.to_thread.run_sync(self.digest.update_from_file, self.fd, self.hashed_to,
                                           end - self.hashed_to,
-                                          limiter=self.cache.store.disk_limiter)
+                                          limiter=self.deps.store.disk_limiter)
             self.hashed_to = end
 
     async def _finish_hash(self) -> None:

@@ -62,19 +62,17 @@ import time
 from dataclasses import dataclass
 from email.utils import format_datetime
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 from urllib.parse import quote, urlsplit
 
 import trio
 
-from s3pool.s3.backend import Backend, ObjectResponse, _read_small, check_answer, check_etag, \
-    check_range, meta_from_response, validator
+from s3pool.s3.backend import Backend, ObjectResponse, check_etag, read_small, validator
 from s3pool.s3.checksums import CHECKSUM_FIELDS, Digest, digest_for
 from s3pool.errors import BackendError, DigestMismatch, NoSuchKey, S3PoolError
 from s3pool.s3.progress import Transfer
 
 if TYPE_CHECKING:
-    from s3pool.cache import Cache
     from s3pool.store.objects import CachedObject
 
 log = logging.getLogger(__name__)
@@ -90,6 +88,15 @@ TIER_DEADLINE = 10.0  # seconds a tier request may go unanswered...
 TIER_STALL_BYTES = 1 << 20  # ... or bring less than this many bytes of its body
 BAD_VERSIONS = 10_000  # versions remembered as bad in the tier (for the origin)
 META = "s3pool-"
+
+
+class ListedVersions(Protocol):
+    """What the tier reads of the listings (listing.listings.Listings): how old
+    the bucket's whole listing is, and one key's entry in it."""
+
+    def listing_age(self, bucket: str) -> float | None: ...
+
+    def key_info(self, bucket: str, key: str) -> tuple[int, float, str] | None: ...
 
 
 class TierCurrent:
@@ -242,17 +249,9 @@ class _OnFromOrigin:
         except Exception:  # noqa: BLE001 (a broken body)
             pass
         self._from_origin = True
-        origin, start, length = self._tier.origin, self._pos, self._size - self._pos
-        conditions = {"Range": f"bytes={start}-{self._size - 1}"}
-        if validator(self._etag):
-            conditions["IfMatch"] = validator(self._etag)  # type: ignore[assignment]
-        resp = origin._get(self._bucket, self._key, conditions)
-        try:
-            check_range(resp, self._bucket, self._key, self._etag, start, length, self._size)
-        except BaseException:
-            resp["Body"].close()
-            raise
-        self._body = resp["Body"]
+        self._body = self._tier.origin.open_range(self._bucket, self._key, self._etag,
+                                                  self._pos, self._size - self._pos,
+                                                  self._size)
 
     def close(self) -> None:
         self._body.close()
@@ -338,16 +337,15 @@ class SharedTier:
 
     # --- the origin's version ------------------------------------------
 
-    async def origin_version(self, cache: "Cache", bucket: str, key: str
-                             ) -> dict[str, Any] | None:
+    async def origin_version(self, listings: ListedVersions, window: float, bucket: str,
+                             key: str) -> dict[str, Any] | None:
         """The current version's meta (`aws s3api` shape), from a whole listing
-        younger than the freshness window, else a HEAD of the origin (asking
-        for its checksums); None if the origin could not say (the caller's
-        GET of the origin then reports what is wrong)."""
-        window = cache.settings.freshness_window
-        age = cache.listings.listing_age(bucket)
+        younger than the freshness window (*window* seconds), else a HEAD of
+        the origin (asking for its checksums); None if the origin could not
+        say (the caller's GET of the origin then reports what is wrong)."""
+        age = listings.listing_age(bucket)
         if age is not None and age < window:
-            info = cache.listings.key_info(bucket, key)
+            info = listings.key_info(bucket, key)
             if info is not None and "-" not in info[2].strip('"') and _legal_etag(info[2]):
                 size, mtime, etag = info
                 self.listing_checks += 1
@@ -356,30 +354,23 @@ class SharedTier:
                             datetime.fromtimestamp(mtime, timezone.utc), usegmt=True),
                         "ContentType": None, "Metadata": {}, "AcceptRanges": "bytes",
                         "FromListing": True}
-        origin = self.origin
         try:
-            resp = await origin._run(
-                lambda: origin.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"),
-                bucket=bucket, key=key)
-            check_etag(resp.get("ETag"), f"s3://{bucket}/{key}")  # ETags are sent back
+            return await self.origin.head_with_checksums(bucket, key)  # ETags are sent back
         except S3PoolError as exc:
             log.debug("shared cache: HEAD of s3://%s/%s at the origin: %s", bucket, key, exc)
             return None
-        meta = meta_from_response(resp)
-        for name in ("ServerSideEncryption", "SSECustomerAlgorithm"):
-            if resp.get(name):
-                meta[name] = resp[name]
-        return meta
 
     # --- the miss path ---------------------------------------------------
 
-    async def lookup(self, cache: "Cache", bucket: str, key: str, obj: "CachedObject | None",
-                     small: Callable[[ObjectResponse], None], small_limit: int
-                     ) -> TierResponse | TierCurrent | None:
+    async def lookup(self, listings: ListedVersions, window: float, bucket: str, key: str,
+                     obj: "CachedObject | None", small: Callable[[ObjectResponse], None],
+                     small_limit: int) -> TierResponse | TierCurrent | None:
         """Called by the cache, under the key's lock, where it would GET the
         origin: CURRENT if the cached copy *obj* is the origin's current
-        version, a response streaming from the tier, or None (GET the origin)."""
-        meta = await self.origin_version(cache, bucket, key)
+        version, a response streaming from the tier, or None (GET the origin).
+        The version is the origin's, or a whole listing's (*listings*) younger
+        than *window* seconds (freshness_window)."""
+        meta = await self.origin_version(listings, window, bucket, key)
         if meta is None:
             return None
         etag = meta.get("ETag") or ""
@@ -423,23 +414,18 @@ class SharedTier:
         size = int(meta["ContentLength"])
         want = tier_metadata(bucket, key, meta)
 
-        def call() -> TierResponse:
-            resp = tier._get(self.bucket, name, {})  # botocore's errors: _run translates
+        def then(resp: dict[str, Any]) -> TierResponse:
+            """The tier's answer, checked (worker thread; the body is closed if this raises)."""
             body = resp["Body"]
-            try:
-                check_answer(resp, self.bucket, name)
-                stored = {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()}
-                for field in (META + "etag", META + "size", META + "bucket", META + "key"):
-                    if field in want and stored.get(field) != want[field]:
-                        raise BackendError(f"the tier copy's {field} is "
-                                           f"{str(stored.get(field))[:80]!r}, the origin's "
-                                           f"{want[field][:80]!r}")
-                if resp.get("ContentLength") != size:
-                    raise BackendError(f"the tier copy has {resp.get('ContentLength')!r} "
-                                       f"bytes, the origin's {size}")
-            except BaseException:
-                body.close()
-                raise
+            stored = {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()}
+            for field in (META + "etag", META + "size", META + "bucket", META + "key"):
+                if field in want and stored.get(field) != want[field]:
+                    raise BackendError(f"the tier copy's {field} is "
+                                       f"{str(stored.get(field))[:80]!r}, the origin's "
+                                       f"{want[field][:80]!r}")
+            if resp.get("ContentLength") != size:
+                raise BackendError(f"the tier copy has {resp.get('ContentLength')!r} "
+                                   f"bytes, the origin's {size}")
             served = dict(meta)
             served.pop("FromListing", None)
             if not served.get("ContentType"):  # a listing says none: the tier's word
@@ -448,14 +434,14 @@ class SharedTier:
             response = TierResponse(served, body, digest, tier=self, tier_key=name,
                                     tier_etag=resp.get("ETag") or "")
             if size <= small_limit:
-                _read_small(response, self.bucket, name)  # hashed into the origin's digest
+                read_small(response, self.bucket, name)  # hashed into the origin's digest
                 small(response)  # checked and installed, or its error noted
             else:  # streamed: a body the tier breaks goes on from the origin
                 response.body = _OnFromOrigin(body, response, self, bucket, key,
                                               meta.get("ETag") or "", size)
             return response
 
-        return await tier._run(call, bucket=self.bucket, key=name)
+        return await tier.open_object(self.bucket, name, then)
 
     def download_failed(self, bucket: str, key: str, error: BaseException) -> bool:
         """A download from the tier failed (its body, or its bytes did not match):

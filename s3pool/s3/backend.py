@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -47,6 +47,8 @@ from s3pool.s3.progress import Transfer
 from s3pool.store.files import write_all
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHUNK = 1 << 20
 CONNECT_TIMEOUT = 5
@@ -565,7 +567,7 @@ class Backend:
             response = ObjectResponse(meta_from_response(resp), resp["Body"],
                                       digest_for(resp, bucket, key))
             if response.content_length <= read_up_to:
-                _read_small(response, bucket, key)
+                read_small(response, bucket, key)
                 if then is not None:
                     then(response)
             return response
@@ -665,24 +667,10 @@ class Backend:
         written (:func:`check_range`); another version is VersionChanged."""
 
         def call() -> int:
-            kwargs: dict[str, Any] = {"Range": f"bytes={start}-{start + length - 1}"}
-            if validator(etag):
-                kwargs["IfMatch"] = validator(etag)
             if transfer is not None:
                 transfer.check()
+            body = self.open_range(bucket, key, etag, start, length, total)
             try:
-                resp = self._get(bucket, key, kwargs)
-            except botocore.exceptions.ClientError as exc:
-                code, status = _error_code(exc)
-                if status == PRECONDITION_FAILED or code in ("PreconditionFailed", "412"):
-                    raise VersionChanged(f"s3://{bucket}/{key} changed on S3 while it was "
-                                         f"read (If-Match {etag} failed)") from None
-                raise
-            body = resp["Body"]
-            try:
-                check_range(resp, bucket, key, etag, start, length, total)
-                if resp.get("ContentLength") is None:
-                    body.exactly(length)
                 return _copy_into(body, fd, start, length,
                                   transfer or self._transfer(bucket, key, length), None,
                                   on_progress)
@@ -690,6 +678,70 @@ class Backend:
                 body.close()
 
         return await self._run(call, bucket=bucket, key=key)
+
+    def open_range(self, bucket: str, key: str, etag: str, start: int, length: int,
+                   total: int | None) -> Any:
+        """Blocking (a worker thread): the open body of a GET of bytes
+        [start, start+length) of the version *etag* (of *total* bytes), its
+        answer checked (:func:`check_range`) before a byte of it is read; a body
+        of no given length must bring exactly *length* bytes. A failed If-Match
+        is VersionChanged; botocore's other errors are raised as they come (the
+        async call that runs the worker thread translates them)."""
+        kwargs: dict[str, Any] = {"Range": f"bytes={start}-{start + length - 1}"}
+        if validator(etag):
+            kwargs["IfMatch"] = validator(etag)
+        try:
+            resp = self._get(bucket, key, kwargs)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _error_code(exc)
+            if status == PRECONDITION_FAILED or code in ("PreconditionFailed", "412"):
+                raise VersionChanged(f"s3://{bucket}/{key} changed on S3 while it was "
+                                     f"read (If-Match {etag} failed)") from None
+            raise
+        body = resp["Body"]
+        try:
+            check_range(resp, bucket, key, etag, start, length, total)
+            if resp.get("ContentLength") is None:
+                body.exactly(length)
+        except BaseException:
+            body.close()
+            raise
+        return body
+
+    async def open_object(self, bucket: str, key: str,
+                          then: Callable[[dict[str, Any]], T]) -> T:
+        """An unconditional GET of the whole object (the shared tier's), its
+        answer checked (:func:`check_answer`); *then* is called with the response
+        (boto3's shape, its Body a WatchedBody) in the same worker thread and
+        its result returned. If *then* raises, the body is closed; otherwise
+        it is *then*'s to read and close. Errors come translated (NoSuchKey,
+        BackendError...)."""
+
+        def call() -> T:
+            resp = self._get(bucket, key, {})
+            try:
+                check_answer(resp, bucket, key)
+                return then(resp)
+            except BaseException:
+                resp["Body"].close()
+                raise
+
+        return await self._run(call, bucket=bucket, key=key)
+
+    async def head_with_checksums(self, bucket: str, key: str) -> dict[str, Any]:
+        """A HEAD that asks for the object's full-object checksums: its meta
+        (`aws s3api` shape, any server-side encryption named, so digest_for
+        knows an SSE-KMS ETag is no MD5), its ETag checked as a value that may
+        be sent back in a header."""
+        resp = await self._run(
+            lambda: self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"),
+            bucket=bucket, key=key)
+        check_etag(resp.get("ETag"), f"s3://{bucket}/{key}")
+        meta = meta_from_response(resp)
+        for name in ("ServerSideEncryption", "SSECustomerAlgorithm"):
+            if resp.get(name):
+                meta[name] = resp[name]
+        return meta
 
     def _transfer(self, bucket: str, key: str, total: int) -> Transfer:
         """A counter for a copy nobody watches: only the shutdown stops it."""
@@ -860,7 +912,7 @@ def _upload_answer(resp: dict[str, Any]) -> dict[str, Any]:
     return {"ETag": resp.get("ETag") or "", "LastModified": headers.get("date")}
 
 
-def _read_small(response: ObjectResponse, bucket: str, key: str) -> None:
+def read_small(response: ObjectResponse, bucket: str, key: str) -> None:
     """Read a small body whole (worker thread), hash it, close it."""
     size = response.content_length
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from s3pool.errors import BackendError
@@ -30,13 +31,14 @@ class Transfer:
 
     def __init__(self, bucket: str, key: str, total: int, stall_timeout: float,
                  stall_bytes: int, stopping: threading.Event | None = None,
-                 source: str = "") -> None:
+                 source: str = "", clock: Callable[[], float] = time.monotonic) -> None:
         self.bucket = bucket
         self.key = key
         self.total = total
         self.source = source
         self.done = 0
-        self.started = time.monotonic()
+        self._clock = clock  # seconds, any thread (a test's trio MockClock)
+        self.started = clock()
         self.stall_timeout = stall_timeout
         self.stall_bytes = max(1, stall_bytes)
         self.stopping = stopping
@@ -51,20 +53,20 @@ class Transfer:
         return f"s3://{self.bucket}/{self.key}"
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self._clock() - self.started
 
     def add(self, count: int) -> None:
         with self._lock:
             self.done += count
             if self.done - self._run_base >= self.stall_bytes:
-                self._run_started = time.monotonic()
+                self._run_started = self._clock()
                 self._run_base = self.done
 
     def resume(self) -> None:
         """The download starts fetching again after an idle spell (nobody wanted
         more bytes): the stall clock starts now."""
         with self._lock:
-            self._run_started = time.monotonic()
+            self._run_started = self._clock()
             self._run_base = self.done
 
     def check(self) -> None:
@@ -76,7 +78,7 @@ class Transfer:
         if self.stall_timeout <= 0:
             return
         with self._lock:
-            waited = time.monotonic() - self._run_started
+            waited = self._clock() - self._run_started
             if waited <= self.stall_timeout:
                 return
             got = self.done - self._run_base
@@ -100,14 +102,17 @@ class Transfer:
 class Transfers:
     """The downloads in flight, for STATUS; each one built with the current settings."""
 
-    def __init__(self, settings: Any, stopping: threading.Event | None = None) -> None:
+    def __init__(self, settings: Any, stopping: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.stopping = stopping
+        self.clock = clock
         self._active: dict[int, Transfer] = {}
 
     def begin(self, bucket: str, key: str, total: int, source: str = "") -> Transfer:
         transfer = Transfer(bucket, key, total, self.settings.download_stall_timeout,
-                            self.settings.download_stall_bytes, self.stopping, source)
+                            self.settings.download_stall_bytes, self.stopping, source,
+                            self.clock)
         self._active[id(transfer)] = transfer
         return transfer
 
