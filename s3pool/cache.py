@@ -22,11 +22,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Iterator, Protocol
 
 import trio
 
-from s3pool.s3.backend import Backend, ListEntry, ObjectResponse, listing_time
+from s3pool.s3.backend import Backend, ListEntry, ObjectExists, ObjectResponse, listing_time
 from s3pool.s3.checksums import Verifications
 from s3pool.errors import (
     BadKey, BackendError, DigestMismatch, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
@@ -34,8 +34,10 @@ from s3pool.errors import (
 )
 from s3pool.download.freshness import Freshness
 from s3pool.store.layout import check_bucket, check_key
-from s3pool.listing.listings import Listings
+from s3pool.listing.listings import Entry, ListJob, Listings, visible_name
+from s3pool.upload.context import UploadContext
 from s3pool.upload.push import push_file
+from s3pool.upload.staged import NotSequential, StagedUpload, UploadFailed, abort_leftovers
 from s3pool.settings import Settings
 from s3pool.store.objects import CachedObject, Installed, Store
 from s3pool.download.download import Download, DownloadDeps, Reader
@@ -483,13 +485,44 @@ class Cache:
 
     async def push(self, bucket: str, key: str, local_path: str) -> str:
         """Upload a local file to s3://bucket/key; the cache then holds the new bytes."""
-        return await push_file(self, bucket, key, local_path)
+        return await push_file(self.upload_context(), bucket, key, local_path)
 
     def supersede(self, bucket: str, key: str) -> None:
         """The key is being replaced (caller holds its lock): a download in
         flight keeps its readers but is never installed, and the next opener
         starts afresh."""
         self.downloads.supersede(bucket, key)
+
+    def upload_context(self) -> UploadContext:
+        """What PUSH and the mount's uploads are given of the cache (upload/context.py)."""
+        freshness = self.freshness
+        return UploadContext(
+            store=self.store, backend=self.push_backend, settings=self.settings,
+            room=self.room, counters=self.stats, add_key=self.listings.add_key,
+            supersede=self.supersede, forget=freshness.forget, mark_fresh=freshness.mark,
+            forget_missing=lambda bucket, key: freshness.missing.pop((bucket, key), None),
+            check_conflict=self.check_conflict, use_bucket=self.use_bucket,
+            installed=self.checkpoint_needed)
+
+    def staged_upload(self, bucket: str, key: str, part_size: int, spawn: Any,
+                      only_new: bool = True) -> StagedUpload:
+        """A new object written through the mount (upload/staged.py)."""
+        return StagedUpload(self.upload_context(), bucket, key, part_size, spawn, only_new)
+
+    async def abort_leftover_uploads(self) -> int:
+        """Abort the multipart uploads a killed daemon left (upload/staged.py)."""
+        return await abort_leftovers(self.upload_context())
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Delete s3://bucket/key on S3 (the PUSH endpoint), then here: the cached
+        copy, a download of it in flight, its freshness and its listing entry."""
+        async with self.store.key_lock(bucket, key):
+            self.supersede(bucket, key)
+            await self.push_backend.delete_object(bucket, key)
+            await self.store.remove(bucket, key)
+            self.freshness.forget(bucket, key)
+            self.freshness.note_missing(bucket, key)
+            await self.listings.remove_key(bucket, key)
 
     # --- listings --------------------------------------------------------
 
@@ -572,6 +605,79 @@ class Cache:
         self.use_bucket(bucket)
         return job
 
+    # --- what the mount asks (fs/): names, attributes, S3 and disk state ----
+
+    def has_listing(self, bucket: str) -> bool:
+        return self.listings.has_index(bucket)
+
+    async def start_listing(self, bucket: str) -> None:
+        """An (empty) listing index for *bucket*, filled as directories are listed."""
+        await self.listings.ensure_index(bucket)
+
+    async def listing_idle(self, bucket: str, quiet: float = 0.0) -> None:
+        """Once no LIST of *bucket* ran for *quiet* seconds."""
+        await self.listings.idle(bucket, quiet)
+
+    def never_listed(self, bucket: str) -> bool:
+        return self.listings.never_listed(bucket)
+
+    def last_listed(self, bucket: str, default: float) -> float:
+        """When *bucket* was last listed whole (its directories' time on the mount)."""
+        return self.listings.last_refresh.get(bucket, default)
+
+    def dir_entry(self, bucket: str, dir_prefix: str, name: str) -> Entry | None:
+        return self.listings.lookup(bucket, dir_prefix, name)
+
+    def dir_entries(self, bucket: str, dir_prefix: str,
+                    after: tuple[str, bool] | None = None) -> Iterator[Entry]:
+        """The directory's entries from the listing index, in order, after *after*."""
+        return self.listings.iter_children(bucket, dir_prefix, after)
+
+    def key_info(self, bucket: str, key: str) -> tuple[int, float, str] | None:
+        """(size, mtime, ETag) of *key* in the listing index, or None."""
+        return self.listings.key_info(bucket, key)
+
+    def is_hidden(self, key: str) -> bool:
+        """True for s3pool's own objects (.s3pool/), never shown nor written."""
+        return self.listings.hidden(key)
+
+    async def key_exists(self, bucket: str, key: str) -> bool:
+        """True if s3://bucket/key is an object: the listing index has it, or,
+        unless S3 said within the freshness window that it lacks the name, a HEAD."""
+        if self.listings.key_info(bucket, key) is not None:
+            return True
+        if self.freshness.known_missing(bucket, key):
+            return False  # the kernel's lookup just asked S3 (discover)
+        try:
+            await self.backend.head_object(bucket, key)
+        except NoSuchKey:
+            return False
+        return True
+
+    async def bucket_exists(self, bucket: str) -> bool:
+        return await self.backend.bucket_exists(bucket)
+
+    def buckets_on_disk(self) -> list[str]:
+        return self.layout.buckets_on_disk()
+
+    def has_bucket_dir(self, bucket: str) -> bool:
+        return os.path.isdir(self.layout.bucket_dir(bucket))
+
+    def disk_stats(self) -> os.statvfs_result:
+        """statvfs of the filesystem the cached files are on."""
+        return os.statvfs(self.layout.data_dir)
+
+    def touch(self, bucket: str, key: str) -> None:
+        """The key was used (a file read for hours is not least recently used)."""
+        self.store.touch(bucket, key)
+
+    def is_locked(self, bucket: str, key: str) -> bool:
+        """True while someone opens, pulls, pushes or deletes the key."""
+        return self.store.is_locked(bucket, key)
+
+    def is_stopping(self) -> bool:
+        return self.backend.stopping.is_set()
+
 
 class SmallInstall:
     """Run in the worker thread of a small GET: check the body, install it."""
@@ -615,4 +721,7 @@ def _open_readonly(path: str) -> int:
     return fd
 
 
-__all__ = ["Cache", "CachedObject", "Reader", "Stats", "BadKey"]
+# the names the mount (fs/) uses of the layers below come through this facade
+__all__ = ["Cache", "CachedObject", "Reader", "Stats", "BadKey", "Entry", "ListEntry", "ListJob",
+           "NotSequential", "ObjectExists", "PREFETCH", "StagedUpload", "UploadFailed",
+           "check_bucket", "check_key", "visible_name"]
