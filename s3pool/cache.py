@@ -34,6 +34,7 @@ from s3pool.errors import (
 )
 from s3pool.download.freshness import Freshness
 from s3pool.store.layout import check_bucket, check_key
+from s3pool.listing.index import IndexFault
 from s3pool.listing.listings import Entry, ListJob, Listings, visible_name
 from s3pool.upload.context import UploadContext
 from s3pool.upload.push import push_file
@@ -389,7 +390,7 @@ class Cache:
         size = response.content_length
         try:
             await self.room.make_room(size)
-            fd, tmp_path = self.store.new_temp("dl.")
+            fd, tmp_path = self.store.new_temp("dl", bucket)
         except (NoSpace, OSError):
             response.body.close()
             raise
@@ -722,6 +723,6 @@ def _open_readonly(path: str) -> int:
 
 
 # the names the mount (fs/) uses of the layers below come through this facade
-__all__ = ["Cache", "CachedObject", "Reader", "Stats", "BadKey", "Entry", "ListEntry", "ListJob",
-           "NotSequential", "ObjectExists", "PREFETCH", "StagedUpload", "UploadFailed",
-           "check_bucket", "check_key", "visible_name"]
+__all__ = ["Cache", "CachedObject", "Reader", "Stats", "BadKey", "Entry", "IndexFault",
+           "ListEntry", "ListJob", "NotSequential", "ObjectExists", "PREFETCH", "StagedUpload",
+           "UploadFailed", "check_bucket", "check_key", "visible_name"]

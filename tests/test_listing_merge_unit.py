@@ -1,4 +1,4 @@
-"""Unit tests of a directory listing merged into the index (listing._merge_page)
+"""Unit tests of a directory listing merged into the index (index.merge_page)
 and of listing_freshness following freshness_window. Real SQLite files; the
 S3 side is the pages a LIST would return."""
 
@@ -8,10 +8,11 @@ import sqlite3
 
 import pytest
 
+from s3pool.listing.index import DIR_MARK, merge_page
+from s3pool.listing.listings import write_listing
 from s3pool.s3.backend import ListEntry
-from s3pool.store.layout import Layout
-from s3pool.listing.listings import DIR_MARK, _merge_page, write_listing
 from s3pool.settings import Settings
+from s3pool.store.layout import Layout
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +35,7 @@ def test_a_directory_page_adds_new_keys_and_drops_deleted_keys_and_subdirectorie
     db = index_with(tmp_path, ["d/a", "d/gone", "d/old/x", "d/old/y", "d/sub/k", "e/z"])
     db.execute("CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL)")
     # S3 now: d/a, d/new, d/sub/..., d/fresh/... (a directory the index never saw)
-    _merge_page(db, "d/", False, None, None, [entry("d/a"), entry("d/new")],
+    merge_page(db, "d/", False, None, None, [entry("d/a"), entry("d/new")],
                 ["d/fresh/", "d/sub/"], keep_since=0.0)
     assert rows(db) == {"d/a": 1, "d/fresh/": DIR_MARK, "d/new": 1, "d/sub/k": 1, "e/z": 1}
 
@@ -43,10 +44,10 @@ def test_pages_only_touch_their_own_range(tmp_path):
     db = index_with(tmp_path, ["d/a", "d/b", "d/c", "d/m/x", "d/z"])
     db.execute("CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL)")
     # first page: up to d/b (d/a is gone); the rest is the next page's business
-    _merge_page(db, "d/", False, None, "d/b", [entry("d/b")], [], keep_since=0.0)
+    merge_page(db, "d/", False, None, "d/b", [entry("d/b")], [], keep_since=0.0)
     assert rows(db) == {"d/b": 1, "d/c": 1, "d/m/x": 1, "d/z": 1}
     # last page: after d/b to the end (d/c and d/m/ are gone)
-    _merge_page(db, "d/", False, "d/b", None, [entry("d/z")], [], keep_since=0.0)
+    merge_page(db, "d/", False, "d/b", None, [entry("d/z")], [], keep_since=0.0)
     assert rows(db) == {"d/b": 1, "d/z": 1}
 
 
@@ -56,7 +57,7 @@ def test_a_deep_page_replaces_everything_under_the_prefix_but_keeps_recent_local
     db.execute("CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL)")
     db.execute("INSERT INTO keys VALUES ('p/pushed', 1, 0, '')")
     db.execute("INSERT INTO local_adds VALUES ('p/pushed', 100.0)")  # PUSHed while listing
-    _merge_page(db, "p/", True, None, None, [entry("p/q/3"), entry("p/r/4")], [],
+    merge_page(db, "p/", True, None, None, [entry("p/q/3"), entry("p/r/4")], [],
                 keep_since=50.0)
     assert rows(db) == {"p/pushed": 1, "p/q/3": 1, "p/r/4": 1, "pz": 1}
 

@@ -285,7 +285,10 @@ LAYOUT = [
     ("state/listings/BUCKET/index.db", "SQLite index of the same listing (key, size, mtime, "
                                        "ETag), used by GLOB and the FUSE view, and when each "
                                        "directory or GLOB prefix was last listed from S3 "
-                                       "(listing_freshness). Nothing of "
+                                       "(listing_freshness). It carries its schema version "
+                                       "(SQLite's user_version): an index of a version this "
+                                       "s3pool does not read is never used, and the next "
+                                       "listing replaces it. Nothing of "
                                        "s3pool's own but __list__ and the meta files lives in "
                                        "a BUCKETDIR, where a key can name any file."),
     ("state/uploads/ID.json", "a multipart upload of a file written in the mount "

@@ -22,7 +22,6 @@ import errno
 import functools
 import logging
 import os
-import sqlite3
 import stat
 import time
 from dataclasses import dataclass
@@ -456,9 +455,6 @@ class S3PoolOperations(pyfuse3.Operations):
                         self._check_job(job, handle)
                         return
                     entry = None
-                except sqlite3.ProgrammingError:
-                    handle.entries = None  # the index was replaced: resume in the new one
-                    continue
             if job is not None and not job.done and (entry is None or not job.covers(
                     node.dir_prefix + entry.name + ("/" if entry.is_dir else ""))):
                 # past what the LIST has merged: serve what this call has, or

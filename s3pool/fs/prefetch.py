@@ -28,12 +28,11 @@ dropped, and the later open does its own fetch and reports its own error.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from s3pool.cache import PREFETCH, Cache
+from s3pool.cache import PREFETCH, Cache, IndexFault
 from s3pool.errors import NoSuchKey, S3PoolError
 
 log = logging.getLogger(__name__)
@@ -161,7 +160,7 @@ class Prefetcher:
                     files.append((entry.name, entry.size))
                 if len(files) >= count or looked_at >= count + ENTRIES_LOOKED_AT:
                     break
-        except sqlite3.Error as exc:  # the index was replaced or is unreadable: no read-ahead
+        except IndexFault as exc:  # the index is unreadable: no read-ahead
             log.debug("no read-ahead in s3://%s/%s: %s", bucket, dir_prefix, exc)
         return files
 

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
-from s3pool.s3.backend import Backend, ListEntry
 from s3pool.errors import BackendError, NoSuchBucket, NoSuchKey, S3PoolError
-from s3pool.store.layout import unlink_quietly
+from s3pool.listing import index
+from s3pool.listing.index import IndexFault
 from s3pool.listing.listings import Listings, write_listing
 from s3pool.listing.published import DEFAULT_KEY, LISTED_AT_META, PublishedListing, write_published
+from s3pool.s3.backend import Backend, ListEntry
+from s3pool.store.files import new_temp, remove_temp, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +91,21 @@ class FleetListings:
         """Upload the index just built as the bucket's published listing.
         A failure is logged and counted; the local listing stands."""
         key = self.fleet.key
-        fd, tmp_path = tempfile.mkstemp(prefix="publish.", dir=self.layout.tmp_dir)
-        os.close(fd)
         try:
-            count = await trio.to_thread.run_sync(
-                write_published, self.layout.index_path(bucket), tmp_path, bucket, listed_at,
-                limiter=self.disk_limiter)
-            await self.push_backend.upload_file(
-                bucket, key, tmp_path, extra_args={
-                    "Metadata": {LISTED_AT_META: repr(listed_at)},
-                    "ContentType": "application/gzip"})
-            self.listings_published += 1
-            log.info("published the listing of s3://%s (%d keys, %d bytes) as %s", bucket,
-                     count, os.path.getsize(tmp_path), key)
-        except (S3PoolError, OSError, sqlite3.Error) as exc:
+            with temp_path(self.layout.tmp_dir, "publish", bucket) as tmp_path:
+                count = await trio.to_thread.run_sync(
+                    write_published, self.layout.index_path(bucket), tmp_path, bucket,
+                    listed_at, limiter=self.disk_limiter)
+                await self.push_backend.upload_file(
+                    bucket, key, tmp_path, extra_args={
+                        "Metadata": {LISTED_AT_META: repr(listed_at)},
+                        "ContentType": "application/gzip"})
+                self.listings_published += 1
+                log.info("published the listing of s3://%s (%d keys, %d bytes) as %s", bucket,
+                         count, os.path.getsize(tmp_path), key)
+        except (S3PoolError, OSError, IndexFault) as exc:
             self.publish_failures += 1
             log.warning("could not publish the listing of s3://%s as %s: %s", bucket, key, exc)
-        finally:
-            unlink_quietly(tmp_path)
 
     def _published_state(self, bucket: str) -> tuple[str, float] | None:
         """(ETag, listed_at) of the published listing the index was built
@@ -116,12 +114,11 @@ class FleetListings:
         if conn is None:
             return None
         try:
-            info = dict(conn.execute("SELECT name, value FROM info WHERE name IN "
-                                     "('source', 'published_etag', 'listed_at')"))
+            info = conn.info("source", "published_etag", "listed_at")
             if info.get("source") != "published" or not info.get("published_etag"):
                 return None
             return str(info["published_etag"]), float(info["listed_at"])
-        except (sqlite3.Error, KeyError, TypeError, ValueError):
+        except (IndexFault, KeyError, TypeError, ValueError):
             return None
 
     async def _from_published(self, bucket: str) -> int | None:
@@ -158,7 +155,12 @@ class FleetListings:
         if stamp == stamp and self._too_old(url, stamp, max_age):
             response.body.close()
             return None
-        fd, tmp_path = tempfile.mkstemp(prefix="published.", dir=self.layout.tmp_dir)
+        try:
+            fd, tmp_path = new_temp(self.layout.tmp_dir, "published", bucket)
+        except OSError as exc:
+            response.body.close()
+            log.warning("published listing %s not used (%s): listing the bucket", url, exc)
+            return None
         try:
             try:
                 size = response.content_length
@@ -173,11 +175,11 @@ class FleetListings:
             etag = response.meta.get("ETag") or ""
             count = await trio.to_thread.run_sync(self._install_published, bucket, tmp_path,
                                                   etag, max_age, limiter=self.disk_limiter)
-        except (BackendError, OSError, sqlite3.Error) as exc:
+        except (BackendError, OSError, IndexFault) as exc:
             log.warning("published listing %s not used (%s): listing the bucket", url, exc)
             return None
         finally:
-            unlink_quietly(tmp_path)
+            remove_temp(tmp_path)
         if count is not None:
             self.published_used += 1
             log.info("refreshed s3://%s from the published listing %s: %d keys", bucket, key,
@@ -213,18 +215,13 @@ class FleetListings:
 
     def _added_since(self, bucket: str, when: float) -> list[tuple[ListEntry, float]]:
         """Keys this host put into the index (PUSH, download, lookup) after *when*."""
-        path = self.layout.index_path(bucket)
-        if not os.path.exists(path):
-            return []
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        reader = index.open_reader(self.layout.index_path(bucket))
+        if reader is None:
+            return []  # none, or unusable: nothing of it is carried over
         try:
-            return [(ListEntry(*row[:4]), row[4]) for row in db.execute(
-                "SELECT k.key, k.size, k.mtime, k.etag, a.added_at FROM local_adds a "
-                "JOIN keys k ON k.key = a.key WHERE a.added_at > ?", (when,))]
-        except sqlite3.OperationalError:  # an index from before local_adds
-            return []
+            return [(ListEntry(*row), added_at) for row, added_at in reader.added_since(when)]
         finally:
-            db.close()
+            reader.close()
 
     def status_lines(self) -> list[tuple[str, Any]]:
         fleet = self.fleet

@@ -8,7 +8,8 @@ renamed to ``state/listings/BUCKET/index.db`` (outside the key namespace:
 no key can reach it or its journals), then ``__list__`` into the
 BUCKETDIR, so a reader sees the old listing or the new one, never a mix.
 GLOB, the FUSE view's lookups and readdir all query the index by key
-range instead of scanning the listing.
+range instead of scanning the listing. The index's schema, versions and
+SQL are index.py's; this module decides when to list and what to ask.
 """
 
 from __future__ import annotations
@@ -16,79 +17,43 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
-
-import trio
+from typing import Any, Protocol
 
 import botocore.exceptions
+import trio
 
-from s3pool.s3.backend import FAST_ENTRIES, FAST_PREFIXES, Backend, ListEntry, translate
 from s3pool.errors import BackendError, NoSpace, NoSuchBucket, S3PoolError, ShuttingDown
+from s3pool.listing import index
 from s3pool.listing.globpattern import CompiledGlob, compile_glob
-from s3pool.store.layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
+from s3pool.listing.index import (
+    EMPTY_SOURCE,
+    IndexFault,
+    IndexReplaced,
+    Merger,
+    Reader,
+    prefix_upper,
+)
 from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
+from s3pool.s3.backend import FAST_ENTRIES, FAST_PREFIXES, Backend, ListEntry, translate
+from s3pool.store.files import temp_path
+from s3pool.store.layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE keys (key TEXT PRIMARY KEY, size INTEGER, mtime REAL, etag TEXT) WITHOUT ROWID;
-CREATE TABLE info (name TEXT PRIMARY KEY, value);
-CREATE TABLE local_adds (key TEXT PRIMARY KEY, added_at REAL) WITHOUT ROWID;
-CREATE TABLE dirs (prefix TEXT, deep INTEGER, listed_at REAL, PRIMARY KEY (prefix, deep))
-    WITHOUT ROWID;
-"""
-# When a part of the index was last listed again from S3: a directory (deep 0,
-# a delimiter LIST of its prefix) or everything under a prefix (deep 1, a
-# GLOB's LIST of its literal prefix). These times describe what the index file
-# holds, so they live in it: a new index (a full listing) starts without them,
-# its info 'listed_at' then dates every part, and they survive a restart.
-_DIRS = "CREATE TABLE IF NOT EXISTS dirs (prefix TEXT, deep INTEGER, listed_at REAL, " \
-    "PRIMARY KEY (prefix, deep)) WITHOUT ROWID"
-# a directory a delimiter LIST showed whose keys the index lacks: a row
-# (PREFIX/, -1, 0, '') that makes it show in its parent; no key, no GLOB match
-DIR_MARK = -1
 # a GLOB with more literal prefixes than this, when stale, refreshes the whole listing
 MAX_PREFIX_RELISTS = 16
 # keys per LIST page
 PAGE_KEYS = 1000
-# the info 'source' of the empty index ensure_index makes (no whole listing yet)
-EMPTY_SOURCE = "none"
-# keys put into the index here (add_key), with when: kept over a published
-# listing taken before then
-_LOCAL_ADDS = "CREATE TABLE IF NOT EXISTS local_adds (key TEXT PRIMARY KEY, added_at REAL) " \
-    "WITHOUT ROWID"
-# Sorts after every character a key can hold: the end of a prefix range.
-_TOP = chr(0x10FFFF)
 # has_children answers kept per bucket (all forgotten when it is full)
 CHILDREN_MEMORY = 1 << 16
 # keys a GLOB scan matches between two looks at the stopping flag
 _STOP_CHECK_EVERY = 128
 # keys with a line break named in the log per listing (then only counted)
 LINE_BREAKS_LOGGED = 20
-
-_index_locks: dict[str, threading.Lock] = {}
-_index_locks_guard = threading.Lock()
-
-
-def index_lock(path: str) -> threading.Lock:
-    """The lock of the index file at *path* (a leaf: nothing else is waited
-    for while it is held). Every write into the index holds it for the whole
-    transaction, from opening (or checking) the file the name holds to the
-    commit; every rename, link or unlink of the name holds it too. SQLite's
-    rollback journal is found by the file's name (``index.db-journal``), its
-    locks are on the file: a write still going into a file just replaced
-    left a journal that looked hot to a writer of the new file, which "rolled
-    it back" into the wrong file ('database disk image is malformed', 'disk
-    I/O error', readers kept 'locked'). Under this lock the name never
-    changes file while a journal exists, and no write goes into a file the
-    name no longer holds."""
-    with _index_locks_guard:
-        return _index_locks.setdefault(path, threading.Lock())
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -104,10 +69,6 @@ class Entry:
 def same_etag(a: str | None, b: str | None) -> bool:
     """ETags from LIST and GET compare equal with or without their quotes."""
     return (a or "").strip('"') == (b or "").strip('"')
-
-
-def prefix_upper(prefix: str) -> str:
-    return prefix + _TOP
 
 
 def visible_name(name: str, at_root: bool) -> bool:
@@ -184,7 +145,8 @@ class Listings:
         self.published_key = DEFAULT_KEY
         self.fleet: FleetHooks | None = None
         self._locks: dict[str, trio.Lock] = {}
-        self._conns: dict[str, tuple[int, sqlite3.Connection]] = {}
+        # the read-only index each bucket's name held when last asked (None: unusable)
+        self._conns: dict[str, tuple[int, Reader | None]] = {}
         # has_children answers per bucket, for the index the connection has open
         # (an open and a PULL each ask; inserts clear it, a new index drops it)
         self._children: dict[str, dict[str, bool]] = {}
@@ -212,7 +174,9 @@ class Listings:
     # --- refresh ---------------------------------------------------------
 
     def has_index(self, bucket: str) -> bool:
-        return os.path.exists(self.layout.index_path(bucket))
+        """True if the bucket has a listing index this s3pool can use (one of
+        another version, or no index at all, is replaced by the next listing)."""
+        return self.conn(bucket) is not None
 
     async def refresh(self, bucket: str, max_age: float | None = None) -> int:
         """Re-list *bucket*; at most one listing of a bucket runs at a time.
@@ -287,47 +251,26 @@ class Listings:
         if not os.path.exists(path):
             return  # no listing yet: the first one will have the key
 
-        now = time.time()
-        await self._change_index(bucket, path, [
-            ("PRAGMA synchronous=NORMAL", ()),
-            ("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(entry)),
-            ("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)", ()),
-            (_LOCAL_ADDS, ()),
-            ("INSERT OR REPLACE INTO local_adds VALUES (?, ?)", (entry.key, now)),
-        ], f"could not add s3://{bucket}/{entry.key} to the index")
+        await self._change_index(bucket, index.add_key, path, tuple(entry), time.time(),
+                                 failure=f"could not add s3://{bucket}/{entry.key} to the index")
 
     async def remove_key(self, bucket: str, key: str) -> None:
         """Take a key we just deleted on S3 (rm in the mount) out of the index."""
         path = self.layout.index_path(bucket)
         if not os.path.exists(path):
             return
-        await self._change_index(bucket, path, [
-            ("DELETE FROM keys WHERE key = ?", (key,)),
-            (_LOCAL_ADDS, ()),
-            ("DELETE FROM local_adds WHERE key = ?", (key,)),
-        ], f"could not remove s3://{bucket}/{key} from the index")
+        await self._change_index(bucket, index.remove_key, path, key,
+                                 failure=f"could not remove s3://{bucket}/{key} from the index")
 
-    async def _change_index(self, bucket: str, path: str,
-                            statements: list[tuple[str, tuple[Any, ...]]], failure: str) -> None:
-        """Run *statements* as one transaction on the index at *path*, in a
-        worker thread, under the index's lock (a rename of a new index over
-        it waits; see index_lock). A failure is logged as *failure*: the
-        next listing puts the index right."""
-        def change() -> None:
-            with index_lock(path):
-                if not os.path.exists(path):
-                    return  # taken away meanwhile: connect would make an empty file
-                db = sqlite3.connect(path)
-                try:
-                    for sql, args in statements:
-                        db.execute(sql, args)
-                    db.commit()
-                finally:
-                    db.close()
-
+    async def _change_index(self, bucket: str, change: Callable[..., bool], *args: Any,
+                            failure: str) -> None:
+        """Run *change* (index.add_key or remove_key: one transaction under
+        the index's lock, so a rename of a new index over it waits) in a
+        worker thread. A failure is logged as *failure*: the next listing
+        puts the index right."""
         try:
-            await trio.to_thread.run_sync(change, limiter=self.disk_limiter)
-        except sqlite3.Error as exc:
+            await trio.to_thread.run_sync(change, *args, limiter=self.disk_limiter)
+        except IndexFault as exc:
             log.warning("%s: %s", failure, exc)
         finally:
             self._children.pop(bucket, None)  # a key may be a directory's first child
@@ -360,11 +303,10 @@ class Listings:
             return None
         try:
             # when its LIST began (a published one: its publisher's); else when it was written
-            info = dict(conn.execute("SELECT name, value FROM info WHERE name IN "
-                                     "('listed_at', 'refreshed_at')"))
+            info = conn.info("listed_at", "refreshed_at")
             value = info.get("listed_at", info.get("refreshed_at"))
             return float(value) if value is not None else 0.0
-        except (sqlite3.Error, TypeError, ValueError):
+        except (IndexFault, TypeError, ValueError):
             return 0.0
 
     def listed_at(self, bucket: str, prefix: str, deep: bool) -> float:
@@ -376,19 +318,9 @@ class Listings:
         if conn is None:
             return best
         try:
-            # deep listings are few (one per GLOB prefix); directories many
-            for listed_prefix, listed_at in conn.execute(
-                    "SELECT prefix, listed_at FROM dirs WHERE deep = 1"):
-                if prefix.startswith(listed_prefix):
-                    best = max(best, float(listed_at))
-            if not deep:
-                row = conn.execute("SELECT listed_at FROM dirs WHERE prefix = ? AND deep = 0",
-                                   (prefix,)).fetchone()
-                if row is not None:
-                    best = max(best, float(row[0]))
-        except sqlite3.OperationalError:
-            pass  # an index written before there were directory listings: no table
-        return best
+            return max(best, conn.listed_at(prefix, deep))
+        except IndexFault:
+            return best
 
     def never_listed(self, bucket: str) -> bool:
         """True while the index is the empty one ensure_index made (no whole listing yet)."""
@@ -396,10 +328,9 @@ class Listings:
         if conn is None:
             return False
         try:
-            row = conn.execute("SELECT value FROM info WHERE name = 'source'").fetchone()
-        except sqlite3.Error:
+            return conn.info("source").get("source") == EMPTY_SOURCE
+        except IndexFault:
             return False
-        return row is not None and row[0] == EMPTY_SOURCE
 
     async def idle(self, bucket: str, quiet: float = 0.0) -> None:
         """Wait until no LIST of a part of *bucket* runs (whatever came of
@@ -481,11 +412,7 @@ class Listings:
         A whole listing may replace the index file meanwhile (a rename): the
         pages still to come go into the new file, but the prefix is not
         recorded as listed in it (its earlier pages went into the old one)."""
-        path = self.layout.index_path(job.bucket)
-        lock = index_lock(path)
-        db: sqlite3.Connection | None = None
-        ino: int | None = None
-        replaced = False
+        merger = Merger(self.layout.index_path(job.bucket))
         try:
             lo: str | None = None
             for entries, subdirs, last in self._prefix_pages(job):
@@ -493,35 +420,14 @@ class Listings:
                     entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
                 entries = [e for e in entries if not self.hidden(e.key)]
                 subdirs = [d for d in subdirs if not self.hidden(d)]
-                with lock:  # the name holds the file written, and keeps it till the commit
-                    now = _inode(path)
-                    if now is None:
-                        raise sqlite3.OperationalError("the index was taken away meanwhile")
-                    if db is None or now != ino:
-                        if db is not None:
-                            db.close()  # replaced by a whole listing: go on in the new one
-                            replaced = True
-                            db = None
-                        db, ino = _open_for_merge(path)
-                    try:
-                        _merge_page(db, job.prefix, job.deep, lo, hi, entries, subdirs,
-                                    job.started - 1.0)
-                        if last and not replaced:
-                            db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)",
-                                       (job.prefix, int(job.deep), job.started))
-                        db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
-                        db.commit()
-                    except BaseException:
-                        db.close()  # rolled back while the lock is held: no journal left
-                        db = None
-                        raise
+                merger.merge(job.prefix, job.deep, lo, hi, entries, subdirs, job.started - 1.0,
+                             listed_at=job.started if last else None)
                 token.run_sync_soon(job.advance, hi)
                 lo = hi
-        except sqlite3.Error as exc:
+        except IndexFault as exc:
             raise _not_written(job.bucket, exc) from exc
         finally:
-            if db is not None:
-                db.close()
+            merger.close()
 
     def _prefix_pages(self, job: ListJob) -> Iterator[tuple[list[ListEntry], list[str], bool]]:
         """(keys, subdirectories, last page?) of a LIST of the job's prefix."""
@@ -548,19 +454,13 @@ class Listings:
 
     # --- queries ---------------------------------------------------------
 
-    def _open(self, bucket: str) -> sqlite3.Connection | None:
-        path = self.layout.index_path(bucket)
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        except sqlite3.OperationalError:
-            return None
-        return conn
-
-    def conn(self, bucket: str) -> sqlite3.Connection | None:
-        """A cached read-only connection for quick lookups on the trio thread.
+    def conn(self, bucket: str) -> Reader | None:
+        """A cached read-only index for quick lookups on the trio thread;
+        None without a usable one.
 
         Reopened when the index file was replaced (by us or by another
         process), so it never reads a listing older than the one on disk.
+        An unusable file is remembered as such until it is replaced.
         """
         try:
             ino = os.stat(self.layout.index_path(bucket)).st_ino
@@ -571,15 +471,14 @@ class Listings:
         if cached and cached[0] == ino:
             return cached[1]
         self._drop_conn(bucket)
-        conn = self._open(bucket)
-        if conn is not None:
-            self._conns[bucket] = (ino, conn)
+        conn = index.open_reader(self.layout.index_path(bucket))
+        self._conns[bucket] = (ino, conn)
         return conn
 
     def _drop_conn(self, bucket: str) -> None:
         self._children.pop(bucket, None)
         cached = self._conns.pop(bucket, None)
-        if cached:
+        if cached and cached[1] is not None:
             cached[1].close()
 
     def close(self) -> None:
@@ -594,17 +493,14 @@ class Listings:
         conn = self.conn(bucket)
         if conn is None:
             return 0
-        row = conn.execute("SELECT value FROM info WHERE name = 'count'").fetchone()
-        return int(row[0]) if row else 0
+        return conn.count()
 
     def key_info(self, bucket: str, key: str) -> tuple[int, float, str] | None:
         """(size, mtime, etag) of *key* in the listing, or None."""
         conn = self.conn(bucket)
         if conn is None:
             return None
-        row = conn.execute("SELECT size, mtime, etag FROM keys WHERE key = ? AND size >= 0",
-                           (key,)).fetchone()
-        return (int(row[0]), float(row[1]), row[2]) if row else None
+        return conn.key_info(key)
 
     def has_children(self, bucket: str, key: str) -> bool:
         """True if some key lies under ``key/`` (then ``key`` is a directory)."""
@@ -614,11 +510,7 @@ class Listings:
         known = self._children.setdefault(bucket, {})
         found = known.get(key)
         if found is None:
-            prefix = key + "/"
-            found = conn.execute(
-                "SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1",
-                (prefix, prefix_upper(prefix))
-            ).fetchone() is not None
+            found = conn.has_under(key + "/")
             if len(known) >= CHILDREN_MEMORY:
                 known.clear()
             known[key] = found
@@ -641,7 +533,9 @@ class Listings:
         """Entries of directory *dir_prefix* in key order, from after *after*.
 
         *after* is (name, is_dir) of the last entry already returned. Each
-        subdirectory costs one range jump, not a walk over its keys.
+        subdirectory costs one range jump, not a walk over its keys. An index
+        replaced while the caller holds this iterator (a listing came) is
+        read on in the new one, from where this one was.
         """
         conn = self.conn(bucket)
         if conn is None:
@@ -658,12 +552,14 @@ class Listings:
         while True:
             # stepped lazily: a subdirectory ends the statement after one row,
             # a flat directory of 100,000 files is one statement
-            op = ">=" if inclusive else ">"
-            cursor = conn.execute(
-                f"SELECT key, size, mtime, etag FROM keys WHERE key {op} ? AND key < ? "
-                "ORDER BY key", (lo, hi),
-            )
-            row = cursor.fetchone()
+            rows = conn.rows(lo, inclusive, hi)
+            try:
+                row = next(rows, None)
+            except IndexReplaced:
+                conn = self._reopened(bucket, conn)
+                if conn is None:
+                    return
+                continue
             while row is not None:
                 key, size, mtime, etag = row
                 rest = key[cut:]
@@ -674,7 +570,13 @@ class Listings:
                         yield Entry(name, True)
                     lo, inclusive = dir_prefix + name + "0", True  # '0' follows '/'
                     break
-                following = cursor.fetchone()
+                try:
+                    following = next(rows, None)
+                except IndexReplaced:  # on from the key before this one, in the new index
+                    conn = self._reopened(bucket, conn)
+                    if conn is None:
+                        return
+                    break
                 lo, inclusive = key, False
                 # keys under "key/" sort right after "key" and the keys that
                 # extend it with a character below '/': unless the next key
@@ -682,10 +584,17 @@ class Listings:
                 if visible_name(rest, at_root) and not has_line_break(rest) and not (
                         following is not None and following[0].startswith(key)
                         and self.has_children(bucket, key)):
-                    yield Entry(rest, False, int(size), float(mtime), etag)
+                    yield Entry(rest, False, size, mtime, etag)
                 row = following
             else:
                 return
+
+    def _reopened(self, bucket: str, closed: Reader) -> Reader | None:
+        """The index that replaced *closed* (closed under a reader of it)."""
+        conn = self.conn(bucket)
+        if conn is closed:
+            raise IndexFault(f"the listing index of s3://{bucket} was closed")
+        return conn
 
     async def fresh_for_glob(self, bucket: str, pattern: str, window: float
                              ) -> tuple[CompiledGlob, float, str]:
@@ -735,26 +644,21 @@ class Listings:
         list_path = self.layout.list_path(bucket)
         stopping = self.stopping
 
-        def candidates(conn: sqlite3.Connection, prefix: str) -> Iterable[str]:
-            row = conn.execute("SELECT value FROM info WHERE name = 'list_complete'").fetchone()
-            list_complete = row is None or bool(row[0])
-            if not prefix and list_complete:
+        def candidates(conn: Reader, prefix: str) -> Iterable[str]:
+            if not prefix and conn.list_complete():
                 # the whole listing: reading __list__ beats walking the index
                 with open(list_path, encoding="utf-8", errors="surrogateescape") as f:
                     for line in f:
                         yield line[:-1]
                 return
-            rows = conn.execute("SELECT key FROM keys WHERE key >= ? AND key < ? AND size >= 0 "
-                                "ORDER BY key", (prefix, prefix_upper(prefix)))
-            for (key,) in rows:
-                yield key
+            yield from conn.keys_under(prefix)
 
         def scan() -> list[str]:
             nonlocal compiled
             if compiled is None:
                 compiled = compile_glob(pattern)
             found: list[str] = []
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            conn = index.read(path)
             try:
                 # the prefixes' key ranges are disjoint and in key order, so
                 # the keys found come in key order, each once
@@ -785,62 +689,43 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
     pairs go into the index only (keys added here that the pages may lack),
     which marks it ``list_complete`` 0.
     """
-    # a bucket name may take 255 characters: only its start goes in a file name
-    stamp = f"{bucket[:64]}.{os.getpid()}.{time.monotonic_ns()}"
-    tmp_list = os.path.join(layout.tmp_dir, f"list.{stamp}")
-    tmp_index = os.path.join(layout.tmp_dir, f"index.{stamp}")
     count = 0
     broken = 0  # keys with a line break, left out of __list__ (and of GLOB)
+    tmp_dir = layout.tmp_dir
     try:
-        db = sqlite3.connect(tmp_index)
-        try:
-            db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
-            with open(tmp_list, "w", encoding="utf-8", errors="surrogateescape") as listing:
-                for page in pages:
-                    if any(hidden(e.key) for e in page):
-                        page = [e for e in page if not hidden(e.key)]
-                    if any(has_line_break(e.key) for e in page):
-                        broken += _log_line_breaks(bucket, page, broken)
-                    listing.writelines(e.key + "\n" for e in page if not has_line_break(e.key))
-                    db.executemany(
-                        "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
-                        [(e.key, e.size, e.mtime, e.etag) for e in page],
-                    )
-                    count += len(page)
-                listing.flush()
-                os.fsync(listing.fileno())
-            extra = [(e, at) for e, at in extra if not hidden(e.key)]
-            if extra:
-                db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
-                               [tuple(e) for e, _ in extra])
-                db.executemany("INSERT OR REPLACE INTO local_adds VALUES (?, ?)",
-                               [(e.key, at) for e, at in extra])
-                db.execute("INSERT INTO info VALUES ('list_complete', 0)")
-            db.execute("INSERT INTO info VALUES ('refreshed_at', ?)", (time.time(),))
-            db.execute("INSERT INTO info VALUES ('count', ?)", (count,))
-            if broken > LINE_BREAKS_LOGGED:
-                log.warning("s3://%s: %d keys in all hold a newline or carriage return (%d "
-                            "named above)", bucket, broken, LINE_BREAKS_LOGGED)
-            for name, value in (info or {}).items():
-                db.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (name, value))
-            db.commit()
-        finally:
-            db.close()
-        os.makedirs(layout.bucket_dir(bucket), exist_ok=True)
-        os.makedirs(layout.listing_dir(bucket), exist_ok=True)
-        with open(tmp_index, "rb") as f:
-            os.fsync(f.fileno())
-        with index_lock(layout.index_path(bucket)):  # no write into the old file runs
-            os.rename(tmp_index, layout.index_path(bucket))
-        os.rename(tmp_list, layout.list_path(bucket))
-    except (OSError, sqlite3.Error) as exc:
-        raise _not_written(bucket, exc) from exc
-    finally:
-        for path in (tmp_list, tmp_index):
+        # __list__ is for other tools: the mode open() gives (the umask applies)
+        with temp_path(tmp_dir, "list", bucket, mode=0o666) as tmp_list, \
+                temp_path(tmp_dir, "index", bucket) as tmp_index:
+            built = index.Builder(tmp_index)
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+                with open(tmp_list, "w", encoding="utf-8", errors="surrogateescape") as listing:
+                    for page in pages:
+                        if any(hidden(e.key) for e in page):
+                            page = [e for e in page if not hidden(e.key)]
+                        if any(has_line_break(e.key) for e in page):
+                            broken += _log_line_breaks(bucket, page, broken)
+                        listing.writelines(e.key + "\n" for e in page
+                                           if not has_line_break(e.key))
+                        built.add(page)
+                        count += len(page)
+                    listing.flush()
+                    os.fsync(listing.fileno())
+                built.add_local((e, at) for e, at in extra if not hidden(e.key))
+                built.set_info({"refreshed_at": time.time(), "count": count})
+                if broken > LINE_BREAKS_LOGGED:
+                    log.warning("s3://%s: %d keys in all hold a newline or carriage return (%d "
+                                "named above)", bucket, broken, LINE_BREAKS_LOGGED)
+                built.set_info(info or {})
+            except BaseException:
+                built.abandon()
+                raise
+            built.finish()
+            os.makedirs(layout.bucket_dir(bucket), exist_ok=True)
+            os.makedirs(layout.listing_dir(bucket), exist_ok=True)
+            index.install(tmp_index, layout.index_path(bucket))  # no write into the old one runs
+            os.rename(tmp_list, layout.list_path(bucket))
+    except (OSError, IndexFault) as exc:
+        raise _not_written(bucket, exc) from exc
     return count
 
 
@@ -874,154 +759,32 @@ def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
     return entries, subdirs, token
 
 
-def _inode(path: str) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
-
-
-def _open_for_merge(path: str) -> tuple[sqlite3.Connection, int | None]:
-    """A writing connection to the index at *path* and the inode it opened."""
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_DIRS)
-        db.execute(_LOCAL_ADDS)
-        db.commit()
-    except sqlite3.Error:
-        db.close()
-        raise
-    return db, _inode(path)
-
-
 def _remove_empty_index(layout: Layout, bucket: str) -> None:
     """Blocking: take away the index _create_empty_index made (and its directory)."""
-    for path in (layout.index_path(bucket),):
-        with index_lock(path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-    try:
-        os.rmdir(layout.listing_dir(bucket))
-    except OSError:
-        pass  # not empty (a journal, a listing that came meanwhile): leave it
+    index.remove(layout.index_path(bucket))
 
 
 def _create_empty_index(layout: Layout, bucket: str) -> None:
-    """Blocking: an empty index for *bucket*, listed at time 0, unless one
-    appeared meanwhile (linked into place: never over another)."""
-    os.makedirs(layout.listing_dir(bucket), exist_ok=True)
-    tmp = os.path.join(layout.tmp_dir, f"index.{bucket[:64]}.{os.getpid()}.{time.monotonic_ns()}")
+    """Blocking: an empty index for *bucket*, listed at time 0, unless a
+    usable one appeared meanwhile (never put over one; an unusable one is
+    replaced)."""
     try:
-        db = sqlite3.connect(tmp)
-        try:
-            db.executescript(_SCHEMA)
-            db.executemany("INSERT INTO info VALUES (?, ?)", [
-                ("listed_at", 0.0), ("source", EMPTY_SOURCE), ("count", 0),
-                ("list_complete", 0)])
-            db.commit()
-        finally:
-            db.close()
-        try:
-            with index_lock(layout.index_path(bucket)):
-                os.link(tmp, layout.index_path(bucket))
-        except FileExistsError:
-            pass  # a listing got there first
-    except (OSError, sqlite3.Error) as exc:
+        index.create_empty(layout.index_path(bucket), layout.tmp_dir, bucket)
+    except (OSError, IndexFault) as exc:
         raise _not_written(bucket, exc) from exc
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _merge_page(db: sqlite3.Connection, prefix: str, deep: bool, lo: str | None,
-                hi: str | None, entries: list[ListEntry], subdirs: list[str],
-                keep_since: float) -> None:
-    """Blocking: make the index agree with one LIST page of *prefix*.
-
-    The page covers the positions after *lo* (None: from the start of the
-    prefix) up to *hi* (None: to the end of the prefix). A position is a key
-    or, in a directory listing (not *deep*), a subdirectory's prefix. Index
-    keys in that range the page lacks go (a subdirectory it lacks goes with
-    every key under it), unless this host put them there after *keep_since*
-    (a PUSH while the LIST ran); the page's keys go in; a subdirectory the
-    index has no key under gets a DIR_MARK row so it shows in its parent.
-    """
-    end = prefix_upper(prefix)
-    present = {e.key for e in entries}
-    recent = {key for (key,) in db.execute(
-        "SELECT key FROM local_adds WHERE added_at >= ? AND key >= ? AND key < ?",
-        (keep_since, prefix, end))}
-    doomed: list[str] = []
-    doomed_dirs: list[str] = []
-    low, inclusive = (prefix, True) if lo is None else (lo, False)
-    if deep:
-        rows = db.execute(
-            f"SELECT key FROM keys WHERE key {'>=' if inclusive else '>'} ? AND key < ? "
-            "ORDER BY key", (low, end))
-        for (key,) in rows:
-            if hi is not None and key > hi:
-                break
-            if key not in present and key not in recent:
-                doomed.append(key)
-    else:
-        dirs = set(subdirs)
-        cut = len(prefix)
-        while True:
-            rows = db.execute(
-                f"SELECT key FROM keys WHERE key {'>=' if inclusive else '>'} ? AND key < ? "
-                "ORDER BY key", (low, end))
-            jumped = False
-            for (key,) in rows:
-                slash = key.find("/", cut)
-                if slash < 0:
-                    if hi is not None and key > hi:
-                        break
-                    if key not in present and key not in recent:
-                        doomed.append(key)
-                    low, inclusive = key, False
-                    continue
-                sub = key[:slash + 1]
-                if (lo is None or sub > lo) and (hi is None or sub <= hi):
-                    if sub not in dirs:
-                        doomed_dirs.append(sub)
-                elif hi is not None and sub > hi:
-                    break
-                low, inclusive, jumped = prefix_upper(sub), False, True
-                break  # past the subdirectory's keys in one jump
-            if not jumped:
-                break
-    if doomed:
-        db.executemany("DELETE FROM keys WHERE key = ?", [(k,) for k in doomed])
-    for sub in doomed_dirs:
-        db.execute("DELETE FROM keys WHERE key >= ? AND key < ? AND key NOT IN "
-                   "(SELECT key FROM local_adds WHERE added_at >= ?)",
-                   (sub, prefix_upper(sub), keep_since))
-    if entries:
-        db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
-                       [(e.key, e.size, e.mtime, e.etag) for e in entries])
-    for sub in subdirs:
-        if db.execute("SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1",
-                      (sub, prefix_upper(sub))).fetchone() is None:
-            db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?, 0, '')", (sub, DIR_MARK))
 
 
 class ListingNotWritten(S3PoolError):
     """The new listing of a bucket could not be written; the previous one stands."""
 
 
-def _not_written(bucket: str, exc: OSError | sqlite3.Error) -> S3PoolError:
+def _not_written(bucket: str, exc: OSError | IndexFault) -> S3PoolError:
     """The error a REFRESH answers when its listing could not be written."""
     if isinstance(exc, OSError):
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         cause = exc.strerror or str(exc)
     else:
-        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL \
-            or "disk is full" in str(exc)
+        full = exc.full
         cause = str(exc)
     if full:
         return NoSpace(f"no room on disk to write the listing of s3://{bucket} ({cause}); "

@@ -40,12 +40,13 @@ import io
 import json
 import math
 import os
-import sqlite3
 import zlib
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
-from s3pool.s3.backend import ListEntry
 from s3pool.errors import BackendError
+from s3pool.listing import index
+from s3pool.s3.backend import ListEntry
 from s3pool.store.layout import MAX_KEY_BYTES
 
 FORMAT = "s3pool-listing"
@@ -73,10 +74,10 @@ def is_hidden(key: str, published_key: str = DEFAULT_KEY) -> bool:
 def write_published(index_path: str, out_path: str, bucket: str, listed_at: float) -> int:
     """Blocking: write the gzip'ed listing of the index at *index_path* to *out_path*
     (its keys; a directory a delimiter LIST showed, size -1, is no key)."""
-    db = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True)
+    reader = index.read(index_path)
     count = 0
     try:
-        total = db.execute("SELECT count(*) FROM keys WHERE size >= 0").fetchone()[0]
+        total = reader.key_total()
         with open(out_path, "wb") as raw:
             # mtime=0: the same listing gives the same bytes (and ETag)
             with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6,
@@ -87,8 +88,7 @@ def write_published(index_path: str, out_path: str, bucket: str, listed_at: floa
                           "listed_at": listed_at, "count": total}
                 text.write(json.dumps(header) + "\n")
                 dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-                for row in db.execute("SELECT key, size, mtime, etag FROM keys WHERE size >= 0 "
-                                      "ORDER BY key"):
+                for row in reader.entries():
                     text.write(dumps(row) + "\n")
                     count += 1
                 text.flush()
@@ -96,7 +96,7 @@ def write_published(index_path: str, out_path: str, bucket: str, listed_at: floa
             raw.flush()
             os.fsync(raw.fileno())
     finally:
-        db.close()
+        reader.close()
     return count
 
 
@@ -132,7 +132,7 @@ class PublishedListing:
             raise self._bad(f"its header's count {_show(count)} is not an integer from 0 to "
                             f"{MAX_COUNT}")
         self.bucket: str = bucket
-        self.listed_at = float(listed_at)
+        self.listed_at = float(listed_at or 0)  # a number: _is_time said so
         self.count: int = count
 
     def _bad(self, why: str) -> BackendError:

@@ -4,7 +4,7 @@ Everything that turns a bucket or key into a path goes through here, so
 that no other module can build a path that leaves ``data/BUCKET/``.
 
     HOMEDIR/log/                   log files
-    HOMEDIR/tmp/                   partial downloads, emptied at start-up
+    HOMEDIR/tmp/                   temp files (files.py), emptied at start-up
     HOMEDIR/state/                 our own files: access records, checkpoint
     HOMEDIR/state/layout           the layout version of this HOMEDIR
     HOMEDIR/state/listings/BUCKET/index.db  SQLite index of the listing (key,
@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from dataclasses import dataclass
 
 from s3pool.errors import BadBucket, BadKey
+from s3pool.store.files import sweep_temp
 
 META_SUFFIX = "__meta__"
 LIST_NAME = "__list__"
@@ -185,18 +185,8 @@ class Layout:
         )
 
     def clear_tmp(self) -> int:
-        """Remove every leftover partial download; return how many."""
-        removed = 0
-        for entry in os.scandir(self.tmp_dir):
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        """Remove every leftover temp file (store/files.py); return how many."""
+        return sweep_temp(self.tmp_dir)
 
 
 def unlink_quietly(path: str) -> bool:

@@ -9,7 +9,7 @@ cached: objects and metas stay where they are; each index moves to
 ``state/listings/BUCKET/index.db`` after SQLite has checked it (a leftover
 journal of SQLite's own is rolled back first). An index that may have been
 tampered with (a cached *object* sits where its journal would be) or that
-fails the check is dropped instead: the next REFRESH lists the bucket again.
+fails SQLite's check is dropped instead: the next REFRESH lists the bucket again.
 A HOMEDIR of a newer layout than this s3pool knows is refused, never misread.
 """
 
@@ -92,13 +92,14 @@ def _from_1(layout: Layout) -> tuple[int, int]:
 
 def _sound(path: str) -> bool:
     """Open the index read-write where it lies (SQLite rolls back a hot
-    journal of its own), then check it holds a listing index."""
+    journal of its own), then check it is a sound SQLite file. Whether it
+    holds a listing index of a version this s3pool reads is for
+    listing/index.py to say when it is opened (if not, the next listing
+    replaces it)."""
     try:
         db = sqlite3.connect(path)
         try:
             ok = db.execute("PRAGMA quick_check").fetchone()
-            db.execute("SELECT key, size, mtime, etag FROM keys LIMIT 1").fetchall()
-            db.execute("SELECT name, value FROM info LIMIT 1").fetchall()
         finally:
             db.close()
     except sqlite3.Error as exc:

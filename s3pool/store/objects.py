@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ import trio
 from s3pool.store.access import AccessIndex
 from s3pool.errors import KeyConflict, NoSpace
 from s3pool.store.layout import LIST_NAME, META_SUFFIX, Layout
-from s3pool.store.files import write_all
+from s3pool.store.files import new_temp, write_all
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +256,10 @@ class Store:
 
     # --- temp files ------------------------------------------------------
 
-    def new_temp(self, prefix: str) -> tuple[int, str]:
-        """An open, empty file in tmp/ (fd, path); the caller removes it."""
-        return tempfile.mkstemp(prefix=prefix, dir=self.layout.tmp_dir)
+    def new_temp(self, who: str, hint: str = "") -> tuple[int, str]:
+        """An open, empty, private file in tmp/ (fd, path) made by *who*
+        (store/files.py's new_temp); the caller removes it."""
+        return new_temp(self.layout.tmp_dir, who, hint)
 
     # --- install and remove (caller holds the key's lock) ----------------
 
@@ -310,7 +310,7 @@ class Store:
         machine.
         """
         if tmp_path is None:
-            fd, tmp_path = self.new_temp("dl.")
+            fd, tmp_path = self.new_temp("dl", bucket)
             try:
                 write_all(fd, memoryview(data or b""), 0)
             except BaseException:
@@ -318,8 +318,8 @@ class Store:
                 _unlink(tmp_path)
                 raise
             os.close(fd)
-        os.chmod(tmp_path, self.file_mode)  # mkstemp made it 0600
-        fd, tmp_meta = self.new_temp("meta.")
+        os.chmod(tmp_path, self.file_mode)  # new_temp made it 0600
+        fd, tmp_meta = self.new_temp("meta", bucket)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(json.dumps(meta, indent=4).encode() + b"\n")

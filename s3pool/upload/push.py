@@ -123,7 +123,7 @@ async def _copy_for_push(ctx: UploadContext, source: str, local_path: str, size:
         log.info("%s (%d bytes) does not fit in the cache: uploading it uncached",
                  local_path, size)
         return None
-    fd, tmp_path = ctx.store.new_temp("push.")
+    fd, tmp_path = ctx.store.new_temp("push")
     os.close(fd)
     try:
         await trio.to_thread.run_sync(_copy_and_sync, source, tmp_path,

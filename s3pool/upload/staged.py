@@ -152,7 +152,7 @@ class StagedUpload:
         self.key = key
         self.part_size = part_size
         self.spawn = spawn  # starts a background task (the mount's nursery)
-        self.fd, self.path = self.store.new_temp("put.")
+        self.fd, self.path = self.store.new_temp("put", bucket)
         self.size = 0
         self.reserved = 0  # bytes counted in store.reserved for this file
         self.upload_id: str | None = None
