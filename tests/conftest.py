@@ -69,6 +69,29 @@ def wait_until(predicate, timeout: float = 30.0, what: str | None = None,
         time.sleep(interval)
 
 
+def finishes(fn, timeout: float = 60.0, what: str | None = None):
+    """``fn()`` in a thread: its result, or what it raised, once it returns; a
+    clear failure (the thread left behind) if it is still at work after the
+    generous ``timeout``: a call that must not hang, with no wall-clock bound."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = fn()
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{what or getattr(fn, '__name__', 'the call')} still had not "
+                             f"returned after {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 
 def free_port_block() -> int:
     """A port that is free with the ports the embedded S3 uses after it.
@@ -94,6 +117,9 @@ class CountingApp:
         self.requests: list[dict] = []
         # path -> seconds to sleep per 64 KiB of body: a slow S3 for one key
         self.slow_paths: dict[str, float] = {}
+        # path -> an Event the GET bodies of that path wait for (set it to let them go)
+        self.held_paths: dict[str, threading.Event] = {}
+        self.held = 0  # GET bodies waiting on a held path right now
         self.gets_in_flight = 0
         self.max_gets_in_flight = 0  # the most GET bodies being sent at once
         self.bytes_sent: dict[str, int] = {}  # path -> GET body bytes handed to the socket
@@ -117,7 +143,20 @@ class CountingApp:
         if record["method"] != "GET":
             return body
         delay = self.slow_paths.get(record["path"])
+        gate = self.held_paths.get(record["path"])
+        if gate is not None:
+            body = self._held(body, gate)
         return self._counted(_slow_body(body, delay) if delay else body, record["path"])
+
+    def _held(self, body, gate: threading.Event):
+        with self.lock:
+            self.held += 1
+        try:
+            gate.wait(120)
+        finally:
+            with self.lock:
+                self.held -= 1
+        yield from body
 
     def _counted(self, body, path: str):
         with self.lock:

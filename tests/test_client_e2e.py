@@ -24,7 +24,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, request
+from conftest import ROOT, request, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -235,11 +235,22 @@ def test_status_table_json_and_watch(daemon, s3, bucket):
     watch = subprocess.Popen([sys.executable, "-m", "s3pool.cli.ctl", "status", "--watch", "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ctl_env(daemon.port), cwd=str(ROOT))
-    time.sleep(1.2)
-    watch.send_signal(signal.SIGINT)
-    out, err = watch.communicate(timeout=10)
-    assert watch.returncode == 0, err
-    assert out.count("cache_objects") >= 3
+    shown: list[str] = []
+
+    def read() -> None:
+        for line in watch.stdout:
+            shown.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:  # three tables, one every 0.2 s
+        wait_until(lambda: sum("cache_objects" in line for line in list(shown)) >= 3,
+                   what="status --watch to show its table three times")
+    finally:
+        watch.send_signal(signal.SIGINT)
+    reader.join(10)
+    err = watch.stderr.read()
+    assert watch.wait(10) == 0, err
 
 
 # --- drop-in compatibility with the original s3pool --------------------------------
@@ -310,16 +321,19 @@ def test_set_refresh_interval_is_minutes_as_in_the_original(daemon, s3, bucket):
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")
     daemon.ok("GLOB", bucket, "*")  # the bucket is in use: the list monitor refreshes it
     assert daemon.status()["refresh_interval"] == "5"  # the default, 300 s, in minutes
-    daemon.ok("SET", "refresh_interval", "1")  # one minute, not one second
-    assert daemon.status()["refresh_interval"] == "1"
-    time.sleep(2.5)
-    assert daemon.status()["refresh_rounds"] == "0"
     daemon.ok("SET", "refresh_interval", "1s")  # s3pool's suffixes work too
     assert daemon.status()["refresh_interval"] == "0.0167"
-    deadline = time.monotonic() + 10
-    while daemon.status()["refresh_rounds"] == "0" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert int(daemon.status()["refresh_rounds"]) >= 1
+    # the positive control: at one second, rounds follow each other; how long
+    # two took here is how long one second's worth of rounds takes to show
+    started = time.monotonic()
+    wait_until(lambda: int(daemon.status()["refresh_rounds"]) >= 2,
+               what="two refresh rounds a second apart")
+    two_rounds = time.monotonic() - started
+    daemon.ok("SET", "refresh_interval", "1")  # one minute, not one second
+    assert daemon.status()["refresh_interval"] == "1"
+    rounds = daemon.status()["refresh_rounds"]  # a round under way counts already
+    time.sleep(max(2.5, 2 * two_rounds))  # at one second, another round would be in
+    assert daemon.status()["refresh_rounds"] == rounds
     daemon.ok("SET", "freshness_window", "2m")
     assert daemon.status()["freshness_window"] == "120"
     status, lines = daemon.request("SET", "refresh_interval", "soon")

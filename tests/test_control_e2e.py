@@ -235,10 +235,10 @@ def test_silent_client_times_out_without_blocking_others(daemon):
         started = time.monotonic()
         assert daemon.ok("STATUS")  # another client is served meanwhile
         silent.settimeout(15)
-        reply = silent.recv(1000)
+        reply = silent.recv(1000)  # the timeout above bounds the wait
         waited = time.monotonic() - started
     assert reply.startswith(b"ERROR\n") and b"within" in reply
-    assert 4 < waited < 12
+    assert waited > 4  # not before its 5 s were up (a slow machine only waits longer)
 
 
 @pytest.mark.parametrize("key", [
@@ -444,11 +444,11 @@ def test_stale_on_error_serves_the_checked_copy_while_s3_is_down(start_daemon):
 def test_sigterm_does_not_wait_for_a_slow_download(start_daemon, s3, bucket, moto_server):
     put(s3, bucket, "crawl", os.urandom(2 << 20))
     daemon = start_daemon()
-    # half a second per 64 KiB: a minute for the whole body
-    tmp_dir = pull_in_the_background(daemon, moto_server, bucket, "crawl", 0.5)
-    started = time.monotonic()
+    # two seconds per 64 KiB: a minute for the whole body
+    tmp_dir = pull_in_the_background(daemon, moto_server, bucket, "crawl", 2.0)
     assert daemon.stop() == 0
-    assert time.monotonic() - started < 10
+    # the daemon was gone with most of the body still unsent: it did not wait for it
+    assert moto_server.app.bytes_sent[f"/{bucket}/crawl"] < 1 << 20
     assert list(tmp_dir.iterdir()) == []
     assert not (daemon.data / bucket / "crawl").exists()
     moto_server.app.slow_paths.clear()

@@ -44,15 +44,20 @@ def test_pull_of_a_missing_bucket_leaves_no_trace(daemon):
 def test_a_client_that_resets_mid_request_is_no_internal_error(daemon):
     import socket
     import struct
-    import time
+
+    from conftest import wait_until
+
+    def open_connections() -> int:  # handlers running, this STATUS's own included
+        return int(daemon.status()["open_connections"])
 
     for partial in (b"", b'["STATUS"'):
         sock = socket.create_connection(("127.0.0.1", daemon.port))
         sock.sendall(partial)
-        time.sleep(0.2)
+        wait_until(lambda: open_connections() == 2, what="the daemon to take the connection")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # an RST, not a FIN
-    time.sleep(0.5)
+        # its handler has seen the reset and ended (having counted any error by then)
+        wait_until(lambda: open_connections() == 1, what="the reset connection's handler to end")
     assert daemon.status()["errors"] == "0"
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.log_text()

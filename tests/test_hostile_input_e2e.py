@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import raw_request, request
+from conftest import raw_request, request, wait_until
 from s3pool.settings import SPEC_BY_NAME
 
 pytestmark = pytest.mark.e2e
@@ -52,29 +52,29 @@ def test_hostile_globs_are_answered_quickly_while_status_answers(start_daemon, s
 
     def globs() -> None:
         try:
+            # a backtracking matcher takes minutes to hours on each: the
+            # socket's timeout fails the test long before
             for pattern in HOSTILE_PATTERNS:
-                started = time.monotonic()
-                status, lines = request(daemon.port, "GLOB", bucket, pattern, timeout=15)
-                results[pattern] = (status, lines, time.monotonic() - started)
+                results[pattern] = request(daemon.port, "GLOB", bucket, pattern, timeout=15)
         except Exception as exc:  # reported by the main thread
             results["failure"] = exc
 
     worker = threading.Thread(target=globs, daemon=True)
     worker.start()
-    status_waits = []
-    while worker.is_alive() and len(status_waits) < 200:
-        started = time.monotonic()
+    answered = 0
+    while worker.is_alive() and answered < 200:
+        # the trio thread is never held up by a GLOB: each STATUS is answered
+        # (a matcher at work on it would hold one up for minutes)
         status, _ = request(daemon.port, "STATUS", timeout=3)
-        status_waits.append(time.monotonic() - started)
         assert status == "OK"
+        answered += 1
         time.sleep(0.02)
     worker.join(20)
     assert "failure" not in results, results.get("failure")
+    assert answered >= 1
     for pattern in HOSTILE_PATTERNS:
-        status, lines, took = results[pattern]
+        status, lines = results[pattern]
         assert status == "OK" and lines == [], (pattern, status, lines)
-        assert took < 3, f"GLOB {pattern!r} took {took:.1f} s"
-    assert max(status_waits) < 1.0, status_waits
     # the same machinery still finds what does match
     assert daemon.ok("GLOB", bucket, "*a" * 12) == sorted(
         k for k in HOSTILE_KEYS + ["a" * 80] if "/" not in k)
@@ -91,11 +91,11 @@ def test_sigterm_during_a_hostile_glob_ends_the_daemon_promptly(start_daemon, s3
             ["GLOB", bucket, "*a" * 14 + "b"]).encode() + b"\n", timeout=15),
         daemon=True)
     worker.start()
-    time.sleep(0.3)
-    started = time.monotonic()
-    code = daemon.stop(timeout=10)
+    # the GLOB is in: at work (its connection open beside this STATUS's own) or counted
+    wait_until(lambda: int((status := daemon.status())["open_connections"]) >= 2
+               or int(status["globs"]) >= 1, what="the GLOB to arrive")
+    code = daemon.stop(timeout=10)  # a matcher still at work would hold it for minutes
     assert code == 0, daemon.log_text()
-    assert time.monotonic() - started < 10
 
 
 MALFORMED_PATTERNS = [

@@ -90,12 +90,22 @@ def _shuffled_without_neighbours(names: list[str], seed: int) -> list[str]:
 
 def test_random_order_fetches_nothing_ahead(start_daemon, s3, bucket, moto_server):
     bodies = _put_files(s3, bucket)
+    control = sorted(_put_files(s3, bucket, count=5, prefix="control/"))
     daemon, directory = _mounted(start_daemon, bucket)
     for name in _shuffled_without_neighbours(sorted(bodies), seed=11):
         assert (directory / name).read_bytes() == bodies[name]
-    time.sleep(0.3)  # a prefetch started by the last open would have reached S3 by now
-    assert _gets(moto_server, bucket, bodies) == FILES
     assert daemon.status()["prefetches"] == "0"
+    # the positive control: three files of another directory read in order send
+    # its last two ahead; once those reached S3, a prefetch the shuffled opens
+    # started before them would have too
+    other = daemon.mountpoint / bucket / "control"
+    assert sorted(os.listdir(other)) == control
+    for name in control[:3]:
+        (other / name).read_bytes()
+    _wait(lambda: all(moto_server.app.gets(bucket, f"control/{n}") == 1 for n in control[3:]),
+          what="the control directory's files to be fetched ahead")
+    assert _gets(moto_server, bucket, bodies) == FILES
+    assert daemon.status()["prefetches"] == "2"
     assert daemon.stop() == 0, daemon.log_text()
 
 
@@ -105,16 +115,19 @@ def test_prefetch_files_0_turns_it_off(start_daemon, s3, bucket, moto_server):
     daemon, directory = _mounted(start_daemon, bucket, "--prefetch-files", "0")
     for name in names[:6]:
         assert (directory / name).read_bytes() == bodies[name]
-    time.sleep(0.3)  # a prefetch would have reached S3 by now
     assert _gets(moto_server, bucket, names) == 6
     assert daemon.status()["prefetches"] == "0"
     # turned on at run time, it starts with the next three files read in order
     daemon.ok("SET", "prefetch_files", "3")
     for name in names[6:9]:
         assert (directory / name).read_bytes() == bodies[name]
-    _wait(lambda: moto_server.app.gets(bucket, f"dir/{names[9]}") == 1,
-          what="a prefetch once SET turned it on")
+    _wait(lambda: all(moto_server.app.gets(bucket, f"dir/{n}") == 1 for n in names[9:12]),
+          what="three prefetches once SET turned it on")
     assert daemon.status()["prefetch_files"] == "3"
+    # those three and no more: none was started while it was off (the positive
+    # control: a prefetch of the first six opens would have been counted before these)
+    assert daemon.status()["prefetches"] == "3"
+    assert _gets(moto_server, bucket, names) == 12
     assert daemon.stop() == 0, daemon.log_text()
 
 
@@ -132,7 +145,7 @@ def test_objects_larger_than_a_part_are_not_fetched_ahead(start_daemon, s3, buck
     _wait(lambda: moto_server.app.gets(bucket, "dir/f008") == 1,
           what="the small file past the large ones to be fetched ahead")
     assert moto_server.app.gets(bucket, "dir/f003") == 1
-    time.sleep(0.2)
+    # f008 comes after the large files: a prefetch of them would have been sent before it
     assert _gets(moto_server, bucket, large) == 0
     assert daemon.status()["prefetches"] == "2"
     for name, body in large.items():

@@ -93,7 +93,6 @@ def test_early_closed_push_of_a_root_only_file_is_never_uploaded(daemon, s3, buc
         f.write("root only\n")
     os.chmod(secret, 0o600)
     tries = 1000
-    started = time.monotonic()
     as_nobody(EARLY_CLOSE, str(daemon.port), bucket, secret, str(tries), timeout=60)
     log_path = daemon.home / "log" / "requests.log"
 
@@ -105,12 +104,10 @@ def test_early_closed_push_of_a_root_only_file_is_never_uploaded(daemon, s3, buc
 
     # every request reached the daemon and was answered (the log is written within 1 s)
     wait_for(lambda: len(pushes_logged()) >= tries, 60, f"{tries} PUSH lines in requests.log")
-    elapsed = time.monotonic() - started
     uploaded = s3.list_objects_v2(Bucket=bucket, Prefix="stolen/").get("KeyCount", 0)
     refused = [line for line in pushes_logged() if "-> ERROR" in line]
     assert uploaded == 0, f"{uploaded} of {tries} early-closed PUSHes were uploaded"
     assert len(refused) == tries
-    assert elapsed < 60
     assert daemon.ok("STATUS")
 
 
@@ -287,12 +284,18 @@ def test_idle_connections_do_not_starve_the_mount_or_cached_pulls(start_daemon, 
             time.sleep(0.02)
 
     with IdleConnections(daemon.port, 300) as attack:
-        time.sleep(1)  # let the idle connections pile up
+        # the idle connections pile up: the server is at its cap
+        wait_for(lambda: attack.opened >= 300 and (status := daemon.status())
+                 and int(status["open_connections"]) >= int(status["connection_cap"]) - 1,
+                 60, "the idle connections to fill the server's connection cap")
         workers = [threading.Thread(target=pull_loop), threading.Thread(target=read_loop)]
         for worker in workers:
             worker.start()
-        time.sleep(8)
-        stopping.set()
+        try:  # the mount and the cached PULLs go on beside them
+            wait_for(lambda: failures or done["pulls"] >= 20 and done["reads"] >= 50, 60,
+                     "20 cached PULLs and 50 reads through the mount")
+        finally:
+            stopping.set()
         for worker in workers:
             worker.join(15)
         opened = attack.opened

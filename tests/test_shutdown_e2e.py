@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
+
+from conftest import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
@@ -27,11 +28,12 @@ def test_sigterm_during_a_mount_download_and_a_pull(start_daemon, s3, bucket, mo
         puller = threading.Thread(
             target=lambda: replies.append(daemon.request("PULL", bucket, "slow-pull")))
         puller.start()
-        deadline = time.monotonic() + 20
-        while moto_server.app.gets_in_flight < 2:
-            assert time.monotonic() < deadline, "the downloads never started"
-            time.sleep(0.02)
-        time.sleep(0.3)
+        # both bodies are on their way and cat's read waits in the daemon
+        wait_until(lambda: moto_server.app.gets_in_flight >= 2
+                   and all(moto_server.app.bytes_sent.get(f"/{bucket}/{key}", 0) > 0
+                           for key in ("slow-read", "slow-pull"))
+                   and int(daemon.status()["fuse_reads"]) >= 1,
+                   20, "the downloads to be under way")
         code = daemon.stop(signal.SIGTERM)
         puller.join(10)
         reader_code = reader.wait(10)

@@ -4,7 +4,6 @@ disk, pull_concurrency that really raises parallel downloads)."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -69,9 +68,7 @@ def test_set_pull_concurrency_raises_the_downloads_s3_sees_at_once(start_daemon,
     daemon = start_daemon()
     daemon.ok("SET", "pull_concurrency", "100")
     moto_server.app.max_gets_in_flight = 0
-    started = time.monotonic()
-    paths = daemon.ok("PULL", bucket, *keys)
+    paths = daemon.ok("PULL", bucket, *keys)  # one at a time, 150 s: past the reply timeout
     assert len(paths) == 100
     assert moto_server.app.max_gets_in_flight >= 90, moto_server.app.max_gets_in_flight
-    assert time.monotonic() - started < 30
     assert daemon.stop() == 0

@@ -42,16 +42,15 @@ def test_open_and_first_bytes_come_before_the_download_ends(start_daemon, s3, bu
     daemon = start_daemon(mount=True, args=["--bucket", bucket, *SMALL_PARTS])
     path = daemon.mountpoint / bucket / "slow"
     os.stat(path)
-    moto_server.app.slow_paths[f"/{bucket}/slow"] = 0.05  # 64 KiB per 50 ms: 3.2 s whole
+    moto_server.app.slow_paths[f"/{bucket}/slow"] = 0.2  # 64 KiB per 200 ms: 13 s whole
     try:
-        started = time.monotonic()
         fd = os.open(path, os.O_RDONLY)
         try:
             first = os.pread(fd, 4096, 0)
-            ttfb = time.monotonic() - started
+            # with at most half the body sent by S3 (the old open waited for all of it)
+            sent = moto_server.app.bytes_sent.get(f"/{bucket}/slow", 0)
             assert first == body[:4096]
-            # well before the 3.2 s the whole body takes (the old open waited for all of it)
-            assert ttfb < 1.5, ttfb
+            assert sent <= len(body) // 2, sent
             assert daemon.status()["downloads_in_progress"] == "1"
         finally:
             os.close(fd)
@@ -78,14 +77,11 @@ def test_the_tail_of_a_cold_object_costs_one_ranged_get(start_daemon, s3, bucket
     os.stat(path)
     moto_server.app.slow_paths[f"/{bucket}/table.parquet"] = 0.05
     try:
-        started = time.monotonic()
         tail = subprocess.run(["tail", "-c", "65536", str(path)], capture_output=True,
                               check=True, timeout=30).stdout
-        took = time.monotonic() - started
     finally:
         moto_server.app.slow_paths.clear()
     assert tail == body[-65536:]
-    assert took < 2.0, took  # the whole body takes 3.4 s at this pace
     _wait(lambda: moto_server.app.gets_in_flight == 0, what="the GETs to stop")
     sent = moto_server.app.bytes_sent.get(f"/{bucket}/table.parquet", 0)
     # part 0 from the open's GET (what it had sent when it was closed) and
@@ -228,9 +224,11 @@ def test_sigterm_and_eviction_while_streaming(start_daemon, s3, bucket, moto_ser
             except OSError as exc:
                 outcome.append(exc)
 
+        reads = int(daemon.status()["fuse_reads"])
         reader = threading.Thread(target=read_far)
         reader.start()
-        time.sleep(0.3)
+        # the far read is in the daemon, waiting for its part
+        _wait(lambda: int(daemon.status()["fuse_reads"]) > reads, what="the far read to arrive")
         code = daemon.stop(signal.SIGTERM)
         reader.join(10)
         try:
