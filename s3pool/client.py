@@ -31,13 +31,24 @@ class NotS3Pool(ConnectionError):
 
 
 class Download(NamedTuple):
-    """One ``download s3://BUCKET/KEY DONE TOTAL ELAPSED`` line of STATUS."""
+    """One ``download s3://BUCKET/KEY DONE TOTAL ELAPSED`` line of STATUS.
+
+    This module owns the line's format: the daemon writes it with
+    :func:`format_download` (s3pool/s3/progress.py), every reader parses it
+    with :func:`parse_download` (s3poolctl, its progress bar, the
+    Prometheus exporter)."""
 
     bucket: str
     key: str
     done: int
     total: int
     elapsed: float
+
+
+def format_download(bucket: str, key: str, done: int, total: int, elapsed: float) -> str:
+    """The value of a ``download`` STATUS line (a key may hold spaces: the
+    three numbers are the last three words)."""
+    return f"s3://{bucket}/{key} {done} {total} {elapsed:.1f}"
 
 
 def parse_download(value: str) -> Download | None:

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from s3pool.client import parse_download
 from s3pool.control.server import fd_limit
 from s3pool.errors import StartupError
 from s3pool.settings import SPEC_BY_NAME
@@ -131,12 +132,12 @@ class StatusCollector:
             return
         in_flight = done = total = 0
         for name, value in lines:
-            if name == "download":  # "s3://B/K DONE TOTAL ELAPSED" per download in flight
-                parts = str(value).rsplit(" ", 3)
-                if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
+            if name == "download":  # one per download in flight (client.py's format)
+                found = parse_download(str(value))
+                if found is not None:
                     in_flight += 1
-                    done += int(parts[1])
-                    total += int(parts[2])
+                    done += found.done
+                    total += found.total
                 continue
             if name in LEGACY_NAMES or name in SPEC_BY_NAME:
                 continue

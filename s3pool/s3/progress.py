@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from s3pool.client import format_download
 from s3pool.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Transfer:
             self._failed = message
 
     def status_value(self) -> str:
-        return f"{self.url} {self.done} {self.total} {self.elapsed():.1f}"
+        return format_download(self.bucket, self.key, self.done, self.total, self.elapsed())
 
 
 class Transfers:
