@@ -14,7 +14,7 @@ import pytest
 from s3pool.errors import BackendError
 from s3pool.listing.listings import ListingNotWritten, write_listing
 from s3pool.s3.backend import ListEntry
-from s3pool.store.files import new_temp, remove_temp, sweep_temp, temp_path
+from s3pool.store.files import new_temp, remove_temp, replace_file, sweep_temp, temp_path
 from s3pool.store.layout import Layout
 
 pytestmark = pytest.mark.unit
@@ -78,6 +78,21 @@ def test_temp_path_removes_the_file_whatever_happens(tmp_path):
         os.rename(path, tmp_path / "installed")  # renamed out of tmp/: nothing to remove
     assert os.listdir(tmp_path) == ["installed"]
     assert remove_temp(str(tmp_path / "installed")) and not remove_temp(str(tmp_path / "none"))
+
+
+def test_replace_file_puts_the_whole_file_in_place_or_leaves_the_old_one(tmp_path):
+    tmp_dir, state = tmp_path / "tmp", tmp_path / "state"
+    tmp_dir.mkdir()
+    state.mkdir()
+    replace_file(str(tmp_dir), "layout", str(state / "layout"), b"2\n")
+    replace_file(str(tmp_dir), "layout", str(state / "layout"), b"3\n")
+    assert (state / "layout").read_bytes() == b"3\n"
+    assert os.listdir(tmp_dir) == []
+    (state / "taken").mkdir()  # the rename fails: the temp file goes, nothing else changes
+    (state / "taken" / "x").write_bytes(b"")
+    with pytest.raises(OSError):
+        replace_file(str(tmp_dir), "layout", str(state / "taken"), b"4\n")
+    assert os.listdir(tmp_dir) == [] and os.listdir(state / "taken") == ["x"]
 
 
 def test_the_sweep_removes_everything_left_in_tmp(tmp_path):

@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from s3pool.store.files import replace_file
 from s3pool.store.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -106,18 +107,8 @@ class Checkpoint:
         self.dirty = False
         began = time.time()
         syncfs(self.layout.data_dir)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"boot_id": self.boot_id, "time": began}, f)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.path)
-        fd = os.open(self.layout.state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        record = json.dumps({"boot_id": self.boot_id, "time": began}) + "\n"
+        replace_file(self.layout.tmp_dir, "checkpoint", self.path, record.encode())
         self.last_sync = began
         self.syncs += 1
 

@@ -64,6 +64,28 @@ def temp_path(tmp_dir: str, who: str, hint: str = "", mode: int = 0o600) -> Iter
         remove_temp(path)
 
 
+def replace_file(tmp_dir: str, who: str, path: str, data: bytes, mode: int = 0o666) -> None:
+    """Blocking: *path* holds *data* whole, or what it held before (a small
+    state file: a record, a version). Written to a temp file of *tmp_dir*
+    (same filesystem), synced, renamed over *path*, then *path*'s directory
+    synced. *mode* as open() gives it (the umask applies)."""
+    fd, tmp = new_temp(tmp_dir, who, mode=mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        remove_temp(tmp)
+        raise
+    directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def remove_temp(path: str) -> bool:
     """Remove a temp file if it is there; True if it was."""
     try:

@@ -20,6 +20,7 @@ import os
 import sqlite3
 
 from s3pool.errors import StartupError
+from s3pool.store.files import replace_file
 from s3pool.store.layout import INDEX_FILE, LAYOUT_VERSION, META_SUFFIX, Layout
 
 log = logging.getLogger(__name__)
@@ -118,14 +119,4 @@ def _remove(path: str) -> None:
 
 
 def _write_version(layout: Layout) -> None:
-    tmp = layout.layout_file + ".tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{LAYOUT_VERSION}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, layout.layout_file)
-    fd = os.open(layout.state_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_file(layout.tmp_dir, "layout", layout.layout_file, f"{LAYOUT_VERSION}\n".encode())
