@@ -39,16 +39,22 @@ import itertools
 import os
 import threading
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import trio
 
 from s3pool.errors import BackendError, NoSuchBucket, NoSuchKey, VersionChanged
 from s3pool.s3.backend import (
-    FAST_ENTRIES, FAST_PREFIXES, ListEntry, ObjectExists, ObjectResponse, meta_from_response,
+    FAST_ENTRIES,
+    FAST_PREFIXES,
+    ListEntry,
+    ObjectExists,
+    ObjectResponse,
+    meta_from_response,
     validator,
 )
 from s3pool.s3.checksums import Digest, digest_for
@@ -117,7 +123,7 @@ class Gate:
 class FakeBody:
     """An open GET's body: read/read1/close over the object's bytes from *start*."""
 
-    def __init__(self, backend: "FakeBackend", bucket: str, key: str, data: bytes,
+    def __init__(self, backend: FakeBackend, bucket: str, key: str, data: bytes,
                  start: int = 0) -> None:
         self.backend, self.bucket, self.key = backend, bucket, key
         self.data = data
@@ -151,7 +157,7 @@ class _FakeClient:
     """The boto3 client surface listings use: list_objects_v2 (blocking; the
     fast parser's FAST_ENTRIES/FAST_PREFIXES shape)."""
 
-    def __init__(self, backend: "FakeBackend") -> None:
+    def __init__(self, backend: FakeBackend) -> None:
         self.backend = backend
 
     def list_objects_v2(self, Bucket: str, Prefix: str = "", MaxKeys: int = 1000,
@@ -202,7 +208,7 @@ class FakeBackend:
         self._clock += 1
         obj = FakeObject(data, etag if etag is not None else
                          f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"',
-                         datetime.fromtimestamp(self._clock, timezone.utc),
+                         datetime.fromtimestamp(self._clock, UTC),
                          dict(metadata or {}), content_type)
         self.objects[(bucket, key)] = obj
         return obj
@@ -296,16 +302,22 @@ class FakeBackend:
 
     async def get_object(self, bucket: str, key: str, if_none_match: str | None = None,
                          read_up_to: int = 0,
-                         then: Callable[[ObjectResponse], Any] | None = None
-                         ) -> ObjectResponse | None:
+                         then: Callable[[ObjectResponse], Any] | None = None,
+                         first_part: int = 0) -> ObjectResponse | None:
+        """*first_part*: the body ends after that many bytes (body_length), as
+        the real one's GET of the first part only."""
         await self._enter("get_object", bucket, key)
         obj = self._object(bucket, key)
         condition = validator(if_none_match)
         if condition is not None and condition == validator(obj.etag):
             return None  # 304
         resp = obj.response_dict()
-        response = ObjectResponse(meta_from_response(resp), FakeBody(self, bucket, key, obj.data),
-                                  digest_for(resp, bucket, key))
+        partial = 0 < first_part < len(obj.data)
+        response = ObjectResponse(meta_from_response(resp),
+                                  FakeBody(self, bucket, key,
+                                           obj.data[:first_part] if partial else obj.data),
+                                  digest_for(resp, bucket, key),
+                                  body_length=first_part if partial else None)
         if response.content_length <= read_up_to:
             cut = self.cuts.get((bucket, key))
             if cut is not None and cut < len(obj.data):

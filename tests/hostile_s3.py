@@ -87,7 +87,7 @@ class HostileS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "HostileS3":
+    def start(self) -> HostileS3:
         ready = threading.Event()
 
         def run() -> None:

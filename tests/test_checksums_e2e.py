@@ -25,8 +25,8 @@ import pytest
 from botocore.config import Config
 
 from conftest import fuse_available
-from s3pool.embedded import free_port
 from fault_proxy import FaultProxy
+from s3pool.embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 

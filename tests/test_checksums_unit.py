@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from s3pool.s3.checksums import KINDS, Verifications, digest_for, full_object_checksums
 from s3pool.errors import DigestMismatch
+from s3pool.s3.checksums import KINDS, Verifications, digest_for, full_object_checksums
 
 pytestmark = pytest.mark.unit
 

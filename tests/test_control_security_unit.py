@@ -10,7 +10,9 @@ import os
 import socket
 import stat
 import time
+from itertools import pairwise
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -149,7 +151,7 @@ class FakeListener:
 
 
 def _server(max_connections: int, descriptor_limit: int = 10_000) -> ControlServer:
-    cache = SimpleNamespace(settings=Settings(max_connections=max_connections),
+    cache: Any = SimpleNamespace(settings=Settings(max_connections=max_connections),
                             stats=SimpleNamespace(errors=0))
     async def status():
         return [("pid", 1)]
@@ -211,7 +213,7 @@ async def test_emfile_backs_off_instead_of_spinning(autojump_clock):
             nursery.cancel_scope.cancel()
     finally:
         logger.removeHandler(records)
-    gaps = [b - a for a, b in zip(listener.calls, listener.calls[1:])]
+    gaps = [b - a for a, b in pairwise(listener.calls)]
     assert len(listener.calls) < 30, "accept retried without backing off"
     assert max(gaps) == pytest.approx(ACCEPT_BACKOFF_MAX)
     warnings = [r for r in records.records if "EMFILE" in r.getMessage()]
@@ -240,7 +242,7 @@ def test_request_log_and_its_rotations_are_private(tmp_path, monkeypatch):
     try:
         path = tmp_path / "requests.log"
         log = RequestLog(str(path))
-        for i in range(3):
+        for _ in range(3):
             log.write("x" * 200)
             log.flush()
     finally:

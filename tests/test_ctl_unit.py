@@ -13,9 +13,9 @@ import threading
 import pytest
 
 from s3pool.cli import ctl
+from s3pool.cli.progress import PullProgress, human_bytes
 from s3pool.client import Client, Download, NotS3Pool, parse_download
 from s3pool.errors import BadRequest
-from s3pool.cli.progress import PullProgress, human_bytes
 from s3pool.settings import Settings, parse_minutes, parse_seconds
 
 pytestmark = pytest.mark.unit

@@ -54,7 +54,8 @@ def test_run_arguments_add_to_the_defaults(tmp_path, moto_server):
         process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'mount -t tmpfs -o size=16m tmpfs /var/cache && exec "$0" "$@"',
-             "./dev.sh", "run", "--embedded-s3-port", str(free_port_block()), "-m", str(mountpoint)],
+             "./dev.sh", "run", "--embedded-s3-port", str(free_port_block()),
+             "-m", str(mountpoint)],
             cwd=ROOT, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
         status = wait_status(process, port, log_path)  # S3POOL_PORT still counts

@@ -14,18 +14,14 @@ import psutil
 import pytest
 
 from conftest import free_port_block, request
+from helpers import request_as_nobody
 from test_embedded_e2e import DemoDaemon, s3_client
-import test_security_e2e
-from test_security_e2e import CLIENT, as_nobody
 
 pytestmark = pytest.mark.e2e
 
 HELLO = b"Hello from s3pool's embedded S3.\n"
 # HTTP/2's client preface and an empty SETTINGS frame: how a gRPC client starts
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-public_dir = test_security_e2e.public_dir  # a fixture: a directory nobody can reach
-
 
 def listening_ports(process: psutil.Process) -> list[int]:
     return sorted({c.laddr.port for c in process.net_connections("tcp")
@@ -143,7 +139,7 @@ def test_push_to_a_misspelled_bucket_creates_nothing(tmp_path, public_dir):
         client.create_bucket(Bucket="s3pool-demoo")
         assert daemon.ok("PUSH", "s3pool-demoo", "results.csv", path) == []
         # another user's PUSH gets the same answer
-        reply = as_nobody(CLIENT, str(daemon.port), "PUSH", "s3pool-typo", "x", path)
+        reply = request_as_nobody(daemon.port, "PUSH", "s3pool-typo", "x", path)
         assert reply == "ERROR\nno such bucket: s3pool-typo\n", reply
         assert sorted(b["Name"] for b in client.list_buckets()["Buckets"]) == [
             "s3pool-demo", "s3pool-demoo"]

@@ -8,9 +8,9 @@ import pytest
 import trio
 
 from s3pool.errors import NoSpace
+from s3pool.settings import Settings
 from s3pool.store.evictor import Evictor, Usage
 from s3pool.store.layout import Layout
-from s3pool.settings import Settings
 from s3pool.store.objects import Store
 
 pytestmark = pytest.mark.unit

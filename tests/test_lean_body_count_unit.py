@@ -10,10 +10,9 @@ import threading
 
 import pytest
 
-from test_s3http_unit import ScriptedServer, lean_for, ok
-
 from s3pool.s3.backend import WatchedBody
 from s3pool.s3.inflight import S3Requests
+from test_s3http_unit import ScriptedServer, lean_for, ok
 
 pytestmark = pytest.mark.unit
 

@@ -81,11 +81,11 @@ def test_a_body_being_read_keeps_its_connection(tmp_path):
         keys = ["big.bin", *smalls]
         with ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(lambda k: request(daemon.port, "PULL", "s3pool-demo", k), keys))
-        for key, (status, lines) in zip(keys, replies):
+        for key, (status, lines) in zip(keys, replies, strict=True):
             assert status == "OK", (key, lines)
         [path] = replies[0][1]
         assert hashlib.sha256(open(path, "rb").read()).digest() == hashlib.sha256(big).digest()
-        for key, (_, [path]) in zip(keys[1:], replies[1:]):
+        for key, (_, [path]) in zip(keys[1:], replies[1:], strict=True):
             assert open(path, "rb").read() == smalls[key]
         assert daemon.status()["s3_lean_fallbacks"] == "0"
     finally:

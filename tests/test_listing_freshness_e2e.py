@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -146,7 +147,7 @@ def test_listing_freshness_0_always_lists(start_daemon, s3, bucket, moto_server)
     for _ in range(3):
         os.listdir(path)
         counts.append(len(lists(moto_server.app, bucket)))
-    assert all(b > a for a, b in zip(counts, counts[1:])), counts
+    assert all(b > a for a, b in pairwise(counts)), counts
     s3.put_object(Bucket=bucket, Key="d/2", Body=b"x")
     assert sorted(os.listdir(path)) == ["1", "2"]  # at once: no window to wait out
     assert daemon.ok("GLOB", bucket, "d/*") == ["d/1", "d/2"]

@@ -9,23 +9,20 @@ import os
 import re
 import struct
 import subprocess
-import threading
 import time
 import urllib.request
 
 import psutil
 import pytest
 
+from conftest import wait_until
+from helpers import CLIENT, IdleConnections, Traffic, as_nobody, low_fd_limit
 from s3pool.embedded import free_port
-import test_security_e2e
-from test_security_e2e import CLIENT, IdleConnections, _low_fd_limit, as_nobody, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 FORGED = "\n2026-12-06 14:00:00,000 uid 0 PUSH /etc/shadow -> OK 1.0ms"
 ESCAPE = "\x1b[31m"
-
-public_dir = test_security_e2e.public_dir  # a fixture: a directory nobody can reach
 
 
 def test_a_key_cannot_forge_a_request_log_line(daemon, s3, bucket):
@@ -73,69 +70,28 @@ def test_idle_metrics_connections_do_not_starve_pulls_the_mount_or_a_scraper(sta
         s3.put_object(Bucket=bucket, Key=key, Body=key.encode() * 100)
     metrics_port = free_port()
     daemon = start_daemon(mount=True, args=["--bucket", bucket, "--metrics-port",
-                                            str(metrics_port)], preexec_fn=_low_fd_limit)
+                                            str(metrics_port)], preexec_fn=low_fd_limit)
     daemon.ok("PULL", bucket, *keys)
-    mounted = daemon.mountpoint / bucket
-    failures: list[str] = []
-    done = {"pulls": 0, "reads": 0}
-    stopping = threading.Event()
-
-    def pull_loop() -> None:
-        i = 0
-        while not stopping.is_set():
-            key = keys[i % len(keys)]
-            i += 1
-            try:
-                status, lines = daemon.request("PULL", bucket, key, timeout=20)
-            except OSError as exc:
-                failures.append(f"PULL {key}: {exc!r}")
-                continue
-            if status == "OK" and lines == [str(daemon.data / bucket / key)]:
-                done["pulls"] += 1
-            else:
-                failures.append(f"PULL {key}: {status} {lines}")
-            time.sleep(0.02)
-
-    def read_loop() -> None:
-        i = 0
-        while not stopping.is_set():
-            key = keys[i % len(keys)]
-            i += 1
-            try:
-                with open(mounted / key, "rb") as f:
-                    if f.read() == key.encode() * 100:
-                        done["reads"] += 1
-                    else:
-                        failures.append(f"read {key}: wrong bytes")
-            except OSError as exc:
-                failures.append(f"read {key}: {exc!r}")
-            time.sleep(0.02)
-
     with PacedIdleConnections(metrics_port, 300) as attack:
         # every idle connection is accepted or waits in the listen queue, or
         # the daemon has run out of descriptors trying
         server = psutil.Process(daemon.process.pid)
-        wait_for(lambda: queued_at(metrics_port) >= 290 or server.num_fds() >= 240, 120,
-                 "300 idle metrics connections")
+        wait_until(lambda: queued_at(metrics_port) >= 290 or server.num_fds() >= 240, 120,
+                   "300 idle metrics connections")
         print("daemon descriptors", len(os.listdir(f"/proc/{daemon.process.pid}/fd")),
               "threads", len(os.listdir(f"/proc/{daemon.process.pid}/task")))
-        workers = [threading.Thread(target=pull_loop), threading.Thread(target=read_loop)]
-        for worker in workers:
-            worker.start()
-        try:
+        with Traffic(daemon, bucket, keys, daemon.mountpoint / bucket, pull_timeout=20,
+                     pull_pause=0.02) as traffic:
             # a fresh scraper, queued behind the idle ones, is answered
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
                                         timeout=60) as response:
                 assert response.status == 200
                 scraped = response.read().decode()
             # keep the load on until the workers have done some of each
-            wait_for(lambda: done["pulls"] >= 20 and done["reads"] >= 20 or failures, 60,
-                     "PULLs and reads under the attack")
-        finally:
-            stopping.set()
-            for worker in workers:
-                worker.join(30)
+            wait_until(lambda: traffic.done["pulls"] >= 20 and traffic.done["reads"] >= 20
+                       or traffic.failures, 60, "PULLs and reads under the attack")
         opened = attack.opened
+    failures = traffic.failures
     assert failures == [], f"{len(failures)} failures, first: {failures[:5]}"
     assert "s3pool_pulls_total" in scraped
     assert opened > 300, "the metrics server never closed an idle connection"

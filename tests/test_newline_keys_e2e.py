@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
-import pytest
 
 from conftest import raw_request
 

@@ -11,10 +11,10 @@ import threading
 
 import pytest
 
-from s3pool.fs import prefetch
 from s3pool.errors import NoSuchKey
-from s3pool.listing.listings import Entry
+from s3pool.fs import prefetch
 from s3pool.fs.prefetch import Prefetcher
+from s3pool.listing.listings import Entry
 from s3pool.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ import pytest
 
 from s3pool.control.protocol import MAX_ERROR_CHARS, format_error, parse_request
 from s3pool.errors import BadRequest
-from s3pool.settings import SPECS, MAX_SIZE, Settings, parse_size
+from s3pool.settings import MAX_SIZE, SPECS, Settings, parse_size
 
 pytestmark = pytest.mark.unit
 

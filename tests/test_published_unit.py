@@ -12,12 +12,12 @@ import zlib
 
 import pytest
 
-from s3pool.s3.backend import ListEntry, validator
 from s3pool.errors import BackendError
-from s3pool.store.layout import Layout
 from s3pool.listing.fleet import Fleet, FleetListings
 from s3pool.listing.listings import Listings, write_listing
 from s3pool.listing.published import DEFAULT_KEY, PublishedListing, is_hidden, write_published
+from s3pool.s3.backend import ListEntry, validator
+from s3pool.store.layout import Layout
 
 pytestmark = pytest.mark.unit
 
@@ -108,7 +108,7 @@ async def test_keys_added_here_outlive_an_older_published_listing(tmp_path):
 def _listing(*lines: bytes, count: int = 1, **header) -> bytes:
     head = {"format": "s3pool-listing", "version": 1, "bucket": "bkt", "listed_at": 1.7e9,
             "count": count, **header}
-    return gzip.compress(json.dumps(head).encode() + b"\n" + b"".join(l + b"\n" for l in lines))
+    return gzip.compress(json.dumps(head).encode() + b"\n" + b"".join(line + b"\n" for line in lines))
 
 
 @pytest.mark.parametrize("line", [

@@ -60,7 +60,8 @@ def test_pull_concurrency_caps_whole_downloads(start_daemon):
                                     "--download-part-concurrency", "1"])
         assert daemon.ok("PULL", "cap", *keys) == [str(daemon.data / "cap" / k) for k in keys]
         assert len(order.paths) >= 3 * 2, order.paths  # each came in parts: ranged GETs ran
-        assert order.runs() == 3, order.paths  # one object at a time, from its first GET to its last
+        # one object at a time, from its first GET to its last
+        assert order.runs() == 3, order.paths
 
         # a positive control: with room for three, the three overlap
         for key in keys:

@@ -3,11 +3,11 @@
 import pytest
 import trio
 
-from s3pool.s3.backend import Backend
 from s3pool.cache import Cache
+from s3pool.s3.backend import Backend
+from s3pool.settings import Settings
 from s3pool.store.evictor import Evictor
 from s3pool.store.layout import Layout
-from s3pool.settings import Settings
 from s3pool.store.objects import Store
 
 pytestmark = pytest.mark.unit

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from s3pool.download import tier as tiermod
-from s3pool.s3.inflight import S3Requests
 from s3pool.download.tier import SharedTier, parse_tier_url, tier_key, tier_metadata
+from s3pool.s3.inflight import S3Requests
 
 pytestmark = pytest.mark.unit
 

@@ -18,8 +18,13 @@ from s3pool.settings import Settings
 from s3pool.store.layout import Layout
 from s3pool.store.objects import Store
 from s3pool.upload.context import UploadContext
-from s3pool.upload.staged import NotSequential, StagedUpload, UploadFailed, UploadRecords, \
-    abort_leftovers
+from s3pool.upload.staged import (
+    NotSequential,
+    StagedUpload,
+    UploadFailed,
+    UploadRecords,
+    abort_leftovers,
+)
 
 pytestmark = pytest.mark.unit
 
