@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,7 +68,7 @@ def main() -> None:
             get_times += timed(
                 lambda: s3.get_object(Bucket="bench", Key="small/1k")["Body"].read(), 500)
         pull, get = summary(pull_times), summary(get_times)
-        rows = [
+        rows: list[list[Any]] = [
             ["PULL, cached 1 KiB key (fresh connection each)", f"{pull['p50_ms']:.3f}",
              f"{pull['p99_ms']:.3f}", f"{pull['per_s']:.0f}", "1.00"],
             ["baseline: boto3 get_object of the same key", f"{get['p50_ms']:.3f}",

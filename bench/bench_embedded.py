@@ -118,6 +118,17 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def seeded_and_measured(proc: subprocess.Popen, port: int, args, label: str) -> None:
+    """An S3 server on *port*: given the demo objects, left to settle, measured
+    over the idle window, then stopped."""
+    try:
+        seed(f"http://127.0.0.1:{port}")
+        time.sleep(args.settle)
+        measure(proc.pid, args.idle, {label: None})
+    finally:
+        stop(proc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle", type=float, default=30.0)
@@ -140,12 +151,7 @@ def main() -> None:
         port = free_port()
         moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                  str(port)], stdout=log, stderr=log)
-        try:
-            seed(f"http://127.0.0.1:{port}")
-            time.sleep(args.settle)
-            measure(moto.pid, args.idle, {"moto.server (previous demo engine)": None})
-        finally:
-            stop(moto)
+        seeded_and_measured(moto, port, args, "moto.server (previous demo engine)")
 
         weed = shutil.which("weed", path=os.path.dirname(sys.executable)) or "weed"
         port = port_block()
@@ -158,12 +164,7 @@ def main() -> None:
              f"-s3.port.iceberg={port + 6}", f"-s3.port.lance={port + 7}",
              "-master.telemetry=false"],
             stdout=log, stderr=log, cwd=work / "mini")
-        try:
-            seed(f"http://127.0.0.1:{port}")
-            time.sleep(args.settle)
-            measure(mini.pid, args.idle, {"weed mini, defaults": None})
-        finally:
-            stop(mini)
+        seeded_and_measured(mini, port, args, "weed mini, defaults")
     finally:
         log.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,8 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import S3Server, print_table  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import S3Server, print_table  # noqa: E402
 from s3pool.s3.lean import LeanGets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,7 @@ def old_lean_class(ref: str):
     path = Path(tempfile.mkdtemp()) / "s3http_old.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("s3http_old", path)
+    assert spec is not None and spec.loader is not None  # a .py file always has both
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.LeanGets

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import xml.parsers.expat
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from xml.etree import ElementTree
@@ -53,7 +54,7 @@ def page_xml(n: int = 1000, prefix: str = "flat/") -> bytes:
             f"</ListBucketResult>").encode()
 
 
-def parse_botocore(body: bytes) -> int:
+def parse_botocore(body: bytes) -> Callable[[], int]:
     model = botocore.session.get_session().get_service_model("s3")
     shape = model.operation_model("ListObjectsV2").output_shape
     parser = botocore.parsers.create_parser("rest-xml")
@@ -200,7 +201,11 @@ def bench_e2e(keys: int, runs: int) -> None:
                 if token is None:
                     return count
 
-        boto_times, ours, ls_times, first_times, warm_times = [], [], [], [], []
+        boto_times: list[float] = []
+        ours: list[float] = []
+        ls_times: list[float] = []
+        first_times: list[float] = []
+        warm_times: list[float] = []
         for _ in range(runs):
             for fn, out in ((boto3_list, boto_times), (s3pool_pages, ours)):
                 t = time.perf_counter()

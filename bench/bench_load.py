@@ -37,6 +37,7 @@ import time
 import traceback
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -243,7 +244,8 @@ def client_thread(name: str, port: int, mix: dict, deadline: float, mount: str |
                   tmp: str, results: dict) -> None:
     rng = random.Random(name)
     kinds, weights = list(mix), list(mix.values())
-    ctx = {"name": name, "pushes": 0, "tmp": tmp, "mount": mount, "after": None}
+    ctx: dict[str, Any] = {"name": name, "pushes": 0, "tmp": tmp, "mount": mount,
+                           "after": None}
     while time.monotonic() < deadline:
         kind = rng.choices(kinds, weights)[0]
         started = time.perf_counter()
@@ -282,7 +284,7 @@ def client_thread(name: str, port: int, mix: dict, deadline: float, mount: str |
 def client_process(index: int, threads: int, port: int, mix: dict, deadline: float,
                    mount: str | None, tmp: str, out: str) -> None:
     """One client process: *threads* client threads until *deadline* (a time.monotonic())."""
-    results = {"times": defaultdict(list), "error": defaultdict(int),
+    results: dict[str, Any] = {"times": defaultdict(list), "error": defaultdict(int),
                "internal": defaultdict(int), "check": defaultdict(int), "samples": [],
                "lock": threading.Lock()}
     pool = [threading.Thread(target=client_thread, daemon=True,
@@ -417,7 +419,7 @@ def main() -> None:
     try:
         s3 = server.client()
         s3.create_bucket(Bucket=BUCKET)
-        versions = defaultdict(int)
+        versions: defaultdict[str, int] = defaultdict(int)
         for key in HOT:
             s3.put_object(Bucket=BUCKET, Key=key, Body=hot_body(key))
         for key in COLD:
@@ -462,7 +464,7 @@ def main() -> None:
                                   str(work / f"client{i}.json")))
             p.start()
             procs.append(p)
-        local = {"times": defaultdict(list), "error": defaultdict(int),
+        local: dict[str, Any] = {"times": defaultdict(list), "error": defaultdict(int),
                  "internal": defaultdict(int), "check": defaultdict(int), "samples": []}
         base_times: list[float] = []
         helpers = [
@@ -542,6 +544,7 @@ def main() -> None:
         figures["after 10 s idle"] = proc_figures(pid, server.port)
         shutdown_started = time.perf_counter()
         daemon.process.send_signal(signal.SIGTERM)
+        code: int | str
         try:
             code = daemon.process.wait(60)
         except subprocess.TimeoutExpired:

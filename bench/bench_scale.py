@@ -42,6 +42,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 from xml.sax.saxutils import escape
 
@@ -87,7 +88,8 @@ def bench_eviction(objects: int) -> str:
     cap = int(total / 0.95)  # the cache stands at 95 % of its cap
     settings = Settings(max_cache_size=cap, high_water=90, low_water=75)
     evictor = Evictor(store, settings, grace=0)
-    evictor.usage = lambda: Usage(1 << 50, 0, store.cache_bytes)
+    # a disk as full as the cache: the bench stands in for the statvfs figures
+    evictor.usage = lambda: Usage(1 << 50, 0, store.cache_bytes)  # type: ignore[method-assign]
     oldest_before = {k for _, k, _, _ in trio.run(access.oldest, 10)}
 
     # the original's method, on the same tree before anything is evicted
@@ -251,8 +253,8 @@ def bench_freshness(sizes: list[int], misses: int, rounds: int = 5) -> str:
     caches = []
     for known in sizes:
         store = Store(Layout.create(str(workdir("s3pool-bench-fresh-") / "home")))
-        caches.append((known, store, Cache(store, MemoryBackend(1024),
-                                           Settings(freshness_window=3600))))
+        backend: Any = MemoryBackend(1024)  # Backend's methods Cache calls, in memory
+        caches.append((known, store, Cache(store, backend, Settings(freshness_window=3600))))
     per_miss: dict[int, list[float]] = {known: [] for known in sizes}
     old_cost: dict[int, float] = {}
 
@@ -293,7 +295,8 @@ def bench_flush_p99(pending: int, hits: int) -> str:
     """Cached-PULL latency while the access index writes a big batch."""
     work = workdir("s3pool-bench-flush-")
     store = Store(Layout.create(str(work / "home")))
-    cache = Cache(store, MemoryBackend(1024), Settings(freshness_window=3600))
+    backend: Any = MemoryBackend(1024)  # Backend's methods Cache calls, in memory
+    cache = Cache(store, backend, Settings(freshness_window=3600))
 
     async def run() -> list[list[str]]:
         await cache.pull("bkt", "hot")

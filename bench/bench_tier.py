@@ -41,6 +41,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -159,7 +160,7 @@ def run_setup(kind: str, args, origin: MotoServer, work: Path) -> dict:
     rng = random.Random(7)
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=os.urandom(args.size))
-    tier = None
+    tier: Any = None  # an S3Server (mirror) or RcloneServe
     if kind == "mirror":
         tier = S3Server("weed", work)
         tier.client().create_bucket(Bucket=bucket)

