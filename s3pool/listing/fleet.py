@@ -27,7 +27,7 @@ from s3pool.listing.index import IndexFault
 from s3pool.listing.listings import Listings, write_listing
 from s3pool.listing.published import DEFAULT_KEY, LISTED_AT_META, PublishedListing, write_published
 from s3pool.s3.backend import Backend, ListEntry
-from s3pool.store.files import new_temp, remove_temp, temp_path
+from s3pool.store.files import new_temp, temp_path, unlink_quietly
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class FleetListings:
             log.warning("published listing %s not used (%s): listing the bucket", url, exc)
             return None
         finally:
-            remove_temp(tmp_path)
+            unlink_quietly(tmp_path)
         if count is not None:
             self.published_used += 1
             log.info("refreshed s3://%s from the published listing %s: %d keys", bucket, key,

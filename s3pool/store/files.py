@@ -61,7 +61,7 @@ def temp_path(tmp_dir: str, who: str, hint: str = "", mode: int = 0o600) -> Iter
     try:
         yield path
     finally:
-        remove_temp(path)
+        unlink_quietly(path)
 
 
 def replace_file(tmp_dir: str, who: str, path: str, data: bytes, mode: int = 0o666) -> None:
@@ -77,7 +77,7 @@ def replace_file(tmp_dir: str, who: str, path: str, data: bytes, mode: int = 0o6
             os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
-        remove_temp(tmp)
+        unlink_quietly(tmp)
         raise
     directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -86,8 +86,8 @@ def replace_file(tmp_dir: str, who: str, path: str, data: bytes, mode: int = 0o6
         os.close(directory)
 
 
-def remove_temp(path: str) -> bool:
-    """Remove a temp file if it is there; True if it was."""
+def unlink_quietly(path: str) -> bool:
+    """Remove a file (a temp file, a leftover) if it is there; True if it was."""
     try:
         os.unlink(path)
     except (FileNotFoundError, IsADirectoryError):

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 
 from s3pool.errors import BadBucket, BadKey
-from s3pool.store.files import sweep_temp
+from s3pool.store.files import sweep_temp, unlink_quietly as unlink_quietly  # lives in files.py
 
 META_SUFFIX = "__meta__"
 LIST_NAME = "__list__"
@@ -114,7 +114,7 @@ class Layout:
     home: str
 
     @classmethod
-    def create(cls, home: str) -> "Layout":
+    def create(cls, home: str) -> Layout:
         layout = cls(os.path.abspath(home))
         for sub in (layout.log_dir, layout.tmp_dir, layout.data_dir, layout.state_dir):
             os.makedirs(sub, exist_ok=True)
@@ -187,12 +187,3 @@ class Layout:
     def clear_tmp(self) -> int:
         """Remove every leftover temp file (store/files.py); return how many."""
         return sweep_temp(self.tmp_dir)
-
-
-def unlink_quietly(path: str) -> bool:
-    """Remove a file if it is there; True if it was."""
-    try:
-        os.unlink(path)
-    except (FileNotFoundError, IsADirectoryError):
-        return False
-    return True
