@@ -13,6 +13,7 @@ Matching is linear in the key whatever the pattern: nothing backtracks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # Cached DFA states (each a bit set of at most ~4k bits) before the cache
 # is dropped and rebuilt as needed; bounds memory, not correctness.
@@ -41,7 +42,7 @@ class CharClass:
         return inside != self.negate
 
 
-Token = tuple  # (kind,) | (LIT, char) | (CLASS, CharClass)
+Token = tuple[Any, ...]  # (kind,) | (LIT, char) | (CLASS, CharClass)
 
 
 class BitNfa:

@@ -29,12 +29,22 @@ index read only the keys under it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from s3pool.errors import BadRequest
 from s3pool.listing.globmatch import (
-    CLASS, DSTAR, DSTAR_SLASH, LIT, ONE, STAR, WILDCARDS, BitNfa, CharClass, LazyDfa, Token,
+    CLASS,
+    DSTAR,
+    DSTAR_SLASH,
+    LIT,
+    ONE,
+    STAR,
+    WILDCARDS,
+    BitNfa,
+    CharClass,
+    LazyDfa,
+    Token,
 )
 
 MAX_ALTERNATIVES = 1024
@@ -107,8 +117,8 @@ def _parse_class(pattern: str, start: int, end: int) -> CharClass:
         if atom is None:  # a '-' that joins nothing is a member
             ranges.append(("-", "-"))
             j += 1
-        elif j + 2 < len(atoms) and atoms[j + 1] is None and atoms[j + 2] is not None:
-            lo, hi = atom, atoms[j + 2]
+        elif j + 2 < len(atoms) and atoms[j + 1] is None and (hi := atoms[j + 2]) is not None:
+            lo = atom
             if lo > hi:
                 raise BadRequest(f"bad range {lo}-{hi} in {pattern[start:end + 1]} "
                                  + _where(pattern, start))
@@ -123,11 +133,11 @@ def _parse_class(pattern: str, start: int, end: int) -> CharClass:
 class _Alt:
     """``{a,b,...}``: a list of alternatives, each a sequence of parts."""
 
-    def __init__(self, choices: list[list]) -> None:
+    def __init__(self, choices: list[list[str | _Alt]]) -> None:
         self.choices = choices
 
 
-def _parse_braces(pattern: str) -> list:
+def _parse_braces(pattern: str) -> list[str | _Alt]:
     """The pattern as a sequence of raw text chunks and _Alt groups.
 
     Checks the whole syntax on the way: escapes, classes and braces.
@@ -135,9 +145,9 @@ def _parse_braces(pattern: str) -> list:
     pos = 0
     n = len(pattern)
 
-    def sequence(opened_at: int | None, depth: int) -> list:
+    def sequence(opened_at: int | None, depth: int) -> list[str | _Alt]:
         nonlocal pos
-        parts: list = []
+        parts: list[str | _Alt] = []
         chunk: list[str] = []
         while pos < n:
             c = pattern[pos]
@@ -191,7 +201,7 @@ def _parse_braces(pattern: str) -> list:
     return sequence(None, 0)
 
 
-def _count(parts: list) -> int:
+def _count(parts: list[str | _Alt]) -> int:
     total = 1
     for part in parts:
         if isinstance(part, _Alt):
@@ -201,7 +211,7 @@ def _count(parts: list) -> int:
     return total
 
 
-def _expand(parts: list) -> list[str]:
+def _expand(parts: list[str | _Alt]) -> list[str]:
     out = [""]
     for part in parts:
         if isinstance(part, _Alt):
