@@ -151,10 +151,8 @@ def main() -> None:
                         "with the change under test reverted)")
     parser.add_argument("--after", help="git ref of the tree after (default: this checkout)")
     parser.add_argument("--after-dir", help="or a directory holding that tree")
-    parser.add_argument("--s3", choices=("weed", "moto"), default="weed")
-    parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--small", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=2)
+    for name, default in (("--size-mib", 256), ("--small", 2000), ("--rounds", 2)):
+        parser.add_argument(name, type=int, default=default)
     args = parser.parse_args()
     work = workdir("s3pool-bench-boundary-")
     before_tree = Path(args.before_dir) if args.before_dir else export(args.before,

@@ -9,7 +9,6 @@ fnmatch over the same key list for GLOB.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import os
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 from common import Daemon, S3Server, print_table, summary, timed, workdir  # noqa: E402
 from s3pool.listing.listings import write_listing  # noqa: E402
 from s3pool.s3.backend import ListEntry  # noqa: E402
@@ -39,19 +39,14 @@ def glob_keys(n: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--s3", choices=("weed", "moto"), default="weed")
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--small", type=int, default=2000)
-    parser.add_argument("--glob-keys", type=int, default=100_000)
+    parser = common.bench_parser(n=2000, small=2000, glob_keys=100_000)
     args = parser.parse_args()
     out = []
     work = workdir("s3pool-bench-control-")
     server = S3Server(args.s3, work)
     daemon = None
     try:
-        s3 = server.client()
-        s3.create_bucket(Bucket="bench")
+        s3 = common.bench_bucket(server)
         s3.put_object(Bucket="bench", Key="small/1k", Body=os.urandom(1024))
         for i in range(60):
             s3.put_object(Bucket="bench", Key=f"miss/{i:03d}", Body=os.urandom(MIB))

@@ -33,13 +33,13 @@ from botocore.config import Config
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 from common import (  # noqa: E402
     CountingRelay,
     Daemon,
     S3Server,
     drop_caches,
     print_table,
-    workdir,
 )
 
 MIB = 1 << 20
@@ -314,22 +314,15 @@ def cold_reads(args: argparse.Namespace, server: S3Server, s3, work: Path) -> li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--s3", choices=("weed", "moto"), default="weed")
-    parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--keys", type=int, default=10_000)
-    parser.add_argument("--huge-mib", type=int, default=1024)
-    parser.add_argument("--small", type=int, default=2000)
+    parser = common.bench_parser(size_mib=256, keys=10_000, huge_mib=1024, small=2000)
     parser.add_argument("--cold-only", action="store_true")
     args = parser.parse_args()
     size = args.size_mib * MIB
-    work = workdir("s3pool-bench-fuse-")
-    server = S3Server(args.s3, work)
+    work, server = common.bench_server(args.s3, "s3pool-bench-fuse-")
     daemon = None
     out = []
     try:
-        s3 = server.client()
-        s3.create_bucket(Bucket="bench")
+        s3 = common.bench_bucket(server)
         out += cold_reads(args, server, s3, work)
         if args.cold_only:
             return

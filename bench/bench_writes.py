@@ -17,7 +17,6 @@ are checked (sha256) after each cp.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import statistics
@@ -29,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Daemon, S3Server, print_table, workdir  # noqa: E402
+import common  # noqa: E402
+from common import Daemon, print_table  # noqa: E402
 
 MIB = 1 << 20
 
@@ -51,19 +51,13 @@ def s3_sha256(s3, bucket: str, key: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--s3", choices=("weed", "moto"), default="weed")
-    parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--small", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = common.bench_parser(size_mib=256, small=2000, rounds=3)
     args = parser.parse_args()
-    work = workdir("s3pool-bench-writes-")
-    server = S3Server(args.s3, work)
+    work, server = common.bench_server(args.s3, "s3pool-bench-writes-")
     daemon = None
     out = []
     try:
-        s3 = server.client()
-        s3.create_bucket(Bucket="bench")
+        s3 = common.bench_bucket(server)
         blob = work / "blob"
         with open(blob, "wb") as f:
             for _ in range(args.size_mib):

@@ -167,6 +167,12 @@ def bench_parser(description: str | None = None, **int_options: int) -> argparse
     return parser
 
 
+def bench_server(kind: str, prefix: str) -> tuple[Path, S3Server]:
+    """A work directory (see workdir) and an S3 server of *kind* started in it."""
+    work = workdir(prefix)
+    return work, S3Server(kind, work)
+
+
 def bench_bucket(server: S3Server):
     """A client of *server* and its bucket ``bench``, created."""
     s3 = server.client()

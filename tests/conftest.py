@@ -123,6 +123,9 @@ class CountingApp:
         self.gets_in_flight = 0
         self.max_gets_in_flight = 0  # the most GET bodies being sent at once
         self.bytes_sent: dict[str, int] = {}  # path -> GET body bytes handed to the socket
+        # path -> GET bodies the client closed before their end (the S3 server's
+        # "connection reset by peer")
+        self.bodies_cut: dict[str, int] = {}
 
     def __call__(self, environ, start_response):
         record = {
@@ -162,14 +165,18 @@ class CountingApp:
         with self.lock:
             self.gets_in_flight += 1
             self.max_gets_in_flight = max(self.max_gets_in_flight, self.gets_in_flight)
+        ended = False
         try:
             for part in body:
                 with self.lock:
                     self.bytes_sent[path] = self.bytes_sent.get(path, 0) + len(part)
                 yield part
+            ended = True
         finally:
             with self.lock:
                 self.gets_in_flight -= 1
+                if not ended:  # the server closed it: the client went away mid-body
+                    self.bodies_cut[path] = self.bodies_cut.get(path, 0) + 1
 
     def count(self, method: str | None = None, path: str | None = None,
               status: int | None = None) -> int:
@@ -219,6 +226,34 @@ def moto_server():
     server = MotoServer()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every user can reach (pytest's tmp_path is root's only):
+    for files and sockets of the tests whose clients run as nobody."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="s3pool-public-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def small_home(tmp_path):
+    """A HOMEDIR on a 16 MiB tmpfs of its own. Ask for it before start_daemon:
+    fixtures are torn down in reverse, so the daemon is gone before the umount."""
+    assert os.geteuid() == 0, "mounting a tmpfs needs root"
+    home = tmp_path / "small-home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(home)],
+                   check=True)
+    try:
+        yield home
+    finally:
+        if subprocess.run(["umount", str(home)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(home)], check=False)
 
 
 @pytest.fixture

@@ -64,22 +64,25 @@ async def test_busy_keys_are_never_evicted(setup):
     assert not os.path.exists(layout.object_path("bkt", "k1"))
 
 
-async def test_recently_accessed_objects_are_spared(setup):
+async def _ten_spared(setup):
+    """Ten objects used just now, inside the grace period: the background pass
+    evicts none of them."""
     layout, access, store, evictor, settings = setup
     evictor.grace = 3600
     for i in range(10):
         put_cached(layout, access, f"k{i}", 1000, atime=None)
     assert await evictor.evict() == 0
+    return layout, access, evictor
+
+
+async def test_recently_accessed_objects_are_spared(setup):
+    layout, access, evictor = await _ten_spared(setup)
     assert access.count == 10
 
 
 async def test_a_download_that_needs_room_takes_recently_used_objects_too(setup):
-    layout, access, store, evictor, settings = setup
-    evictor.grace = 3600
-    for i in range(10):
-        put_cached(layout, access, f"k{i}", 1000, atime=None)
     # the background pass spares them; a download needing room does not
-    assert await evictor.evict() == 0
+    layout, access, evictor = await _ten_spared(setup)
     await evictor.make_room(4000)
     assert 0 < access.total_bytes <= 5000
     assert not os.path.exists(layout.object_path("bkt", "k0"))  # oldest first

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
@@ -40,14 +40,7 @@ def lists(app, bucket: str) -> list[dict[str, str]]:
 
 
 def wait_for(condition, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return wait_until(condition, timeout, what, interval=0.2)
 
 
 def run_ctl(port: int, *args: str) -> subprocess.CompletedProcess:

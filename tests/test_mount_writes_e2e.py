@@ -8,11 +8,11 @@ import hashlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import wait_until
 from fault_proxy import FaultProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
@@ -34,15 +34,6 @@ def s3_has(s3, bucket: str, key: str) -> bool:
     except s3.exceptions.ClientError:
         return False
     return True
-
-
-def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def staged_files(daemon) -> list[str]:
@@ -70,7 +61,7 @@ def test_cp_small_large_empty_and_dd(writable, s3, bucket, moto_server, tmp_path
         src = tmp_path / name
         src.write_bytes(data)
         subprocess.run(["cp", str(src), str(root / name)], check=True)
-    wait_for(lambda: s3_has(s3, bucket, "empty.bin"), what="the empty file on S3")
+    wait_until(lambda: s3_has(s3, bucket, "empty.bin"), what="the empty file on S3")
     # dd in 1 MiB blocks, through a subdirectory made with mkdir
     os.mkdir(root / "dd")
     block = os.urandom(MiB)
@@ -105,7 +96,7 @@ def test_parts_go_up_while_the_file_is_written_and_nothing_shows_before_close(
     try:
         os.write(fd, data[:25 * MiB])
         # three 8 MiB parts are full: they are sent before the close
-        wait_for(lambda: moto_server.app.count("PUT", f"/{bucket}/{key}") >= 3,
+        wait_until(lambda: moto_server.app.count("PUT", f"/{bucket}/{key}") >= 3,
                  what="parts sent while the file is open")
         assert os.fstat(fd).st_size == 25 * MiB
         # nobody sees it yet: not S3, not PULL, not GLOB, not another lookup
@@ -270,7 +261,7 @@ def test_daemon_stopped_during_a_write_leaves_nothing(start_daemon, s3, bucket, 
     try:
         assert writer.stdout.readline() == b"written\n"
         # two parts are on S3 as parts of an upload in progress
-        wait_for(lambda: moto_server.app.count("PUT", f"/{bucket}/{key}") >= 2,
+        wait_until(lambda: moto_server.app.count("PUT", f"/{bucket}/{key}") >= 2,
                  what="parts sent")
         assert len(pending_uploads(s3, bucket)) == 1
         if sig == signal.SIGKILL:
@@ -290,22 +281,16 @@ def test_daemon_stopped_during_a_write_leaves_nothing(start_daemon, s3, bucket, 
         assert not staged_files(daemon)
     again = start_daemon(mount=True, home=home, args=["--bucket", bucket, "--mount-writes"])
     assert not staged_files(again)  # a SIGKILL's staged file is gone with tmp/
-    wait_for(lambda: not pending_uploads(s3, bucket), what="leftover upload aborted")
+    wait_until(lambda: not pending_uploads(s3, bucket), what="leftover upload aborted")
     assert not s3_has(s3, bucket, key)
     assert not list((home / "state" / "uploads").iterdir())
     assert again.stop() == 0
 
 
 @pytest.fixture
-def public_mountpoint():
+def public_mountpoint(public_dir):
     """A mount point every user can reach (pytest's tmp_path is 0700 root's)."""
-    import shutil
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix="s3pool-writes-")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return public_dir
 
 
 def _as_nobody(command: str) -> subprocess.CompletedProcess:
@@ -357,11 +342,7 @@ def test_no_room_in_the_cache_is_enospc_and_nothing_is_uploaded(start_daemon, s3
     root = daemon.mountpoint / bucket
     big = tmp_path / "big"
     big.write_bytes(os.urandom(6 * MiB))
-    done = subprocess.run(["cp", str(big), str(root / "too-big.bin")], capture_output=True)
-    assert done.returncode != 0
-    assert b"No space left on device" in done.stderr, done.stderr
-    assert not s3_has(s3, bucket, "too-big.bin")
-    assert not staged_files(daemon)  # removed before close() returned
+    copy_is_enospc(big, root / "too-big.bin", s3, bucket, daemon)
     assert int(daemon.status()["mount_upload_failures"]) == 1
     # what fits goes up (positive control), and the staged bytes were given back
     small = tmp_path / "small"
@@ -371,36 +352,34 @@ def test_no_room_in_the_cache_is_enospc_and_nothing_is_uploaded(start_daemon, s3
     assert daemon.stop() == 0
 
 
-def test_a_full_disk_is_enospc_and_nothing_is_uploaded(start_daemon, s3, bucket, tmp_path):
+def test_a_full_disk_is_enospc_and_nothing_is_uploaded(small_home, start_daemon, s3, bucket,
+                                                       tmp_path):
     """HOMEDIR on a 16 MiB tmpfs, filled but for 3 MiB: a 6 MiB file cannot be staged."""
-    assert os.geteuid() == 0, "mounting a tmpfs needs root"
-    home = tmp_path / "small-home"
-    home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(home)],
-                   check=True)
-    try:
-        daemon = start_daemon(mount=True, home=home, args=["--bucket", bucket, "--mount-writes"])
-        root = daemon.mountpoint / bucket
-        filler = home / "filler"
-        st = os.statvfs(home)
-        with open(filler, "wb") as f:
-            f.write(b"\0" * (st.f_bavail * st.f_frsize - 3 * MiB))
-        src = tmp_path / "six"
-        src.write_bytes(os.urandom(6 * MiB))
-        done = subprocess.run(["cp", str(src), str(root / "six.bin")], capture_output=True)
-        assert done.returncode != 0
-        assert b"No space left on device" in done.stderr, done.stderr
-        assert not s3_has(s3, bucket, "six.bin")
-        assert not staged_files(daemon)
-        # with room again, the same copy works (positive control)
-        filler.unlink()
-        subprocess.run(["cp", str(src), str(root / "six.bin")], check=True)
-        assert s3_bytes(s3, bucket, "six.bin") == src.read_bytes()
-        assert daemon.stop() == 0
-    finally:
-        for daemon_home in (home,):
-            if subprocess.run(["umount", str(daemon_home)]).returncode != 0:
-                subprocess.run(["umount", "-l", str(daemon_home)], check=False)
+    daemon = start_daemon(mount=True, home=small_home, args=["--bucket", bucket,
+                                                             "--mount-writes"])
+    root = daemon.mountpoint / bucket
+    filler = small_home / "filler"
+    st = os.statvfs(small_home)
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - 3 * MiB))
+    src = tmp_path / "six"
+    src.write_bytes(os.urandom(6 * MiB))
+    copy_is_enospc(src, root / "six.bin", s3, bucket, daemon)
+    # with room again, the same copy works (positive control)
+    filler.unlink()
+    subprocess.run(["cp", str(src), str(root / "six.bin")], check=True)
+    assert s3_bytes(s3, bucket, "six.bin") == src.read_bytes()
+    assert daemon.stop() == 0
+
+
+def copy_is_enospc(src, target, s3, bucket: str, daemon) -> None:
+    """cp of *src* to *target* in the mount fails with ENOSPC, and nothing of it
+    reached S3 or stayed staged in tmp/."""
+    done = subprocess.run(["cp", str(src), str(target)], capture_output=True)
+    assert done.returncode != 0
+    assert b"No space left on device" in done.stderr, done.stderr
+    assert not s3_has(s3, bucket, target.name)
+    assert not staged_files(daemon)  # removed before close() returned
 
 
 def test_fsync_uploads_and_ends_the_file(writable, s3, bucket):
@@ -431,7 +410,7 @@ def test_shell_redirection_and_mkdir(writable, s3, bucket):
                                 f"> '{root}/children.txt'"], check=True)
     assert s3_bytes(s3, bucket, "children.txt") == b"one\ntwo\n"
     subprocess.run(["sh", "-c", f": > '{root}/empty-by-shell.txt'"], check=True)
-    wait_for(lambda: s3_has(s3, bucket, "empty-by-shell.txt"), what="the empty file")
+    wait_until(lambda: s3_has(s3, bucket, "empty-by-shell.txt"), what="the empty file")
     assert s3_bytes(s3, bucket, "empty-by-shell.txt") == b""
     # mkdir: a directory of this daemon's until a file is written in it
     os.makedirs(root / "made" / "deeper")

@@ -8,7 +8,6 @@ in use for GLOB and the mount; with room again the next REFRESH works.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -25,21 +24,6 @@ CASES = {
     # __list__ (200 KB) fits, the index (SQLite, 1.4 MB) does not
     "index": ([f"new/{i:05d}" for i in range(20000)], 400 << 10, "database or disk is full"),
 }
-
-
-@pytest.fixture
-def small_home(tmp_path):
-    """A HOMEDIR on a 16 MiB tmpfs of its own (listed first, so torn down last)."""
-    assert os.geteuid() == 0, "mounting a tmpfs needs root"
-    home = tmp_path / "home"
-    home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(home)],
-                   check=True)
-    try:
-        yield home
-    finally:
-        if subprocess.run(["umount", str(home)]).returncode != 0:
-            subprocess.run(["umount", "-l", str(home)], check=False)
 
 
 def fill(path, leave: int) -> None:

@@ -126,18 +126,25 @@ def test_connection_close_is_not_reused(serve):
     assert server.connections == 2
 
 
-def test_a_body_cut_short_fails_its_read_and_drops_the_connection(serve):
+def _body_fails_then_a_new_connection(serve, first: bytes, close: bool, then: bytes) -> None:
+    """The first answer is *first* (the server closes after it if *close*): the
+    read of its body fails, and the next GET gets *then* on a new connection."""
     def script(line, n):
         if n == 1:
-            return OK_HEAD.format(n=100000, extra="").encode() + b"y" * 1000, True
-        return ok(b"fine"), False
+            return first, close
+        return ok(then), False
 
     server, lean = serve(script)
     _, resp = lean.get("bkt", "k", {})
     with pytest.raises(BodyError):
         resp["Body"].read()
-    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"fine"
+    assert lean.get("bkt", "k", {})[1]["Body"].read() == then
     assert server.connections == 2
+
+
+def test_a_body_cut_short_fails_its_read_and_drops_the_connection(serve):
+    _body_fails_then_a_new_connection(
+        serve, OK_HEAD.format(n=100000, extra="").encode() + b"y" * 1000, True, b"fine")
 
 
 def test_read1_streams_and_an_early_close_of_a_long_body_closes_the_connection(serve):
@@ -333,18 +340,8 @@ def test_a_body_longer_than_its_content_length_fails_at_its_end(serve):
 
 def test_an_answer_smuggled_behind_a_kept_alive_one_is_never_taken(serve):
     smuggled = ok(b"EVIL!")
-
-    def script(line, n):
-        if n == 1:  # a whole answer, and a second one nobody asked for right behind it
-            return ok(b"first") + smuggled, False
-        return ok(b"second"), False
-
-    server, lean = serve(script)
-    _, resp = lean.get("bkt", "k", {})
-    with pytest.raises(BodyError):
-        resp["Body"].read()
-    assert lean.get("bkt", "k", {})[1]["Body"].read() == b"second"
-    assert server.connections == 2
+    # a whole answer, and a second one nobody asked for right behind it
+    _body_fails_then_a_new_connection(serve, ok(b"first") + smuggled, False, b"second")
 
 
 def test_garbage_arriving_on_an_idle_connection_drops_it():

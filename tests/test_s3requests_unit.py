@@ -57,15 +57,22 @@ def test_a_request_without_an_answer_is_ended_and_its_reader_woken():
     ours.close()
 
 
+def _two_answered(registry: S3Requests, first: str, second: str, length: int | None):
+    """GETs of s3://b/FIRST and s3://b/SECOND, each on a socket pair, their
+    headers in (a body of *length* to come): the requests and the pairs."""
+    pairs = [socket.socketpair(), socket.socketpair()]
+    requests = [registry.begin("GetObject", f"s3://b/{name}") for name in (first, second)]
+    for request, (sock, _) in zip(requests, pairs):
+        request.attach(sock)
+        request.answered(length)
+    return requests, pairs
+
+
 def test_a_stalled_body_is_ended_but_one_nobody_reads_is_not():
     registry = S3Requests(threading.Event(), timeout=0.3, stall_bytes=1000)
-    read_socket, read_server = socket.socketpair()
-    idle_socket, idle_server = socket.socketpair()
-    read = registry.begin("GetObject", "s3://b/read")
-    idle = registry.begin("GetObject", "s3://b/idle")
-    for request, sock in ((read, read_socket), (idle, idle_socket)):
-        request.attach(sock)
-        request.answered(5000)  # headers in; the body is nobody's yet (paused)
+    # headers in; the body is nobody's yet (paused)
+    (read, idle), pairs = _two_answered(registry, "read", "idle", 5000)
+    (read_socket, read_server), (idle_socket, idle_server) = pairs
     read.resume()  # somebody reads this one: 10 bytes, then nothing
     read_server.send(b"x" * 10)
     read.add(10)
@@ -84,13 +91,9 @@ def test_a_stalled_body_is_ended_but_one_nobody_reads_is_not():
 
 def test_a_body_that_keeps_coming_is_not_ended():
     registry = S3Requests(threading.Event(), timeout=0.3, stall_bytes=1000)
-    fast_socket, fast_server = socket.socketpair()
-    slow_socket, slow_server = socket.socketpair()
-    fast = registry.begin("GetObject", "s3://b/fast")
-    slow = registry.begin("GetObject", "s3://b/slow")
-    for request, sock in ((fast, fast_socket), (slow, slow_socket)):
-        request.attach(sock)
-        request.answered(None)
+    (fast, slow), pairs = _two_answered(registry, "fast", "slow", None)
+    (fast_socket, fast_server), (slow_socket, slow_server) = pairs
+    for request in (fast, slow):
         request.resume()
     # the fast one gets its stall_bytes again and again; the slow one gets nothing
     while slow.expired is None:

@@ -5,45 +5,19 @@ from __future__ import annotations
 
 import os
 import re
-import resource
-import selectors
-import shutil
 import socket
 import stat
 import subprocess
-import tempfile
-import threading
-import time
 
 import pytest
 
+from conftest import wait_until
+from helpers import IdleConnections, Traffic, as_nobody, low_fd_limit, request_as_nobody
 from s3pool.client import Client, S3PoolClientError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOBODY = 65534
-NOGROUP = 65534
-# nobody cannot run the venv's python (it lives under /root): the clients
-# that run as nobody use the system python and only its standard library
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-CLIENT = r"""
-import json, socket, sys
-address, words = sys.argv[1], sys.argv[2:]
-if address.startswith("/"):
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(address)
-else:
-    sock = socket.create_connection(("127.0.0.1", int(address)))
-sock.sendall(json.dumps(words).encode() + b"\n")
-sock.shutdown(socket.SHUT_WR)
-reply = b""
-while chunk := sock.recv(65536):
-    reply += chunk
-sys.stdout.write(reply.decode())
-"""
-
 # sends a PUSH and closes at once: the client socket is orphaned while the
 # daemon works on the request
 EARLY_CLOSE = r"""
@@ -54,37 +28,6 @@ for i in range(tries):
     sock.sendall(json.dumps(["PUSH", bucket, f"stolen/{i}", path]).encode() + b"\n")
     sock.close()
 """
-
-
-def as_nobody(code: str, *args: str, groups: tuple[int, ...] = (), timeout: float = 60):
-    assert os.geteuid() == 0, "these tests run the daemon as root and clients as nobody"
-    result = subprocess.run([SYSTEM_PYTHON, "-c", code, *args], user=NOBODY, group=NOGROUP,
-                            extra_groups=list(groups), capture_output=True, text=True,
-                            timeout=timeout, cwd="/")
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def request_as_nobody(address: str, *words: str, groups: tuple[int, ...] = ()) -> str:
-    return as_nobody(CLIENT, address, *words, groups=groups)
-
-
-@pytest.fixture
-def public_dir():
-    """A directory nobody can reach (pytest's tmp_path is root-only)."""
-    path = tempfile.mkdtemp(prefix="s3pool-sec-", dir="/tmp")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_early_closed_push_of_a_root_only_file_is_never_uploaded(daemon, s3, bucket, public_dir):
@@ -103,7 +46,7 @@ def test_early_closed_push_of_a_root_only_file_is_never_uploaded(daemon, s3, buc
                 if f"PUSH {bucket} stolen/" in line]
 
     # every request reached the daemon and was answered (the log is written within 1 s)
-    wait_for(lambda: len(pushes_logged()) >= tries, 60, f"{tries} PUSH lines in requests.log")
+    wait_until(lambda: len(pushes_logged()) >= tries, 60, f"{tries} PUSH lines in requests.log")
     uploaded = s3.list_objects_v2(Bucket=bucket, Prefix="stolen/").get("KeyCount", 0)
     refused = [line for line in pushes_logged() if "-> ERROR" in line]
     assert uploaded == 0, f"{uploaded} of {tries} early-closed PUSHes were uploaded"
@@ -190,116 +133,25 @@ def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(start_daemon, pu
     assert Client(socket_path=sock).status()["pid"] == str(daemon.process.pid)
 
 
-class IdleConnections:
-    """Keeps *count* connections open to a port, sending nothing, re-opening
-    each one the server closes (the attack of issue 7, point 4)."""
-
-    def __init__(self, port: int, count: int) -> None:
-        self.port = port
-        self.count = count
-        self.stopping = threading.Event()
-        self.opened = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _open(self, selector: selectors.DefaultSelector) -> None:
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", self.port))
-        selector.register(sock, selectors.EVENT_READ)
-        self.opened += 1
-
-    def _run(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            for _ in range(self.count):
-                self._open(selector)
-            while not self.stopping.is_set():
-                for key, _ in selector.select(0.1):
-                    sock = key.fileobj
-                    try:
-                        data = sock.recv(4096)
-                    except OSError:
-                        data = b""
-                    if not data:  # the server closed it (or refused): open another
-                        selector.unregister(sock)
-                        sock.close()
-                        self._open(selector)
-            for key in list(selector.get_map().values()):
-                key.fileobj.close()
-
-    def __enter__(self) -> "IdleConnections":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join(10)
-
-
-def _low_fd_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-
 def test_idle_connections_do_not_starve_the_mount_or_cached_pulls(start_daemon, s3, bucket):
     keys = [f"f/{i}" for i in range(8)]
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=key.encode() * 100)
-    daemon = start_daemon(mount=True, args=["--bucket", bucket], preexec_fn=_low_fd_limit)
+    daemon = start_daemon(mount=True, args=["--bucket", bucket], preexec_fn=low_fd_limit)
     daemon.ok("PULL", bucket, *keys)  # all cached now
-    mounted = daemon.mountpoint / bucket
-    failures: list[str] = []
-    done = {"pulls": 0, "reads": 0}
-    pull_seconds: list[float] = []
-    stopping = threading.Event()
-
-    def pull_loop() -> None:
-        i = 0
-        while not stopping.is_set():
-            key = keys[i % len(keys)]
-            i += 1
-            started = time.monotonic()
-            try:
-                status, lines = daemon.request("PULL", bucket, key, timeout=10)
-            except OSError as exc:
-                failures.append(f"PULL {key}: {exc!r}")
-                continue
-            pull_seconds.append(time.monotonic() - started)
-            if status == "OK" and lines == [str(daemon.data / bucket / key)]:
-                done["pulls"] += 1
-            else:
-                failures.append(f"PULL {key}: {status} {lines}")
-
-    def read_loop() -> None:
-        i = 0
-        while not stopping.is_set():
-            key = keys[i % len(keys)]
-            i += 1
-            try:
-                with open(mounted / key, "rb") as f:
-                    if f.read() == key.encode() * 100:
-                        done["reads"] += 1
-                    else:
-                        failures.append(f"read {key}: wrong bytes")
-            except OSError as exc:
-                failures.append(f"read {key}: {exc!r}")
-            time.sleep(0.02)
-
     with IdleConnections(daemon.port, 300) as attack:
         # the idle connections pile up: the server is at its cap
-        wait_for(lambda: attack.opened >= 300 and (status := daemon.status())
-                 and int(status["open_connections"]) >= int(status["connection_cap"]) - 1,
-                 60, "the idle connections to fill the server's connection cap")
-        workers = [threading.Thread(target=pull_loop), threading.Thread(target=read_loop)]
-        for worker in workers:
-            worker.start()
-        try:  # the mount and the cached PULLs go on beside them
-            wait_for(lambda: failures or done["pulls"] >= 20 and done["reads"] >= 50, 60,
-                     "20 cached PULLs and 50 reads through the mount")
-        finally:
-            stopping.set()
-        for worker in workers:
-            worker.join(15)
+        wait_until(lambda: attack.opened >= 300 and (status := daemon.status())
+                   and int(status["open_connections"]) >= int(status["connection_cap"]) - 1,
+                   60, "the idle connections to fill the server's connection cap")
+        # the mount and the cached PULLs go on beside them
+        with Traffic(daemon, bucket, keys, daemon.mountpoint / bucket) as traffic:
+            wait_until(lambda: traffic.failures or traffic.done["pulls"] >= 20
+                       and traffic.done["reads"] >= 50, 60,
+                       "20 cached PULLs and 50 reads through the mount")
         opened = attack.opened
-    slowest = max(pull_seconds, default=0.0)
+    done, failures = traffic.done, traffic.failures
+    slowest = max(traffic.pull_seconds, default=0.0)
     print(f"pulls {done['pulls']} reads {done['reads']} slowest PULL {slowest:.2f}s "
           f"idle connections opened {opened}")
     assert failures == [], f"{len(failures)} failures, first: {failures[:5]}"
@@ -320,7 +172,7 @@ def test_log_files_are_not_world_readable(start_daemon, tmp_path):
         os.chmod(log_dir / name, 0o644)
     daemon = start_daemon(home=home)
     daemon.ok("STATUS")
-    wait_for(lambda: "STATUS" in (log_dir / "requests.log").read_text(), 5,
+    wait_until(lambda: "STATUS" in (log_dir / "requests.log").read_text(), 5,
              "the request log to be written")
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in log_dir.iterdir()}
     assert {"s3pool.log", "requests.log"} <= set(modes)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 import uuid
 
 import pytest
 
-from conftest import MotoServer
+from conftest import MotoServer, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
@@ -70,13 +69,19 @@ def _origin_gets(moto_server, bucket: str, keys) -> int:
     return sum(moto_server.app.gets(bucket, key) for key in keys)
 
 
-def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def _first_host(start_daemon, s3, bucket: str, tier, tmp_path):
+    """The objects put in *bucket*, a new tier bucket, the arguments that share
+    it, and a first daemon started with them."""
+    objects = _fill(s3, bucket)
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    return objects, tier_bucket, args, start_daemon(home=tmp_path / "a", args=args)
+
+
+def _seed(daemon, bucket: str, objects: dict[str, bytes]) -> None:
+    """*daemon* pulls *objects* and has uploaded every one of them to the tier."""
+    _pull_all(daemon, bucket, objects)
+    _uploads_done(daemon, len(objects))
 
 
 def _uploads_done(daemon, count: int) -> None:
@@ -84,20 +89,16 @@ def _uploads_done(daemon, count: int) -> None:
         status = daemon.status()
         return int(status["shared_cache_uploads"]) + int(status["shared_cache_uploads_kept"]) \
             >= count and status["shared_cache_uploads_queued_bytes"] == "0"
-    _wait_for(done, f"{count} uploads to the tier by {daemon.home}")
+    wait_until(done, 60, f"{count} uploads to the tier by {daemon.home}")
 
 
 def test_three_hosts_fetch_each_object_once_from_the_origin(start_daemon, moto_server, s3,
                                                             bucket, tier, tmp_path):
-    objects = _fill(s3, bucket)
-    tier_bucket = _new_tier_bucket(tier)
-    args = _tier_args(tier, tier_bucket)
-    first = start_daemon(home=tmp_path / "a", args=args)
+    objects, tier_bucket, args, first = _first_host(start_daemon, s3, bucket, tier, tmp_path)
     second = start_daemon(home=tmp_path / "b", args=args)
     third = start_daemon(home=tmp_path / "c", args=args, mount=True)
 
-    _pull_all(first, bucket, objects)
-    _uploads_done(first, len(objects))
+    _seed(first, bucket, objects)
     assert first.status()["shared_cache_misses"] == str(len(objects))
     listed = tier.client().list_objects_v2(Bucket=tier_bucket, Prefix="fleet/")
     assert listed["KeyCount"] == len(objects)
@@ -143,12 +144,8 @@ def test_three_hosts_fetch_each_object_once_from_the_origin(start_daemon, moto_s
 
 def test_a_corrupted_tier_is_detected_and_the_origin_read(start_daemon, moto_server, s3,
                                                          bucket, tier, tmp_path):
-    objects = _fill(s3, bucket)
-    tier_bucket = _new_tier_bucket(tier)
-    args = _tier_args(tier, tier_bucket)
-    first = start_daemon(home=tmp_path / "a", args=args)
-    _pull_all(first, bucket, objects)
-    _uploads_done(first, len(objects))
+    objects, tier_bucket, args, first = _first_host(start_daemon, s3, bucket, tier, tmp_path)
+    _seed(first, bucket, objects)
 
     # behind s3pool's back: a flipped byte (same size, same metadata) in a small
     # object and in the big one; and one tier object replaced by another object's
@@ -199,13 +196,9 @@ def test_a_corrupted_tier_is_detected_and_the_origin_read(start_daemon, moto_ser
 
 def test_a_tier_stopped_mid_run_leaves_every_pull_to_the_origin(start_daemon, moto_server, s3,
                                                                 bucket, tier, tmp_path):
-    objects = _fill(s3, bucket)
-    tier_bucket = _new_tier_bucket(tier)
-    args = _tier_args(tier, tier_bucket)
-    first = start_daemon(home=tmp_path / "a", args=args)
+    objects, tier_bucket, args, first = _first_host(start_daemon, s3, bucket, tier, tmp_path)
     second = start_daemon(home=tmp_path / "b", args=args)
-    _pull_all(first, bucket, objects)
-    _uploads_done(first, len(objects))
+    _seed(first, bucket, objects)
     keys = list(objects)
     half = {key: objects[key] for key in keys[:SMALL // 2]}
     rest = {key: objects[key] for key in keys[SMALL // 2:]}
@@ -259,8 +252,7 @@ def test_a_tier_that_trickles_is_given_up_and_the_origin_read(start_daemon, moto
     tier_bucket = _new_tier_bucket(tier)
     args = _tier_args(tier, tier_bucket)
     first = start_daemon(home=tmp_path / "a", args=args)
-    _pull_all(first, bucket, big)
-    _uploads_done(first, 1)
+    _seed(first, bucket, big)
     [item] = tier.client().list_objects_v2(Bucket=tier_bucket, Prefix="fleet/")["Contents"]
     # 16 KiB a second: far less than the tier's 1 MiB in 10 s
     tier.app.slow_paths[f"/{tier_bucket}/{item['Key']}"] = 4.0

@@ -11,54 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
-import subprocess
-import tempfile
 import time
 
 import pytest
 
+from helpers import reply_as_nobody
 from s3pool.store.layout import LAYOUT_VERSION
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
-NOBODY = 65534
-NOGROUP = 65534
-# nobody cannot run the venv's python (it lives under /root): its client is
-# the system python with the standard library only
-SYSTEM_PYTHON = "/usr/bin/python3"
-CLIENT = r"""
-import json, socket, sys
-port, words = int(sys.argv[1]), sys.argv[2:]
-sock = socket.create_connection(("127.0.0.1", port))
-sock.sendall(json.dumps(words).encode() + b"\n")
-sock.shutdown(socket.SHUT_WR)
-reply = b""
-while chunk := sock.recv(65536):
-    reply += chunk
-sys.stdout.write(reply.decode())
-"""
 # SQLite's rollback-journal magic, then junk: what a hostile key may hold
 JOURNAL_GARBAGE = bytes.fromhex("d9d505f920a163d7") + bytes(range(256)) * 16
-
-
-def as_nobody(port: int, *words: str) -> tuple[str, list[str]]:
-    assert os.geteuid() == 0, "the daemon runs as root here, the client as nobody"
-    result = subprocess.run([SYSTEM_PYTHON, "-c", CLIENT, str(port), *words], user=NOBODY,
-                            group=NOGROUP, capture_output=True, text=True, timeout=60, cwd="/")
-    assert result.returncode == 0, result.stderr
-    status, _, payload = result.stdout.partition("\n")
-    lines = payload.split("\n")
-    return status, [line for line in lines if line]
-
-
-@pytest.fixture
-def public_dir():
-    path = tempfile.mkdtemp(prefix="s3pool-state-", dir="/tmp")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def our_files_in(bucket_dir) -> list[str]:
@@ -82,16 +46,16 @@ def test_a_key_named_like_sqlites_journal_is_just_a_key(start_daemon, s3, bucket
         f.write(JOURNAL_GARBAGE)
     os.chmod(garbage, 0o644)
     for name in ("__index__-journal", "__index__-wal", "__index__"):
-        assert as_nobody(daemon.port, "PUSH", bucket, name, garbage) == ("OK", []), name
-        status, lines = as_nobody(daemon.port, "PULL", bucket, name)
+        assert reply_as_nobody(daemon.port, "PUSH", bucket, name, garbage) == ("OK", []), name
+        status, lines = reply_as_nobody(daemon.port, "PULL", bucket, name)
         assert status == "OK", (name, lines)
         with open(lines[0], "rb") as f:
             assert f.read() == JOURNAL_GARBAGE
     pushed = ["__index__", "__index__-journal", "__index__-wal"]
 
     # the listing is intact: GLOB, PULL and the mount show the bucket as it is
-    assert as_nobody(daemon.port, "GLOB", bucket, "**") == ("OK", sorted([*keys, *pushed]))
-    status, lines = as_nobody(daemon.port, "PULL", bucket, "dir/b.txt")
+    assert reply_as_nobody(daemon.port, "GLOB", bucket, "**") == ("OK", sorted([*keys, *pushed]))
+    status, lines = reply_as_nobody(daemon.port, "PULL", bucket, "dir/b.txt")
     assert status == "OK", lines
     with open(lines[0], "rb") as f:
         assert f.read() == b"beta\n"
