@@ -1,28 +1,13 @@
 """PUSH from another local user reads only what that user may read
 (the daemon runs as root here, the client as nobody)."""
 
-import json
 import os
-import shutil
-import subprocess
-import tempfile
 
 import pytest
 
+from helpers import request_as_nobody
+
 pytestmark = pytest.mark.e2e
-
-NOBODY = 65534
-# bash's /dev/tcp: the client must run as nobody, who cannot run the venv's
-# python (it lives under /root)
-CLIENT = 'exec 3<>/dev/tcp/127.0.0.1/"$1"; printf "%s\\n" "$2" >&3; cat <&3'
-
-
-def push_as(uid, port, bucket, key, path):
-    request = json.dumps(["PUSH", bucket, key, str(path)])
-    result = subprocess.run(["bash", "-c", CLIENT, "client", str(port), request], user=uid,
-                            capture_output=True, text=True, timeout=60, cwd="/")
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def make_file(path, text, mode):
@@ -30,14 +15,6 @@ def make_file(path, text, mode):
         f.write(text)
     os.chmod(path, mode)
     return path
-
-
-@pytest.fixture
-def public_dir():
-    path = tempfile.mkdtemp(prefix="s3pool-push-", dir="/tmp")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def test_other_users_push_only_what_they_can_read(daemon, s3, bucket, public_dir):
@@ -51,10 +28,10 @@ def test_other_users_push_only_what_they_can_read(daemon, s3, bucket, public_dir
     link = os.path.join(public_dir, "link-to-secret")
     os.symlink(secret, link)
 
-    assert push_as(NOBODY, daemon.port, bucket, "ok", readable) == "OK\n\n"
+    assert request_as_nobody(daemon.port, "PUSH", bucket, "ok", readable) == "OK\n\n"
     assert s3.get_object(Bucket=bucket, Key="ok")["Body"].read() == b"anyone may read this"
     for path in (secret, behind, link, "/etc/shadow"):
-        reply = push_as(NOBODY, daemon.port, bucket, "stolen", path)
+        reply = request_as_nobody(daemon.port, "PUSH", bucket, "stolen", path)
         assert reply.startswith("ERROR\n"), (path, reply)
         assert "permission denied" in reply or "cannot read" in reply
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="stolen")
