@@ -50,7 +50,7 @@ def test_published_listing_round_trips_every_key(tmp_path):
                   b'["a", 1, 0, "e"]\n'),
     gzip.compress(b'{"format": "s3pool-listing", "version": 1, "listed_at": 1, "count": 1}\n'
                   b'["a", 1]\n'),
-])
+], ids=["not_gzip", "other_format", "version_99", "fewer_rows_than_count", "short_row"])
 def test_damaged_published_listings_are_refused(body):
     with pytest.raises(BackendError):
         published = PublishedListing(io.BytesIO(body), "s3://bkt/x")
