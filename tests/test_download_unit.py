@@ -95,10 +95,11 @@ class Rig:
         return obj
 
     async def start(self, nursery: trio.Nursery, key: str, data: bytes,
-                    etag: str | None = None) -> Download:
+                    etag: str | None = None, first_part: int = 0) -> Download:
         """The cache's miss path in short: the GET, a temp file, the run."""
         self.backend.put(BUCKET, key, data, etag=etag)
-        response = await self.backend.get_object(BUCKET, key)  # streamed: read_up_to 0
+        # streamed: read_up_to 0
+        response = await self.backend.get_object(BUCKET, key, first_part=first_part)
         assert response is not None and response.data is None
         fd, tmp_path = self.store.new_temp("dl")
         transfer = self.transfers.begin(BUCKET, key, len(data), "test")
@@ -368,4 +369,20 @@ async def test_a_reader_of_an_installed_download_reads_its_file(rig, autojump_cl
     reader = Reader(None, os.open(obj.path, os.O_RDONLY), obj.meta)
     assert await reader.read(PART - 3, 6) == data[PART - 3:PART + 3]
     reader.close()
+    assert_gone(r, download)
+
+
+async def test_a_body_of_the_first_part_only_is_read_to_its_end(rig, autojump_clock):
+    # the first GET asked for part 0 alone (issue 22): the other parts come from
+    # ranged GETs, and the body ends where S3 ended it, never closed midway
+    r = rig()
+    data = payload(4)
+    async with trio.open_nursery() as nursery:
+        download = await r.start(nursery, "k", data, first_part=PART)
+        assert download.response.body_length == PART
+        obj = await download.wait_installed()
+    assert open(obj.path, "rb").read() == data
+    assert r.body_parts() == [0] and r.ranges() == {1: 1, 2: 1, 3: 1}
+    body = download.response.body
+    assert body.closed and body.pos == len(body.data) == PART
     assert_gone(r, download)

@@ -4,7 +4,9 @@ A :class:`Download` is one version of one object on its way from S3 into
 a file in ``tmp/``. The object is cut into parts of ``download_part_size``
 bytes. Part 0 comes from the GET that checked the ETag (its body is
 streamed on, part after part, while the next part is wanted and nobody
-else fetches it); other parts come from ranged GETs pinned to the ETag
+else fetches it, up to the body's end: the body of a GET of the first part
+only, ``response.body_length``, ends with it, so it is never closed while
+S3 still sends); other parts come from ranged GETs pinned to the ETag
 (If-Match), so a version that changes on S3 mid-way fails the download
 instead of mixing two versions.
 
@@ -43,17 +45,19 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, Protocol
 
 import trio
 
+from s3pool.errors import BackendError, DigestMismatch, NoSpace, S3PoolError
 from s3pool.s3.backend import ObjectResponse
 from s3pool.s3.checksums import Digest
-from s3pool.errors import BackendError, DigestMismatch, NoSpace, S3PoolError
+from s3pool.s3.progress import Transfer
 from s3pool.store.layout import unlink_quietly
 from s3pool.store.objects import CachedObject, HasMeta
-from s3pool.s3.progress import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ class DiskRoom(Protocol):
 
     disk_limiter: trio.CapacityLimiter
 
-    def reserve(self, nbytes: int) -> ContextManager[None]: ...
+    def reserve(self, nbytes: int) -> AbstractContextManager[None]: ...
 
 
 class PartSettings(Protocol):
@@ -122,9 +126,9 @@ class Registry(Protocol):
 
     def release_slot(self, owner: object) -> None: ...
 
-    def ended(self, download: "Download") -> None: ...
+    def ended(self, download: Download) -> None: ...
 
-    async def install(self, download: "Download") -> CachedObject: ...
+    async def install(self, download: Download) -> CachedObject: ...
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,10 @@ class Download:
         self.transfer = transfer
         self.source = source
         self.digest: Digest | None = response.digest
-        part_size = max(1, int(deps.settings.download_part_size))
+        # a first GET of the first part only sets the part size (a SET since is
+        # for the next download)
+        self.body_end = response.body_length or self.size  # the body carries [0, body_end)
+        part_size = max(1, response.body_length or int(deps.settings.download_part_size))
         self.part_size = part_size
         self.parts = max(1, -(-self.size // part_size))
         self.progress = [0] * self.parts  # bytes landed from each part's start
@@ -251,7 +258,7 @@ class Download:
 
     # --- readers ---------------------------------------------------------
 
-    async def read(self, offset: int, size: int, reader: "Reader") -> bytes:
+    async def read(self, offset: int, size: int, reader: Reader) -> bytes:
         end = min(self.size, offset + size)
         if offset >= end:
             return b""
@@ -295,7 +302,7 @@ class Download:
             raise _as_read_error(self.error or BackendError(
                 f"download of s3://{self.bucket}/{self.key} ended unchecked"), self)
 
-    def _want_for_read(self, offset: int, end: int, reader: "Reader") -> None:
+    def _want_for_read(self, offset: int, end: int, reader: Reader) -> None:
         if self.result is not None or self.error is not None:
             return
         part_size = self.part_size
@@ -335,7 +342,7 @@ class Download:
             self._horizon = max(self._horizon, horizon)
             self._schedule()
 
-    def attach_reader(self) -> "Reader":
+    def attach_reader(self) -> Reader:
         self.readers += 1
         return Reader(self, os.dup(self.fd), self.meta)
 
@@ -471,8 +478,12 @@ class Download:
                 self._start_part(nursery, index)
 
     def _stream_next(self) -> int:
-        """The part the body stream would carry next, or -1 once it stopped."""
-        return -1 if self.stream_done else self._stream_part + 1
+        """The part the body stream would carry next, or -1 once it stopped
+        (or its body ends before that part)."""
+        nxt = self._stream_part + 1
+        if self.stream_done or self.part_range(nxt)[1] > self.body_end:
+            return -1
+        return nxt
 
     def _start_part(self, nursery: trio.Nursery, index: int) -> None:
         self.claimed[index] = 1
@@ -535,7 +546,8 @@ class Download:
                 self._release_slot()  # the object's first part is here
                 nxt = index + 1
                 if nxt >= self.parts or self.claimed[nxt] or not (
-                        self.want_all or self.wanted[nxt]):
+                        self.want_all or self.wanted[nxt]) or \
+                        self.part_range(nxt)[1] > self.body_end:
                     self.stream_done = True
                     self._part_landed(index)
                     return

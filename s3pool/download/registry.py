@@ -15,7 +15,7 @@ through the narrow :class:`~s3pool.download.download.Registry` interface.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 

@@ -40,7 +40,8 @@ from botocore.utils import parse_timestamp
 from s3pool.s3.checksums import Digest, digest_for, full_object_checksums, leave_checks_to_s3pool
 from s3pool.errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey, VersionChanged
 from s3pool.s3.lean import (
-    NOT_FOUND, NOT_MODIFIED, PRECONDITION_FAILED, Fallback, LeanBody, LeanGets, bytes_behind,
+    NOT_FOUND, NOT_MODIFIED, PRECONDITION_FAILED, RANGE_NOT_SATISFIABLE, Fallback, LeanBody,
+    LeanGets, bytes_behind,
 )
 from s3pool.s3.inflight import DeadlineExceeded, S3Request, S3Requests
 from s3pool.s3.progress import Transfer
@@ -73,6 +74,9 @@ class ObjectResponse:
     body: Any  # botocore StreamingBody
     digest: Digest | None = None  # what the bytes must hash to, if S3 said
     data: bytes | None = None  # the whole body, already read and hashed (small objects)
+    # bytes the body carries from the object's start, when fewer than all of them
+    # (the first GET asked for the first part only); None: the whole object
+    body_length: int | None = None
 
     @property
     def content_length(self) -> int:
@@ -186,6 +190,44 @@ def check_range(resp: dict[str, Any], bucket: str, key: str, etag: str, start: i
                                f"object ({size!r} bytes)")
     else:
         raise BackendError(f"S3 answered {status} to a GET of bytes {start}-{end} of {url}")
+
+
+_FIRST_RANGE = re.compile(r"bytes 0-(\d{1,19})/(\d{1,19})")
+
+
+def check_first_part(resp: dict[str, Any], bucket: str, key: str, first_part: int
+                     ) -> int | None:
+    """The answer to a GET of bytes [0, first_part) that stands for the whole
+    object: a 206 for bytes 0-E of an object of T bytes, E = min(first_part, T)
+    - 1, with a Content-Length of E + 1 (or none: then the body must be exactly
+    that long), or a 200 with the whole object (a server may ignore Range:
+    :func:`check_answer`'s rules). The response is made the whole object's
+    (ContentLength T, no ContentRange). Returns how many bytes the body
+    carries when fewer than T, else None."""
+    status = _status_of(resp)
+    if status == 200 and not resp.get("ContentRange"):
+        check_answer(resp, bucket, key)
+        return None
+    url = f"s3://{bucket}/{key}"
+    content_range = resp.get("ContentRange") or ""
+    match = _FIRST_RANGE.fullmatch(content_range)
+    if status != 206 or match is None:
+        raise BackendError(f"S3 answered {status} ({content_range[:80] or 'no range'}) to a "
+                           f"GET of bytes 0-{first_part - 1} of {url}")
+    end, total = int(match.group(1)), int(match.group(2))
+    if end != min(first_part, total) - 1:
+        raise BackendError(f"S3 answered bytes 0-{first_part - 1} of {url} with "
+                           f"Content-Range {content_range[:80]!r}")
+    length = resp.get("ContentLength")
+    if length is not None and length != end + 1:
+        raise BackendError(f"S3 answered bytes 0-{end} of {url} with Content-Length "
+                           f"{length!r}")
+    check_etag(resp.get("ETag"), url)
+    if length is None:
+        resp["Body"].exactly(end + 1)
+    resp["ContentLength"] = total
+    resp.pop("ContentRange", None)
+    return end + 1 if end + 1 < total else None
 
 
 def _status_of(resp: dict[str, Any]) -> int:
@@ -528,14 +570,25 @@ class Backend:
 
     async def get_object(self, bucket: str, key: str, if_none_match: str | None = None,
                          read_up_to: int = 0,
-                         then: Callable[[ObjectResponse], Any] | None = None
-                         ) -> ObjectResponse | None:
+                         then: Callable[[ObjectResponse], Any] | None = None,
+                         first_part: int = 0) -> ObjectResponse | None:
         """Start a GET; None when S3 answers 304 (our copy is current).
 
         A body of at most *read_up_to* bytes is read (and hashed) in the same
         worker thread and handed back as ``data``, and *then* (if given) is
         called with the response in that thread too: a small object costs
-        one thread hop, like a plain boto3 GET."""
+        one thread hop, like a plain boto3 GET.
+
+        With *first_part* (at least *read_up_to*), the GET asks for bytes
+        [0, first_part) only: the body of a larger object ends with its first
+        part (``body_length``), so a download whose other parts come from
+        ranged GETs never closes a body S3 is still sending (which S3 servers
+        log as a connection reset by peer). The response stands for the whole
+        object all the same: its meta has the size from Content-Range, and its
+        digest is the whole object's (S3 sends no checksum with a range: a
+        HEAD of the same version gives the full-object one, when the ETag is
+        not an MD5 to check by). An empty object (416: it has no byte 0) is
+        asked for whole."""
 
         condition = validator(if_none_match)
         if condition is not None and not (_ETAG.fullmatch(condition)
@@ -546,9 +599,12 @@ class Backend:
                         bucket, key)
             condition = None
 
-        def call() -> ObjectResponse | None:
+        def call(ranged: bool) -> ObjectResponse | None:
+            conditions = {"IfNoneMatch": condition} if condition else {}
+            if ranged:
+                conditions["Range"] = f"bytes=0-{first_part - 1}"
             try:
-                resp = self._get(bucket, key, {"IfNoneMatch": condition} if condition else {})
+                resp = self._get(bucket, key, conditions)
             except botocore.exceptions.ClientError as exc:
                 code, status = _error_code(exc)
                 if status == 304 or code == "304":
@@ -556,23 +612,46 @@ class Backend:
                         raise BackendError(f"S3 answered 304 to an unconditional GET of "
                                            f"s3://{bucket}/{key}") from None
                     return None
+                if ranged and (status == 416 or code == "InvalidRange"):
+                    return call(False)  # an empty object has no byte 0 to ask for
                 raise
             try:
-                check_answer(resp, bucket, key)
+                body_length = None
+                if ranged:
+                    body_length = check_first_part(resp, bucket, key, first_part)
+                else:
+                    check_answer(resp, bucket, key)
                 if resp.get("ContentLength") is None:
                     self._length_from_head(resp, bucket, key)
+                digest = digest_for(resp, bucket, key)
+                if digest is None and body_length is not None:
+                    digest = self._digest_from_head(resp, bucket, key)
             except BaseException:
                 resp["Body"].close()
                 raise
-            response = ObjectResponse(meta_from_response(resp), resp["Body"],
-                                      digest_for(resp, bucket, key))
+            response = ObjectResponse(meta_from_response(resp), resp["Body"], digest,
+                                      body_length=body_length)
             if response.content_length <= read_up_to:
                 read_small(response, bucket, key)
                 if then is not None:
                     then(response)
             return response
 
-        return await self._run(call, bucket=bucket, key=key)
+        return await self._run(call, first_part > 0, bucket=bucket, key=key)
+
+    def _digest_from_head(self, resp: dict[str, Any], bucket: str, key: str) -> Digest | None:
+        """Worker thread: the whole object's digest for a GET that asked for its
+        first part (S3 sends no x-amz-checksum with a range): a HEAD's
+        full-object checksum, if it is of the same version; put in *resp*
+        so the meta shows it as after a whole GET."""
+        head = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        if validator(head.get("ETag")) != validator(resp.get("ETag")):
+            return None  # another version meanwhile: the parts' If-Match will say so
+        checksums = full_object_checksums(head)
+        if not checksums:
+            return None
+        resp.update(checksums)
+        return digest_for(resp, bucket, key)
 
     def _length_from_head(self, resp: dict[str, Any], bucket: str, key: str) -> None:
         """An answer without a Content-Length (chunked, or up to the close): a HEAD
@@ -613,9 +692,10 @@ class Backend:
                 observer = self.observer
                 if observer is not None:
                     observer("GetObject", time.perf_counter() - started, None)
-                if status in (NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED):
+                if status in (NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED,
+                              RANGE_NOT_SATISFIABLE):
                     raise botocore.exceptions.ClientError(
-                        {"Error": resp or {"Code": str(status), "Message": "Not Modified"},
+                        {"Error": resp or {"Code": str(status), "Message": f"status {status}"},
                          "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
                 assert resp is not None
                 resp["Body"] = WatchedBody(resp["Body"], request, resp.get("ContentLength"))
@@ -726,7 +806,8 @@ class Backend:
                 resp["Body"].close()
                 raise
 
-        return await self._run(call, bucket=bucket, key=key)
+        result: T = await self._run(call, bucket=bucket, key=key)
+        return result
 
     async def head_with_checksums(self, bucket: str, key: str) -> dict[str, Any]:
         """A HEAD that asks for the object's full-object checksums: its meta

@@ -79,7 +79,8 @@ _FIELDS = (
 _META_PREFIX = "x-amz-meta-"
 # statuses answered here; any other goes to boto3
 NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED = 304, 404, 412
-_PLAIN = {200, 206, NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED}
+RANGE_NOT_SATISFIABLE = 416  # a first part's GET of an empty object: asked again whole
+_PLAIN = {200, 206, NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED, RANGE_NOT_SATISFIABLE}
 # statuses that say this bucket wants something botocore knows how to do
 _LEAVE_BUCKET = {301, 307, 400, 403}
 MAX_ERROR_BODY = 64 << 10  # bytes of an error document read (more: the connection is closed)
@@ -485,7 +486,7 @@ class LeanGets:
                          "from now on", status, bucket)
                 self.leave_bucket(bucket)
             raise Fallback(f"status {status}")
-        if status in (NOT_MODIFIED, PRECONDITION_FAILED):
+        if status in (NOT_MODIFIED, PRECONDITION_FAILED, RANGE_NOT_SATISFIABLE):
             _let_go(conn, resp, pool)
             return status, None
         if status == NOT_FOUND:  # NoSuchKey or NoSuchBucket: the code is in the body
