@@ -108,31 +108,54 @@ class Rig:
         nursery.start_soon(download.run)
         return download
 
+    async def opened(self, nursery: trio.Nursery, data: bytes) -> tuple[Download, Reader]:
+        """A download of *data* started, and a reader of it (as an open() of the mount)."""
+        download = await self.start(nursery, "k", data)
+        return download, download.attach_reader()
+
     def close(self) -> None:
         self.store.access.close()
 
 
 @pytest.fixture
 def rig(tmp_path, autojump_clock):
-    made: list[Rig] = []
-
-    def make(**kwargs: Any) -> Rig:
-        made.append(Rig(str(tmp_path / f"home{len(made)}"), autojump_clock, **kwargs))
-        return made[-1]
-
-    yield make
-    for one in made:
-        one.close()
+    made = Rig(str(tmp_path / "home"), autojump_clock)
+    yield made
+    made.close()
 
 
-def assert_gone(rig: Rig, download: Download) -> None:
-    """A download that ended: nothing left in flight or reserved, its temp file gone."""
+@pytest.fixture
+def stall_rig(tmp_path, autojump_clock):
+    """A rig whose downloads must bring a part every 30 (virtual) seconds."""
+    made = Rig(str(tmp_path / "home"), autojump_clock, stall_timeout=30, stall_bytes=PART)
+    yield made
+    made.close()
+
+
+def assert_gone(rig: Rig, download: Download, reader: Reader | None = None) -> None:
+    """A download that ended (its reader, if any, closed now): nothing left in
+    flight or reserved, its temp file gone; if it failed, nothing installed."""
+    if reader is not None:
+        reader.close()
     assert download.done.is_set()
+    if download.error is not None:
+        assert rig.installs == [] and rig.store.lookup(BUCKET, download.key) is None
     assert rig.registry.get(BUCKET, download.key) is None
     assert len(rig.registry) == 0 and not rig.registry.busy()
     assert len(rig.transfers) == 0
     assert rig.store.reserved == 0
     assert not os.path.exists(download.tmp_path)
+
+
+def pull_in(nursery: trio.Nursery, download: Download) -> list[CachedObject]:
+    """A PULL of *download* in the background: the list gets the installed object."""
+    installed: list[CachedObject] = []
+
+    async def pull() -> None:
+        installed.append(await download.wait_installed())
+
+    nursery.start_soon(pull)
+    return installed
 
 
 # every test takes autojump_clock itself: pytest-trio runs a test under a clock
@@ -147,51 +170,38 @@ async def until(condition: Any) -> None:
 
 
 async def test_parts_landing_out_of_order_are_read_and_installed_in_order(rig, autojump_clock):
-    r = rig()
     data = payload(4)
     for part in (0, 2, 3):  # the body (parts 0 and 1), ranges for 2 and 3
-        r.gate(part)
+        rig.gate(part)
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
-        installed: list[CachedObject] = []
-
-        async def pull() -> None:
-            installed.append(await download.wait_installed())
-
-        nursery.start_soon(pull)
+        download = await rig.start(nursery, "k", data)
+        installed = pull_in(nursery, download)
         reader = download.attach_reader()
-        await until(lambda: r.ranges() == {2: 1, 3: 1})  # both ranges asked, held
-        r.gate(3).set()  # the last part lands first...
+        await until(lambda: rig.ranges() == {2: 1, 3: 1})  # both ranges asked, held
+        rig.gate(3).set()  # the last part lands first...
         assert await reader.read(3 * PART + 5, 100) == data[3 * PART + 5:3 * PART + 105]
         assert not download.has(0, 1) and not download.has(2 * PART, 2 * PART + 1)
-        r.gate(2).set()  # ... then the third ...
+        rig.gate(2).set()  # ... then the third ...
         assert await reader.read(2 * PART, 10) == data[2 * PART:2 * PART + 10]
         assert not download.has(0, 1)
-        r.gate(0).set()  # ... then the body brings parts 0 and 1
+        rig.gate(0).set()  # ... then the body brings parts 0 and 1
         assert await reader.read(0, 10) == data[:10]
     assert await reader.read(PART - 5, 10) == data[PART - 5:PART + 5]
     assert installed and open(installed[0].path, "rb").read() == data
-    assert r.installs == installed
-    assert r.ranges() == {2: 1, 3: 1}  # each part fetched once, 0 and 1 by the body
-    assert r.body_parts() == [0, 1]
-    assert r.backend.calls["get_object"] == 1
-    assert r.verifications.failures == 0
-    reader.close()
-    assert_gone(r, download)
+    assert rig.installs == installed
+    assert rig.ranges() == {2: 1, 3: 1}  # each part fetched once, 0 and 1 by the body
+    assert rig.body_parts() == [0, 1]
+    assert rig.backend.calls["get_object"] == 1
+    assert rig.verifications.failures == 0
+    assert_gone(rig, download, reader)
 
 
 async def test_a_slow_part_holds_up_only_the_reads_of_its_bytes(rig, autojump_clock):
-    r = rig()
     data = payload(4)
-    r.slow[2] = 30.0  # part 2 trickles: two virtual minutes for its four chunks
+    rig.slow[2] = 30.0  # part 2 trickles: two virtual minutes for its four chunks
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
-        installed: list[CachedObject] = []
-
-        async def pull() -> None:
-            installed.append(await download.wait_installed())
-
-        nursery.start_soon(pull)
+        download = await rig.start(nursery, "k", data)
+        installed = pull_in(nursery, download)
         reader = download.attach_reader()
         assert await reader.read(3 * PART, PART) == data[3 * PART:]  # past the slow part
         assert await reader.read(0, 2 * PART) == data[:2 * PART]
@@ -199,79 +209,68 @@ async def test_a_slow_part_holds_up_only_the_reads_of_its_bytes(rig, autojump_cl
         assert not installed
         assert await reader.read(2 * PART, PART) == data[2 * PART:3 * PART]  # waits for it
     assert open(installed[0].path, "rb").read() == data
-    ranges = r.ranges()
+    ranges = rig.ranges()
     assert ranges[2] == 1 and set(ranges.values()) == {1}  # nothing asked twice
-    reader.close()
-    assert_gone(r, download)
+    assert_gone(rig, download, reader)
 
 
 async def test_a_body_cut_midway_fails_every_waiter_and_keeps_what_landed(rig, autojump_clock):
-    r = rig()
     data = payload(4)
     cut = PART + PART // 2  # S3's connection breaks in part 1 (the body's)
-    r.backend.cut(BUCKET, "k", cut)
-    r.gate(2)  # parts 2 and 3 wait until the body has broken
-    r.gate(3)
+    rig.backend.cut(BUCKET, "k", cut)
+    rig.gate(2)  # parts 2 and 3 wait until the body has broken
+    rig.gate(3)
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
+        download = await rig.start(nursery, "k", data)
         download.want_everything()  # a PULL: the body carries parts 0 and 1
         reader = download.attach_reader()
         assert await reader.read(0, 100) == data[:100]
         with pytest.raises(BackendError, match="cut at byte"):
             await download.wait_installed()
-        r.gate(2).set()
-        r.gate(3).set()
+        rig.gate(2).set()
+        rig.gate(3).set()
         # bytes that landed before the cut stay readable; past it: an error, no hang
         assert await reader.read(PART - 10, 10) == data[PART - 10:PART]
         with pytest.raises(BackendError):
             await reader.read(cut - 1, 10)
         with pytest.raises(BackendError):
             await reader.read(3 * PART, 10)
-    assert r.body_parts() == [0, 1] and 1 not in r.ranges()  # the cut was the body's
-    assert r.installs == [] and r.store.lookup(BUCKET, "k") is None
-    reader.close()
-    assert_gone(r, download)
+    assert rig.body_parts() == [0, 1] and 1 not in rig.ranges()  # the cut was the body's
+    assert_gone(rig, download, reader)
 
 
 async def test_the_last_reader_leaving_stops_a_download_far_from_done(rig, autojump_clock):
-    r = rig()
     data = payload(8)
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
-        reader = download.attach_reader()
+        download, reader = await rig.opened(nursery, data)
         assert await reader.read(0, 10) == data[:10]  # `head -c 10`: part 0 alone
         reader.close()
         await download.done.wait()
     assert isinstance(download.error, DownloadCancelled)
-    assert r.ranges() == {} and r.body_parts() == [0]  # nothing fetched beyond part 0
-    assert r.installs == []
-    assert_gone(r, download)
+    assert rig.ranges() == {} and rig.body_parts() == [0]  # nothing fetched beyond part 0
+    assert_gone(rig, download)
 
 
 async def test_the_last_reader_leaving_a_download_nearly_done_lets_it_finish(rig, autojump_clock):
     # the positive control of the test above: two parts or fewer missing
-    r = rig()
     data = payload(3)
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
-        reader = download.attach_reader()
+        download, reader = await rig.opened(nursery, data)
         assert await reader.read(0, 10) == data[:10]
         await until(lambda: download.landed_bytes == PART)  # two parts to go
         reader.close()
         await download.done.wait()
     assert download.error is None
-    assert [open(obj.path, "rb").read() for obj in r.installs] == [data]
-    assert_gone(r, download)
+    assert [open(obj.path, "rb").read() for obj in rig.installs] == [data]
+    assert_gone(rig, download)
 
 
 async def test_a_download_stopped_midway_cancels_its_parts_and_wakes_its_reads(rig, autojump_clock):
-    r = rig()
     data = payload(8)
-    r.gate(6)  # the ranged GET a far read waits for never answers
+    rig.gate(6)  # the ranged GET a far read waits for never answers
     errors: list[BaseException] = []
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
-        reader = download.attach_reader()
+        download, reader = await rig.opened(nursery, data)
         assert await reader.read(0, 10) == data[:10]
 
         async def far_read() -> None:
@@ -281,70 +280,64 @@ async def test_a_download_stopped_midway_cancels_its_parts_and_wakes_its_reads(r
                 errors.append(exc)
 
         nursery.start_soon(far_read)
-        await until(lambda: r.ranges() == {6: 1} and r.registry.waiting_reads == 1)
-        r.registry.stop_all("download abandoned: s3pool is shutting down")
+        await until(lambda: rig.ranges() == {6: 1} and rig.registry.waiting_reads == 1)
+        rig.registry.stop_all("download abandoned: s3pool is shutting down")
         await download.done.wait()
     assert [str(e) for e in errors] == ["download abandoned: s3pool is shutting down"]
-    assert r.backend.count("get_range") == 1  # the one in flight, cancelled; none after
-    assert r.registry.running == 0 and r.registry.waiting_reads == 0
-    assert r.installs == []
-    reader.close()
-    assert_gone(r, download)
+    assert rig.backend.count("get_range") == 1  # the one in flight, cancelled; none after
+    assert rig.registry.running == 0 and rig.registry.waiting_reads == 0
+    assert_gone(rig, download, reader)
 
 
 async def test_a_reader_of_a_far_part_costs_one_ranged_get_and_no_body(rig, autojump_clock):
-    r = rig()
     data = payload(8)
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
-        reader = download.attach_reader()
+        download, reader = await rig.opened(nursery, data)
         footer = len(data) - 64 * 1024 + 100  # a Parquet footer, in the last part
         assert await reader.read(footer, 4096) == data[footer:footer + 4096]
         await until(lambda: download.stream_done)
-        assert r.ranges() == {7: 1}
-        assert r.body_parts() == []
+        assert rig.ranges() == {7: 1}
+        assert rig.body_parts() == []
         assert download.response.body.closed and download.response.body.pos == 0
         # then the start of the file: part 0 by a ranged GET now, once
         assert await reader.read(0, 100) == data[:100]
-        assert r.ranges() == {7: 1, 0: 1}
+        assert rig.ranges() == {7: 1, 0: 1}
         reader.close()
         await download.done.wait()
     assert isinstance(download.error, DownloadCancelled)
-    assert_gone(r, download)
+    assert_gone(rig, download)
 
 
-async def test_a_part_that_stalls_past_the_deadline_fails_the_download(rig, autojump_clock):
-    r = rig(stall_timeout=30, stall_bytes=PART)
+async def test_a_part_that_stalls_past_the_deadline_fails_the_download(stall_rig, autojump_clock):
+    rig = stall_rig
     data = payload(4)
-    r.slow[2] = 100.0  # a chunk every 100 virtual seconds: under PART in 30s
+    rig.slow[2] = 100.0  # a chunk every 100 virtual seconds: under PART in 30s
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
+        download = await rig.start(nursery, "k", data)
         with pytest.raises(BackendError, match="stalled"):
             await download.wait_installed()
-    assert r.installs == []
-    assert r.ranges() == {2: 1, 3: 1}
-    assert_gone(r, download)
+    assert rig.ranges() == {2: 1, 3: 1}
+    assert_gone(rig, download)
 
 
-async def test_a_slow_part_within_the_deadline_is_not_a_stall(rig, autojump_clock):
+async def test_a_slow_part_within_the_deadline_is_not_a_stall(stall_rig, autojump_clock):
     # the positive control of the test above: the same trickle, fast enough
-    r = rig(stall_timeout=30, stall_bytes=PART)
+    rig = stall_rig
     data = payload(4)
-    r.slow[2] = 5.0  # a part in 20 virtual seconds
+    rig.slow[2] = 5.0  # a part in 20 virtual seconds
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
+        download = await rig.start(nursery, "k", data)
         obj = await download.wait_installed()
     assert open(obj.path, "rb").read() == data
     assert trio.current_time() >= 20  # the trickle did take its (virtual) time
-    assert_gone(r, download)
+    assert_gone(rig, download)
 
 
 async def test_bytes_that_fail_the_digest_are_never_installed_nor_read_whole(rig, autojump_clock):
-    r = rig()
     data = payload(4)
     other = '"' + "0" * 32 + '"'  # an MD5 ETag the bytes do not have
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data, etag=other)
+        download = await rig.start(nursery, "k", data, etag=other)
         reader = download.attach_reader()
         for offset in range(0, 3 * PART, PART):  # a `cat`: every read but the last ...
             assert await reader.read(offset, PART) == data[offset:offset + PART]
@@ -354,35 +347,30 @@ async def test_bytes_that_fail_the_digest_are_never_installed_nor_read_whole(rig
             await download.wait_installed()
         with pytest.raises(DigestMismatch):  # and no byte of it any more
             await reader.read(0, 10)
-    assert r.verifications.failures == 1
-    assert r.installs == [] and r.store.lookup(BUCKET, "k") is None
-    reader.close()
-    assert_gone(r, download)
+    assert rig.verifications.failures == 1
+    assert_gone(rig, download, reader)
 
 
 async def test_a_reader_of_an_installed_download_reads_its_file(rig, autojump_clock):
-    r = rig()
     data = payload(2)
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data)
+        download = await rig.start(nursery, "k", data)
         obj = await download.wait_installed()
     reader = Reader(None, os.open(obj.path, os.O_RDONLY), obj.meta)
     assert await reader.read(PART - 3, 6) == data[PART - 3:PART + 3]
-    reader.close()
-    assert_gone(r, download)
+    assert_gone(rig, download, reader)
 
 
 async def test_a_body_of_the_first_part_only_is_read_to_its_end(rig, autojump_clock):
     # the first GET asked for part 0 alone (issue 22): the other parts come from
     # ranged GETs, and the body ends where S3 ended it, never closed midway
-    r = rig()
     data = payload(4)
     async with trio.open_nursery() as nursery:
-        download = await r.start(nursery, "k", data, first_part=PART)
+        download = await rig.start(nursery, "k", data, first_part=PART)
         assert download.response.body_length == PART
         obj = await download.wait_installed()
     assert open(obj.path, "rb").read() == data
-    assert r.body_parts() == [0] and r.ranges() == {1: 1, 2: 1, 3: 1}
+    assert rig.body_parts() == [0] and rig.ranges() == {1: 1, 2: 1, 3: 1}
     body = download.response.body
     assert body.closed and body.pos == len(body.data) == PART
-    assert_gone(r, download)
+    assert_gone(rig, download)
