@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import MotoServer, raw_request
+from conftest import MotoServer, put_many, raw_request
 
 pytestmark = pytest.mark.e2e
 
@@ -137,8 +137,7 @@ def test_push_refuses_bad_local_paths(daemon, bucket, tmp_path):
 
 def test_refresh_lists_more_than_one_page(daemon, s3, bucket, moto_server):
     keys = sorted(f"p/{i:05d}" for i in range(1500))
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda k: put(s3, bucket, k, b""), keys))
+    put_many(bucket, ((key, b"") for key in keys))
     before = moto_server.app.count("GET", f"/{bucket}")
     daemon.ok("REFRESH", bucket)
     listed = moto_server.app.count("GET", f"/{bucket}") - before

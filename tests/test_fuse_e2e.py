@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import MotoServer, finishes
+from conftest import MotoServer, finishes, put_many
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
@@ -214,11 +214,8 @@ def test_unknown_bucket_appears_on_first_lookup(start_daemon, s3):
 
 
 def test_inodes_are_stable_and_big_directories_stream(start_daemon, s3, bucket):
-    from concurrent.futures import ThreadPoolExecutor
-
     keys = [f"big/{i:05d}.dat" for i in range(3000)] + ["big/zz/inner"]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b"x"), keys))
+    put_many(bucket, ((key, b"x") for key in keys))
     daemon = start_daemon(mount=True, args=["--bucket", bucket])
     big = daemon.mountpoint / bucket / "big"
     names = os.listdir(big)
@@ -253,9 +250,9 @@ def test_restart_after_sigkill_clears_the_dead_mount(start_daemon, s3, bucket):
 
 
 def test_a_directory_of_100000_entries_streams(start_daemon, tmp_path):
+    from s3pool.listing.build import write_listing
     from s3pool.s3.backend import ListEntry
     from s3pool.store.layout import Layout
-    from s3pool.listing.listings import write_listing
 
     # the listing is what readdir serves: write a 100,000-key one directly
     home = tmp_path / "home"

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conftest import put_many
+
 pytestmark = pytest.mark.e2e
 
 SMALL = 64
@@ -28,8 +30,7 @@ CLIENTS = 24
 def test_index_replaced_while_written(start_daemon, s3, tmp_path):
     bucket = "replace"
     s3.create_bucket(Bucket=bucket)
-    for i in range(KEYS):
-        s3.put_object(Bucket=bucket, Key=f"cold/{i:05d}", Body=bytes([i % 251]) * SMALL)
+    put_many(bucket, ((f"cold/{i:05d}", bytes([i % 251]) * SMALL) for i in range(KEYS)))
     daemon = start_daemon(args=["--listing-freshness", "0"])
     local = tmp_path / "push.bin"
     local.write_bytes(b"p" * SMALL)

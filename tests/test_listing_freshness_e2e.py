@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import ROOT, wait_until
+from conftest import ROOT, put_many, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
@@ -202,13 +202,7 @@ def test_the_newcomers_files_three_directories_deep(start_daemon, s3, bucket, mo
 
 def test_ls_of_a_large_cold_directory_streams(start_daemon, s3, bucket, moto_server):
     """The first entries come back while later pages of the LIST are still to come."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def put(i: int) -> None:
-        s3.put_object(Bucket=bucket, Key=f"big/{i:05d}", Body=b"")
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, range(5000)))
+    put_many(bucket, ((f"big/{i:05d}", b"") for i in range(5000)))
     daemon = start_daemon(mount=True)
     moto_server.app.slow_paths[f"/{bucket}"] = 0.3  # per 64 KiB: about 1 s a page
     with os.scandir(daemon.mountpoint / bucket / "big") as it:
