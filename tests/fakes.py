@@ -184,7 +184,7 @@ class FakeBackend:
         self._uploads: dict[str, tuple[str, str, dict[int, bytes], float]] = {}
         self._upload_ids = itertools.count(1)
         self._clock = 1_700_000_000  # LastModified of the next write (whole seconds)
-        self._lock = threading.Lock()  # counters bumped from listing worker threads
+        self._lock = threading.RLock()  # counters bumped from listing worker threads
         # the Backend's attributes that others read
         self.stopping = threading.Event()
         self.limiter = trio.CapacityLimiter(8)
