@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s3pool.listing.listings import write_listing  # noqa: E402
+from s3pool.listing.build import write_listing  # noqa: E402
 from s3pool.listing.published import write_published  # noqa: E402
 from s3pool.s3.backend import ListEntry  # noqa: E402
 from s3pool.store.layout import Layout  # noqa: E402

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from fakes import FakeBackend
+from s3pool.listing.build import create_empty_index, write_listing
 from s3pool.listing.index import VERSION
-from s3pool.listing.listings import Listings, _create_empty_index, write_listing
+from s3pool.listing.listings import Listings
 from s3pool.s3.backend import ListEntry
 from s3pool.store.layout import Layout
 
@@ -92,7 +93,7 @@ def unusable_index(layout: Layout, bucket: str, kind: str) -> str:
 def test_every_index_written_carries_the_schema_version(tmp_path):
     layout = Layout.create(str(tmp_path / "home"))
     write_listing(layout, "written", [[ListEntry("k", 1, 0.0, '"e"')]])
-    _create_empty_index(layout, "empty")
+    create_empty_index(layout, "empty")
     assert user_version(layout.index_path("written")) == VERSION
     assert user_version(layout.index_path("empty")) == VERSION
     assert VERSION >= 1  # version 0 is "written before versions"

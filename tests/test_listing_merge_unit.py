@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
+from s3pool.listing.build import write_listing
 from s3pool.listing.index import DIR_MARK, merge_page
-from s3pool.listing.listings import write_listing
 from s3pool.s3.backend import ListEntry
 from s3pool.settings import Settings
 from s3pool.store.layout import Layout
@@ -83,11 +83,12 @@ def test_only_the_empty_index_counts_as_never_listed_and_a_written_one_is_dated(
     a NoSuchBucket may remove."""
     import time
 
-    from s3pool.listing.listings import Listings, _create_empty_index
+    from s3pool.listing.build import create_empty_index
+    from s3pool.listing.listings import Listings
 
     layout = Layout.create(str(tmp_path / "home"))
     write_listing(layout, "written", [[entry("k")]])
-    _create_empty_index(layout, "empty")
+    create_empty_index(layout, "empty")
     listings = Listings(layout, backend=None)  # no S3 asked here
     try:
         assert not listings.never_listed("written")

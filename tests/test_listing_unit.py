@@ -48,7 +48,8 @@ async def test_listings_never_run_two_listings_of_one_bucket_at_once(tmp_path):
 async def test_glob_during_a_refresh_sees_the_old_listing_whole(tmp_path):
     import threading
 
-    from s3pool.listing.listings import Listings, write_listing
+    from s3pool.listing.build import write_listing
+    from s3pool.listing.listings import Listings
     from s3pool.s3.backend import ListEntry
 
     layout = Layout.create(str(tmp_path))
@@ -79,7 +80,8 @@ async def test_glob_during_a_refresh_sees_the_old_listing_whole(tmp_path):
 async def test_a_push_during_a_refresh_survives_the_new_listing(tmp_path):
     import threading
 
-    from s3pool.listing.listings import Listings, write_listing
+    from s3pool.listing.build import write_listing
+    from s3pool.listing.listings import Listings
     from s3pool.s3.backend import ListEntry
 
     layout = Layout.create(str(tmp_path))
@@ -108,8 +110,9 @@ async def test_a_push_during_a_refresh_survives_the_new_listing(tmp_path):
 
 
 async def test_glob_with_alternatives_reads_each_range_once_in_key_order(tmp_path):
+    from s3pool.listing.build import write_listing
     from s3pool.listing.globpattern import compile_glob
-    from s3pool.listing.listings import Listings, write_listing
+    from s3pool.listing.listings import Listings
     from s3pool.s3.backend import ListEntry
 
     keys = sorted({f"{top}/{mid}/{leaf}" for top in ("a", "ab", "b", "logs", "x")
@@ -137,7 +140,8 @@ async def test_a_glob_scan_gives_up_when_the_daemon_stops(tmp_path):
     import threading
 
     from s3pool.errors import ShuttingDown
-    from s3pool.listing.listings import Listings, write_listing
+    from s3pool.listing.build import write_listing
+    from s3pool.listing.listings import Listings
     from s3pool.s3.backend import ListEntry
 
     layout = Layout.create(str(tmp_path))

@@ -13,8 +13,9 @@ import zlib
 import pytest
 
 from s3pool.errors import BackendError
+from s3pool.listing.build import write_listing
 from s3pool.listing.fleet import Fleet, FleetListings
-from s3pool.listing.listings import Listings, write_listing
+from s3pool.listing.listings import Listings
 from s3pool.listing.published import DEFAULT_KEY, PublishedListing, is_hidden, write_published
 from s3pool.s3.backend import ListEntry, validator
 from s3pool.store.layout import Layout

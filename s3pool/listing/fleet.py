@@ -23,8 +23,9 @@ import trio
 
 from s3pool.errors import BackendError, NoSuchBucket, NoSuchKey, S3PoolError
 from s3pool.listing import index
+from s3pool.listing.build import write_listing
 from s3pool.listing.index import IndexFault
-from s3pool.listing.listings import Listings, write_listing
+from s3pool.listing.listings import Listings
 from s3pool.listing.published import DEFAULT_KEY, LISTED_AT_META, PublishedListing, write_published
 from s3pool.s3.backend import Backend, ListEntry
 from s3pool.store.files import new_temp, temp_path, unlink_quietly

@@ -8,13 +8,13 @@ renamed to ``state/listings/BUCKET/index.db`` (outside the key namespace:
 no key can reach it or its journals), then ``__list__`` into the
 BUCKETDIR, so a reader sees the old listing or the new one, never a mix.
 GLOB, the FUSE view's lookups and readdir all query the index by key
-range instead of scanning the listing. The index's schema, versions and
-SQL are index.py's; this module decides when to list and what to ask.
+range instead of scanning the listing. This module decides when to list
+(whole, or a directory or prefix again) and what to ask; writing a whole
+listing is build.py's, the index's schema, versions and SQL are index.py's.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -26,8 +26,14 @@ from typing import Any, Protocol
 import botocore.exceptions
 import trio
 
-from s3pool.errors import BackendError, NoSpace, NoSuchBucket, S3PoolError, ShuttingDown
+from s3pool.errors import BackendError, NoSuchBucket, ShuttingDown
 from s3pool.listing import index
+from s3pool.listing.build import (
+    create_empty_index,
+    not_written,
+    remove_empty_index,
+    write_listing,
+)
 from s3pool.listing.globpattern import CompiledGlob, compile_glob
 from s3pool.listing.index import (
     EMPTY_SOURCE,
@@ -39,7 +45,6 @@ from s3pool.listing.index import (
 )
 from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
 from s3pool.s3.backend import FAST_ENTRIES, FAST_PREFIXES, Backend, ListEntry, translate
-from s3pool.store.files import temp_path
 from s3pool.store.layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
 
 log = logging.getLogger(__name__)
@@ -52,8 +57,7 @@ PAGE_KEYS = 1000
 CHILDREN_MEMORY = 1 << 16
 # keys a GLOB scan matches between two looks at the stopping flag
 _STOP_CHECK_EVERY = 128
-# keys with a line break named in the log per listing (then only counted)
-LINE_BREAKS_LOGGED = 20
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -350,7 +354,7 @@ class Listings:
         if self.never_listed(bucket):
             self._drop_conn(bucket)
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_remove_empty_index, self.layout, bucket,
+                await trio.to_thread.run_sync(remove_empty_index, self.layout, bucket,
                                               limiter=self.disk_limiter)
 
     async def ensure_index(self, bucket: str) -> None:
@@ -358,7 +362,7 @@ class Listings:
         yet, an empty one, listed at time 0 (so every part of it is stale)."""
         if self.has_index(bucket):
             return
-        await trio.to_thread.run_sync(_create_empty_index, self.layout, bucket,
+        await trio.to_thread.run_sync(create_empty_index, self.layout, bucket,
                                       limiter=self.disk_limiter)
 
     async def fresh(self, bucket: str, prefix: str, deep: bool, window: float
@@ -425,7 +429,7 @@ class Listings:
                 token.run_sync_soon(job.advance, hi)
                 lo = hi
         except IndexFault as exc:
-            raise _not_written(job.bucket, exc) from exc
+            raise not_written(job.bucket, exc) from exc
         finally:
             merger.close()
 
@@ -676,59 +680,6 @@ class Listings:
         return await trio.to_thread.run_sync(scan, limiter=self.glob_limiter)
 
 
-def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
-                  info: dict[str, Any] | None = None,
-                  extra: Iterable[tuple[ListEntry, float]] = (),
-                  hidden: Callable[[str], bool] = is_hidden) -> int:
-    """Blocking: write ``__list__`` and the index from listing pages.
-
-    Both are built in tmp/ a page at a time and renamed into place,
-    so readers see the old listing or the new one, never a mix. Keys for
-    which *hidden* is true (s3pool's own ``.s3pool/`` objects) are left out.
-    *info* goes into the index's info table; *extra* (entry, added_at)
-    pairs go into the index only (keys added here that the pages may lack),
-    which marks it ``list_complete`` 0.
-    """
-    count = 0
-    broken = 0  # keys with a line break, left out of __list__ (and of GLOB)
-    tmp_dir = layout.tmp_dir
-    try:
-        # __list__ is for other tools: the mode open() gives (the umask applies)
-        with temp_path(tmp_dir, "list", bucket, mode=0o666) as tmp_list, \
-                temp_path(tmp_dir, "index", bucket) as tmp_index:
-            built = index.Builder(tmp_index)
-            try:
-                with open(tmp_list, "w", encoding="utf-8", errors="surrogateescape") as listing:
-                    for page in pages:
-                        if any(hidden(e.key) for e in page):
-                            page = [e for e in page if not hidden(e.key)]
-                        if any(has_line_break(e.key) for e in page):
-                            broken += _log_line_breaks(bucket, page, broken)
-                        listing.writelines(e.key + "\n" for e in page
-                                           if not has_line_break(e.key))
-                        built.add(page)
-                        count += len(page)
-                    listing.flush()
-                    os.fsync(listing.fileno())
-                built.add_local((e, at) for e, at in extra if not hidden(e.key))
-                built.set_info({"refreshed_at": time.time(), "count": count})
-                if broken > LINE_BREAKS_LOGGED:
-                    log.warning("s3://%s: %d keys in all hold a newline or carriage return (%d "
-                                "named above)", bucket, broken, LINE_BREAKS_LOGGED)
-                built.set_info(info or {})
-            except BaseException:
-                built.abandon()
-                raise
-            built.finish()
-            os.makedirs(layout.bucket_dir(bucket), exist_ok=True)
-            os.makedirs(layout.listing_dir(bucket), exist_ok=True)
-            index.install(tmp_index, layout.index_path(bucket))  # no write into the old one runs
-            os.rename(tmp_list, layout.list_path(bucket))
-    except (OSError, IndexFault) as exc:
-        raise _not_written(bucket, exc) from exc
-    return count
-
-
 def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
               continuation: str | None) -> tuple[list[ListEntry], list[str], str | None]:
     """Blocking: one LIST request of up to 1,000 entries under *prefix*:
@@ -757,48 +708,3 @@ def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
         raise BackendError(f"S3 said the listing of s3://{bucket}/{prefix} goes on but gave "
                            "no continuation token")
     return entries, subdirs, token
-
-
-def _remove_empty_index(layout: Layout, bucket: str) -> None:
-    """Blocking: take away the index _create_empty_index made (and its directory)."""
-    index.remove(layout.index_path(bucket))
-
-
-def _create_empty_index(layout: Layout, bucket: str) -> None:
-    """Blocking: an empty index for *bucket*, listed at time 0, unless a
-    usable one appeared meanwhile (never put over one; an unusable one is
-    replaced)."""
-    try:
-        index.create_empty(layout.index_path(bucket), layout.tmp_dir, bucket)
-    except (OSError, IndexFault) as exc:
-        raise _not_written(bucket, exc) from exc
-
-
-class ListingNotWritten(S3PoolError):
-    """The new listing of a bucket could not be written; the previous one stands."""
-
-
-def _not_written(bucket: str, exc: OSError | IndexFault) -> S3PoolError:
-    """The error a REFRESH answers when its listing could not be written."""
-    if isinstance(exc, OSError):
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        cause = exc.strerror or str(exc)
-    else:
-        full = exc.full
-        cause = str(exc)
-    if full:
-        return NoSpace(f"no room on disk to write the listing of s3://{bucket} ({cause}); "
-                       "the previous listing stays in use")
-    return ListingNotWritten(f"cannot write the listing of s3://{bucket} ({cause}); the "
-                             "previous listing stays in use")
-
-
-def _log_line_breaks(bucket: str, page: list[ListEntry], logged: int) -> int:
-    """Name in the log (once per listing) the keys of *page* that hold a line
-    break; return how many there are."""
-    found = [e.key for e in page if has_line_break(e.key)]
-    for key in found[:max(0, LINE_BREAKS_LOGGED - logged)]:
-        log.warning("s3://%s: key %r holds a newline or carriage return: left out of "
-                    "__list__, GLOB and the mount's directory listings (a PULL cannot "
-                    "return its path; it opens by name on the mount)", bucket, key)
-    return len(found)
