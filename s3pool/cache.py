@@ -501,9 +501,13 @@ class Cache:
             store=self.store, backend=self.push_backend, settings=self.settings,
             room=self.room, counters=self.stats, add_key=self.listings.add_key,
             supersede=self.supersede, forget=freshness.forget, mark_fresh=freshness.mark,
-            forget_missing=lambda bucket, key: freshness.missing.pop((bucket, key), None),
+            forget_missing=self._no_longer_missing,
             check_conflict=self.check_conflict, use_bucket=self.use_bucket,
             installed=self.checkpoint_needed)
+
+    def _no_longer_missing(self, bucket: str, key: str) -> None:
+        """S3 has the name now: forget that it lacked it (discover's memory)."""
+        self.freshness.missing.pop((bucket, key), None)
 
     def staged_upload(self, bucket: str, key: str, part_size: int, spawn: Any,
                       only_new: bool = True) -> StagedUpload:

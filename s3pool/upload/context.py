@@ -11,8 +11,9 @@ The cache builds one (``Cache.upload_context``); unit tests build their own.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from s3pool.s3.backend import ListEntry
 from s3pool.settings import Settings

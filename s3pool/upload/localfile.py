@@ -76,7 +76,8 @@ def open_as(path: str, uid: int, groups: set[int] | frozenset[int], gid: int | N
         except OSError as exc:  # socket.timeout included
             helper.kill()
             log.warning("the helper opening %r as uid %d did not answer: %s", path, uid, exc)
-            raise OSError(errno.ETIMEDOUT, "the helper opening the file did not answer")
+            raise OSError(errno.ETIMEDOUT,
+                          "the helper opening the file did not answer") from exc
         finally:
             try:
                 helper.wait(HELPER_TIMEOUT)

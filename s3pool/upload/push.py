@@ -24,8 +24,8 @@ from typing import Any
 
 import trio
 
-from s3pool.s3.backend import ListEntry, listing_time
 from s3pool.errors import AccessDenied, LocalFileError, NoSpace, NoSuchBucket
+from s3pool.s3.backend import ListEntry, listing_time
 from s3pool.store.layout import check_bucket, check_key, unlink_quietly
 from s3pool.upload.context import UploadContext
 from s3pool.upload.localfile import NotRegularFile, open_regular
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 BUCKET_CONFIRMED_FOR = 300.0
 BUCKETS_REMEMBERED = 1024
 # per backend: bucket -> trio time of the HEAD that found it
-_confirmed_buckets: "weakref.WeakKeyDictionary[Any, dict[str, float]]" = \
+_confirmed_buckets: weakref.WeakKeyDictionary[Any, dict[str, float]] = \
     weakref.WeakKeyDictionary()
 
 

@@ -36,10 +36,10 @@ from typing import Any
 
 import trio
 
-from s3pool.s3.backend import ListEntry, ObjectExists, listing_time
 from s3pool.errors import BackendError, NoSpace, S3PoolError
-from s3pool.store.layout import unlink_quietly
+from s3pool.s3.backend import ListEntry, ObjectExists, listing_time
 from s3pool.store.files import write_all
+from s3pool.store.layout import unlink_quietly
 from s3pool.upload.context import UploadContext
 
 log = logging.getLogger(__name__)
