@@ -39,7 +39,7 @@ def violations(source: str, name: str) -> list[str]:
         for target in targets:
             if target.startswith("s3pool") and not any(
                     target == ok or target.startswith(ok + ".") for ok in ALLOWED):
-                found.append(f"{name}:{node.lineno}: imports {target}")
+                found.append(f"{name}:{getattr(node, 'lineno', 0)}: imports {target}")
         # cache.X where X is held by the cache, or private: self.cache.store, cache._y
         if isinstance(node, ast.Attribute) and (node.attr in HELD or node.attr.startswith("_")):
             owner = node.value

@@ -17,6 +17,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyfuse3
 import pytest
@@ -70,7 +71,8 @@ class Mount:
         self.backend = backend
         self.store = Store(Layout.create(str(tmp_path / "home")))
         self.settings = Settings(download_part_size=PART, **settings)
-        self.cache = Cache(self.store, backend, self.settings)
+        s3: Any = backend  # a Backend in all but name
+        self.cache = Cache(self.store, s3, self.settings)
         self.ops = S3PoolOperations(self.cache, ["bucket"], spawn=nursery.start_soon)
         self.ops.writes.mountpoint = str(tmp_path / "mnt")
 

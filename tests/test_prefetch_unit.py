@@ -8,6 +8,7 @@ how it is topped up, and that the directory memory is bounded.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,8 @@ def files(count: int, prefix: str = "d/", size: int = 100) -> dict[str, int]:
 def make(keys: dict[str, int], **settings) -> tuple[Prefetcher, FakeCache, list]:
     cache = FakeCache(keys, **settings)
     spawned: list = []
-    prefetcher = Prefetcher(cache, lambda fn, *args: spawned.append((fn, args)))
+    duck: Any = cache  # the facade's methods the read-ahead uses, nothing else
+    prefetcher = Prefetcher(duck, lambda fn, *args: spawned.append((fn, args)))
     return prefetcher, cache, spawned
 
 
