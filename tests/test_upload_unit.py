@@ -4,6 +4,7 @@ mount and moto are in test_mount_writes_e2e.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from types import SimpleNamespace
 
@@ -13,11 +14,12 @@ import trio.testing
 
 from fakes import FakeBackend
 from s3pool.cache import NoEviction
-from s3pool.errors import BackendError
+from s3pool.errors import BackendError, NoSpace, NoSuchBucket
 from s3pool.settings import Settings
 from s3pool.store.layout import Layout
 from s3pool.store.objects import Store
 from s3pool.upload.context import UploadContext
+from s3pool.upload.push import push_file
 from s3pool.upload.staged import (
     NotSequential,
     StagedUpload,
@@ -182,3 +184,50 @@ def test_leftover_uploads_are_aborted_only_if_recorded(tmp_path):
 
     trio.run(main)
     assert not os.listdir(records.dir)
+
+
+class Full:
+    """Room for nothing: the evictor's answer when the cache cannot take the bytes."""
+
+    async def make_room(self, nbytes):
+        raise NoSpace(f"no room for {nbytes} bytes")
+
+
+def test_push_uploads_a_copy_and_installs_it(tmp_path):
+    backend = FakeBackend(buckets=("bkt",))
+    cache = make_cache(tmp_path, backend)
+    local = tmp_path / "local.bin"
+    local.write_bytes(b"pushed bytes")
+
+    async def main():
+        path = await push_file(cache.ctx, "bkt", "dir/k", str(local))
+        assert path == cache.layout.object_path("bkt", "dir/k")
+        with open(path, "rb") as f:
+            assert f.read() == b"pushed bytes"
+
+    trio.run(main)
+    assert backend.data("bkt", "dir/k") == b"pushed bytes"
+    assert backend.calls["upload_file"] == 1
+    assert cache.store.lookup("bkt", "dir/k").etag == backend.objects[("bkt", "dir/k")].etag
+    assert [e.key for e in cache.added] == ["dir/k"]
+    assert cache.ctx.counters.pushes == 1 and cache.ctx.counters.bytes_uploaded == 12
+    assert not os.listdir(cache.layout.tmp_dir)  # the copy was renamed into data/
+
+
+def test_push_without_room_uploads_uncached_and_into_no_missing_bucket(tmp_path):
+    backend = FakeBackend(buckets=("bkt",))
+    cache = make_cache(tmp_path, backend)
+    ctx = dataclasses.replace(cache.ctx, room=Full())
+    local = tmp_path / "local.bin"
+    local.write_bytes(b"too big for the cache")
+
+    async def main():
+        await push_file(ctx, "bkt", "k", str(local))
+        with pytest.raises(NoSuchBucket):
+            await push_file(ctx, "typo", "k", str(local))
+
+    trio.run(main)
+    assert backend.data("bkt", "k") == b"too big for the cache"
+    assert cache.store.lookup("bkt", "k") is None  # uploaded, not cached
+    assert backend.count("upload_file") == 1  # nothing went to the bucket that is not there
+    assert "typo" not in backend.buckets
