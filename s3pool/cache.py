@@ -21,29 +21,37 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import trio
 
+from s3pool.download.download import Download, DownloadDeps, Reader
+from s3pool.download.freshness import Freshness
+from s3pool.download.registry import Downloads
+from s3pool.errors import (
+    BackendError,
+    BadKey,
+    DigestMismatch,
+    KeyConflict,
+    LocalFileError,
+    NoSpace,
+    NoSuchKey,
+    S3PoolError,
+    VersionChanged,
+)
+from s3pool.listing.index import IndexFault
+from s3pool.listing.listings import Entry, Listings, ListJob, visible_name
 from s3pool.s3.backend import Backend, ListEntry, ObjectExists, ObjectResponse, listing_time
 from s3pool.s3.checksums import Verifications
-from s3pool.errors import (
-    BadKey, BackendError, DigestMismatch, KeyConflict, LocalFileError, NoSpace, NoSuchKey,
-    S3PoolError, VersionChanged,
-)
-from s3pool.download.freshness import Freshness
+from s3pool.s3.progress import Transfers
+from s3pool.settings import Settings
 from s3pool.store.layout import check_bucket, check_key
-from s3pool.listing.index import IndexFault
-from s3pool.listing.listings import Entry, ListJob, Listings, visible_name
+from s3pool.store.objects import CachedObject, Installed, Store
 from s3pool.upload.context import UploadContext
 from s3pool.upload.push import push_file
 from s3pool.upload.staged import NotSequential, StagedUpload, UploadFailed, abort_leftovers
-from s3pool.settings import Settings
-from s3pool.store.objects import CachedObject, Installed, Store
-from s3pool.download.download import Download, DownloadDeps, Reader
-from s3pool.download.registry import Downloads
-from s3pool.s3.progress import Transfers
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +201,7 @@ class Cache:
         async with trio.open_nursery() as nursery:
             for i, key in enumerate(keys):
                 nursery.start_soon(one, i, key)
-        for key, result in zip(keys, results):
+        for key, result in zip(keys, results, strict=True):
             if isinstance(result, S3PoolError):
                 raise type(result)(f"{key}: {result}") from result
             if isinstance(result, BaseException):
@@ -405,7 +413,7 @@ class Cache:
         return download
 
     async def _installed_small(self, bucket: str, key: str, response: ObjectResponse,
-                               small: "SmallInstall", source: str) -> CachedObject:
+                               small: SmallInstall, source: str) -> CachedObject:
         """A body read whole, checked and installed in the GET's own worker thread:
         the bookkeeping, then room for it (a small object may overshoot the
         mark by its size until the evictor catches up)."""
@@ -634,9 +642,10 @@ class Cache:
         return self.listings.lookup(bucket, dir_prefix, name)
 
     def dir_entries(self, bucket: str, dir_prefix: str,
-                    after: tuple[str, bool] | None = None) -> Iterator[Entry]:
-        """The directory's entries from the listing index, in order, after *after*."""
-        return self.listings.iter_children(bucket, dir_prefix, after)
+                    after: tuple[str, bool] | None = None) -> Generator[Entry, None, None]:
+        """The directory's entries from the listing index, in order, after *after*;
+        ``close()`` ends the index's statement (readdir holds none between calls)."""
+        yield from self.listings.iter_children(bucket, dir_prefix, after)
 
     def key_info(self, bucket: str, key: str) -> tuple[int, float, str] | None:
         """(size, mtime, ETag) of *key* in the listing index, or None."""
