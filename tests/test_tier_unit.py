@@ -3,12 +3,22 @@ The tier's behaviour with real daemons is in test_shared_tier_e2e.py."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import threading
 
 import pytest
 
 from s3pool.download import tier as tiermod
-from s3pool.download.tier import SharedTier, parse_tier_url, tier_key, tier_metadata
+from s3pool.download.tier import (
+    SharedTier,
+    TierResponse,
+    parse_tier_url,
+    tier_key,
+    tier_metadata,
+)
+from s3pool.errors import NoSuchKey
 from s3pool.s3.inflight import S3Requests
 
 pytestmark = pytest.mark.unit
@@ -77,3 +87,89 @@ def test_backoff_after_failures_in_a_row(monkeypatch):
     now[0] += tiermod.BACKOFF_FIRST
     assert shared.usable()
     assert shared.fallbacks == 2 * (tiermod.FAILURES_BEFORE_BACKOFF - 1) + 2
+
+
+def _meta(data: bytes) -> dict:
+    return {"ETag": f'"{hashlib.md5(data).hexdigest()}"', "ContentLength": len(data),
+            "ContentType": "binary/octet-stream", "Metadata": {},
+            "LastModified": "Sun, 06 Dec 2026 15:00:00 GMT"}
+
+
+class CountingOrigin(FakeBackend):
+    """The origin's HEAD (the version a tier key needs), counted."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        super().__init__()
+        self.objects = objects
+        self.heads = 0
+        self.stopping = threading.Event()
+
+    async def head_with_checksums(self, bucket: str, key: str) -> dict:
+        self.heads += 1
+        return _meta(self.objects[key])
+
+
+class CountingTier(FakeBackend):
+    """A tier holding what another host wrote (*stored*), its GETs counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.asks = 0
+
+    def write(self, key: str, data: bytes) -> None:  # as another host's upload would
+        self.stored[tier_key("p/", "b", key, _meta(data)["ETag"])] = (
+            data, tier_metadata("b", key, _meta(data)))
+
+    async def open_object(self, bucket: str, name: str, then):
+        self.asks += 1
+        if name not in self.stored:
+            raise NoSuchKey(name)
+        data, meta = self.stored[name]
+        return then({"Body": io.BytesIO(data), "Metadata": meta, "ContentLength": len(data),
+                     "ETag": '"tier-etag"'})
+
+
+class NoListing:
+    def listing_age(self, bucket: str) -> None:
+        return None
+
+    def key_info(self, bucket: str, key: str) -> None:
+        return None
+
+
+async def test_a_tier_that_keeps_missing_is_not_asked_for_a_while(monkeypatch):
+    """A fleet starting on an empty tier: after COLD_MISSES misses in a row a
+    miss is the origin's GET alone (no HEAD, no ask of the tier) for
+    COLD_SECONDS; then the tier is asked again, and a hit ends the pause."""
+    now = [1000.0]
+    monkeypatch.setattr(tiermod.time, "monotonic", lambda: now[0])
+    cold = tiermod.COLD_MISSES
+    keys = [f"k{i:02d}" for i in range(cold + 4)]
+    objects = {key: os.urandom(100 + i) for i, key in enumerate(keys)}
+    origin, tier = CountingOrigin(objects), CountingTier()
+    shared = SharedTier(tier, "cache", "p/", origin)
+
+    async def lookup(key: str):
+        return await shared.lookup(NoListing(), 120.0, "b", key, None, lambda r: None, 1 << 20)
+
+    for key in keys[:cold]:
+        assert await lookup(key) is None
+    assert (origin.heads, tier.asks, shared.misses, shared.cold_skips) == (cold, cold, cold, 0)
+    # cold: the next miss goes to the origin's GET (the caller's) unasked
+    assert await lookup(keys[cold]) is None
+    assert (origin.heads, tier.asks, shared.cold_skips) == (cold, cold, 1)
+    now[0] += tiermod.COLD_SECONDS / 2
+    assert await lookup(keys[cold]) is None
+    assert (origin.heads, tier.asks, shared.cold_skips) == (cold, cold, 2)
+
+    # the pause over: asked again, and another host has written this one meanwhile
+    now[0] += tiermod.COLD_SECONDS
+    tier.write(keys[cold + 1], objects[keys[cold + 1]])
+    response = await lookup(keys[cold + 1])
+    assert isinstance(response, TierResponse) and response.data == objects[keys[cold + 1]]
+    assert (origin.heads, tier.asks, shared.hits) == (cold + 1, cold + 1, 1)
+    # a hit ends the pause: the misses after it are asked until COLD_MISSES again
+    for key in keys[cold + 2:]:
+        assert await lookup(key) is None
+    assert (tier.asks, shared.misses, shared.cold_skips) == (cold + 3, cold + 2, 2)

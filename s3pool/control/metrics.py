@@ -74,6 +74,8 @@ COUNTERS = {
     "shared_cache_fallbacks": "objects read from the origin because the shared tier failed",
     "shared_cache_unverifiable": "objects read from the origin: no MD5 ETag or full checksum",
     "shared_cache_listing_checks": "versions taken from a fresh listing instead of a HEAD",
+    "shared_cache_cold_skips": "objects fetched from the origin without asking the shared "
+                               "tier: it had just missed every ask",
     "shared_cache_bytes_from_tier": "bytes installed from the shared cache tier",
     "shared_cache_bytes_from_origin": "bytes installed from the origin with the tier on",
     "shared_cache_uploads": "objects written to the shared cache tier",

@@ -37,16 +37,21 @@ tier in the background, so the next host finds it there.
   origin where it broke (:class:`_OnFromOrigin`); bytes that fail the
   check fail that download, and the PULL fetches the object from the
   origin (a reader of the mount that read it all gets EIO at its last
-  read, and the next open reads from the origin). After ``FAILURES_BEFORE_BACKOFF`` failures in a row the tier
-  is skipped for ``BACKOFF_FIRST`` seconds, doubling up to ``BACKOFF_MAX``.
+  read, and the next open reads from the origin). After
+  ``FAILURES_BEFORE_BACKOFF`` failures in a row the tier is skipped for
+  ``BACKOFF_FIRST`` seconds, doubling up to ``BACKOFF_MAX``.
 - **Writes are best effort.** A verified object fetched from the origin is
   uploaded from its installed cache file (a descriptor opened under the
   key's lock, so eviction cannot change it under the upload) by a
   background task: ``UPLOAD_CONCURRENCY`` at a time and at most
   ``UPLOAD_BYTES`` queued, beyond which an upload is skipped; it waits
-  while the host downloads (up to ``UPLOAD_DEFER_MAX``), so it does not
-  slow the readers; a HEAD first, so a copy another host wrote is kept.
-  Nobody waits for them.
+  while the host downloads or asks the tier (up to ``UPLOAD_DEFER_MAX``),
+  so it does not slow the readers; a HEAD first, so a copy another host
+  wrote is kept. Nobody waits for them.
+- **A tier that keeps missing is paused.** After ``COLD_MISSES`` misses in
+  a row a miss goes straight to the origin's (conditional) GET for
+  ``COLD_SECONDS``: one request instead of the origin's HEAD, the tier's
+  404 and the origin's GET (see :meth:`SharedTier.lookup`).
 
 Expiry is the engine's business (a lifecycle rule on the prefix; see
 docs/fleet.md). STATUS shows ``shared_cache_*`` counters.
@@ -59,17 +64,18 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import trio
 
+from s3pool.errors import BackendError, DigestMismatch, NoSuchKey, S3PoolError
 from s3pool.s3.backend import Backend, ObjectResponse, check_etag, read_small, validator
 from s3pool.s3.checksums import CHECKSUM_FIELDS, Digest, digest_for
-from s3pool.errors import BackendError, DigestMismatch, NoSuchKey, S3PoolError
 from s3pool.s3.progress import Transfer
 
 if TYPE_CHECKING:
@@ -87,6 +93,8 @@ UPLOAD_DEFER_POLL = 0.2
 TIER_DEADLINE = 10.0  # seconds a tier request may go unanswered...
 TIER_STALL_BYTES = 1 << 20  # ... or bring less than this many bytes of its body
 BAD_VERSIONS = 10_000  # versions remembered as bad in the tier (for the origin)
+COLD_MISSES = 8  # the tier missed this many asks in a row (no hit between)...
+COLD_SECONDS = 2.0  # ... so misses go straight to the origin's GET this long (no HEAD, no ask)
 META = "s3pool-"
 
 
@@ -147,7 +155,7 @@ class TierResponse(ObjectResponse):
     """A GET of the tier that stands for the origin's: the origin's meta and
     digest, the tier's body; ranged parts through :meth:`get_range_into`."""
 
-    tier: "SharedTier | None" = None
+    tier: SharedTier | None = None
     tier_key: str = ""
     tier_etag: str = ""
     ranged_bytes: int = 0  # bytes of ranged parts (from the tier or the origin)
@@ -209,7 +217,7 @@ class _OnFromOrigin:
     ranged GET from where it broke, pinned to the origin's ETag (worker
     threads; the download and its digest see one body, in order)."""
 
-    def __init__(self, body: Any, response: TierResponse, tier: "SharedTier", bucket: str,
+    def __init__(self, body: Any, response: TierResponse, tier: SharedTier, bucket: str,
                  key: str, etag: str, size: int) -> None:
         self._body = body
         self._response = response
@@ -228,6 +236,7 @@ class _OnFromOrigin:
         return self._read(size, False)
 
     def _read(self, size: int | None, once: bool) -> bytes:
+        data: bytes
         try:
             data = self._body.read1(size) if once else self._body.read(size)
             if not data and self._pos < self._size and size != 0:
@@ -276,6 +285,10 @@ class SharedTier:
         self.uploads_skipped = 0  # over the queue's bytes: best effort
         self.upload_failures = 0
         self.listing_checks = 0  # versions taken from a fresh listing instead of a HEAD
+        self.cold_skips = 0  # misses sent to the origin unasked: the tier had just missed
+        self._misses_in_row = 0
+        self._cold_until = 0.0
+        self._lookups = 0  # lookups in flight (uploads wait for them too)
         self._lock = threading.RLock()  # counters: bodies and parts fail in worker threads
         self._failures_in_row = 0
         self._skip_until = 0.0
@@ -351,7 +364,7 @@ class SharedTier:
                 self.listing_checks += 1
                 return {"ETag": etag, "ContentLength": int(size),
                         "LastModified": format_datetime(
-                            datetime.fromtimestamp(mtime, timezone.utc), usegmt=True),
+                            datetime.fromtimestamp(mtime, UTC), usegmt=True),
                         "ContentType": None, "Metadata": {}, "AcceptRanges": "bytes",
                         "FromListing": True}
         try:
@@ -363,13 +376,33 @@ class SharedTier:
     # --- the miss path ---------------------------------------------------
 
     async def lookup(self, listings: ListedVersions, window: float, bucket: str, key: str,
-                     obj: "CachedObject | None", small: Callable[[ObjectResponse], None],
+                     obj: CachedObject | None, small: Callable[[ObjectResponse], None],
                      small_limit: int) -> TierResponse | TierCurrent | None:
         """Called by the cache, under the key's lock, where it would GET the
         origin: CURRENT if the cached copy *obj* is the origin's current
         version, a response streaming from the tier, or None (GET the origin).
         The version is the origin's, or a whole listing's (*listings*) younger
-        than *window* seconds (freshness_window)."""
+        than *window* seconds (freshness_window).
+
+        While the tier is cold (it missed ``COLD_MISSES`` asks in a row, the
+        last less than ``COLD_SECONDS`` ago: a fleet starting on an empty
+        tier) it is not asked: None at once, so the cache's conditional GET
+        of the origin is both the check and the fetch, one request where a
+        miss costs three (the origin's HEAD, the tier's 404, the origin's
+        GET). What comes from the origin is still written to the tier; the
+        first ask after the pause that hits ends it."""
+        if time.monotonic() < self._cold_until:
+            self.cold_skips += 1
+            return None
+        self._lookups += 1
+        try:
+            return await self._lookup(listings, window, bucket, key, obj, small, small_limit)
+        finally:
+            self._lookups -= 1
+
+    async def _lookup(self, listings: ListedVersions, window: float, bucket: str, key: str,
+                      obj: CachedObject | None, small: Callable[[ObjectResponse], None],
+                      small_limit: int) -> TierResponse | TierCurrent | None:
         meta = await self.origin_version(listings, window, bucket, key)
         if meta is None:
             return None
@@ -389,6 +422,9 @@ class SharedTier:
         except NoSuchKey:
             self.misses += 1
             self._worked()  # an answer
+            self._misses_in_row += 1
+            if self._misses_in_row >= COLD_MISSES:
+                self._cold_until = time.monotonic() + COLD_SECONDS
             return None
         except S3PoolError as exc:
             self.failed(bucket, key, str(exc))
@@ -404,6 +440,7 @@ class SharedTier:
         else:
             self._serving[(bucket, key)] = etag
         self.hits += 1
+        self._misses_in_row = 0
         self._worked()
         return response
 
@@ -455,7 +492,7 @@ class SharedTier:
 
     # --- after an install ----------------------------------------------------
 
-    def installed(self, bucket: str, key: str, obj: "CachedObject",
+    def installed(self, bucket: str, key: str, obj: CachedObject,
                   response: ObjectResponse) -> None:
         """Under the key's lock: *obj* was installed from *response* (checked).
         From the tier: counted. From the origin and verified: queued for the tier."""
@@ -495,8 +532,9 @@ class SharedTier:
             async with self._upload_limiter:
                 # never beside this host's own downloads: an upload competes with them
                 # for the cores and the GIL (4 hosts missing at once ran 3x slower)
+                # (nor beside its lookups: between two downloads none may be running)
                 with trio.move_on_after(UPLOAD_DEFER_MAX):
-                    while self.busy():
+                    while self.busy() or self._lookups:
                         await trio.sleep(UPLOAD_DEFER_POLL)
 
                 def call() -> bool:
@@ -547,6 +585,7 @@ class SharedTier:
             ("shared_cache_fallbacks", self.fallbacks),
             ("shared_cache_unverifiable", self.unverifiable),
             ("shared_cache_listing_checks", self.listing_checks),
+            ("shared_cache_cold_skips", self.cold_skips),
             ("shared_cache_bytes_from_tier", self.bytes_from_tier),
             ("shared_cache_bytes_from_origin", self.bytes_from_origin),
             ("shared_cache_uploads", self.uploads),
@@ -571,6 +610,7 @@ def make_tier(url: str, endpoint: str | None, profile: str | None, origin: Backe
     credentials (``--shared-cache-profile``'s, else the standard AWS chain)."""
     import boto3
     import botocore.exceptions
+
     from s3pool.errors import EXIT_USAGE, StartupError
 
     try:
