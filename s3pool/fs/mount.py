@@ -50,7 +50,8 @@ class FuseMount:
         try:
             pyfuse3.init(self.ops, self.mountpoint, options)
         except RuntimeError as exc:
-            raise StartupError(f"cannot mount FUSE at {self.mountpoint}: {exc}", EXIT_MOUNT) from exc
+            raise StartupError(f"cannot mount FUSE at {self.mountpoint}: {exc}",
+                               EXIT_MOUNT) from exc
         self._mounted = True
         log.info("FUSE view mounted at %s", self.mountpoint)
         # the kernel sets the mount's read-ahead from the answer to its INIT

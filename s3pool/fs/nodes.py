@@ -9,8 +9,9 @@ writes use of the operations that hold the nodes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import pyfuse3
 

@@ -24,17 +24,26 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
 from s3pool.cache import Cache, Entry, ListEntry, ListJob, Reader, check_bucket, visible_name
 from s3pool.errors import (
-    AccessDenied, BackendError, BadBucket, BadKey, KeyConflict, NoSpace, NoSuchBucket, NoSuchKey,
-    S3PoolError, VersionChanged,
+    AccessDenied,
+    BackendError,
+    BadBucket,
+    BadKey,
+    KeyConflict,
+    NoSpace,
+    NoSuchBucket,
+    NoSuchKey,
+    S3PoolError,
+    VersionChanged,
 )
 from s3pool.fs.nodes import ROOT, Node, inode_for
 from s3pool.fs.prefetch import Prefetcher
@@ -59,15 +68,18 @@ ATTR_TIMEOUT = 10.0
 WHOLE_LISTING_AFTER = 2.0
 NEGATIVE_BUCKET_TTL = 30.0
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-def guarded(op: Callable[..., Any]) -> Callable[..., Any]:
+
+def guarded(op: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
     """Let only FUSEError leave an operation: pyfuse3 handles nothing else,
     and any other exception escaping an op would take the mount down."""
 
     @functools.wraps(op)
-    async def wrapper(self: Any, *args: Any) -> Any:
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return await op(self, *args)
+            return await op(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except S3PoolError as exc:
@@ -75,7 +87,7 @@ def guarded(op: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception:
-            log.exception("FUSE %s%r failed", op.__name__, args[:2])
+            log.exception("FUSE %s%r failed", op.__name__, args[1:3])  # after self
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
@@ -103,7 +115,8 @@ class DirHandle:
         self.inode = inode
         self.position = 0  # ordinal of the next entry
         self.after: tuple[str, bool] | None = None  # last entry returned
-        self.entries: Iterator[Entry] | None = None  # the listing, from after `after`
+        # the listing, from after `after`
+        self.entries: Generator[Entry, None, None] | None = None
         self.pending: Entry | None = None  # read from entries, not yet returned
         self.buckets: list[str] | None = None  # root only: snapshot of bucket names
         # the LIST bringing this directory up to date (listing_freshness), if it
@@ -289,7 +302,8 @@ class S3PoolOperations(pyfuse3.Operations):
     async def _fresh_dir(self, node: Node) -> ListJob | None:
         """The LIST bringing the directory up to listing_freshness, or None if it is."""
         try:
-            return await self.cache.fresh_dir(node.bucket, node.dir_prefix)
+            job: ListJob | None = await self.cache.fresh_dir(node.bucket, node.dir_prefix)
+            return job
         except S3PoolError as exc:
             log.warning("cannot list s3://%s/%s: %s", node.bucket, node.dir_prefix, exc)
             raise fuse_error(exc) from None
@@ -360,13 +374,13 @@ class S3PoolOperations(pyfuse3.Operations):
                 node.size, node.mtime = info[0], info[1]
         return self.attrs(inode, node)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         try:
             self._forget(inode_list)
         except Exception:  # forget may not raise at all
             log.exception("FUSE forget failed")
 
-    def _forget(self, inode_list: list[tuple[int, int]]) -> None:
+    def _forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             node = self.nodes.get(inode)
             if node is None or inode == ROOT:
@@ -434,9 +448,9 @@ class S3PoolOperations(pyfuse3.Operations):
             handle.restart()
             if start_id:
                 # the kernel went back to an older offset: walk forward to it
-                for entry in self.cache.dir_entries(node.bucket, node.dir_prefix):
+                for passed in self.cache.dir_entries(node.bucket, node.dir_prefix):
                     handle.position += 1
-                    handle.after = (entry.name, entry.is_dir)
+                    handle.after = (passed.name, passed.is_dir)
                     if handle.position == start_id:
                         break
         job = handle.job

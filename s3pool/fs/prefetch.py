@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from s3pool.cache import PREFETCH, Cache, IndexFault
 from s3pool.errors import NoSuchKey, S3PoolError
@@ -78,7 +79,8 @@ class Prefetcher:
 
     @property
     def depth(self) -> int:
-        return self.settings.prefetch_files
+        files: int = self.settings.prefetch_files
+        return files
 
     def opened(self, bucket: str, key: str) -> None:
         """The mount is about to open *key*: note it, maybe fetch what follows.

@@ -47,7 +47,12 @@ import pyfuse3
 import trio
 
 from s3pool.cache import (
-    Entry, NotSequential, ObjectExists, StagedUpload, UploadFailed, check_key,
+    Entry,
+    NotSequential,
+    ObjectExists,
+    StagedUpload,
+    UploadFailed,
+    check_key,
 )
 from s3pool.errors import BadKey, NoSpace, S3PoolError
 from s3pool.fs.nodes import ROOT, Node, Tree
