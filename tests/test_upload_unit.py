@@ -79,7 +79,7 @@ def test_parts_go_up_as_they_fill_and_the_object_is_installed(tmp_path):
         assert cache.store.lookup("bkt", "k").etag == etag
         assert [e.key for e in cache.added] == ["k"]
         assert cache.store.reserved == 0
-        assert not os.listdir(UploadRecords(cache.layout.state_dir).dir)
+        assert not os.listdir(UploadRecords(cache.layout).dir)
         assert cache.ctx.counters.pushes == 1 and cache.ctx.counters.bytes_uploaded == 1024
 
     trio.run(_run_with_nursery, main)
@@ -163,7 +163,7 @@ def test_a_failed_part_aborts_and_nothing_is_left(tmp_path):
         assert backend.calls["complete_multipart"] == 0
         assert not os.listdir(cache.layout.tmp_dir)
         assert cache.store.reserved == 0
-        assert not os.listdir(UploadRecords(cache.layout.state_dir).dir)
+        assert not os.listdir(UploadRecords(cache.layout).dir)
 
     trio.run(_run_with_nursery, main)
 
@@ -171,7 +171,7 @@ def test_a_failed_part_aborts_and_nothing_is_left(tmp_path):
 def test_leftover_uploads_are_aborted_only_if_recorded(tmp_path):
     backend = FakeBackend(buckets=("bkt",))
     cache = make_cache(tmp_path, backend)
-    records = UploadRecords(cache.layout.state_dir)
+    records = UploadRecords(cache.layout)
 
     async def main():
         ours = await backend.create_multipart_upload("bkt", "k")

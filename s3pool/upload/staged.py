@@ -38,8 +38,8 @@ import trio
 
 from s3pool.errors import BackendError, NoSpace, S3PoolError
 from s3pool.s3.backend import ListEntry, ObjectExists, listing_time
-from s3pool.store.files import write_all
-from s3pool.store.layout import unlink_quietly
+from s3pool.store.files import replace_file, write_all
+from s3pool.store.layout import Layout, unlink_quietly
 from s3pool.upload.context import UploadContext
 
 log = logging.getLogger(__name__)
@@ -62,24 +62,15 @@ class UploadFailed(S3PoolError):
 class UploadRecords:
     """``state/uploads/ID.json``: the multipart uploads this daemon started."""
 
-    def __init__(self, state_dir: str) -> None:
-        self.dir = os.path.join(state_dir, "uploads")
+    def __init__(self, layout: Layout) -> None:
+        self.dir = os.path.join(layout.state_dir, "uploads")
+        self.tmp_dir = layout.tmp_dir
 
     def write(self, ident: str, record: dict[str, Any]) -> None:
         """Blocking: the record, synced, replacing any older one of *ident*."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        path = os.path.join(self.dir, ident + ".json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        replace_file(self.tmp_dir, "record", os.path.join(self.dir, ident + ".json"),
+                     json.dumps(record).encode())
 
     def remove(self, ident: str) -> None:
         unlink_quietly(os.path.join(self.dir, ident + ".json"))
@@ -94,7 +85,7 @@ class UploadRecords:
         for name in names:
             path = os.path.join(self.dir, name)
             if not name.endswith(".json"):
-                unlink_quietly(path)  # a record torn before its rename
+                unlink_quietly(path)  # not a record (an older s3pool's torn ID.json.tmp)
                 continue
             try:
                 with open(path) as f:
@@ -113,7 +104,7 @@ async def abort_leftovers(ctx: UploadContext) -> int:
     """Abort the multipart uploads a killed daemon left (see the module
     docstring); returns how many were aborted. A record whose uploads cannot
     be listed or aborted now stays for the next start."""
-    records = UploadRecords(ctx.store.layout.state_dir)
+    records = UploadRecords(ctx.store.layout)
     backend = ctx.backend
     aborted = 0
     for ident, record in await trio.to_thread.run_sync(records.all):
@@ -157,7 +148,7 @@ class StagedUpload:
         self.reserved = 0  # bytes counted in store.reserved for this file
         self.upload_id: str | None = None
         self.ident = uuid.uuid4().hex  # of its record in state/uploads/
-        self.records = UploadRecords(ctx.store.layout.state_dir)
+        self.records = UploadRecords(ctx.store.layout)
         self.parts: dict[int, str] = {}  # part number -> ETag
         self.next_part = 1  # the next part to send
         self.in_flight = 0
