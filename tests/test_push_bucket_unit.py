@@ -5,34 +5,27 @@ from __future__ import annotations
 import pytest
 import trio
 
+from fakes import FakeBackend
 from s3pool.errors import AccessDenied, NoSuchBucket
 from s3pool.upload.push import BUCKET_CONFIRMED_FOR, check_bucket_exists
 
 pytestmark = pytest.mark.unit
 
 
-class FakeBackend:
-    def __init__(self, buckets: set[str], denied: bool = False) -> None:
-        self.buckets = buckets
-        self.denied = denied
-        self.heads: list[str] = []
-
-    async def bucket_exists(self, bucket: str) -> bool:
-        self.heads.append(bucket)
-        if self.denied:
-            raise AccessDenied(f"access denied: {bucket}")
-        return bucket in self.buckets
+def heads(backend: FakeBackend) -> list[str]:
+    """The buckets asked about (HeadBucket), in order."""
+    return [bucket for kind, bucket, _ in backend.log if kind == "bucket_exists"]
 
 
 async def test_a_yes_is_remembered_a_no_is_not(autojump_clock):
-    backend = FakeBackend({"real"})
+    backend = FakeBackend(buckets=("real",))
     await check_bucket_exists(backend, "real")
     await check_bucket_exists(backend, "real")
-    assert backend.heads == ["real"]
+    assert heads(backend) == ["real"]
     for _ in range(2):
         with pytest.raises(NoSuchBucket, match="no such bucket: typo"):
             await check_bucket_exists(backend, "typo")
-    assert backend.heads == ["real", "typo", "typo"]
+    assert heads(backend) == ["real", "typo", "typo"]
     backend.buckets.add("typo")  # made meanwhile: found at the next PUSH
     await check_bucket_exists(backend, "typo")
     await trio.sleep(BUCKET_CONFIRMED_FOR + 1)  # asked again after a while
@@ -42,6 +35,7 @@ async def test_a_yes_is_remembered_a_no_is_not(autojump_clock):
 
 
 async def test_a_head_we_may_not_make_leaves_it_to_the_upload():
-    backend = FakeBackend(set(), denied=True)
+    backend = FakeBackend(buckets=())
+    backend.fail("bucket_exists", AccessDenied("access denied: write-only"))
     await check_bucket_exists(backend, "write-only")
-    assert backend.heads == ["write-only"]
+    assert heads(backend) == ["write-only"]
