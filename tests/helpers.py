@@ -59,6 +59,17 @@ def reply_as_nobody(address: str | int, *words: str) -> tuple[str, list[str]]:
     return status, [line for line in payload.split("\n") if line]
 
 
+def user_version(path: str) -> int:
+    """PRAGMA user_version of the SQLite file at *path*, opened read-only."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+
+
 def low_fd_limit() -> None:
     """preexec_fn of a daemon: 256 descriptors at most."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))

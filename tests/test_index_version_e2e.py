@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from helpers import user_version
 from s3pool.listing.index import VERSION
 from s3pool.store.layout import LAYOUT_VERSION
 
@@ -36,14 +37,6 @@ def homedir_with_a_newer_index(home, bucket: str) -> str:
     db.close()
     (home / "data" / bucket / "__list__").write_text("ghost.txt\n")
     return str(index)
-
-
-def user_version(path: str) -> int:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return db.execute("PRAGMA user_version").fetchone()[0]
-    finally:
-        db.close()
 
 
 def test_glob_lists_the_bucket_again_instead_of_reading_a_newer_index(

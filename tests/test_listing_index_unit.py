@@ -14,6 +14,7 @@ import time
 import pytest
 
 from fakes import FakeBackend
+from helpers import user_version
 from s3pool.listing.build import create_empty_index, write_listing
 from s3pool.listing.index import VERSION
 from s3pool.listing.listings import Listings
@@ -28,14 +29,6 @@ CREATE TABLE keys (key TEXT PRIMARY KEY, size INTEGER, mtime REAL, etag TEXT) WI
 CREATE TABLE info (name TEXT PRIMARY KEY, value);
 """
 LISTED_AT = 1_700_000_000.0
-
-
-def user_version(path: str) -> int:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return db.execute("PRAGMA user_version").fetchone()[0]
-    finally:
-        db.close()
 
 
 def tables(path: str) -> set[str]:

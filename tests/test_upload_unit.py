@@ -31,6 +31,17 @@ from s3pool.upload.staged import (
 pytestmark = pytest.mark.unit
 
 
+def bkt_cache(tmp_path):
+    """A FakeBackend with the bucket bkt, and a cache over it."""
+    backend = FakeBackend(buckets=("bkt",))
+    return backend, make_cache(tmp_path, backend)
+
+
+def staged(cache, spawn) -> StagedUpload:
+    """A file being written to bkt/k, uploaded in parts of 100 bytes."""
+    return StagedUpload(cache.ctx, "bkt", "k", 100, spawn)
+
+
 def make_cache(tmp_path, backend):
     """A real Store in a temp HOMEDIR and the UploadContext uploads are given."""
     layout = Layout.create(str(tmp_path / "home"))
@@ -55,12 +66,11 @@ async def _run_with_nursery(fn):
 
 
 def test_parts_go_up_as_they_fill_and_the_object_is_installed(tmp_path):
-    backend = FakeBackend(buckets=("bkt",))
-    cache = make_cache(tmp_path, backend)
+    backend, cache = bkt_cache(tmp_path)
     data = bytes(range(256)) * 4  # 1024 bytes, parts of 100
 
     async def main(spawn):
-        upload = StagedUpload(cache.ctx, "bkt", "k", 100, spawn)
+        upload = staged(cache, spawn)
         for start in range(0, 1000, 50):
             await upload.write(start, data[start:start + 50])
         await trio.testing.wait_all_tasks_blocked()
@@ -86,11 +96,10 @@ def test_parts_go_up_as_they_fill_and_the_object_is_installed(tmp_path):
 
 
 def test_a_write_elsewhere_than_the_end_is_refused(tmp_path):
-    backend = FakeBackend(buckets=("bkt",))
-    cache = make_cache(tmp_path, backend)
+    backend, cache = bkt_cache(tmp_path)
 
     async def main(spawn):
-        upload = StagedUpload(cache.ctx, "bkt", "k", 100, spawn)
+        upload = staged(cache, spawn)
         await upload.write(0, b"abc")
         with pytest.raises(NotSequential):
             await upload.write(1, b"x")
@@ -104,11 +113,10 @@ def test_a_write_elsewhere_than_the_end_is_refused(tmp_path):
 
 
 def test_two_closes_at_once_upload_once_and_later_writes_fail(tmp_path):
-    backend = FakeBackend(buckets=("bkt",))
-    cache = make_cache(tmp_path, backend)
+    backend, cache = bkt_cache(tmp_path)
 
     async def main(spawn):
-        upload = StagedUpload(cache.ctx, "bkt", "k", 100, spawn)
+        upload = staged(cache, spawn)
         await upload.write(0, b"hello")
         gate = backend.gate("put_object")  # the PUT waits until both commits are in
         results = []
@@ -153,7 +161,7 @@ def test_a_failed_part_aborts_and_nothing_is_left(tmp_path):
     cache = make_cache(tmp_path, backend)
 
     async def main(spawn):
-        upload = StagedUpload(cache.ctx, "bkt", "k", 100, spawn)
+        upload = staged(cache, spawn)
         await upload.write(0, b"x" * 350)
         with pytest.raises(UploadFailed):
             await upload.commit()
@@ -169,8 +177,7 @@ def test_a_failed_part_aborts_and_nothing_is_left(tmp_path):
 
 
 def test_leftover_uploads_are_aborted_only_if_recorded(tmp_path):
-    backend = FakeBackend(buckets=("bkt",))
-    cache = make_cache(tmp_path, backend)
+    backend, cache = bkt_cache(tmp_path)
     records = UploadRecords(cache.layout)
 
     async def main():
@@ -194,8 +201,7 @@ class Full:
 
 
 def test_push_uploads_a_copy_and_installs_it(tmp_path):
-    backend = FakeBackend(buckets=("bkt",))
-    cache = make_cache(tmp_path, backend)
+    backend, cache = bkt_cache(tmp_path)
     local = tmp_path / "local.bin"
     local.write_bytes(b"pushed bytes")
 
@@ -215,8 +221,7 @@ def test_push_uploads_a_copy_and_installs_it(tmp_path):
 
 
 def test_push_without_room_uploads_uncached_and_into_no_missing_bucket(tmp_path):
-    backend = FakeBackend(buckets=("bkt",))
-    cache = make_cache(tmp_path, backend)
+    backend, cache = bkt_cache(tmp_path)
     ctx = dataclasses.replace(cache.ctx, room=Full())
     local = tmp_path / "local.bin"
     local.write_bytes(b"too big for the cache")
