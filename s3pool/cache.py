@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 import trio
 
@@ -269,6 +269,14 @@ class Cache:
         obj = await self._wait_download(got)
         return Reader(None, _open_readonly(obj.path), obj.meta)
 
+    @overload
+    async def _current(self, bucket: str, key: str, source: str,
+                       reader: Literal[False] = False) -> CachedObject | Download: ...
+
+    @overload
+    async def _current(self, bucket: str, key: str, source: str,
+                       reader: bool) -> CachedObject | Download | Reader: ...
+
     async def _current(self, bucket: str, key: str, source: str, reader: bool = False
                        ) -> CachedObject | Download | Reader:
         """The cached copy, or (under the key's lock) a reader of the download
@@ -288,17 +296,18 @@ class Cache:
                 self.stats.hits += 1
                 store.record_access(bucket, key, obj.size)
                 return obj
+        result: CachedObject | Download | Reader
         async with store.key_lock(bucket, key):
-            got = await self._fetch_locked(bucket, key, source, whole=not reader)
+            got = result = await self._fetch_locked(bucket, key, source, whole=not reader)
             if isinstance(got, CachedObject):
                 store.record_access(bucket, key, got.size)
                 if reader:  # opened under the lock: exactly the version checked
-                    got = Reader(None, _open_readonly(got.path), got.meta)
+                    result = Reader(None, _open_readonly(got.path), got.meta)
             elif reader and self._nursery is not None:
-                got = got.attach_reader()  # no await since the lookup: it is running
+                result = got.attach_reader()  # no await since the lookup: it is running
         # only now: a typo'd bucket never shows at the mount's root
         self.use_bucket(bucket)
-        return got
+        return result
 
     async def _wait_download(self, download: Download) -> CachedObject:
         if self._nursery is not None or download.running:
@@ -608,13 +617,15 @@ class Cache:
                   bucket, pattern, len(found), age, listed)
         return found
 
-    async def fresh_dir(self, bucket: str, dir_prefix: str) -> Any:
+    async def fresh_dir(self, bucket: str, dir_prefix: str, listed_only: bool = False) -> Any:
         """None if the directory's entries in the index were listed within
-        listing_freshness, else the LIST (a listings.ListJob) bringing them up
-        to date, running in the background: readers serve what it has merged."""
+        listing_freshness (with *listed_only*, or never: a lookup there asks
+        S3 about its one name), else the LIST (a listings.ListJob) bringing
+        them up to date, running in the background: readers serve what it
+        has merged."""
         check_bucket(bucket)
         job = await self.listings.fresh(bucket, dir_prefix, False,
-                                        self.settings.listing_window)
+                                        self.settings.listing_window, listed_only)
         self.use_bucket(bucket)
         return job
 

@@ -16,10 +16,11 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any, Callable, Iterator, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -32,19 +33,28 @@ import trio
 import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.awsrequest import (
-    AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection, AWSHTTPSConnectionPool,
+    AWSHTTPConnection,
+    AWSHTTPConnectionPool,
+    AWSHTTPSConnection,
+    AWSHTTPSConnectionPool,
 )
 from botocore.config import Config
 from botocore.utils import parse_timestamp
 
-from s3pool.s3.checksums import Digest, digest_for, full_object_checksums, leave_checks_to_s3pool
 from s3pool.errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey, VersionChanged
-from s3pool.s3.lean import (
-    NOT_FOUND, NOT_MODIFIED, PRECONDITION_FAILED, RANGE_NOT_SATISFIABLE, Fallback, LeanBody,
-    LeanGets, bytes_behind,
-)
+from s3pool.s3.checksums import Digest, digest_for, full_object_checksums, leave_checks_to_s3pool
 from s3pool.s3.inflight import DeadlineExceeded, S3Request, S3Requests
-from s3pool.s3.progress import Transfer
+from s3pool.s3.lean import (
+    NOT_FOUND,
+    NOT_MODIFIED,
+    PRECONDITION_FAILED,
+    RANGE_NOT_SATISFIABLE,
+    Fallback,
+    LeanBody,
+    LeanGets,
+    bytes_behind,
+)
+from s3pool.s3.progress import Progress, Transfer
 from s3pool.store.files import write_all
 
 log = logging.getLogger(__name__)
@@ -91,7 +101,7 @@ def meta_from_response(resp: dict[str, Any]) -> dict[str, Any]:
     """The subset of a get/head_object response that `aws s3api` prints."""
     last_modified = resp.get("LastModified")
     return {
-        "LastModified": (format_datetime(last_modified.astimezone(timezone.utc), usegmt=True)
+        "LastModified": (format_datetime(last_modified.astimezone(UTC), usegmt=True)
                          if last_modified else None),
         "ETag": resp.get("ETag"),
         "ContentLength": int(resp.get("ContentLength", 0)),
@@ -256,7 +266,7 @@ class WatchedBody:
         # end, with whatever came behind it)
         self._read1 = getattr(body, "read1", None) or getattr(raw, "read1", None)
 
-    def exactly(self, size: int) -> "WatchedBody":
+    def exactly(self, size: int) -> WatchedBody:
         self._exact = size
         return self
 
@@ -277,6 +287,7 @@ class WatchedBody:
                 return b""
         if request is not None:
             request.resume()
+        data: bytes
         try:
             if self._read1 is None:
                 data = self._body.read(size) if size is not None else self._body.read()
@@ -376,7 +387,7 @@ def _watch_connections(client: Any, requests: S3Requests) -> None:
     }
     session = getattr(getattr(client, "_endpoint", None), "http_session", None)
     manager = getattr(session, "_manager", None)
-    if manager is None or not hasattr(session, "_pool_classes_by_scheme"):
+    if session is None or manager is None or not hasattr(session, "_pool_classes_by_scheme"):
         log.warning("botocore's HTTP session is not as expected: boto3 requests have no "
                     "deadline beyond their socket timeouts")
         return
@@ -544,8 +555,8 @@ class Backend:
         if observer is not None:
             observer(operation, time.perf_counter() - started, error)
 
-    async def _run(self, fn: Callable[..., Any], *args: Any, bucket: str,
-                   key: str | None = None) -> Any:
+    async def _run(self, fn: Callable[..., T], *args: Any, bucket: str,
+                   key: str | None = None) -> T:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -703,13 +714,13 @@ class Backend:
         # ChecksumMode: S3 sends the object's x-amz-checksum-* (botocore asks for it
         # only when its response_checksum_validation is "when_supported")
         try:
-            resp = self.client.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED",
-                                          **conditions)
+            answer: dict[str, Any] = self.client.get_object(
+                Bucket=bucket, Key=key, ChecksumMode="ENABLED", **conditions)
         finally:
-            request = self.requests.current  # begun by _call_started, kept for the body
+            current = self.requests.current  # begun by _call_started, kept for the body
             self.requests.current = None
-        resp["Body"] = WatchedBody(resp["Body"], request, resp.get("ContentLength"))
-        return resp
+        answer["Body"] = WatchedBody(answer["Body"], current, answer.get("ContentLength"))
+        return answer
 
     async def read_body_at(self, response: ObjectResponse, fd: int, offset: int, limit: int,
                            bucket: str, key: str, transfer: Transfer | None = None,
@@ -739,7 +750,7 @@ class Backend:
                                on_progress, bucket=bucket, key=key)
 
     async def get_range_into(self, bucket: str, key: str, etag: str, start: int, length: int,
-                             fd: int, transfer: Transfer | None = None,
+                             fd: int, transfer: Progress | None = None,
                              on_progress: Callable[[int], None] | None = None,
                              total: int | None = None) -> int:
         """GET bytes [start, start+length) of the version *etag* (of *total* bytes)
@@ -840,7 +851,7 @@ class Backend:
             lambda: self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=limit),
             bucket=bucket,
         )
-        fast = resp.get(FAST_ENTRIES)
+        fast: list[ListEntry] | None = resp.get(FAST_ENTRIES)
         if fast is not None:
             return fast
         return [ListEntry(item["Key"], int(item.get("Size", 0)),
@@ -865,10 +876,11 @@ class Backend:
         *only_new*: If-None-Match: * (ObjectExists if the key exists by now)."""
         def call() -> dict[str, Any]:
             with open(path, "rb") as body:
-                return self._conditional(
+                answer: dict[str, Any] = self._conditional(
                     lambda **extra: self.client.put_object(Bucket=bucket, Key=key, Body=body,
                                                            **extra),
                     only_new, lambda: body.seek(0), bucket, key)
+                return answer
         return _upload_answer(await self._run(call, bucket=bucket, key=key))
 
     def _conditional(self, call: Callable[..., Any], only_new: bool,
@@ -1011,7 +1023,7 @@ def read_small(response: ObjectResponse, bucket: str, key: str) -> None:
     response.data = data
 
 
-def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Transfer,
+def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Progress,
                digest: Digest | None = None,
                on_progress: Callable[[int], None] | None = None) -> int:
     """Copy up to *limit* bytes of a streaming body to *fd* at *offset* (worker thread).
@@ -1119,4 +1131,4 @@ def _timestamp(text: str) -> float:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        return parse_timestamp(text).timestamp()
+        return float(parse_timestamp(text).timestamp())

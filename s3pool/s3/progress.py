@@ -20,12 +20,30 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from s3pool.client import format_download
 from s3pool.errors import BackendError
 
 log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """What a body's copy to disk tells and asks of its counter: a
+    :class:`Transfer`, or a stand-in that passes part of it on (the shared
+    tier's parts of a download keep their failures to themselves)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def done(self) -> int: ...
+
+    def add(self, count: int) -> None: ...
+
+    def check(self) -> None: ...
+
+    def fail(self, message: str) -> None: ...
 
 class Transfer:
     """The progress of one download; updated from worker threads."""
