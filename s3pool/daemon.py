@@ -18,9 +18,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -28,23 +29,23 @@ import botocore.exceptions
 import trio
 
 from s3pool import __version__
-from s3pool.s3.backend import Backend
 from s3pool.cache import Cache
-from s3pool.store.checkpoint import Checkpoint
 from s3pool.control.peer import AccessPolicy
 from s3pool.control.server import ControlServer
 from s3pool.control.unixsocket import UnixSocket
 from s3pool.embedded import DEFAULT_PORT as EMBEDDED_S3_PORT, DEMO_BUCKET, EmbeddedS3
 from s3pool.errors import EXIT_MOUNT, EXIT_RUNNING, EXIT_USAGE, StartupError
+from s3pool.listing.fleet import Fleet, FleetListings
+from s3pool.listing.listings import Listings
+from s3pool.listing.published import DEFAULT_KEY as DEFAULT_PUBLISHED_KEY
+from s3pool.listing.refresher import Refresher
+from s3pool.logs import RequestLog, apply_verbosity
+from s3pool.s3.backend import Backend
+from s3pool.settings import Settings
+from s3pool.store.checkpoint import Checkpoint
 from s3pool.store.evictor import Evictor
 from s3pool.store.layout import Layout
 from s3pool.store.migrate import migrate as migrate_layout
-from s3pool.listing.fleet import Fleet, FleetListings
-from s3pool.listing.listings import Listings
-from s3pool.logs import RequestLog, apply_verbosity
-from s3pool.listing.published import DEFAULT_KEY as DEFAULT_PUBLISHED_KEY
-from s3pool.listing.refresher import Refresher
-from s3pool.settings import Settings
 from s3pool.store.objects import Store
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class Options:
     use_published_listing: bool = False  # refresh from the published listing
     published_listing_key: str = DEFAULT_PUBLISHED_KEY
     push_endpoint: str | None = None  # PUSH here instead of the read endpoint
-    shared_cache: str | None = None  # s3://BUCKET/PREFIX: the fleet's shared tier (download/tier.py)
+    # s3://BUCKET/PREFIX: the fleet's shared tier (download/tier.py)
+    shared_cache: str | None = None
     shared_cache_endpoint: str | None = None
     shared_cache_profile: str | None = None
 

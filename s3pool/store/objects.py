@@ -31,16 +31,17 @@ import os
 import stat
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import trio
 
-from s3pool.store.access import AccessIndex
 from s3pool.errors import KeyConflict, NoSpace
-from s3pool.store.layout import LIST_NAME, META_SUFFIX, Layout
+from s3pool.store.access import AccessIndex
 from s3pool.store.files import new_temp, write_all
+from s3pool.store.layout import LIST_NAME, META_SUFFIX, Layout
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,10 @@ class KeyLocks:
         if entry.users == 0:
             self._locks.pop(ident, None)
 
-    def hold(self, ident: tuple[str, str]) -> "_Held":
+    def hold(self, ident: tuple[str, str]) -> _Held:
         return _Held(self, ident)
 
-    def try_hold(self, ident: tuple[str, str]) -> "_Held | None":
+    def try_hold(self, ident: tuple[str, str]) -> _Held | None:
         """The lock of *ident* if nobody holds or awaits it (no waiting), else None."""
         if ident in self._locks:
             return None
@@ -279,13 +280,13 @@ class Store:
         return self.installed(bucket, key, meta, done)
 
     def install_blocking(self, bucket: str, key: str, tmp_path: str | None,
-                         meta: dict[str, Any], data: bytes | None = None) -> "Installed":
+                         meta: dict[str, Any], data: bytes | None = None) -> Installed:
         """The file work of :meth:`install`, for a worker thread that already
         runs (a small GET's); then call :meth:`installed` on the trio thread."""
         path = self.layout.object_path(bucket, key)
         return self._install_files(bucket, key, path, tmp_path, meta, data)
 
-    def installed(self, bucket: str, key: str, meta: dict[str, Any], done: "Installed"
+    def installed(self, bucket: str, key: str, meta: dict[str, Any], done: Installed
                   ) -> CachedObject:
         """The bookkeeping of an install (trio thread). The meta just written is
         remembered with its files' signature: the first lookup of the key (the
@@ -301,7 +302,7 @@ class Store:
         return CachedObject(path, meta)
 
     def _install_files(self, bucket: str, key: str, path: str, tmp_path: str | None,
-                       meta: dict[str, Any], data: bytes | None = None) -> "Installed":
+                       meta: dict[str, Any], data: bytes | None = None) -> Installed:
         """Blocking part of install (worker thread): the keys it displaced, and
         the signature of the files it wrote.
 
