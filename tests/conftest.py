@@ -37,19 +37,32 @@ def pytest_collection_modifyitems(config, items):
     """Every test names exactly one tier (a module's ``pytestmark``): a new file
     that forgets is an error, not a test run in the wrong tier. A ``fuse`` test
     is ``e2e`` too, and a ``unit`` test starts no daemon."""
-    wrong = []
+    wrong: dict = {}  # item -> what is wrong with it
     for item in items:
         marks = {mark.name for mark in item.iter_markers()}
         tiers = marks.intersection(TIERS)
         if len(tiers) != 1:
-            wrong.append(f"{item.nodeid}: has {sorted(tiers) or 'no tier'}, wants exactly one "
-                         "of unit, e2e (pytestmark = pytest.mark.unit at the top of the file)")
+            wrong[item] = (f"{item.nodeid}: has {sorted(tiers) or 'no tier'}, wants exactly one "
+                           "of unit, e2e (pytestmark = pytest.mark.unit at the top of the file)")
         elif "fuse" in marks and "e2e" not in tiers:
-            wrong.append(f"{item.nodeid}: a fuse test is e2e")
+            wrong[item] = f"{item.nodeid}: a fuse test is e2e"
         elif "unit" in tiers and E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            wrong.append(f"{item.nodeid}: a unit test starts the daemon (mark it e2e)")
-    if wrong:
-        raise pytest.UsageError("tests without a proper tier:\n  " + "\n  ".join(wrong))
+            wrong[item] = f"{item.nodeid}: a unit test starts the daemon (mark it e2e)"
+    if wrong and not hasattr(config, "workerinput"):
+        raise pytest.UsageError("tests without a proper tier:\n  " + "\n  ".join(wrong.values()))
+    # an xdist worker cannot stop the run with a message (its UsageError is an
+    # INTERNALERROR that says nothing): each such test errors at its setup instead
+    for item, message in wrong.items():
+        item.stash[TIER_ERROR] = message
+
+
+TIER_ERROR = pytest.StashKey[str]()
+
+
+def pytest_runtest_setup(item):
+    message = item.stash.get(TIER_ERROR, None)
+    if message is not None:
+        pytest.fail(message, pytrace=False)
 
 
 def wait_until(predicate, timeout: float = 30.0, what: str | None = None,
