@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -173,3 +174,41 @@ async def test_a_tier_that_keeps_missing_is_not_asked_for_a_while(monkeypatch):
     for key in keys[cold + 2:]:
         assert await lookup(key) is None
     assert (tier.asks, shared.misses, shared.cold_skips) == (cold + 3, cold + 2, 2)
+
+
+class FreshListing:
+    """A whole listing of the bucket, younger than the freshness window."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+
+    def listing_age(self, bucket: str) -> float:
+        return 1.0
+
+    def key_info(self, bucket: str, key: str) -> tuple[int, float, str]:
+        data = self.objects[key]
+        return len(data), 1_796_000_000.0, _meta(data)["ETag"]
+
+
+async def test_a_paused_tier_leaves_a_cached_copy_to_the_listing(monkeypatch):
+    """While the tier is paused, a cached copy is still checked by a fresh
+    listing (CURRENT, no request at all), not sent to the origin's GET."""
+    now = [1000.0]
+    monkeypatch.setattr(tiermod.time, "monotonic", lambda: now[0])
+    keys = [f"k{i:02d}" for i in range(tiermod.COLD_MISSES + 1)]
+    objects = {key: os.urandom(100 + i) for i, key in enumerate(keys)}
+    origin, tier = CountingOrigin(objects), CountingTier()
+    shared = SharedTier(tier, "cache", "p/", origin)
+    listing = FreshListing(objects)
+    for key in keys[:-1]:
+        assert await shared.lookup(listing, 120.0, "b", key, None, lambda r: None, 1 << 20) \
+            is None
+    assert shared.misses == tiermod.COLD_MISSES and origin.heads == 0  # the listing's ETags
+    last = keys[-1]
+    cached = SimpleNamespace(meta=_meta(objects[last]), size=len(objects[last]))
+    assert await shared.lookup(listing, 120.0, "b", last, cached, lambda r: None, 1 << 20) \
+        is tiermod.CURRENT
+    assert (origin.heads, tier.asks, shared.cold_skips) == (0, tiermod.COLD_MISSES, 0)
+    # positive control: the same key, not cached, is not asked of the paused tier
+    assert await shared.lookup(listing, 120.0, "b", last, None, lambda r: None, 1 << 20) is None
+    assert (tier.asks, shared.cold_skips) == (tiermod.COLD_MISSES, 1)

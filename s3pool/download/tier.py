@@ -390,8 +390,9 @@ class SharedTier:
         of the origin is both the check and the fetch, one request where a
         miss costs three (the origin's HEAD, the tier's 404, the origin's
         GET). What comes from the origin is still written to the tier; the
-        first ask after the pause that hits ends it."""
-        if time.monotonic() < self._cold_until:
+        first ask after the pause that hits ends it. A cached copy is checked
+        as always (a fresh listing may spare the origin that request)."""
+        if obj is None and time.monotonic() < self._cold_until:
             self.cold_skips += 1
             return None
         self._lookups += 1
