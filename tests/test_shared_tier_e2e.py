@@ -2,11 +2,12 @@
 
 Real daemons as subprocesses, each with its own HOMEDIR; moto's server as
 the origin (the session's) and a second server as the tier: moto, and for
-the fleet and the corruption cases also the embedded SeaweedFS (the demo's
-``weed server``, s3pool.embedded.EmbeddedS3, with its own credentials, which
-the daemons take from ``--shared-cache-profile``). Requests are counted
-where they arrive (CountingApp), so "the origin saw one GET of each object"
-is counted at the origin, not taken from s3pool's word.
+the fleet, the corruption and the stopped-tier cases also the embedded
+SeaweedFS (the demo's ``weed server``, s3pool.embedded.EmbeddedS3, with its
+own credentials, which the daemons take from ``--shared-cache-profile``).
+Requests are counted where they arrive (CountingApp), so "the origin saw
+one GET of each object" is counted at the origin, not taken from s3pool's
+word.
 """
 
 from __future__ import annotations
@@ -240,6 +241,7 @@ def test_a_corrupted_tier_is_detected_and_the_origin_read(start_daemon, moto_ser
     assert second.stop() == 0, second.log_text()
 
 
+@ENGINES
 def test_a_tier_stopped_mid_run_leaves_every_pull_to_the_origin(start_daemon, moto_server, s3,
                                                                 bucket, tier, tmp_path):
     objects, tier_bucket, args, first = _first_host(start_daemon, s3, bucket, tier, tmp_path)
