@@ -634,6 +634,10 @@ class Cache:
     def has_listing(self, bucket: str) -> bool:
         return self.listings.has_index(bucket)
 
+    def listing_window(self) -> float:
+        """Seconds a directory's listing is served before S3 is asked again."""
+        return self.settings.listing_window
+
     async def start_listing(self, bucket: str) -> None:
         """An (empty) listing index for *bucket*, filled as directories are listed."""
         await self.listings.ensure_index(bucket)

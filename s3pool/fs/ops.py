@@ -203,7 +203,9 @@ class S3PoolOperations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
         attr.generation = 0
-        attr.entry_timeout = ATTR_TIMEOUT
+        # the kernel answers a name it was told for this long without asking:
+        # no longer than a listing is served (listing_freshness)
+        attr.entry_timeout = min(ATTR_TIMEOUT, self.cache.listing_window())
         attr.attr_timeout = ATTR_TIMEOUT
         if node.is_dir:
             attr.st_mode = stat.S_IFDIR | 0o555
@@ -308,6 +310,29 @@ class S3PoolOperations(pyfuse3.Operations):
             log.warning("cannot list s3://%s/%s: %s", node.bucket, node.dir_prefix, exc)
             raise fuse_error(exc) from None
 
+    async def _fresh_name(self, parent: Node, name: str) -> bool:
+        """A lookup in a directory listed longer ago than listing_freshness
+        waits until that directory's LIST (readdir's, shared: one per prefix)
+        has merged the name (a file, or a subdirectory of that name). A
+        directory never listed is left alone: the name is asked of S3 (a
+        HEAD), as a first open must not wait for the listing of a huge
+        directory. When S3 cannot be asked the index in hand answers. True
+        if the name was just listed from S3 (the index's answer is S3's)."""
+        if not visible_name(name, at_root=not parent.path):
+            return False
+        try:
+            job: ListJob | None = await self.cache.fresh_dir(
+                parent.bucket, parent.dir_prefix, listed_only=True)
+        except S3PoolError as exc:
+            log.warning("cannot list s3://%s/%s: %s", parent.bucket, parent.dir_prefix, exc)
+            return False
+        if job is None:
+            return False
+        position = parent.dir_prefix + name + "/"  # after the key *name*: both merged
+        while not job.covers(position):
+            await job.changed()
+        return job.error is None or not job.done
+
     async def _ensure_listing(self, bucket: str) -> None:
         try:
             await self.cache.ensure_listing(bucket)
@@ -341,9 +366,11 @@ class S3PoolOperations(pyfuse3.Operations):
             node = Node(text, "", True, mtime=self.cache.last_listed(text, self.started))
         else:
             listed = self._listing_or_start(parent.bucket)
+            # just listed from S3: what the index lacks, S3 lacks (no HEAD)
+            relisted = listed and await self._fresh_name(parent, text)
             entry = self.cache.dir_entry(parent.bucket, parent.dir_prefix, text) if listed \
                 else None
-            if entry is None and visible_name(text, at_root=not parent.path):
+            if entry is None and not relisted and visible_name(text, at_root=not parent.path):
                 # written to S3 since the last listing, or the listing is not in yet
                 # (then an S3 that cannot be asked is an error, EIO, not "no such name")
                 entry = _entry_of(await self.cache.discover(

@@ -365,15 +365,17 @@ class Listings:
         await trio.to_thread.run_sync(create_empty_index, self.layout, bucket,
                                       limiter=self.disk_limiter)
 
-    async def fresh(self, bucket: str, prefix: str, deep: bool, window: float
-                    ) -> ListJob | None:
+    async def fresh(self, bucket: str, prefix: str, deep: bool, window: float,
+                    listed_only: bool = False) -> ListJob | None:
         """None if the index holds the directory *prefix* (with *deep*, every
-        key under it) as listed within *window* seconds; otherwise the LIST
-        that makes it so, started or joined (one per prefix at a time). It
-        runs in the background when there is a nursery: wait on the job."""
+        key under it) as listed within *window* seconds (with *listed_only*,
+        also if it was never listed); otherwise the LIST that makes it so,
+        started or joined (one per prefix at a time). It runs in the
+        background when there is a nursery: wait on the job."""
         await self.ensure_index(bucket)
         now = time.time()
-        if window > 0 and now - self.listed_at(bucket, prefix, deep) <= window:
+        listed = self.listed_at(bucket, prefix, deep)
+        if (window > 0 and now - listed <= window) or (listed_only and not listed):
             return None
         ident = (bucket, prefix, deep)
         job = self._jobs.get(ident)
@@ -409,6 +411,11 @@ class Listings:
                      "" if job.deep else " (one directory)", job.pages,
                      time.time() - job.started)
 
+    def _advanced(self, job: ListJob, through: str | None) -> None:
+        """A page of *job* is merged: has_children answers kept from before it may be wrong."""
+        self._children.pop(job.bucket, None)
+        job.advance(through)
+
     def _relist(self, job: ListJob, token: trio.lowlevel.TrioToken) -> None:
         """Blocking: LIST *job*'s prefix page by page, each merged into the
         index (new keys in, deleted keys out) and told to its readers.
@@ -426,7 +433,7 @@ class Listings:
                 subdirs = [d for d in subdirs if not self.hidden(d)]
                 merger.merge(job.prefix, job.deep, lo, hi, entries, subdirs, job.started - 1.0,
                              listed_at=job.started if last else None)
-                token.run_sync_soon(job.advance, hi)
+                token.run_sync_soon(self._advanced, job, hi)
                 lo = hi
         except IndexFault as exc:
             raise not_written(job.bucket, exc) from exc
