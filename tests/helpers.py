@@ -100,6 +100,7 @@ class IdleConnections:
             while not self.stopping.is_set():
                 for key, _ in selector.select(0.1):
                     sock = key.fileobj
+                    assert isinstance(sock, socket.socket)  # only sockets are registered
                     try:
                         data = sock.recv(4096)
                     except OSError:
@@ -109,6 +110,7 @@ class IdleConnections:
                         sock.close()
                         self._open(selector)
             for key in list(selector.get_map().values()):
+                assert isinstance(key.fileobj, socket.socket)
                 key.fileobj.close()
 
     def __enter__(self) -> IdleConnections:

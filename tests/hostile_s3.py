@@ -125,12 +125,12 @@ class HostileS3:
         loop.call_soon_threadsafe(close_all)
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None or self._server is None:
+        loop, server = self._loop, self._server
+        if loop is None or server is None:
             return
 
         def shut() -> None:
-            self._server.close()
+            server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
             for task in asyncio.all_tasks(loop):
@@ -228,7 +228,9 @@ class HostileS3:
             elif lower == b"last-modified" and mode == "year_9999":
                 value = b"Fri, 31 Dec 9999 23:59:59 GMT"
             elif lower == b"content-range" and mode == "range_long" and asked:
-                total = _CONTENT_RANGE.match(value).group(3)
+                found = _CONTENT_RANGE.match(value)
+                assert found is not None, value  # the upstream's answer to a ranged GET
+                total = found.group(3)
                 value = f"bytes {asked.group(1)}-{asked.group(2)}/".encode() + total
             extra.append(name + b": " + value)
         head_lines += extra

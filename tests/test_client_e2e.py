@@ -49,6 +49,7 @@ def run_with_tty_stderr(argv: list[str], env: dict[str, str], timeout: float = 3
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave,
                                stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT))
+    assert process.stdout is not None  # stdout=PIPE
     os.close(slave)
     terminal = bytearray()
     deadline = time.monotonic() + timeout

@@ -54,7 +54,7 @@ def test_multi_key_pull_keeps_request_order(daemon, s3, bucket):
     order = list(reversed(keys))
     paths = daemon.ok("PULL", bucket, *order)
     assert [os.path.basename(p) for p in paths] == order
-    for key, path in zip(order, paths):
+    for key, path in zip(order, paths, strict=True):
         assert open(path, "rb").read() == key.encode()
 
 

@@ -67,7 +67,7 @@ class Rig:
         self.requests: Counter[tuple[str, int]] = Counter()  # (kind, offset) of each GET/read
 
     async def _hook(self, kind: str, bucket: str, key: str | None, **info: Any) -> None:
-        offset = info.get("offset")
+        offset: Any = info.get("offset")  # given for the kinds below
         if kind in ("get_range", "read_body"):
             self.requests[(kind, offset)] += 1
             gate = self.gates.get(offset)

@@ -49,6 +49,7 @@ def test_a_name_asked_of_an_s3_that_is_down_before_the_listing_is_eio(start_daem
     import errno
 
     import pytest
+
     from conftest import MotoServer
 
     server = MotoServer()

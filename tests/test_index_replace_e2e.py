@@ -39,6 +39,7 @@ def test_index_replaced_while_written(start_daemon, s3, tmp_path):
 
     def work(i: int) -> None:
         kind = i % 6
+        words: tuple[str, ...]
         if kind == 0:
             words = ("GLOB", bucket, "*")  # a whole listing, renamed into place
         elif kind in (1, 2):

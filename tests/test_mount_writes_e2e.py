@@ -171,7 +171,7 @@ def test_refusals(start_daemon, s3, bucket, tmp_path):
     daemon = start_daemon(mount=True, args=["--bucket", bucket, "--mount-writes"])
     root = daemon.mountpoint / bucket
 
-    def errno_of(fn, *args) -> int:
+    def errno_of(fn, *args) -> int | None:
         with pytest.raises(OSError) as info:
             fn(*args)
         return info.value.errno

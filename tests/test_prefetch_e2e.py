@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -84,7 +85,7 @@ def _shuffled_without_neighbours(names: list[str], seed: int) -> list[str]:
     while True:
         order = names[:]
         rng.shuffle(order)
-        if all(names.index(b) != names.index(a) + 1 for a, b in zip(order, order[1:])):
+        if all(names.index(b) != names.index(a) + 1 for a, b in pairwise(order)):
             return order
 
 

@@ -109,7 +109,8 @@ async def test_keys_added_here_outlive_an_older_published_listing(tmp_path):
 def _listing(*lines: bytes, count: int = 1, **header) -> bytes:
     head = {"format": "s3pool-listing", "version": 1, "bucket": "bkt", "listed_at": 1.7e9,
             "count": count, **header}
-    return gzip.compress(json.dumps(head).encode() + b"\n" + b"".join(line + b"\n" for line in lines))
+    body = b"".join(line + b"\n" for line in lines)
+    return gzip.compress(json.dumps(head).encode() + b"\n" + body)
 
 
 @pytest.mark.parametrize("line", [

@@ -62,7 +62,7 @@ def _two_answered(registry: S3Requests, first: str, second: str, length: int | N
     headers in (a body of *length* to come): the requests and the pairs."""
     pairs = [socket.socketpair(), socket.socketpair()]
     requests = [registry.begin("GetObject", f"s3://b/{name}") for name in (first, second)]
-    for request, (sock, _) in zip(requests, pairs):
+    for request, (sock, _) in zip(requests, pairs, strict=True):
         request.attach(sock)
         request.answered(length)
     return requests, pairs
