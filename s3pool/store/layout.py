@@ -107,11 +107,30 @@ def check_key(key: str, line_break_ok: bool = False) -> str:
     return key
 
 
+class _Below:
+    """A read-only attribute of a :class:`Layout`: the path *name* under the
+    layout's path *parent* (``home``, ``state_dir``...)."""
+
+    def __init__(self, parent: str, name: str) -> None:
+        self.parent, self.name = parent, name
+
+    def __get__(self, layout: Layout, owner: type[Layout] | None = None) -> str:
+        return os.path.join(getattr(layout, self.parent), self.name)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths under one HOMEDIR (absolute)."""
 
     home: str
+
+    log_dir = _Below("home", "log")
+    tmp_dir = _Below("home", "tmp")
+    data_dir = _Below("home", "data")
+    state_dir = _Below("home", "state")
+    pidfile = _Below("home", "s3pool.pid")
+    layout_file = _Below("state_dir", LAYOUT_FILE)
+    listings_dir = _Below("state_dir", "listings")
 
     @classmethod
     def create(cls, home: str) -> Layout:
@@ -119,26 +138,6 @@ class Layout:
         for sub in (layout.log_dir, layout.tmp_dir, layout.data_dir, layout.state_dir):
             os.makedirs(sub, exist_ok=True)
         return layout
-
-    @property
-    def log_dir(self) -> str:
-        return os.path.join(self.home, "log")
-
-    @property
-    def tmp_dir(self) -> str:
-        return os.path.join(self.home, "tmp")
-
-    @property
-    def data_dir(self) -> str:
-        return os.path.join(self.home, "data")
-
-    @property
-    def state_dir(self) -> str:
-        return os.path.join(self.home, "state")
-
-    @property
-    def pidfile(self) -> str:
-        return os.path.join(self.home, "s3pool.pid")
 
     def bucket_dir(self, bucket: str) -> str:
         return os.path.join(self.data_dir, check_bucket(bucket))
@@ -157,14 +156,6 @@ class Layout:
 
     def list_path(self, bucket: str) -> str:
         return os.path.join(self.bucket_dir(bucket), LIST_NAME)
-
-    @property
-    def layout_file(self) -> str:
-        return os.path.join(self.state_dir, LAYOUT_FILE)
-
-    @property
-    def listings_dir(self) -> str:
-        return os.path.join(self.state_dir, "listings")
 
     def listing_dir(self, bucket: str) -> str:
         """state/listings/BUCKET/: the bucket's index and its SQLite journals
