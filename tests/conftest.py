@@ -54,6 +54,9 @@ def pytest_collection_modifyitems(config, items):
     # INTERNALERROR that says nothing): each such test errors at its setup instead
     for item, message in wrong.items():
         item.stash[TIER_ERROR] = message
+    # the end-to-end tests first (a stable sort: files keep their order): the
+    # workers of ./dev.sh test then end on short unit tests, not on a long e2e one
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") else 1)
 
 
 TIER_ERROR = pytest.StashKey[str]()

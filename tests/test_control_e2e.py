@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import MotoServer, put_many, raw_request
+from conftest import MotoServer, put_many, raw_request, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -445,9 +445,10 @@ def test_sigterm_does_not_wait_for_a_slow_download(start_daemon, s3, bucket, mot
     daemon = start_daemon()
     # two seconds per 64 KiB: a minute for the whole body
     tmp_dir = pull_in_the_background(daemon, moto_server, bucket, "crawl", 2.0)
+    wait_until(lambda: moto_server.app.gets_in_flight >= 1, what="the slow GET to be sent")
     assert daemon.stop() == 0
     # the daemon was gone with most of the body still unsent: it did not wait for it
-    assert moto_server.app.bytes_sent[f"/{bucket}/crawl"] < 1 << 20
+    assert moto_server.app.bytes_sent.get(f"/{bucket}/crawl", 0) < 1 << 20
     assert list(tmp_dir.iterdir()) == []
     assert not (daemon.data / bucket / "crawl").exists()
     moto_server.app.slow_paths.clear()

@@ -90,7 +90,9 @@ def test_a_stalled_body_is_ended_but_one_nobody_reads_is_not():
 
 
 def test_a_body_that_keeps_coming_is_not_ended():
-    registry = S3Requests(threading.Event(), timeout=0.3, stall_bytes=1000)
+    # a deadline well above the 50 ms between the fast one's bytes: a busy
+    # machine that holds this thread up for a moment does not starve it
+    registry = S3Requests(threading.Event(), timeout=1.0, stall_bytes=1000)
     (fast, slow), pairs = _two_answered(registry, "fast", "slow", None)
     (fast_socket, fast_server), (slow_socket, slow_server) = pairs
     for request in (fast, slow):
