@@ -3,6 +3,7 @@
 import pytest
 import trio
 
+from conftest import put_many
 from s3pool.cache import Cache
 from s3pool.s3.backend import Backend
 from s3pool.settings import Settings
@@ -28,8 +29,8 @@ async def test_eviction_with_pulls_and_pushes_of_its_victims_never_hangs(tmp_pat
     local = tmp_path / "local"
     local.write_bytes(b"p" * 8192)
     for rnd in range(50):
-        for i, key in enumerate(keys):
-            s3.put_object(Bucket=bucket, Key=key, Body=bytes([65 + (rnd + i) % 26]) * 8192)
+        put_many(bucket, ((key, bytes([65 + (rnd + i) % 26]) * 8192)
+                          for i, key in enumerate(keys)))
         if rnd == 0:
             for key in keys:
                 await cache.pull(bucket, key)
