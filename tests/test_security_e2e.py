@@ -146,9 +146,9 @@ def test_idle_connections_do_not_starve_the_mount_or_cached_pulls(start_daemon, 
                    60, "the idle connections to fill the server's connection cap")
         # the mount and the cached PULLs go on beside them
         with Traffic(daemon, bucket, keys, daemon.mountpoint / bucket) as traffic:
-            wait_until(lambda: traffic.failures or traffic.done["pulls"] >= 20
-                       and traffic.done["reads"] >= 50, 60,
-                       "20 cached PULLs and 50 reads through the mount")
+            wait_until(lambda: traffic.failures or traffic.done["pulls"] >= 5
+                       and traffic.done["reads"] >= 20, 60,
+                       "5 cached PULLs and 20 reads through the mount")
         opened = attack.opened
     done, failures = traffic.done, traffic.failures
     slowest = max(traffic.pull_seconds, default=0.0)
