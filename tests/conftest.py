@@ -17,7 +17,9 @@ from pathlib import Path
 import boto3
 import pytest
 from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
 )
 from werkzeug.serving import make_server
 
@@ -340,7 +342,7 @@ class Daemon:
     def data(self) -> Path:
         return self.home / "data"
 
-    def start(self, wait: bool = True) -> "Daemon":
+    def start(self, wait: bool = True) -> Daemon:
         env = dict(os.environ, **CREDENTIALS, AWS_ENDPOINT_URL=self.endpoint)
         env.pop("AWS_PROFILE", None)
         args = [sys.executable, "-m", "s3pool.cli.main", "-p", str(self.port), "-D", str(self.home),
@@ -363,6 +365,7 @@ class Daemon:
             return ""
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.process is not None, "wait_ready before start"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
