@@ -629,6 +629,12 @@ class Cache:
         self.use_bucket(bucket)
         return job
 
+    async def look_ahead(self, bucket: str, dir_prefixes: list[str]) -> int:
+        """Start listing (one page each) the directories a walk reads next,
+        those not listed within listing_freshness (listings.look_ahead)."""
+        return await self.listings.look_ahead(bucket, dir_prefixes,
+                                              self.settings.listing_window)
+
     # --- what the mount asks (fs/): names, attributes, S3 and disk state ----
 
     def has_listing(self, bucket: str) -> bool:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import threading
 import time
 
 import pytest
 
+from conftest import put_many
 from test_listing_freshness_e2e import lists
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
@@ -82,5 +84,30 @@ def test_a_lookup_in_a_stale_directory_lists_it_again_once_for_all_askers(
     assert (path / "late").read_bytes() == b"late!"
     with pytest.raises(FileNotFoundError):
         open(path / "gone", "rb")
+    assert "Traceback" not in daemon.log_text()
+    assert daemon.stop() == 0
+
+
+def test_a_cold_find_lists_each_directory_once_and_a_long_one_whole(
+        start_daemon, s3, bucket, moto_server):
+    """The subdirectories of a directory just listed are listed ahead (one
+    page each) while find reads the tree: still one LIST per small directory,
+    and a directory of more than one page is shown whole (its look ahead is
+    not taken for its listing)."""
+    tree = [f"t/d{i}/f{j}" for i in range(6) for j in range(3)] + ["t/top"]
+    long_dir = [f"t/d9/k{j:04d}" for j in range(1001)]  # two LIST pages
+    put_many(bucket, [(key, b"x") for key in tree + long_dir])
+    daemon = start_daemon(mount=True, args=["--listing-freshness", "1h"])
+    root = daemon.mountpoint / bucket
+    found = subprocess.run(["find", str(root / "t")], capture_output=True, text=True,
+                           check=True, timeout=120).stdout.split()
+    files = sorted(os.path.relpath(p, root) for p in found if os.path.basename(p).startswith(
+        ("f", "k", "top")))
+    assert files == sorted(tree + long_dir)
+    made = [q["prefix"] for q in lists(moto_server.app, bucket) if q.get("delimiter") == "/"]
+    small = ["t/", *[f"t/d{i}/" for i in range(6)]]
+    assert {p: made.count(p) for p in small} == dict.fromkeys(small, 1), made
+    # the long one: at most its look ahead's page, then its own two pages
+    assert made.count("t/d9/") in (2, 3), made
     assert "Traceback" not in daemon.log_text()
     assert daemon.stop() == 0

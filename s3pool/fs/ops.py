@@ -64,6 +64,9 @@ ERRNO_FOR: dict[type[Exception], int] = {
 }
 
 ATTR_TIMEOUT = 10.0
+# a directory just listed from S3 with at most this many subdirectories has
+# them listed ahead once it is read (a walk reads them next)
+LOOK_AHEAD_DIRS = 64
 # a cold bucket's whole listing starts once no directory of it was listed for this long
 WHOLE_LISTING_AFTER = 2.0
 NEGATIVE_BUCKET_TTL = 30.0
@@ -122,6 +125,8 @@ class DirHandle:
         # the LIST bringing this directory up to date (listing_freshness), if it
         # was stale at opendir: entries are served as far as it has merged them
         self.job: ListJob | None = None
+        # subdirectories served, while the directory was being listed (job)
+        self.subdirs: set[str] | None = None
 
     def restart(self) -> None:
         self.position, self.after, self.entries, self.pending = 0, None, None, None
@@ -169,6 +174,8 @@ class S3PoolOperations(pyfuse3.Operations):
         self._size_suspect: set[int] = set()
         self._known_buckets: set[str] = set()
         self._listing: set[str] = set()  # buckets whose first listing runs in the background
+        # directories listed ahead (bucket, dir prefix), until they are opened
+        self._ahead: set[tuple[str, str]] = set()
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.started = time.time()
@@ -437,6 +444,11 @@ class S3PoolOperations(pyfuse3.Operations):
         if inode != ROOT:
             self._listing_or_start(node.bucket)
             handle.job = await self._fresh_dir(node)
+            listed_ahead = (node.bucket, node.dir_prefix) in self._ahead
+            if listed_ahead:
+                self._ahead.discard((node.bucket, node.dir_prefix))
+            if (handle.job is not None or listed_ahead) and self.spawn is not None:
+                handle.subdirs = set()  # a walk down a tree just listed: look ahead
         fh = self.new_fh()
         self.dirs[fh] = handle
         return fh
@@ -494,6 +506,7 @@ class S3PoolOperations(pyfuse3.Operations):
                     handle.entries = None
                     if job is None or job.done:
                         self._check_job(job, handle)
+                        self._look_ahead(handle, node)
                         return
                     entry = None
             if job is not None and not job.done and (entry is None or not job.covers(
@@ -517,9 +530,32 @@ class S3PoolOperations(pyfuse3.Operations):
                 return
             handle.pending = None
             replied += 1
+            if entry.is_dir and handle.subdirs is not None:
+                handle.subdirs.add(entry.name)
+                if len(handle.subdirs) > LOOK_AHEAD_DIRS:
+                    handle.subdirs = None  # too many to list them all at once
             self.remember(child, inode)
             handle.position += 1
             handle.after = (entry.name, entry.is_dir)
+
+    def _look_ahead(self, handle: DirHandle, node: Node) -> None:
+        """The whole directory was served from a LIST just made: its few
+        subdirectories are listed now, ahead of find and ls -R which read
+        them one after the other next (one page each, two at a time)."""
+        names, handle.subdirs = handle.subdirs, None
+        failed = handle.job is not None and handle.job.error is not None
+        if names and not failed and self.spawn is not None:
+            prefixes = [node.dir_prefix + name + "/" for name in sorted(names)]
+            if len(self._ahead) > LOOK_AHEAD_DIRS * 64:
+                self._ahead.clear()  # never opened: forgotten
+            self._ahead.update((node.bucket, prefix) for prefix in prefixes)
+            self.spawn(self._list_ahead, node.bucket, prefixes)
+
+    async def _list_ahead(self, bucket: str, dir_prefixes: list[str]) -> None:
+        try:
+            await self.cache.look_ahead(bucket, dir_prefixes)
+        except S3PoolError as exc:
+            log.info("cannot list ahead in s3://%s: %s", bucket, exc)
 
     @staticmethod
     def _check_job(job: ListJob | None, handle: DirHandle) -> None:

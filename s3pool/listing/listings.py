@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import botocore.exceptions
 import trio
@@ -100,8 +101,13 @@ class ListJob:
     already) while later pages arrive.
     """
 
-    def __init__(self, bucket: str, prefix: str, deep: bool) -> None:
+    def __init__(self, bucket: str, prefix: str, deep: bool,
+                 max_pages: int | None = None) -> None:
         self.bucket, self.prefix, self.deep = bucket, prefix, deep
+        # a look ahead (Listings.look_ahead) stops after this many pages: a
+        # directory longer than that is not recorded as listed
+        self.max_pages = max_pages
+        self.queued = False  # a look ahead waiting for its turn
         self.started = time.time()  # the listing reflects S3 as of (at least) now
         self.through: str | None = None  # the last position merged; None: nothing yet
         self.done = False
@@ -173,6 +179,8 @@ class Listings:
         # (the cache's nursery); without one a job runs in its caller
         self.nursery: trio.Nursery | None = None
         self.list_requests = 0  # LIST requests (pages) sent, for STATUS
+        # look aheads LIST this many directories at a time, in the order asked
+        self.ahead_limiter = trio.CapacityLimiter(2)
         self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
 
     # --- refresh ---------------------------------------------------------
@@ -373,13 +381,21 @@ class Listings:
         started or joined (one per prefix at a time). It runs in the
         background when there is a nursery: wait on the job."""
         await self.ensure_index(bucket)
+        ident = (bucket, prefix, deep)
+        ahead = self._jobs.get(ident)
+        if ahead is not None and ahead.max_pages is not None:
+            if ahead.queued:  # not begun: listed now, whole, instead
+                del self._jobs[ident]
+                ahead.finish(None)
+            # a look ahead's page is on its way: it may be all the directory has
+            while not ahead.done:
+                await ahead.changed()
         now = time.time()
         listed = self.listed_at(bucket, prefix, deep)
         if (window > 0 and now - listed <= window) or (listed_only and not listed):
             return None
-        ident = (bucket, prefix, deep)
         job = self._jobs.get(ident)
-        if job is not None and job.started >= now - window:
+        if job is not None and job.started >= now - window and job.max_pages is None:
             return job  # started within the window: what it lists is fresh enough
         job = ListJob(bucket, prefix, deep)
         self._jobs[ident] = job
@@ -389,6 +405,54 @@ class Listings:
         else:
             await self._run_job(job)
         return job
+
+    async def look_ahead(self, bucket: str, dir_prefixes: Iterable[str], window: float) -> int:
+        """Start a LIST of the first page of each directory of *dir_prefixes*
+        that is not listed within *window* and not being listed, without
+        waiting: the subdirectories of a directory just read, which a walk
+        (find, ls -R) reads next, are listed ahead of it, in order,
+        ahead_limiter's number at a time (a readdir of one not begun yet
+        lists it at once). A directory of more than one page is not recorded
+        as listed: its readdir lists it whole. Returns the LISTs started."""
+        if window <= 0:
+            return 0  # each readdir lists anyway
+        await self.ensure_index(bucket)
+        now = time.time()
+        jobs: list[ListJob] = []
+        for prefix in dir_prefixes:
+            if (bucket, prefix, False) in self._jobs or (
+                    now - self.listed_at(bucket, prefix, False) <= window):
+                continue
+            job = ListJob(bucket, prefix, False, max_pages=1)
+            job.queued = True
+            self._jobs[(bucket, prefix, False)] = job
+            jobs.append(job)
+        if self.nursery is None:
+            await self._run_ahead(jobs, window)
+        elif jobs:
+            self.nursery.start_soon(self._run_ahead, jobs, window)
+        return len(jobs)
+
+    async def _run_ahead(self, jobs: list[ListJob], window: float) -> None:
+        """Run look-ahead *jobs* in their order, ahead_limiter's number at a time."""
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                await self.ahead_limiter.acquire_on_behalf_of(job)
+                nursery.start_soon(self._run_one_ahead, job, window)
+
+    async def _run_one_ahead(self, job: ListJob, window: float) -> None:
+        try:
+            if job.done:
+                return  # a readdir took it over before its turn
+            job.queued = False
+            if time.time() - self.listed_at(job.bucket, job.prefix, False) <= window:
+                del self._jobs[(job.bucket, job.prefix, False)]  # listed meanwhile
+                job.finish(None)
+                return
+            job.started = time.time()
+            await self._run_job(job)
+        finally:
+            self.ahead_limiter.release_on_behalf_of(job)
 
     async def _run_job(self, job: ListJob) -> None:
         error: BaseException | None = None
@@ -426,7 +490,7 @@ class Listings:
         merger = Merger(self.layout.index_path(job.bucket))
         try:
             lo: str | None = None
-            for entries, subdirs, last in self._prefix_pages(job):
+            for entries, subdirs, last in fetched_ahead(self._prefix_pages(job)):
                 hi = None if last else max(
                     entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
                 entries = [e for e in entries if not self.hidden(e.key)]
@@ -443,6 +507,7 @@ class Listings:
     def _prefix_pages(self, job: ListJob) -> Iterator[tuple[list[ListEntry], list[str], bool]]:
         """(keys, subdirectories, last page?) of a LIST of the job's prefix."""
         continuation: str | None = None
+        pages = 0
         while True:
             if self.stopping.is_set():
                 raise ShuttingDown(f"the daemon is stopping: listing of s3://{job.bucket}/"
@@ -451,7 +516,8 @@ class Listings:
             entries, subdirs, continuation = list_page(
                 self.backend, job.bucket, job.prefix, None if job.deep else "/", continuation)
             yield entries, subdirs, continuation is None
-            if continuation is None:
+            pages += 1
+            if continuation is None or (job.max_pages is not None and pages >= job.max_pages):
                 return
 
     def status_lines(self, buckets: Iterable[str]) -> list[tuple[str, Any]]:
@@ -685,6 +751,53 @@ class Listings:
             return found
 
         return await trio.to_thread.run_sync(scan, limiter=self.glob_limiter)
+
+
+_T = TypeVar("_T")
+
+
+def fetched_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """Blocking: *items*, the next one already being made in a thread of its
+    own while the caller works on the last: a LIST page's round trip to S3
+    overlaps the merge of the page before. An error of *items* is raised
+    where that item would have come; a caller that stops early stops the
+    thread before it asks for another item."""
+    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand(done: bool, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put((done, item), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand(False, item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 (raised in the caller's thread)
+            hand(True, exc)
+            return
+        hand(True, None)
+
+    thread = threading.Thread(target=produce, name="s3pool-list-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            done, item = handoff.get()
+            if not done:
+                yield item
+            elif item is None:
+                return
+            else:
+                raise item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
