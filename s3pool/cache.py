@@ -363,6 +363,9 @@ class Cache:
                         bucket, key, if_none_match=obj.meta.get("ETag") if obj else None,
                         read_up_to=min(SMALL_OBJECT, self.settings.download_part_size),
                         then=small,
+                        # the first part only: its body ends with it, never closed
+                        # while S3 still sends (the other parts are ranged GETs)
+                        first_part=self.settings.download_part_size,
                     )
             except NoSuchKey:
                 if obj is not None:

@@ -16,8 +16,10 @@ Modes (each what some proxy, tier or gateway in front of S3 might do):
   (its Content-Range and bytes), one byte later;
 - ``range_long``: ``206`` with the Content-Range asked but the bytes (and
   Content-Length) of a longer range;
-- ``new_version``: a ranged GET is answered from a newer version: If-Match
-  ignored, another ETag, other bytes;
+- ``new_version``: a ranged GET pinned to a version (If-Match) is answered
+  from a newer version: If-Match ignored, another ETag, other bytes (a
+  version that changed between the first GET and a part's GET; a first GET,
+  even of the first part only, is answered as it is);
 - ``long_body``: the body is longer than its Content-Length;
 - ``chunked``: ``Transfer-Encoding: chunked`` with the whole body (legal);
 - ``chunked_empty``: chunked, with no data at all;
@@ -183,6 +185,8 @@ class HostileS3:
         honest_key = is_object and parts[1].startswith("honest/")
         mode = self.mode if not honest_key else "honest"
         asked = _RANGE.match(headers.get("range", ""))
+        if mode == "new_version" and "if-match" not in headers:
+            mode = "honest"  # a first GET: the version it names is the current one
         upstream_headers = dict(headers)
         if method == "GET" and is_object and asked:
             start, end = int(asked.group(1)), int(asked.group(2))

@@ -92,12 +92,13 @@ def test_changed_object_is_seen_only_after_the_freshness_window(start_daemon, s3
     time.sleep(2.2)
     daemon.ok("PULL", bucket, "obj")
     assert open(path, "rb").read() == b"version two, longer"
-    assert moto_server.app.gets(bucket, "obj", status=200) == 2
+    # a first GET asks for the first part (here the whole object): a 206
+    assert moto_server.app.gets(bucket, "obj", status=206) == 2
     # unchanged after another window: a conditional GET answered 304, no body
     time.sleep(2.2)
     daemon.ok("PULL", bucket, "obj")
     assert moto_server.app.gets(bucket, "obj", status=304) == 1
-    assert moto_server.app.gets(bucket, "obj", status=200) == 2
+    assert moto_server.app.gets(bucket, "obj", status=206) == 2
     assert daemon.stop() == 0
 
 
@@ -117,13 +118,14 @@ def test_push_then_pull_returns_the_new_bytes(daemon, s3, bucket, tmp_path, moto
     local = tmp_path / "new.csv"
     local.write_bytes(b"new,bytes,written,by,a,job\n")
     assert daemon.ok("PUSH", bucket, "report.csv", str(local)) == []
-    downloads = moto_server.app.gets(bucket, "report.csv", status=200)
+    downloads = moto_server.app.gets(bucket, "report.csv", status=206)
     assert s3.get_object(Bucket=bucket, Key="report.csv")["Body"].read() == local.read_bytes()
     [path2] = daemon.ok("PULL", bucket, "report.csv")
     assert path2 == path
     assert open(path2, "rb").read() == local.read_bytes()
     # the pushed copy is installed in the cache: no download needed
-    assert moto_server.app.gets(bucket, "report.csv", status=200) == downloads + 1
+    assert moto_server.app.gets(bucket, "report.csv", status=206) == downloads
+    assert moto_server.app.gets(bucket, "report.csv", status=200) == 1  # our own GET
 
 
 def test_push_refuses_bad_local_paths(daemon, bucket, tmp_path):
@@ -276,7 +278,7 @@ def test_deleted_or_truncated_data_is_fetched_again(daemon, s3, bucket, moto_ser
     os.unlink(path)
     [path] = daemon.ok("PULL", bucket, "victim")
     assert open(path, "rb").read() == body
-    assert moto_server.app.gets(bucket, "victim", status=200) == 3
+    assert moto_server.app.gets(bucket, "victim", status=206) == 3  # first-part GETs
 
 
 def test_clean_restart_serves_the_cache_with_one_conditional_request(start_daemon, s3, bucket,
@@ -288,7 +290,7 @@ def test_clean_restart_serves_the_cache_with_one_conditional_request(start_daemo
     daemon = start_daemon(port=daemon.port)
     assert daemon.ok("PULL", bucket, "keep") == [path]
     assert daemon.ok("PULL", bucket, "keep") == [path]
-    assert moto_server.app.gets(bucket, "keep", status=200) == 1
+    assert moto_server.app.gets(bucket, "keep", status=206) == 1  # a first-part GET
     conditional = [r for r in moto_server.app.requests
                    if r["path"] == f"/{bucket}/keep" and r["status"] == 304]
     assert len(conditional) == 1 and conditional[0]["if_none_match"]

@@ -309,8 +309,11 @@ class Download:
         first, last = offset // part_size, (end - 1) // part_size
         if not self._stream_go.is_set():
             # the open GET's body carries part 0 only if part 0 is read first:
-            # a first read elsewhere (a Parquet footer) closes it unread
-            self._stream_abandoned = first != 0
+            # a first read elsewhere (a Parquet footer) closes it unread, when
+            # it carries more than part 0 (a server that ignored the Range);
+            # a body of part 0 alone is read to its end (never hung up on:
+            # an S3 server logs that as a connection reset by peer)
+            self._stream_abandoned = first != 0 and self.body_end > self.part_range(0)[1]
             self._stream_go.set()
         for index in range(first, last + 1):
             if not self.wanted[index]:

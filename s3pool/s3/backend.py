@@ -596,10 +596,10 @@ class Backend:
         ranged GETs never closes a body S3 is still sending (which S3 servers
         log as a connection reset by peer). The response stands for the whole
         object all the same: its meta has the size from Content-Range, and its
-        digest is the whole object's (S3 sends no checksum with a range: a
-        HEAD of the same version gives the full-object one, when the ETag is
-        not an MD5 to check by). An empty object (416: it has no byte 0) is
-        asked for whole."""
+        digest is the whole object's (S3 sends no checksum with a range, even
+        one that covers the object: a HEAD of the same version gives the
+        full-object one, when the ETag is not an MD5 to check by). An empty
+        object (416: it has no byte 0) is asked for whole."""
 
         condition = validator(if_none_match)
         if condition is not None and not (_ETAG.fullmatch(condition)
@@ -635,7 +635,8 @@ class Backend:
                 if resp.get("ContentLength") is None:
                     self._length_from_head(resp, bucket, key)
                 digest = digest_for(resp, bucket, key)
-                if digest is None and body_length is not None:
+                # S3 sends no checksum with a 206, even one of the whole object
+                if digest is None and ranged and _status_of(resp) == 206:
                     digest = self._digest_from_head(resp, bucket, key)
             except BaseException:
                 resp["Body"].close()
