@@ -10,6 +10,8 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+import trio
+import trio.testing
 
 from s3pool.download import tier as tiermod
 from s3pool.download.tier import (
@@ -117,6 +119,7 @@ class CountingTier(FakeBackend):
         super().__init__()
         self.stored: dict[str, tuple[bytes, dict[str, str]]] = {}
         self.asks = 0
+        self.held: dict[str, trio.Event] = {}  # tier key -> its asks wait for this
 
     def write(self, key: str, data: bytes) -> None:  # as another host's upload would
         self.stored[tier_key("p/", "b", key, _meta(data)["ETag"])] = (
@@ -124,6 +127,8 @@ class CountingTier(FakeBackend):
 
     async def open_object(self, bucket: str, name: str, then):
         self.asks += 1
+        if name in self.held:
+            await self.held[name].wait()
         if name not in self.stored:
             raise NoSuchKey(name)
         data, meta = self.stored[name]
@@ -212,3 +217,38 @@ async def test_a_paused_tier_leaves_a_cached_copy_to_the_listing(monkeypatch):
     # positive control: the same key, not cached, is not asked of the paused tier
     assert await shared.lookup(listing, 120.0, "b", last, None, lambda r: None, 1 << 20) is None
     assert (tier.asks, shared.cold_skips) == (tiermod.COLD_MISSES, 1)
+
+
+async def test_after_a_pause_one_ask_goes_alone(monkeypatch):
+    """The pause over, the first miss asks the tier and the misses meanwhile
+    skip it until that ask is answered: a pause ends with one request, not
+    one per download in flight."""
+    now = [1000.0]
+    monkeypatch.setattr(tiermod.time, "monotonic", lambda: now[0])
+    cold = tiermod.COLD_MISSES
+    keys = [f"k{i:02d}" for i in range(cold + 3)]
+    objects = {key: os.urandom(100 + i) for i, key in enumerate(keys)}
+    origin, tier = CountingOrigin(objects), CountingTier()
+    shared = SharedTier(tier, "cache", "p/", origin)
+
+    async def lookup(key: str):
+        return await shared.lookup(NoListing(), 120.0, "b", key, None, lambda r: None, 1 << 20)
+
+    for key in keys[:cold]:
+        assert await lookup(key) is None
+    now[0] += tiermod.COLD_SECONDS + 0.1
+    gate = trio.Event()
+    tier.held[tier_key("p/", "b", keys[cold], _meta(objects[keys[cold]])["ETag"])] = gate
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lookup, keys[cold])  # the ask after the pause: held
+        await trio.testing.wait_all_tasks_blocked()
+        assert tier.asks == cold + 1
+        assert await lookup(keys[cold + 1]) is None  # skipped while it is in flight
+        assert (tier.asks, shared.cold_skips) == (cold + 1, 1)
+        gate.set()
+    assert shared.misses == cold + 1  # it missed: paused again
+    assert await lookup(keys[cold + 2]) is None
+    assert (tier.asks, shared.cold_skips) == (cold + 1, 2)
+    now[0] += tiermod.COLD_SECONDS + 0.1  # positive control: over again, asked again
+    assert await lookup(keys[cold + 2]) is None
+    assert tier.asks == cold + 2

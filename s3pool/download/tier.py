@@ -289,6 +289,7 @@ class SharedTier:
         self._misses_in_row = 0
         self._cold_until = 0.0
         self._lookups = 0  # lookups in flight (uploads wait for them too)
+        self._probing = False  # the one ask after a pause is in flight
         self._lock = threading.RLock()  # counters: bodies and parts fail in worker threads
         self._failures_in_row = 0
         self._skip_until = 0.0
@@ -390,16 +391,23 @@ class SharedTier:
         of the origin is both the check and the fetch, one request where a
         miss costs three (the origin's HEAD, the tier's 404, the origin's
         GET). What comes from the origin is still written to the tier; the
-        first ask after the pause that hits ends it. A cached copy is checked
-        as always (a fresh listing may spare the origin that request)."""
-        if obj is None and time.monotonic() < self._cold_until:
+        first ask after the pause that hits ends it. After the pause one ask
+        goes alone (the others skip while it is in flight), so a pause ends
+        with one request, not a burst. A cached copy is checked as always (a
+        fresh listing may spare the origin that request)."""
+        probe = obj is None and self._misses_in_row >= COLD_MISSES
+        if probe and (self._probing or time.monotonic() < self._cold_until):
             self.cold_skips += 1
             return None
+        if probe:
+            self._probing = True
         self._lookups += 1
         try:
             return await self._lookup(listings, window, bucket, key, obj, small, small_limit)
         finally:
             self._lookups -= 1
+            if probe:
+                self._probing = False
 
     async def _lookup(self, listings: ListedVersions, window: float, bucket: str, key: str,
                       obj: CachedObject | None, small: Callable[[ObjectResponse], None],
