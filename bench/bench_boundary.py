@@ -22,7 +22,6 @@ Needs root (FUSE).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -35,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CREDS, S3Server, print_table, workdir  # noqa: E402
+from common import CREDS, S3Server, bench_parser, print_table, workdir  # noqa: E402
 from s3pool.client import exchange  # noqa: E402
 from s3pool.embedded import free_port  # noqa: E402
 
@@ -145,14 +144,13 @@ def export(ref: str, into: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # --s3 (weed or moto) and the sizes (bench_parser); it lost --s3 with 2bf4dce
+    parser = bench_parser(__doc__.split("\n")[0], size_mib=256, small=2000, rounds=2)
     parser.add_argument("--before", help="git ref of the tree before")
     parser.add_argument("--before-dir", help="or a directory holding that tree (e.g. HEAD "
                         "with the change under test reverted)")
     parser.add_argument("--after", help="git ref of the tree after (default: this checkout)")
     parser.add_argument("--after-dir", help="or a directory holding that tree")
-    for name, default in (("--size-mib", 256), ("--small", 2000), ("--rounds", 2)):
-        parser.add_argument(name, type=int, default=default)
     args = parser.parse_args()
     work = workdir("s3pool-bench-boundary-")
     before_tree = Path(args.before_dir) if args.before_dir else export(args.before,
