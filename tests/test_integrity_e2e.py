@@ -149,25 +149,29 @@ def test_corrupted_body_is_refused_and_not_installed(proxy, moto_server, start_d
 
     The first GET asks for the first part (download_part_size, 8 MiB) only:
     an object within it comes whole with its x-amz-checksum; a larger one's
-    first answer carries no checksum (S3 sends none with a part), so a
-    single-part object is checked by its ETag's MD5, and a multipart one (no
-    MD5 in its ETag) by the full-object checksum a HEAD gives."""
+    first answer carries no checksum (S3 sends none with a part), so a HEAD
+    gives the full-object checksum (a CRC costs a quarter of an MD5's CPU), and
+    an object without one is checked by its ETag's MD5."""
     md5_only = os.urandom(300 * KIB)
     _plain_client(moto_server).put_object(Bucket=bucket, Key="md5", Body=md5_only)
     with_crc = os.urandom(300 * KIB)
     s3.put_object(Bucket=bucket, Key="crc", Body=with_crc)  # boto3 sends a CRC32
     big = os.urandom(64 * MIB + 5 * KIB)  # a ranged download (parts of 8 MiB)
-    s3.put_object(Bucket=bucket, Key="big", Body=big)
+    _plain_client(moto_server).put_object(Bucket=bucket, Key="big", Body=big)
+    big_crc = os.urandom(12 * MIB)  # single-part, with a CRC32 only a HEAD tells
+    s3.put_object(Bucket=bucket, Key="bigcrc", Body=big_crc)
     multi = os.urandom(12 * MIB)  # two parts of 8 MiB, the second a ranged GET
     _multipart_crc32(s3, bucket, "multi", multi)
     proxy.corrupt[f"/{bucket}/md5"] = 1234
     proxy.corrupt[f"/{bucket}/crc"] = 0
     proxy.corrupt[f"/{bucket}/big"] = 40 * MIB + 7  # inside a ranged part
     proxy.corrupt[f"/{bucket}/multi"] = 10 * MIB + 3  # inside the ranged part
+    proxy.corrupt[f"/{bucket}/bigcrc"] = 9 * MIB + 1
     daemon = start_daemon(endpoint=proxy.endpoint)
 
     for key, check in (("md5", "ETag MD5"), ("crc", "x-amz-checksum CRC32"),
-                       ("big", "ETag MD5"), ("multi", "x-amz-checksum CRC32")):
+                       ("big", "ETag MD5"), ("multi", "x-amz-checksum CRC32"),
+                       ("bigcrc", "x-amz-checksum CRC32")):
         status, lines = daemon.request("PULL", bucket, key)
         assert status == "ERROR", f"{key}: corrupted bytes were served"
         assert lines == [f"{key}: download of s3://{bucket}/{key} did not match its {check}"]
@@ -176,14 +180,15 @@ def test_corrupted_body_is_refused_and_not_installed(proxy, moto_server, start_d
     assert _leftovers(daemon.home) == []
 
     proxy.corrupt.clear()
-    for key, data in (("md5", md5_only), ("crc", with_crc), ("big", big), ("multi", multi)):
+    for key, data in (("md5", md5_only), ("crc", with_crc), ("big", big), ("multi", multi),
+                      ("bigcrc", big_crc)):
         path = daemon.ok("PULL", bucket, key)[0]
         assert _file_sha(path) == _sha(data)
     log = daemon.log_text()
     assert f"downloaded s3://{bucket}/md5 (PULL): {len(md5_only)} bytes" in log
     assert "ETag MD5 verified" in log and "x-amz-checksum CRC32 verified" in log
     # the multipart object's full-object CRC32 (from the HEAD) was checked and kept
-    assert int(daemon.status()["verified_crc32"]) == 2  # crc and multi
+    assert int(daemon.status()["verified_crc32"]) == 3  # crc, multi and bigcrc
     meta = json.loads((daemon.data / bucket / "multi__meta__").read_text())
     assert meta["ChecksumCRC32"] == s3.head_object(
         Bucket=bucket, Key="multi", ChecksumMode="ENABLED")["ChecksumCRC32"]
