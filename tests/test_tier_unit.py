@@ -8,6 +8,7 @@ import io
 import os
 import threading
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -144,23 +145,37 @@ class NoListing:
         return None
 
 
+class ColdFleet:
+    """A tier with nothing in it, on a clock the test moves (``now``), and
+    ``count`` objects at the origin (k00, k01, ...)."""
+
+    def __init__(self, monkeypatch, count):  # duck-typed fakes, as the tests above
+        self.now = [1000.0]
+        monkeypatch.setattr(tiermod.time, "monotonic", lambda: self.now[0])
+        self.keys = [f"k{i:02d}" for i in range(count)]
+        self.objects = {key: os.urandom(100 + i) for i, key in enumerate(self.keys)}
+        self.origin, self.tier = CountingOrigin(self.objects), CountingTier()
+        self.shared = SharedTier(self.tier, "cache", "p/", self.origin)
+
+    async def lookup(self, key: str) -> Any:
+        return await self.shared.lookup(NoListing(), 120.0, "b", key, None, lambda r: None,
+                                        1 << 20)
+
+    async def go_cold(self) -> None:
+        """The first COLD_MISSES objects, each a miss: the tier is paused."""
+        for key in self.keys[:tiermod.COLD_MISSES]:
+            assert await self.lookup(key) is None
+
+
 async def test_a_tier_that_keeps_missing_is_not_asked_for_a_while(monkeypatch):
     """A fleet starting on an empty tier: after COLD_MISSES misses in a row a
     miss is the origin's GET alone (no HEAD, no ask of the tier) for
     COLD_SECONDS; then the tier is asked again, and a hit ends the pause."""
-    now = [1000.0]
-    monkeypatch.setattr(tiermod.time, "monotonic", lambda: now[0])
     cold = tiermod.COLD_MISSES
-    keys = [f"k{i:02d}" for i in range(cold + 4)]
-    objects = {key: os.urandom(100 + i) for i, key in enumerate(keys)}
-    origin, tier = CountingOrigin(objects), CountingTier()
-    shared = SharedTier(tier, "cache", "p/", origin)
-
-    async def lookup(key: str):
-        return await shared.lookup(NoListing(), 120.0, "b", key, None, lambda r: None, 1 << 20)
-
-    for key in keys[:cold]:
-        assert await lookup(key) is None
+    fleet = ColdFleet(monkeypatch, cold + 4)
+    await fleet.go_cold()
+    now, keys, objects, lookup = fleet.now, fleet.keys, fleet.objects, fleet.lookup
+    origin, tier, shared = fleet.origin, fleet.tier, fleet.shared
     assert (origin.heads, tier.asks, shared.misses, shared.cold_skips) == (cold, cold, cold, 0)
     # cold: the next miss goes to the origin's GET (the caller's) unasked
     assert await lookup(keys[cold]) is None
@@ -223,22 +238,13 @@ async def test_after_a_pause_one_ask_goes_alone(monkeypatch):
     """The pause over, the first miss asks the tier and the misses meanwhile
     skip it until that ask is answered: a pause ends with one request, not
     one per download in flight."""
-    now = [1000.0]
-    monkeypatch.setattr(tiermod.time, "monotonic", lambda: now[0])
     cold = tiermod.COLD_MISSES
-    keys = [f"k{i:02d}" for i in range(cold + 3)]
-    objects = {key: os.urandom(100 + i) for i, key in enumerate(keys)}
-    origin, tier = CountingOrigin(objects), CountingTier()
-    shared = SharedTier(tier, "cache", "p/", origin)
-
-    async def lookup(key: str):
-        return await shared.lookup(NoListing(), 120.0, "b", key, None, lambda r: None, 1 << 20)
-
-    for key in keys[:cold]:
-        assert await lookup(key) is None
-    now[0] += tiermod.COLD_SECONDS + 0.1
+    fleet = ColdFleet(monkeypatch, cold + 3)
+    await fleet.go_cold()
+    keys, lookup, tier, shared = fleet.keys, fleet.lookup, fleet.tier, fleet.shared
+    fleet.now[0] += tiermod.COLD_SECONDS + 0.1
     gate = trio.Event()
-    tier.held[tier_key("p/", "b", keys[cold], _meta(objects[keys[cold]])["ETag"])] = gate
+    tier.held[tier_key("p/", "b", keys[cold], _meta(fleet.objects[keys[cold]])["ETag"])] = gate
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lookup, keys[cold])  # the ask after the pause: held
         await trio.testing.wait_all_tasks_blocked()
@@ -249,6 +255,6 @@ async def test_after_a_pause_one_ask_goes_alone(monkeypatch):
     assert shared.misses == cold + 1  # it missed: paused again
     assert await lookup(keys[cold + 2]) is None
     assert (tier.asks, shared.cold_skips) == (cold + 1, 2)
-    now[0] += tiermod.COLD_SECONDS + 0.1  # positive control: over again, asked again
+    fleet.now[0] += tiermod.COLD_SECONDS + 0.1  # positive control: over again, asked again
     assert await lookup(keys[cold + 2]) is None
     assert tier.asks == cold + 2
