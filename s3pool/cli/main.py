@@ -89,17 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--admin-group", metavar="GROUP",
                         help="members of GROUP (a name or gid) may SET, besides the daemon's "
                              "own user and root")
-    parser.add_argument("--allow-remote-admin", action="store_true",
-                        help="let clients on other hosts SET (they have no local uid to check)")
-    parser.add_argument("--publish-listing", action="store_true",
-                        help="after each REFRESH, upload the listing (compressed, with the "
-                             "time it was taken) to --published-listing-key in the bucket, for "
-                             "hosts run with --use-published-listing")
-    parser.add_argument("--use-published-listing", action="store_true",
-                        help="REFRESH (and the background refresher) fetch the published "
-                             "listing with a conditional GET instead of listing the bucket; "
-                             "they list when it is missing or older than "
-                             "published_listing_max_age")
+    for switch, text in (
+            ("--allow-remote-admin",
+             "let clients on other hosts SET (they have no local uid to check)"),
+            ("--publish-listing",
+             "after each REFRESH, upload the listing (compressed, with the time it was "
+             "taken) to --published-listing-key in the bucket, for hosts run with "
+             "--use-published-listing"),
+            ("--use-published-listing",
+             "REFRESH (and the background refresher) fetch the published listing with a "
+             "conditional GET instead of listing the bucket; they list when it is missing "
+             "or older than published_listing_max_age")):
+        parser.add_argument(switch, action="store_true", help=text)
     parser.add_argument("--published-listing-key", default=DEFAULT_KEY, metavar="KEY",
                         help=f"key of the published listing in each bucket (default "
                              f"{DEFAULT_KEY}; keys under .s3pool/ are never shown)")
