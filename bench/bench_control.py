@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import Daemon, S3Server, print_table, summary, timed, workdir  # noqa: E402
 from s3pool.listing.build import write_listing  # noqa: E402
-from s3pool.s3.backend import ListEntry  # noqa: E402
+from s3pool.s3.answers import ListEntry  # noqa: E402
 from s3pool.store.layout import Layout  # noqa: E402
 
 MIB = 1 << 20

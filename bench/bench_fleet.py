@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s3pool.listing.build import write_listing  # noqa: E402
 from s3pool.listing.published import write_published  # noqa: E402
-from s3pool.s3.backend import ListEntry  # noqa: E402
+from s3pool.s3.answers import ListEntry  # noqa: E402
 from s3pool.store.layout import Layout  # noqa: E402
 
 MIB = 1 << 20

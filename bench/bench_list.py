@@ -3,7 +3,7 @@
 1. Parsers of one ListObjectsV2 page (1,000 keys, S3's XML): botocore's
    rest-xml parser (what boto3's list_objects_v2 uses) against the stdlib's
    expat, through ElementTree's C tree builder (s3pool's parser hook,
-   backend.parse_listing_fast) and through pyexpat callbacks, and lxml.
+   listparse.parse_listing_fast) and through pyexpat callbacks, and lxml.
    Microseconds per key, ratio against botocore in the same run.
 2. End to end on SeaweedFS (``weed mini`` on loopback) with KEYS keys under
    one prefix: boto3's list_objects_v2 paginator, s3pool's page loop
@@ -36,7 +36,8 @@ import botocore.parsers  # noqa: E402
 import botocore.session  # noqa: E402
 
 from common import Daemon, S3Server, print_table, workdir  # noqa: E402
-from s3pool.s3.backend import FAST_ENTRIES, ListEntry, parse_listing_fast  # noqa: E402
+from s3pool.s3.answers import ListEntry  # noqa: E402
+from s3pool.s3.listparse import FAST_ENTRIES, parse_listing_fast  # noqa: E402
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 

@@ -54,7 +54,7 @@ import trio  # noqa: E402
 from common import Daemon, free_port, print_table, workdir  # noqa: E402
 from s3pool.cache import Cache  # noqa: E402
 from s3pool.listing.globpattern import compile_glob, expand_braces, regex_source, tokenize  # noqa: E402
-from s3pool.s3.backend import ObjectResponse  # noqa: E402
+from s3pool.s3.answers import ObjectResponse  # noqa: E402
 from s3pool.settings import Settings  # noqa: E402
 from s3pool.store.evictor import Evictor, Usage  # noqa: E402
 from s3pool.store.layout import Layout  # noqa: E402

@@ -43,7 +43,8 @@ from s3pool.errors import (
 )
 from s3pool.listing.index import IndexFault
 from s3pool.listing.listings import Entry, Listings, ListJob, visible_name
-from s3pool.s3.backend import Backend, ListEntry, ObjectExists, ObjectResponse, listing_time
+from s3pool.s3.answers import ListEntry, ObjectResponse, listing_time
+from s3pool.s3.backend import Backend, ObjectExists
 from s3pool.s3.checksums import Verifications
 from s3pool.s3.progress import Transfers
 from s3pool.settings import Settings

@@ -48,16 +48,10 @@ from typing import Any
 import trio
 
 from s3pool.errors import BackendError, NoSuchBucket, NoSuchKey, VersionChanged
-from s3pool.s3.backend import (
-    FAST_ENTRIES,
-    FAST_PREFIXES,
-    ListEntry,
-    ObjectExists,
-    ObjectResponse,
-    meta_from_response,
-    validator,
-)
+from s3pool.s3.answers import ListEntry, ObjectResponse, meta_from_response, validator
+from s3pool.s3.backend import ObjectExists
 from s3pool.s3.checksums import Digest, digest_for
+from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
 from s3pool.s3.progress import Transfer
 from s3pool.store.files import write_all
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from s3pool.errors import BackendError, VersionChanged
-from s3pool.s3.backend import Backend, check_answer, check_etag, check_range
+from s3pool.s3.answers import check_answer, check_etag, check_range
+from s3pool.s3.backend import Backend
 
 pytestmark = pytest.mark.unit
 

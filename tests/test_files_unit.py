@@ -13,7 +13,7 @@ import pytest
 
 from s3pool.errors import BackendError
 from s3pool.listing.build import ListingNotWritten, write_listing
-from s3pool.s3.backend import ListEntry
+from s3pool.s3.answers import ListEntry
 from s3pool.store.files import new_temp, replace_file, sweep_temp, temp_path, unlink_quietly
 from s3pool.store.layout import Layout
 

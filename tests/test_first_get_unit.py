@@ -28,7 +28,8 @@ import trio
 from conftest import wait_until
 from s3pool.cache import SMALL_OBJECT, Cache
 from s3pool.errors import BackendError
-from s3pool.s3.backend import Backend, check_first_part
+from s3pool.s3.answers import check_first_part
+from s3pool.s3.backend import Backend
 from s3pool.s3.progress import Transfer
 from s3pool.settings import Settings
 from s3pool.store.layout import Layout

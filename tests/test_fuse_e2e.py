@@ -258,7 +258,7 @@ def test_restart_after_sigkill_clears_the_dead_mount(start_daemon, s3, bucket):
 
 def test_a_directory_of_100000_entries_streams(start_daemon, tmp_path):
     from s3pool.listing.build import write_listing
-    from s3pool.s3.backend import ListEntry
+    from s3pool.s3.answers import ListEntry
     from s3pool.store.layout import Layout
 
     # the listing is what readdir serves: write a 100,000-key one directly

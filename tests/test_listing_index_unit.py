@@ -18,7 +18,7 @@ from helpers import user_version
 from s3pool.listing.build import create_empty_index, write_listing
 from s3pool.listing.index import VERSION
 from s3pool.listing.listings import Listings
-from s3pool.s3.backend import ListEntry
+from s3pool.s3.answers import ListEntry
 from s3pool.store.layout import Layout
 
 pytestmark = pytest.mark.unit

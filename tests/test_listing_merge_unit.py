@@ -10,7 +10,7 @@ import pytest
 
 from s3pool.listing.build import write_listing
 from s3pool.listing.index import DIR_MARK, merge_page
-from s3pool.s3.backend import ListEntry
+from s3pool.s3.answers import ListEntry
 from s3pool.settings import Settings
 from s3pool.store.layout import Layout
 

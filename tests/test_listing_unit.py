@@ -14,7 +14,7 @@ async def test_listings_never_run_two_listings_of_one_bucket_at_once(tmp_path):
     import time as time_module
 
     from s3pool.listing.listings import Listings
-    from s3pool.s3.backend import ListEntry
+    from s3pool.s3.answers import ListEntry
 
     class SlowBackend:
         limiter = trio.CapacityLimiter(10)
@@ -50,7 +50,7 @@ async def test_glob_during_a_refresh_sees_the_old_listing_whole(tmp_path):
 
     from s3pool.listing.build import write_listing
     from s3pool.listing.listings import Listings
-    from s3pool.s3.backend import ListEntry
+    from s3pool.s3.answers import ListEntry
 
     layout = Layout.create(str(tmp_path))
     write_listing(layout, "bkt", [[ListEntry(f"old/{i:04d}", 1, 0.0, "") for i in range(2000)]])
@@ -82,7 +82,7 @@ async def test_a_push_during_a_refresh_survives_the_new_listing(tmp_path):
 
     from s3pool.listing.build import write_listing
     from s3pool.listing.listings import Listings
-    from s3pool.s3.backend import ListEntry
+    from s3pool.s3.answers import ListEntry
 
     layout = Layout.create(str(tmp_path))
     write_listing(layout, "bkt", [[ListEntry("a", 1, 0.0, "")]])
@@ -113,7 +113,7 @@ async def test_glob_with_alternatives_reads_each_range_once_in_key_order(tmp_pat
     from s3pool.listing.build import write_listing
     from s3pool.listing.globpattern import compile_glob
     from s3pool.listing.listings import Listings
-    from s3pool.s3.backend import ListEntry
+    from s3pool.s3.answers import ListEntry
 
     keys = sorted({f"{top}/{mid}/{leaf}" for top in ("a", "ab", "b", "logs", "x")
                    for mid in ("1", "2", "10", "a b") for leaf in ("f.txt", "g.csv", "h")}
@@ -142,7 +142,7 @@ async def test_a_glob_scan_gives_up_when_the_daemon_stops(tmp_path):
     from s3pool.errors import ShuttingDown
     from s3pool.listing.build import write_listing
     from s3pool.listing.listings import Listings
-    from s3pool.s3.backend import ListEntry
+    from s3pool.s3.answers import ListEntry
 
     layout = Layout.create(str(tmp_path))
     write_listing(layout, "bkt", [[ListEntry(f"k/{i:05d}", 1, 0.0, "") for i in range(3000)]])
@@ -167,7 +167,7 @@ async def test_a_listing_gives_up_at_its_next_page_when_the_daemon_stops(tmp_pat
 
     from s3pool.errors import ShuttingDown
     from s3pool.listing.listings import Listings
-    from s3pool.s3.backend import ListEntry
+    from s3pool.s3.answers import ListEntry
 
     class EndlessBackend:
         limiter = trio.CapacityLimiter(10)
@@ -196,7 +196,7 @@ async def test_directory_answers_follow_inserts_and_new_listings(tmp_path):
     """has_children is asked at every open and PULL; its answers are kept,
     but a key added under a name, or a new listing, is seen at once."""
     from s3pool.listing.listings import Listings
-    from s3pool.s3.backend import ListEntry
+    from s3pool.s3.answers import ListEntry
 
     class Backend:
         limiter = trio.CapacityLimiter(10)

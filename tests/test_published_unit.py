@@ -17,7 +17,7 @@ from s3pool.listing.build import write_listing
 from s3pool.listing.fleet import Fleet, FleetListings
 from s3pool.listing.listings import Listings
 from s3pool.listing.published import DEFAULT_KEY, PublishedListing, is_hidden, write_published
-from s3pool.s3.backend import ListEntry, validator
+from s3pool.s3.answers import ListEntry, validator
 from s3pool.store.layout import Layout
 
 pytestmark = pytest.mark.unit

@@ -53,7 +53,7 @@ from typing import Any, Protocol
 import trio
 
 from s3pool.errors import BackendError, DigestMismatch, NoSpace, S3PoolError
-from s3pool.s3.backend import ObjectResponse
+from s3pool.s3.answers import ObjectResponse
 from s3pool.s3.checksums import Digest
 from s3pool.s3.progress import Transfer
 from s3pool.store.layout import unlink_quietly

@@ -74,7 +74,8 @@ from urllib.parse import quote, urlsplit
 import trio
 
 from s3pool.errors import BackendError, DigestMismatch, NoSuchKey, S3PoolError
-from s3pool.s3.backend import Backend, ObjectResponse, check_etag, read_small, validator
+from s3pool.s3.answers import ObjectResponse, check_etag, validator
+from s3pool.s3.backend import Backend, read_small
 from s3pool.s3.checksums import CHECKSUM_FIELDS, Digest, digest_for
 from s3pool.s3.progress import Transfer
 

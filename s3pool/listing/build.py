@@ -23,7 +23,7 @@ from s3pool.errors import NoSpace, S3PoolError
 from s3pool.listing import index
 from s3pool.listing.index import IndexFault
 from s3pool.listing.published import is_hidden
-from s3pool.s3.backend import ListEntry
+from s3pool.s3.answers import ListEntry
 from s3pool.store.files import temp_path
 from s3pool.store.layout import Layout, has_line_break
 

@@ -27,7 +27,8 @@ from s3pool.listing.build import write_listing
 from s3pool.listing.index import IndexFault
 from s3pool.listing.listings import Listings
 from s3pool.listing.published import DEFAULT_KEY, LISTED_AT_META, PublishedListing, write_published
-from s3pool.s3.backend import Backend, ListEntry
+from s3pool.s3.answers import ListEntry
+from s3pool.s3.backend import Backend
 from s3pool.store.files import new_temp, temp_path, unlink_quietly
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,9 @@ from s3pool.listing.index import (
     prefix_upper,
 )
 from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
-from s3pool.s3.backend import FAST_ENTRIES, FAST_PREFIXES, Backend, ListEntry, translate
+from s3pool.s3.answers import ListEntry
+from s3pool.s3.backend import Backend, translate
+from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
 from s3pool.store.layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
 
 log = logging.getLogger(__name__)

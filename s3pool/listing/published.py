@@ -46,7 +46,7 @@ from typing import IO, Any
 
 from s3pool.errors import BackendError
 from s3pool.listing import index
-from s3pool.s3.backend import ListEntry
+from s3pool.s3.answers import ListEntry
 from s3pool.store.layout import MAX_KEY_BYTES
 
 FORMAT = "s3pool-listing"

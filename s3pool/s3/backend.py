@@ -13,17 +13,10 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any, NamedTuple, TypeVar
-from urllib.parse import unquote_plus
-from xml.etree import ElementTree
-from xml.sax.saxutils import escape
+from typing import Any, TypeVar
 
 import boto3
 import boto3.exceptions
@@ -39,9 +32,21 @@ from botocore.awsrequest import (
     AWSHTTPSConnectionPool,
 )
 from botocore.config import Config
-from botocore.utils import parse_timestamp
 
 from s3pool.errors import AccessDenied, BackendError, NoSuchBucket, NoSuchKey, VersionChanged
+from s3pool.s3.answers import (
+    ETAG_FORM,
+    LEGAL_VALUE,
+    ListEntry,
+    ObjectResponse,
+    check_answer,
+    check_etag,
+    check_first_part,
+    check_range,
+    meta_from_response,
+    status_of,
+    validator,
+)
 from s3pool.s3.checksums import Digest, digest_for, full_object_checksums, leave_checks_to_s3pool
 from s3pool.s3.inflight import DeadlineExceeded, S3Request, S3Requests
 from s3pool.s3.lean import (
@@ -54,6 +59,7 @@ from s3pool.s3.lean import (
     LeanGets,
     bytes_behind,
 )
+from s3pool.s3.listparse import FAST_ENTRIES, parse_listing_fast
 from s3pool.s3.progress import Progress, Transfer
 from s3pool.store.files import write_all
 
@@ -67,181 +73,12 @@ READ_TIMEOUT = 30
 MULTIPART_THRESHOLD = 64 << 20
 
 
-class ListEntry(NamedTuple):
-    """One key of a bucket listing (a tuple: a million of them are made per refresh)."""
-
-    key: str
-    size: int
-    mtime: float  # seconds since the epoch
-    etag: str  # with its quotes, as S3 sends it
-
-
-@dataclass
-class ObjectResponse:
-    """An open GET: the meta in `aws s3api get-object` shape and the body."""
-
-    meta: dict[str, Any]
-    body: Any  # botocore StreamingBody
-    digest: Digest | None = None  # what the bytes must hash to, if S3 said
-    data: bytes | None = None  # the whole body, already read and hashed (small objects)
-    # bytes the body carries from the object's start, when fewer than all of them
-    # (the first GET asked for the first part only); None: the whole object
-    body_length: int | None = None
-
-    @property
-    def content_length(self) -> int:
-        return int(self.meta["ContentLength"])
-
-
 # boto3 GetObject parameters -> their HTTP headers (the lean path)
 _HEADER_OF = {"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match", "Range": "Range"}
 
 
-def meta_from_response(resp: dict[str, Any]) -> dict[str, Any]:
-    """The subset of a get/head_object response that `aws s3api` prints."""
-    last_modified = resp.get("LastModified")
-    return {
-        "LastModified": (format_datetime(last_modified.astimezone(UTC), usegmt=True)
-                         if last_modified else None),
-        "ETag": resp.get("ETag"),
-        "ContentLength": int(resp.get("ContentLength", 0)),
-        "ContentType": resp.get("ContentType", "binary/octet-stream"),
-        "Metadata": dict(resp.get("Metadata") or {}),
-        "AcceptRanges": resp.get("AcceptRanges", "bytes"),
-        **full_object_checksums(resp),  # ChecksumCRC64NVME... as `aws s3api` prints them
-    }
-
-
-def listing_time(meta: dict[str, Any]) -> float:
-    """The listing's time (epoch seconds) of an object from its meta's LastModified."""
-    try:
-        return parsedate_to_datetime(meta["LastModified"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return time.time()
-
-
-def validator(etag: str | None) -> str | None:
-    """The ETag as an HTTP validator (quoted), or None when it validates nothing.
-
-    Tiers in front of S3 send ETags unquoted, or an empty ``""`` for an
-    object they have not fetched yet; ``If-None-Match: ""`` would then be
-    answered 304 for whatever the object now holds."""
-    bare = (etag or "").strip().strip('"')
-    return f'"{bare}"' if bare else None
-
-
-# an HTTP field value (RFC 9110: visible ASCII, spaces and tabs inside; no CR, LF, NUL)
-_LEGAL_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?|")
-# an ETag as S3 and the tiers in front of it send one: quoted or not, weak or not,
-# visible ASCII without quotes inside (S3's own are 32 hex digits, maybe "-N")
-_ETAG = re.compile(r'(W/)?("[\x21\x23-\x7e]{0,1024}"|[\x21\x23-\x7e]{1,1024})')
 # operations whose requests have a deadline (uploads send for as long as they send)
 _DEADLINED = {"GetObject", "HeadObject", "HeadBucket", "ListObjectsV2", "ListObjects"}
-
-
-def check_answer(resp: dict[str, Any], bucket: str, key: str) -> None:
-    """What a GET of a whole object must be before a byte of it is used: a 200
-    (no Content-Range), a length that is a number (or none: see
-    ``_length_from_head``), an ETag that can be sent back as a header."""
-    url = f"s3://{bucket}/{key}"
-    status = _status_of(resp)
-    if status != 200 or resp.get("ContentRange"):
-        raise BackendError(f"S3 answered {status} ({resp.get('ContentRange') or 'no range'}) "
-                           f"to a GET of all of {url}")
-    length = resp.get("ContentLength")
-    if length is not None and (not isinstance(length, int) or length < 0):
-        raise BackendError(f"S3 sent a Content-Length of {length!r} for {url}")
-    check_etag(resp.get("ETag"), url)
-
-
-def check_etag(etag: Any, url: str) -> None:
-    """An ETag that is not a legal header value (or not shaped like one) would be
-    sent back in If-Match and If-None-Match: such an object is not cached."""
-    if etag is None:
-        return
-    if not isinstance(etag, str) or not _ETAG.fullmatch(etag) \
-            or not _LEGAL_VALUE.fullmatch(etag):
-        raise BackendError(f"S3 sent the ETag {str(etag)[:80]!r} for {url}: not a legal "
-                           "header value, so the object cannot be cached (nothing of it "
-                           "is served)")
-
-
-def check_range(resp: dict[str, Any], bucket: str, key: str, etag: str, start: int,
-                length: int, total: int | None) -> None:
-    """A ranged GET's answer must be the range asked of the version pinned: a 206
-    whose Content-Range is exactly ``bytes start-end/total`` and whose
-    Content-Length is the range's, or a 200 when the range was the whole
-    object; and the ETag pinned. Anything else is refused before a byte of it
-    is written; another ETag is VersionChanged."""
-    url = f"s3://{bucket}/{key}"
-    end = start + length - 1
-    status = _status_of(resp)
-    got_etag = resp.get("ETag")
-    check_etag(got_etag, url)
-    if validator(etag) is not None and validator(got_etag) != validator(etag):
-        raise VersionChanged(f"{url} changed on S3 while it was read: ETag {got_etag} "
-                             f"instead of {etag}")
-    size = resp.get("ContentLength")
-    if status == 206:
-        content_range = resp.get("ContentRange") or ""
-        expected = f"bytes {start}-{end}/"
-        if not content_range.startswith(expected) or (
-                total is not None and content_range != f"{expected}{total}"):
-            raise BackendError(f"S3 answered bytes {start}-{end} of {url} with "
-                               f"Content-Range {content_range[:80]!r}")
-        if size is not None and size != length:  # None: chunked, counted as it comes
-            raise BackendError(f"S3 answered bytes {start}-{end} of {url} with "
-                               f"Content-Length {size!r}")
-    elif status == 200:
-        # RFC 9110 lets a server ignore Range: the whole object, used only when the
-        # whole object is what was asked for
-        if start != 0 or total is None or length != total or size not in (None, total):
-            raise BackendError(f"S3 answered bytes {start}-{end} of {url} with the whole "
-                               f"object ({size!r} bytes)")
-    else:
-        raise BackendError(f"S3 answered {status} to a GET of bytes {start}-{end} of {url}")
-
-
-_FIRST_RANGE = re.compile(r"bytes 0-(\d{1,19})/(\d{1,19})")
-
-
-def check_first_part(resp: dict[str, Any], bucket: str, key: str, first_part: int
-                     ) -> int | None:
-    """The answer to a GET of bytes [0, first_part) that stands for the whole
-    object: a 206 for bytes 0-E of an object of T bytes, E = min(first_part, T)
-    - 1, with a Content-Length of E + 1 (or none: then the body must be exactly
-    that long), or a 200 with the whole object (a server may ignore Range:
-    :func:`check_answer`'s rules). The response is made the whole object's
-    (ContentLength T, no ContentRange). Returns how many bytes the body
-    carries when fewer than T, else None."""
-    status = _status_of(resp)
-    if status == 200 and not resp.get("ContentRange"):
-        check_answer(resp, bucket, key)
-        return None
-    url = f"s3://{bucket}/{key}"
-    content_range = resp.get("ContentRange") or ""
-    match = _FIRST_RANGE.fullmatch(content_range)
-    if status != 206 or match is None:
-        raise BackendError(f"S3 answered {status} ({content_range[:80] or 'no range'}) to a "
-                           f"GET of bytes 0-{first_part - 1} of {url}")
-    end, total = int(match.group(1)), int(match.group(2))
-    if end != min(first_part, total) - 1:
-        raise BackendError(f"S3 answered bytes 0-{first_part - 1} of {url} with "
-                           f"Content-Range {content_range[:80]!r}")
-    length = resp.get("ContentLength")
-    if length is not None and length != end + 1:
-        raise BackendError(f"S3 answered bytes 0-{end} of {url} with Content-Length "
-                           f"{length!r}")
-    check_etag(resp.get("ETag"), url)
-    if length is None:
-        resp["Body"].exactly(end + 1)
-    resp["ContentLength"] = total
-    resp.pop("ContentRange", None)
-    return end + 1 if end + 1 < total else None
-
-
-def _status_of(resp: dict[str, Any]) -> int:
-    return int((resp.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 200)
 
 
 class WatchedBody:
@@ -604,8 +441,8 @@ class Backend:
         object (416: it has no byte 0) is asked for whole."""
 
         condition = validator(if_none_match)
-        if condition is not None and not (_ETAG.fullmatch(condition)
-                                          and _LEGAL_VALUE.fullmatch(condition)):
+        if condition is not None and not (ETAG_FORM.fullmatch(condition)
+                                          and LEGAL_VALUE.fullmatch(condition)):
             # a copy cached before ETags were checked: fetched again, never sent back
             log.warning("the cached ETag %r of s3://%s/%s is not a legal header value: "
                         "fetching the object again unconditionally", condition[:80],
@@ -641,7 +478,7 @@ class Backend:
                 # a HEAD gives the full-object one where there is no other check,
                 # and where the body goes on past its first part and the other
                 # check is the ETag's MD5 (four times a CRC's CPU per byte)
-                if ranged and _status_of(resp) == 206 and (
+                if ranged and status_of(resp) == 206 and (
                         digest is None or (digest.kind == "md5" and body_length is not None)):
                     digest = self._digest_from_head(resp, bucket, key) or digest
             except BaseException:
@@ -690,7 +527,7 @@ class Backend:
         botocore's ClientError either way."""
         url = f"s3://{bucket}/{key}"
         for name, value in conditions.items():  # values S3 gave us, sent back
-            if not _LEGAL_VALUE.fullmatch(value):
+            if not LEGAL_VALUE.fullmatch(value):
                 raise BackendError(f"not sending {name} {value!r} for {url}: not a legal "
                                    "header value")
         lean = self.lean
@@ -1072,70 +909,3 @@ def _copy_into(body: Any, fd: int, offset: int, limit: int, transfer: Progress,
     return written
 
 
-FAST_ENTRIES = "S3PoolEntries"
-FAST_PREFIXES = "S3PoolPrefixes"
-_KEEP_FOR_BOTOCORE = ("IsTruncated", "NextContinuationToken", "KeyCount", "MaxKeys", "Name",
-                      "Prefix", "EncodingType", "ContinuationToken", "StartAfter")
-
-
-def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: dict[str, Any],
-                       **_: Any) -> None:
-    """botocore ``before-parse`` hook for ListObjectsV2.
-
-    botocore's XML parser costs about 60 us a key, a minute for a
-    million-key bucket. ElementTree's C parser reads the entries here; the
-    body handed on to botocore keeps only the paging fields, so signing,
-    retries, redirects and pagination stay botocore's. Anything unexpected
-    leaves the response untouched for botocore to parse.
-    """
-    if response_dict.get("status_code") != 200:
-        return
-    try:
-        root = ElementTree.fromstring(response_dict["body"])
-    except (ElementTree.ParseError, TypeError, KeyError):
-        return
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    encoded = root.findtext(f"{ns}EncodingType") == "url"
-    entries = []
-    key_tag, size_tag, time_tag, etag_tag = (f"{ns}Key", f"{ns}Size", f"{ns}LastModified",
-                                             f"{ns}ETag")
-    times: dict[str, float] = {}  # listings repeat timestamps a lot
-    try:
-        for item in root.iterfind(f"{ns}Contents"):
-            key, size, stamp, etag = "", "0", "", ""
-            for child in item:
-                tag = child.tag
-                if tag == key_tag:
-                    key = child.text or ""
-                elif tag == size_tag:
-                    size = child.text or "0"
-                elif tag == time_tag:
-                    stamp = child.text or ""
-                elif tag == etag_tag:
-                    etag = child.text or ""
-            mtime = times.get(stamp)
-            if mtime is None:
-                mtime = times[stamp] = _timestamp(stamp)
-            entries.append(ListEntry(unquote_plus(key) if encoded else key, int(size), mtime,
-                                     etag))
-    except ValueError:
-        return
-    # a delimiter LIST's subdirectories (listing/listings.py's directory listings)
-    customized_response_dict[FAST_PREFIXES] = [
-        unquote_plus(text) if encoded else text
-        for item in root.iterfind(f"{ns}CommonPrefixes")
-        if (text := item.findtext(f"{ns}Prefix"))]
-    kept = "".join(
-        f"<{name}>{escape(value)}</{name}>"
-        for name in _KEEP_FOR_BOTOCORE
-        if (value := root.findtext(f"{ns}{name}")) is not None
-    )
-    response_dict["body"] = f"<ListBucketResult>{kept}</ListBucketResult>".encode()
-    customized_response_dict[FAST_ENTRIES] = entries
-
-
-def _timestamp(text: str) -> float:
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return float(parse_timestamp(text).timestamp())

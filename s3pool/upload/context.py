@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from s3pool.s3.backend import ListEntry
+from s3pool.s3.answers import ListEntry
 from s3pool.settings import Settings
 from s3pool.store.objects import Store
 

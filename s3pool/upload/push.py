@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from s3pool.errors import AccessDenied, LocalFileError, NoSpace, NoSuchBucket
-from s3pool.s3.backend import ListEntry, listing_time
+from s3pool.s3.answers import ListEntry, listing_time
 from s3pool.store.layout import check_bucket, check_key, unlink_quietly
 from s3pool.upload.context import UploadContext
 from s3pool.upload.localfile import NotRegularFile, open_regular

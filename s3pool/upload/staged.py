@@ -37,7 +37,8 @@ from typing import Any
 import trio
 
 from s3pool.errors import BackendError, NoSpace, S3PoolError
-from s3pool.s3.backend import ListEntry, ObjectExists, listing_time
+from s3pool.s3.answers import ListEntry, listing_time
+from s3pool.s3.backend import ObjectExists
 from s3pool.store.files import replace_file, write_all
 from s3pool.store.layout import Layout, unlink_quietly
 from s3pool.upload.context import UploadContext
