@@ -291,7 +291,10 @@ def test_an_unclean_reboot_drops_what_was_installed_after_the_checkpoint(
     assert open(path, "rb").read() == b"after the checkpoint"
     assert moto_server.app.gets(bucket, "synced", status=206) == 1
     assert moto_server.app.gets(bucket, "unsynced", status=206) == 2
-    assert json.loads(state.read_text())["boot_id"] == "boot-2"
+    # the new boot's first checkpoint: a sync as the checkpoint task starts, which
+    # may come after the control socket answers the PULLs above
+    _wait(lambda: json.loads(state.read_text())["boot_id"] == "boot-2",
+          what="a checkpoint of the new boot")
     assert rebooted.stop() == 0, rebooted.log_text()
 
 
