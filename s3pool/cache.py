@@ -131,6 +131,13 @@ class Cache:
         self._nursery: trio.Nursery | None = None  # where downloads run (see run())
         self.on_install: Callable[[], None] | None = None  # the checkpoint's nudge
         self.tier: Any = None  # the shared cache tier (tier.SharedTier), --shared-cache
+        # what PUSH and the mount's uploads are given of the cache (upload/context.py)
+        self._uploads = UploadContext(
+            store=store, backend=self.push_backend, settings=settings, room=self.room,
+            counters=self.stats, add_key=self.listings.add_key, supersede=self.supersede,
+            forget=self.freshness.forget, mark_fresh=self.freshness.mark,
+            forget_missing=self._no_longer_missing, check_conflict=self.check_conflict,
+            use_bucket=self.use_bucket, installed=self.checkpoint_needed)
         settings.on_change(self._setting_changed)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -507,24 +514,13 @@ class Cache:
 
     async def push(self, bucket: str, key: str, local_path: str) -> str:
         """Upload a local file to s3://bucket/key; the cache then holds the new bytes."""
-        return await push_file(self.upload_context(), bucket, key, local_path)
+        return await push_file(self._uploads, bucket, key, local_path)
 
     def supersede(self, bucket: str, key: str) -> None:
         """The key is being replaced (caller holds its lock): a download in
         flight keeps its readers but is never installed, and the next opener
         starts afresh."""
         self.downloads.supersede(bucket, key)
-
-    def upload_context(self) -> UploadContext:
-        """What PUSH and the mount's uploads are given of the cache (upload/context.py)."""
-        freshness = self.freshness
-        return UploadContext(
-            store=self.store, backend=self.push_backend, settings=self.settings,
-            room=self.room, counters=self.stats, add_key=self.listings.add_key,
-            supersede=self.supersede, forget=freshness.forget, mark_fresh=freshness.mark,
-            forget_missing=self._no_longer_missing,
-            check_conflict=self.check_conflict, use_bucket=self.use_bucket,
-            installed=self.checkpoint_needed)
 
     def _no_longer_missing(self, bucket: str, key: str) -> None:
         """S3 has the name now: forget that it lacked it (discover's memory)."""
@@ -533,11 +529,11 @@ class Cache:
     def staged_upload(self, bucket: str, key: str, part_size: int, spawn: Any,
                       only_new: bool = True) -> StagedUpload:
         """A new object written through the mount (upload/staged.py)."""
-        return StagedUpload(self.upload_context(), bucket, key, part_size, spawn, only_new)
+        return StagedUpload(self._uploads, bucket, key, part_size, spawn, only_new)
 
     async def abort_leftover_uploads(self) -> int:
         """Abort the multipart uploads a killed daemon left (upload/staged.py)."""
-        return await abort_leftovers(self.upload_context())
+        return await abort_leftovers(self._uploads)
 
     async def delete(self, bucket: str, key: str) -> None:
         """Delete s3://bucket/key on S3 (the PUSH endpoint), then here: the cached

@@ -6,7 +6,7 @@ know the cache (``s3pool/cache.py``, a layer above): they are handed an
 into, the S3 endpoint they upload to, room for their bytes, and the few
 things of the cache's bookkeeping an upload changes (a download of the old
 version superseded, the key's freshness, the listing index, the counters).
-The cache builds one (``Cache.upload_context``); unit tests build their own.
+The cache builds one, once (``Cache._uploads``); unit tests build their own.
 """
 
 from __future__ import annotations
