@@ -59,7 +59,7 @@ from s3pool.s3.lean import (
     LeanGets,
     bytes_behind,
 )
-from s3pool.s3.listparse import FAST_ENTRIES, parse_listing_fast
+from s3pool.s3.listparse import FAST_ENTRIES, install_listing_parser
 from s3pool.s3.progress import Progress, Transfer
 from s3pool.store.files import write_all
 
@@ -299,7 +299,7 @@ class Backend:
             **self._credentials,
         )
         events = client.meta.events
-        events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
+        install_listing_parser(events)
         events.register("before-call.s3.GetObject", leave_checks_to_s3pool)
         events.register("before-parameter-build.s3", _name_call)
         events.register("before-call.s3", self._call_started)

@@ -14,6 +14,7 @@ from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
+import botocore.handlers
 from botocore.utils import parse_timestamp
 
 from s3pool.s3.answers import ListEntry
@@ -26,6 +27,34 @@ FAST_PREFIXES = "S3PoolPrefixes"
 
 _KEEP_FOR_BOTOCORE = ("IsTruncated", "NextContinuationToken", "KeyCount", "MaxKeys", "Name",
                       "Prefix", "EncodingType", "ContinuationToken", "StartAfter")
+
+
+def install_listing_parser(events: Any) -> None:
+    """Register :func:`parse_listing_fast` on a client's *events*, ahead of
+    botocore's check for an error inside a 200 answer.
+
+    That check (``_handle_200_error``, first on every S3 ``before-parse``)
+    parses the whole body to look at its root element: a second parse of
+    every LIST page, about a third of a listing's CPU (bench/RESULTS.md,
+    Listings). Here it runs after the fast parser, on the few paging fields
+    left in the body, or on the body untouched when the fast parser left it
+    alone (an ``<Error>`` root, a cut or malformed body: botocore's check
+    then sees it as it always did). A botocore without that function keeps
+    its own order, only slower."""
+    check = getattr(botocore.handlers, "_handle_200_error", None)
+    if check is None:
+        events.register("before-parse.s3.ListObjectsV2", parse_listing_fast)
+        return
+    events.unregister("before-parse.s3.*", check)
+
+    def parse_then_check(operation_model: Any, response_dict: dict[str, Any],
+                         customized_response_dict: dict[str, Any], **kwargs: Any) -> None:
+        if operation_model.name == "ListObjectsV2":
+            parse_listing_fast(response_dict, customized_response_dict)
+        check(operation_model=operation_model, response_dict=response_dict,
+              customized_response_dict=customized_response_dict, **kwargs)
+
+    events.register_first("before-parse.s3.*", parse_then_check)
 
 
 def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: dict[str, Any],
@@ -45,6 +74,8 @@ def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: 
     except (ElementTree.ParseError, TypeError, KeyError):
         return
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    if root.tag != f"{ns}ListBucketResult":
+        return  # an <Error> in a 200 answer: botocore's check makes it one
     encoded = root.findtext(f"{ns}EncodingType") == "url"
     entries = []
     key_tag, size_tag, time_tag, etag_tag = (f"{ns}Key", f"{ns}Size", f"{ns}LastModified",
