@@ -95,7 +95,7 @@ def fixed_server() -> Iterator[type[_Fixed]]:
 ], ids=["error-in-200", "cut-body"])
 def test_a_200_that_is_not_a_listing_is_an_error(fixed_server, body):
     fixed_server.body = body
-    backend = Backend(endpoint_url=fixed_server.url, credentials=KEYS)  # type: ignore[attr-defined]
+    backend = Backend(endpoint_url=fixed_server.url, credentials=KEYS)
     with pytest.raises(BackendError):
         list_page(backend, "bkt", "", "/", None)
     assert fixed_server.asked > 1  # botocore retried it as a 500, as it always has
