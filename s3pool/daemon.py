@@ -334,7 +334,10 @@ class Daemon:
             # before anything is served (rare: only after an unclean reboot)
             self.store.reconcile()
             self.store.suspect_after = None
+            # the listing indexes are written without an fsync too
+            self.cache.listings.check_after_crash()
         self.cache.on_install = self.checkpoint.installed
+        self.cache.listings.on_write = self.checkpoint.installed
         self.exit_stack.callback(self.cache.listings.close)
         for bucket in options.buckets:
             self.cache.use_bucket(bucket)

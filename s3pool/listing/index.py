@@ -30,6 +30,17 @@ puts an empty one in its place).
 Every write into an index holds :func:`index_lock` for its whole
 transaction, and so does every rename, link or unlink of the name (see
 its docstring).
+
+Writes into an index commit without an fsync (``synchronous=OFF``, see
+:data:`WRITE_PRAGMAS`): a directory's LIST merged into it, a key added
+by a download. As with the objects in ``data/``, a killed daemon loses
+nothing (the kernel holds what was written) and the crash checkpoint
+(``store/checkpoint.py``) covers the machine: its ``syncfs`` flushes the
+indexes with the objects, and after an unclean reboot
+:func:`sound_after_crash` checks every index; one that is torn is taken
+away and listed again. An fsync a commit cost
+1-2 ms on a quiet disk and tens of ms behind other writes, once per
+directory a ``find`` reads (bench/RESULTS.md, Listings).
 """
 
 from __future__ import annotations
@@ -44,6 +55,9 @@ from typing import Any, NamedTuple
 from s3pool.store.files import temp_path
 
 log = logging.getLogger(__name__)
+
+# every connection that writes into an index in place (module docstring)
+WRITE_PRAGMAS = "PRAGMA synchronous=OFF"
 
 # the schema version every index written now carries (PRAGMA user_version)
 VERSION = 1
@@ -440,6 +454,7 @@ def _change(path: str, change: Callable[[sqlite3.Connection], None]) -> bool:
             db = sqlite3.connect(path)
             try:
                 _writable(db, path)
+                db.execute(WRITE_PRAGMAS)
                 change(db)
                 db.commit()
             finally:
@@ -452,11 +467,45 @@ def _change(path: str, change: Callable[[sqlite3.Connection], None]) -> bool:
     return True
 
 
+def sound_after_crash(path: str) -> bool:
+    """Blocking, at start-up after an unclean reboot: False if the index at
+    *path* may be torn, and then it is taken away (the next listing makes a
+    new one). It must pass SQLite's quick_check and have no journal left (a
+    rollback journal written without an fsync may itself be torn, and SQLite
+    would play it back). Every index is checked, not only those written
+    since the last sync: a file's time may be older than its bytes after a
+    crash."""
+    with index_lock(path):
+        if not os.path.exists(path):
+            return True
+        why = "a rollback journal was left" if os.path.exists(path + "-journal") else None
+        if why is None:
+            try:
+                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    result = db.execute("PRAGMA quick_check").fetchone()
+                finally:
+                    db.close()
+                if result is None or result[0] != "ok":
+                    why = f"quick_check: {result[0] if result else 'no answer'}"
+            except sqlite3.Error as exc:
+                why = str(exc)
+        if why is None:
+            return True
+        log.warning("listing index %s may be torn, the machine went down uncleanly (%s): "
+                    "taken away, the next listing makes a new one", path, why)
+        for name in (path + "-journal", path):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+        return False
+
+
 def add_key(path: str, row: tuple[str, int, float, str], added_at: float) -> bool:
     """Blocking: put a key this host wrote or saw into the index (it then
     holds a key ``__list__`` lacks: list_complete 0)."""
     def change(db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA synchronous=NORMAL")
         db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", tuple(row))
         db.execute("INSERT OR REPLACE INTO info VALUES ('list_complete', 0)")
         db.execute("INSERT OR REPLACE INTO local_adds VALUES (?, ?)", (row[0], added_at))
@@ -520,7 +569,7 @@ class Merger:
         db = sqlite3.connect(self.path, timeout=30)
         try:
             _writable(db, self.path)
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(WRITE_PRAGMAS)
         except BaseException:
             db.close()
             raise

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import botocore.exceptions
 import trio
 
-from s3pool.errors import BackendError, NoSuchBucket, ShuttingDown
+from s3pool.errors import BackendError, BadBucket, NoSuchBucket, ShuttingDown
 from s3pool.listing import index
 from s3pool.listing.build import (
     create_empty_index,
@@ -184,8 +184,28 @@ class Listings:
         # look aheads LIST this many directories at a time, in the order asked
         self.ahead_limiter = trio.CapacityLimiter(2)
         self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
+        # told of every write into an index in place (not synced: the
+        # daemon's crash checkpoint syncs it; index.py's docstring)
+        self.on_write: Callable[[], None] = lambda: None
 
     # --- refresh ---------------------------------------------------------
+
+    def check_after_crash(self) -> int:
+        """Blocking, at start-up after an unclean reboot, before anything is
+        served: take away every index that may be torn (written without an
+        fsync since the last checkpoint); returns how many were."""
+        try:
+            buckets = sorted(os.listdir(self.layout.listings_dir))
+        except FileNotFoundError:
+            return 0
+        torn = 0
+        for bucket in buckets:
+            try:
+                path = self.layout.index_path(bucket)
+            except BadBucket:
+                continue  # not a bucket's directory
+            torn += not index.sound_after_crash(path)
+        return torn
 
     def has_index(self, bucket: str) -> bool:
         """True if the bucket has a listing index this s3pool can use (one of
@@ -284,6 +304,7 @@ class Listings:
         puts the index right."""
         try:
             await trio.to_thread.run_sync(change, *args, limiter=self.disk_limiter)
+            self.on_write()
         except IndexFault as exc:
             log.warning("%s: %s", failure, exc)
         finally:
@@ -499,6 +520,7 @@ class Listings:
                 subdirs = [d for d in subdirs if not self.hidden(d)]
                 merger.merge(job.prefix, job.deep, lo, hi, entries, subdirs, job.started - 1.0,
                              listed_at=job.started if last else None)
+                self.on_write()
                 token.run_sync_soon(self._advanced, job, hi)
                 lo = hi
         except IndexFault as exc:
