@@ -370,7 +370,7 @@ def s3pool_page() -> str:
         "listed again with one delimiter LIST of its prefix (one request per 1,000 entries, "
         "once per window however often it is read; concurrent readers share one LIST) and "
         "its entries are served while later pages arrive (its subdirectories, up to 64, are "
-        "then listed ahead, one page each, two at a time, for a find or ls \\-R reading them "
+        "then listed ahead, one page each, four at a time, for a find or ls \\-R reading them "
         "next); keys deleted on S3 disappear, new "
         "ones and new subdirectories appear. A GLOB lists its pattern's literal prefix again "
         "(or the whole bucket). A published listing counts with the age it says it has. A "

@@ -541,7 +541,7 @@ class S3PoolOperations(pyfuse3.Operations):
     def _look_ahead(self, handle: DirHandle, node: Node) -> None:
         """The whole directory was served from a LIST just made: its few
         subdirectories are listed now, ahead of find and ls -R which read
-        them one after the other next (one page each, two at a time)."""
+        them one after the other next (one page each, a few at a time)."""
         names, handle.subdirs = handle.subdirs, None
         failed = handle.job is not None and handle.job.error is not None
         if names and not failed and self.spawn is not None:

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 MAX_PREFIX_RELISTS = 16
 # keys per LIST page
 PAGE_KEYS = 1000
+# look-ahead LISTs at a time: 4 beat 2 (and 8) on a cold find once merges
+# stopped fsyncing (bench/RESULTS.md, Listings)
+LOOK_AHEAD_AT_ONCE = 4
 # has_children answers kept per bucket (all forgotten when it is full)
 CHILDREN_MEMORY = 1 << 16
 # keys a GLOB scan matches between two looks at the stopping flag
@@ -182,7 +185,7 @@ class Listings:
         self.nursery: trio.Nursery | None = None
         self.list_requests = 0  # LIST requests (pages) sent, for STATUS
         # look aheads LIST this many directories at a time, in the order asked
-        self.ahead_limiter = trio.CapacityLimiter(2)
+        self.ahead_limiter = trio.CapacityLimiter(LOOK_AHEAD_AT_ONCE)
         self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
         # told of every write into an index in place (not synced: the
         # daemon's crash checkpoint syncs it; index.py's docstring)
@@ -513,7 +516,9 @@ class Listings:
         merger = Merger(self.layout.index_path(job.bucket))
         try:
             lo: str | None = None
-            for entries, subdirs, last in fetched_ahead(self._prefix_pages(job)):
+            pages = fetched_ahead(self._prefix_pages(job), more=lambda page: not page[2] and (
+                job.max_pages is None or job.max_pages > 1))
+            for entries, subdirs, last in pages:
                 hi = None if last else max(
                     entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
                 entries = [e for e in entries if not self.hidden(e.key)]
@@ -780,12 +785,29 @@ class Listings:
 _T = TypeVar("_T")
 
 
-def fetched_ahead(items: Iterator[_T]) -> Iterator[_T]:
+def fetched_ahead(items: Iterator[_T], more: Callable[[_T], bool] = lambda _: True
+                  ) -> Iterator[_T]:
     """Blocking: *items*, the next one already being made in a thread of its
     own while the caller works on the last: a LIST page's round trip to S3
-    overlaps the merge of the page before. An error of *items* is raised
-    where that item would have come; a caller that stops early stops the
-    thread before it asks for another item."""
+    overlaps the merge of the page before. The first item is made in the
+    caller's thread, and the thread starts only if *more* says that item is
+    not the last (most directories are one page: no thread for them). An
+    error of *items* is raised where that item would have come; a caller
+    that stops early stops the thread before it asks for another item."""
+    first = next(items, _NONE)
+    if first is _NONE:
+        return
+    if not more(first):
+        yield first
+        yield from items  # nothing: lets *items* finish in this thread
+        return
+    yield from _fetched_ahead(items, first)
+
+
+_NONE: Any = object()
+
+
+def _fetched_ahead(items: Iterator[_T], first: _T) -> Iterator[_T]:
     handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
@@ -811,6 +833,7 @@ def fetched_ahead(items: Iterator[_T]) -> Iterator[_T]:
     thread = threading.Thread(target=produce, name="s3pool-list-ahead", daemon=True)
     thread.start()
     try:
+        yield first
         while True:
             done, item = handoff.get()
             if not done:
