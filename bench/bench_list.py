@@ -1,10 +1,14 @@
 """Listing speed (issue 19, point 4).
 
 1. Parsers of one ListObjectsV2 page (1,000 keys, S3's XML): botocore's
-   rest-xml parser (what boto3's list_objects_v2 uses) against the stdlib's
-   expat, through ElementTree's C tree builder (s3pool's parser hook,
-   listparse.parse_listing_fast) and through pyexpat callbacks, and lxml.
-   Microseconds per key, ratio against botocore in the same run.
+   rest-xml parser (what boto3's list_objects_v2 uses) against s3pool's
+   parser hook (listparse.parse_listing_fast: lxml, XPath columns), the
+   hook's earlier version on the stdlib's expat through ElementTree's C
+   tree builder, pyexpat callbacks, and an element loop on each tree.
+   Microseconds per key, ratio against botocore in the same run, and how
+   much of the parse leaves the GIL to other threads: a second thread
+   counts loop turns while the page is parsed 50 times; its turns per
+   second against its turns alone (100 %: the parse never held it).
 2. End to end on SeaweedFS (``weed mini`` on loopback) with KEYS keys under
    one prefix: boto3's list_objects_v2 paginator, s3pool's page loop
    (listing.list_page: botocore signs and sends, the hook parses), and the
@@ -22,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import xml.parsers.expat
 from collections.abc import Callable
@@ -72,6 +77,16 @@ def parse_hook(body: bytes):
         custom: dict = {}
         parse_listing_fast(response, custom)
         return len(custom[FAST_ENTRIES])
+    return run
+
+
+def parse_elementtree_hook(body: bytes):
+    """The hook before lxml (commit 53630e0): ElementTree, one loop over the items."""
+    from s3pool.s3.listparse import _by_items
+
+    def run() -> int:
+        root = ElementTree.fromstring(body)
+        return len(_by_items(root, f"{{{NS}}}", False))
     return run
 
 
@@ -143,19 +158,41 @@ def best_of(fn, runs: int) -> float:
     return min(times)
 
 
+def gil_left(fn, seconds: float = 0.5) -> float:
+    """Share of a second thread's speed kept while *fn* runs over and over."""
+    def turns(busy) -> float:
+        stop = threading.Event()
+        count = [0]
+
+        def spin() -> None:
+            while not stop.is_set():
+                count[0] += 1
+
+        spinner = threading.Thread(target=spin)
+        started = time.perf_counter()
+        spinner.start()
+        try:
+            while time.perf_counter() - started < seconds:
+                busy()
+        finally:
+            stop.set()
+            spinner.join()
+        return count[0] / (time.perf_counter() - started)
+
+    alone = turns(lambda: time.sleep(0.01))
+    return turns(fn) / alone
+
+
 def bench_parsers(runs: int) -> None:
     body = page_xml()
     candidates = [
         ("botocore rest-xml parser (boto3's list_objects_v2)", parse_botocore(body)),
-        ("expat via ElementTree C builder (s3pool's hook)", parse_hook(body)),
+        ("lxml + XPath columns (s3pool's hook)", parse_hook(body)),
+        ("expat via ElementTree C builder (the hook before)", parse_elementtree_hook(body)),
         ("expat via pyexpat Python callbacks", parse_expat_callbacks(body)),
+        ("expat via ElementTree, the loop of the lxml row", parse_elementtree_loop(body)),
+        ("lxml.etree.fromstring + iterfind", parse_lxml(body)),
     ]
-    candidates.append(("expat via ElementTree, the loop of the lxml row",
-                       parse_elementtree_loop(body)))
-    try:
-        candidates.append(("lxml.etree.fromstring + iterfind", parse_lxml(body)))
-    except ImportError:
-        print("lxml not installed: pip install lxml to compare it", file=sys.stderr)
     rows = []
     base = None
     for name, fn in candidates:
@@ -163,9 +200,10 @@ def bench_parsers(runs: int) -> None:
         seconds = best_of(fn, max(runs, 100))
         base = base or seconds
         rows.append([name, f"{seconds * 1e6 / 1000:.2f}", f"{1000 / seconds / 1e6:.2f}",
-                     f"{base / seconds:.1f}x"])
+                     f"{base / seconds:.1f}x", f"{100 * gil_left(fn):.0f} %"])
     print_table("Parsing one ListObjectsV2 page of 1,000 keys (best of 100)",
-                ["parser", "us/key", "M keys/s", "speed vs botocore"], rows)
+                ["parser", "us/key", "M keys/s", "speed vs botocore",
+                 "other thread's speed meanwhile"], rows)
 
 
 def bench_e2e(keys: int, runs: int) -> None:

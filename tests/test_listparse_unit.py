@@ -18,6 +18,7 @@ import pytest
 from s3pool.errors import BackendError
 from s3pool.listing.listings import list_page
 from s3pool.s3.backend import Backend
+from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES, parse_listing_fast
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +100,77 @@ def test_a_200_that_is_not_a_listing_is_an_error(fixed_server, body):
     with pytest.raises(BackendError):
         list_page(backend, "bkt", "", "/", None)
     assert fixed_server.asked > 1  # botocore retried it as a 500, as it always has
+
+
+def botocore_entries(body: bytes) -> tuple[list[tuple], list[str]]:
+    """What botocore's own parser makes of *body* (keys, sizes, times, ETags)."""
+    import botocore.parsers
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("s3")
+    shape = model.operation_model("ListObjectsV2").output_shape
+    parsed = botocore.parsers.create_parser("rest-xml").parse(
+        {"body": body, "headers": {}, "status_code": 200}, shape)
+    return ([(item["Key"], item.get("Size", 0), item["LastModified"].timestamp(),
+              item.get("ETag", "")) for item in parsed.get("Contents", [])],
+            [item["Prefix"] for item in parsed.get("CommonPrefixes", [])])
+
+
+def fast(body: bytes) -> dict:
+    custom: dict = {}
+    parse_listing_fast({"status_code": 200, "body": body}, custom)
+    return custom
+
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+def page(contents: str, extra: str = "", head: str = "") -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>{head}<ListBucketResult xmlns="{NS}">'
+            f"<Name>b</Name><IsTruncated>false</IsTruncated>{contents}{extra}"
+            f"</ListBucketResult>").encode()
+
+
+def item(key: str, size: int = 1, etag: str = "&quot;abc&quot;",
+         stamp: str = "2026-12-06T15:33:14.000Z") -> str:
+    return (f"<Contents><Key>{key}</Key><LastModified>{stamp}</LastModified>"
+            f"<ETag>{etag}</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass>"
+            f"</Contents>")
+
+
+def test_the_entries_are_botocores():
+    keys = ["a &amp; b", "caf\u00e9/x", "sp ace", "1+1=2", "&lt;tag&gt;", "\u6f22\u5b57"]
+    body = page("".join(item(k, size=i) for i, k in enumerate(keys)),
+                "<CommonPrefixes><Prefix>dir/</Prefix></CommonPrefixes>")
+    ours = fast(body)
+    theirs, prefixes = botocore_entries(body)
+    assert [tuple(e) for e in ours[FAST_ENTRIES]] == theirs
+    assert ours[FAST_PREFIXES] == prefixes == ["dir/"]
+
+
+def test_an_entry_missing_a_field_is_read_one_at_a_time():
+    body = page(item("a") + "<Contents><Key>b</Key><LastModified>2026-12-06T15:33:14Z"
+                "</LastModified><Size>7</Size></Contents>" + item("c", size=3))
+    entries = fast(body)[FAST_ENTRIES]
+    assert [(e.key, e.size, e.etag) for e in entries] == [
+        ("a", 1, '"abc"'), ("b", 7, ""), ("c", 3, '"abc"')]
+
+
+def test_url_encoded_keys_are_decoded():
+    body = page(item("a%20b%2Bc") + "<EncodingType>url</EncodingType>",
+                "<CommonPrefixes><Prefix>d%2F%C3%A9/</Prefix></CommonPrefixes>")
+    custom = fast(body)
+    assert [e.key for e in custom[FAST_ENTRIES]] == ["a b+c"]
+    assert custom[FAST_PREFIXES] == ["d/\u00e9/"]
+
+
+def test_a_page_with_a_dtd_is_left_to_botocore_and_no_entity_is_read(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET")
+    head = f'<!DOCTYPE ListBucketResult [<!ENTITY e SYSTEM "file://{secret}">]>'
+    body = page(item("&e;"), head=head)
+    response = {"status_code": 200, "body": body}
+    custom: dict = {}
+    parse_listing_fast(response, custom)
+    assert FAST_ENTRIES not in custom and response["body"] == body
+

@@ -8,14 +8,15 @@ common prefixes under ``FAST_PREFIXES``); see bench/RESULTS.md, Listings.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
-from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import botocore.handlers
 from botocore.utils import parse_timestamp
+from lxml import etree
 
 from s3pool.s3.answers import ListEntry
 
@@ -62,50 +63,36 @@ def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: 
     """botocore ``before-parse`` hook for ListObjectsV2.
 
     botocore's XML parser costs about 60 us a key, a minute for a
-    million-key bucket. ElementTree's C parser reads the entries here; the
-    body handed on to botocore keeps only the paging fields, so signing,
-    retries, redirects and pagination stay botocore's. Anything unexpected
-    leaves the response untouched for botocore to parse.
+    million-key bucket. lxml (libxml2) reads the entries here: it parses
+    with the GIL released, so a page parses on one core while the mount
+    serves the page before on the other, and XPath hands the columns over
+    in C (bench/RESULTS.md, Listings). The body handed on to botocore keeps
+    only the paging fields, so signing, retries, redirects and pagination
+    stay botocore's. Anything unexpected leaves the response untouched for
+    botocore to parse.
     """
     if response_dict.get("status_code") != 200:
         return
     try:
-        root = ElementTree.fromstring(response_dict["body"])
-    except (ElementTree.ParseError, TypeError, KeyError):
+        root = etree.fromstring(response_dict["body"], parser=_parser())
+    except (etree.XMLSyntaxError, ValueError, TypeError, KeyError):
         return
+    if root is None or not isinstance(root.tag, str) or root.getroottree().docinfo.doctype:
+        return  # no element, or a DTD: S3 sends none
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     if root.tag != f"{ns}ListBucketResult":
         return  # an <Error> in a 200 answer: botocore's check makes it one
     encoded = root.findtext(f"{ns}EncodingType") == "url"
-    entries = []
-    key_tag, size_tag, time_tag, etag_tag = (f"{ns}Key", f"{ns}Size", f"{ns}LastModified",
-                                             f"{ns}ETag")
-    times: dict[str, float] = {}  # listings repeat timestamps a lot
+    paths = _paths(ns)
     try:
-        for item in root.iterfind(f"{ns}Contents"):
-            key, size, stamp, etag = "", "0", "", ""
-            for child in item:
-                tag = child.tag
-                if tag == key_tag:
-                    key = child.text or ""
-                elif tag == size_tag:
-                    size = child.text or "0"
-                elif tag == time_tag:
-                    stamp = child.text or ""
-                elif tag == etag_tag:
-                    etag = child.text or ""
-            mtime = times.get(stamp)
-            if mtime is None:
-                mtime = times[stamp] = _timestamp(stamp)
-            entries.append(ListEntry(unquote_plus(key) if encoded else key, int(size), mtime,
-                                     etag))
+        entries = _by_columns(root, paths, encoded)
+        if entries is None:
+            entries = _by_items(root, ns, encoded)
     except ValueError:
         return
     # a delimiter LIST's subdirectories (listing/listings.py's directory listings)
     customized_response_dict[FAST_PREFIXES] = [
-        unquote_plus(text) if encoded else text
-        for item in root.iterfind(f"{ns}CommonPrefixes")
-        if (text := item.findtext(f"{ns}Prefix"))]
+        unquote_plus(text) if encoded else text for text in paths.prefixes(root) if text]
     kept = "".join(
         f"<{name}>{escape(value)}</{name}>"
         for name in _KEEP_FOR_BOTOCORE
@@ -113,6 +100,87 @@ def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: 
     )
     response_dict["body"] = f"<ListBucketResult>{kept}</ListBucketResult>".encode()
     customized_response_dict[FAST_ENTRIES] = entries
+
+
+# lxml's parsers are not to be shared between threads: one each
+_local = threading.local()
+
+
+def _parser() -> Any:
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        # S3's answers have no DTD and no entities of their own: none is
+        # loaded or resolved, nothing is fetched, no tree is unbounded
+        parser = _local.parser = etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+            remove_comments=True, remove_pis=True)
+    return parser
+
+
+class _Paths:
+    """The XPath queries of one namespace (compiled once)."""
+
+    def __init__(self, ns: str) -> None:
+        space = {"s": ns[1:-1]} if ns else None
+        step = "s:" if ns else ""
+
+        def column(path: str) -> Any:
+            return etree.XPath(path.replace("$", step), namespaces=space, smart_strings=False)
+
+        self.count = column("count($Contents)")
+        self.columns = [column(f"$Contents/${name}/text()")
+                        for name in ("Key", "Size", "LastModified", "ETag")]
+        self.prefixes = column("$CommonPrefixes/$Prefix/text()")
+
+
+_paths_by_ns: dict[str, _Paths] = {}
+
+
+def _paths(ns: str) -> _Paths:
+    paths = _paths_by_ns.get(ns)
+    if paths is None:
+        paths = _paths_by_ns[ns] = _Paths(ns)
+    return paths
+
+
+def _by_columns(root: Any, paths: _Paths, encoded: bool) -> list[ListEntry] | None:
+    """The entries from the four columns, or None unless every entry has
+    each of the four exactly once (then :func:`_by_items` reads them)."""
+    count = int(paths.count(root))
+    keys, sizes, stamps, etags = (column(root) for column in paths.columns)
+    if not len(keys) == len(sizes) == len(stamps) == len(etags) == count:
+        return None
+    times: dict[str, float] = {}  # listings repeat timestamps a lot
+    entries = []
+    for key, size, stamp, etag in zip(keys, sizes, stamps, etags, strict=True):
+        mtime = times.get(stamp)
+        if mtime is None:
+            mtime = times[stamp] = _timestamp(stamp)
+        entries.append(ListEntry(unquote_plus(key) if encoded else key, int(size), mtime, etag))
+    return entries
+
+
+def _by_items(root: Any, ns: str, encoded: bool) -> list[ListEntry]:
+    """The entries one ``Contents`` at a time: a field missing or empty
+    takes its default."""
+    entries = []
+    key_tag, size_tag, time_tag, etag_tag = (f"{ns}Key", f"{ns}Size", f"{ns}LastModified",
+                                             f"{ns}ETag")
+    for item in root.iterfind(f"{ns}Contents"):
+        key, size, stamp, etag = "", "0", "", ""
+        for child in item:
+            tag = child.tag
+            if tag == key_tag:
+                key = child.text or ""
+            elif tag == size_tag:
+                size = child.text or "0"
+            elif tag == time_tag:
+                stamp = child.text or ""
+            elif tag == etag_tag:
+                etag = child.text or ""
+        entries.append(ListEntry(unquote_plus(key) if encoded else key, int(size),
+                                 _timestamp(stamp), etag))
+    return entries
 
 
 def _timestamp(text: str) -> float:
