@@ -269,8 +269,8 @@ class Reader:
             cursor = self._db.execute(
                 f"SELECT key, size, mtime, etag FROM keys WHERE key {op} ? AND key < ? "
                 "ORDER BY key", (low, high))
-            for key, size, mtime, etag in cursor:
-                yield Row(key, int(size), float(mtime), etag)
+            # the columns' own types (INTEGER, REAL, TEXT): rows as they come
+            yield from cursor
         except sqlite3.Error as exc:
             raise IndexFault.of(exc) from exc
 
