@@ -353,6 +353,8 @@ class Cache:
         await self.downloads.take_slot(slot)
         small = SmallInstall(self.store, bucket, key, self.settings.max_cache_size,
                              self.verifications)
+        if self.tier is not None:  # its uploads wait while this host fetches
+            self.tier.fetch_began()
         try:
             try:
                 tiered = None
@@ -408,6 +410,8 @@ class Cache:
                 download.take_slot(slot)
             slot = None
         finally:
+            if self.tier is not None:  # a download it started counts as busy from now on
+                self.tier.fetch_ended()
             if slot is not None:
                 self.downloads.release_slot(slot)
         self.freshness.mark(bucket, key)

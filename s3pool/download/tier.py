@@ -45,9 +45,10 @@ tier in the background, so the next host finds it there.
   key's lock, so eviction cannot change it under the upload) by a
   background task: ``UPLOAD_CONCURRENCY`` at a time and at most
   ``UPLOAD_BYTES`` queued, beyond which an upload is skipped; it waits
-  while the host downloads or asks the tier (up to ``UPLOAD_DEFER_MAX``),
-  so it does not slow the readers; a HEAD first, so a copy another host
-  wrote is kept. Nobody waits for them.
+  while the host fetches anything (a download, a small object's GET, an
+  ask of the tier) and until it has fetched nothing for ``UPLOAD_QUIET``
+  (up to ``UPLOAD_DEFER_MAX`` in all), so it does not slow the readers; a
+  HEAD first, so a copy another host wrote is kept. Nobody waits for them.
 - **A tier that keeps missing is paused.** After ``COLD_MISSES`` misses in
   a row a miss goes straight to the origin's (conditional) GET for
   ``COLD_SECONDS``: one request instead of the origin's HEAD, the tier's
@@ -91,6 +92,7 @@ UPLOAD_CONCURRENCY = 2  # uploads to the tier at once
 UPLOAD_BYTES = 512 << 20  # bytes queued or in flight for the tier at most
 UPLOAD_DEFER_MAX = 60.0  # seconds an upload waits for the host's downloads to end, at most
 UPLOAD_DEFER_POLL = 0.2
+UPLOAD_QUIET = 0.5  # ... and begins once the host has fetched nothing for this long
 TIER_DEADLINE = 10.0  # seconds a tier request may go unanswered...
 TIER_STALL_BYTES = 1 << 20  # ... or bring less than this many bytes of its body
 BAD_VERSIONS = 10_000  # versions remembered as bad in the tier (for the origin)
@@ -290,6 +292,8 @@ class SharedTier:
         self._misses_in_row = 0
         self._cold_until = 0.0
         self._lookups = 0  # lookups in flight (uploads wait for them too)
+        self._fetching = 0  # fetches in flight (the cache's, lookup to install or download)
+        self._fetched_at = -UPLOAD_QUIET  # when the last one ended (time.monotonic)
         self._probing = False  # the one ask after a pause is in flight
         self._lock = threading.RLock()  # counters: bodies and parts fail in worker threads
         self._failures_in_row = 0
@@ -349,6 +353,24 @@ class SharedTier:
         if len(self._bad) >= BAD_VERSIONS:
             self._bad.pop(next(iter(self._bad)))
         self._bad[(bucket, key, validator(etag) or "")] = None
+
+    # --- the host's own fetches ------------------------------------------
+
+    def fetch_began(self) -> None:
+        """The cache fetches an object (from the lookup to its install, or to the
+        start of its download, which busy() sees): uploads wait."""
+        self._fetching += 1
+
+    def fetch_ended(self) -> None:
+        self._fetching -= 1
+        self._fetched_at = time.monotonic()
+
+    def idle(self) -> bool:
+        """Nothing fetched by this host for UPLOAD_QUIET seconds: uploads may run.
+        (A small object is read whole by its GET, no download runs: busy() alone
+        let uploads start between two small ones.)"""
+        return not (self.busy() or self._lookups or self._fetching) and \
+            time.monotonic() - self._fetched_at >= UPLOAD_QUIET
 
     # --- the origin's version ------------------------------------------
 
@@ -544,7 +566,7 @@ class SharedTier:
                 # for the cores and the GIL (4 hosts missing at once ran 3x slower)
                 # (nor beside its lookups: between two downloads none may be running)
                 with trio.move_on_after(UPLOAD_DEFER_MAX):
-                    while self.busy() or self._lookups:
+                    while not self.idle():
                         await trio.sleep(UPLOAD_DEFER_POLL)
 
                 def call() -> bool:
