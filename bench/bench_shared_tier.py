@@ -21,12 +21,22 @@ working set, the wall time until every host has it, and the slowest
 host's time against the slowest host of ``direct``. Everything shares the
 machine's cores (the origin, the tier and the daemons), so the times say
 what the tier costs here, not what it saves over a WAN.
+
+A before/after comparison on a noisy machine: ``--tree before=/tmp/old``
+(a clone of an older commit; repeatable) runs the tier set-ups with that
+tree's daemons too, interleaved with this tree's in one process (same
+origin, same tier server), and ``--rounds N`` repeats everything N times
+(direct first in each round, the trees' order alternating between rounds).
+Each tier run is compared with the direct run of its own round; the load
+average (1 min) at the start and end of each run is printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import statistics
 import sys
 import threading
 import time
@@ -86,6 +96,20 @@ def in_parallel(hosts: dict[str, Daemon], bucket: str, keys: list[str], times: d
     return time.perf_counter() - started
 
 
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(hosts: dict[str, Daemon], tier: S3Server | None) -> tuple[float, float, float]:
+    """CPU seconds so far: the daemons', this process's (the origin), the tier's."""
+    own = os.times()
+    return (sum(cpu_of(h.process.pid) for h in hosts.values()), own.user + own.system,
+            cpu_of(tier.process.pid) if tier is not None else 0.0)
+
+
 def status(host: Daemon) -> dict[str, str]:
     _, lines = host.request("STATUS")
     return dict(line.split(" ", 1) for line in lines if " " in line)
@@ -103,7 +127,26 @@ def wait_uploads(host: Daemon, count: int) -> None:
     raise RuntimeError("uploads to the tier did not end")
 
 
-def run(kind: str, args, origin: MotoServer, tier: S3Server | None, work: Path) -> dict:
+@contextlib.contextmanager
+def daemons_of(tree: Path):
+    """Daemons started inside this block run *tree*'s s3pool (``python -m``
+    puts its working directory first on sys.path)."""
+    cwd = os.getcwd()
+    saved = os.environ.get("PYTHONPATH")
+    os.chdir(tree)
+    os.environ["PYTHONPATH"] = str(tree)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def run(kind: str, args, origin: MotoServer, tier: S3Server | None, work: Path,
+        tree: Path) -> dict:
     bucket = f"fleet-{uuid.uuid4().hex[:8]}"
     keys = fill(origin, bucket, args.mib)
     extra = ["--pull-concurrency", "8"]
@@ -113,12 +156,15 @@ def run(kind: str, args, origin: MotoServer, tier: S3Server | None, work: Path) 
         extra += ["--shared-cache", f"s3://{tier_bucket}/s3pool/",
                   "--shared-cache-endpoint", tier.endpoint]
     hosts = {}
-    for i in range(args.hosts):
-        home = work / f"{kind.split()[0]}-{bucket}-{i}" / "home"
-        home.parent.mkdir(parents=True)
-        hosts[f"h{i}"] = Daemon(origin.endpoint, home, args=extra)
+    load = [os.getloadavg()[0]]
+    with daemons_of(tree):
+        for i in range(args.hosts):
+            home = work / f"{kind.split()[0]}-{bucket}-{i}" / "home"
+            home.parent.mkdir(parents=True)
+            hosts[f"h{i}"] = Daemon(origin.endpoint, home, args=extra)
     gets0, sent0 = origin_counts(origin, bucket)
     times: dict[str, float] = {}
+    cpu0 = cpu_now(hosts, tier)
     try:
         if kind.startswith("tier, first"):
             first = dict(list(hosts.items())[:1])
@@ -131,15 +177,18 @@ def run(kind: str, args, origin: MotoServer, tier: S3Server | None, work: Path) 
         else:
             wall = in_parallel(hosts, bucket, keys, times)
             upload_wait = 0.0
+        cpu = [b - a for a, b in zip(cpu0, cpu_now(hosts, tier), strict=True)]
         gets, sent = origin_counts(origin, bucket)
         statuses = [status(h) for h in hosts.values()]
         tier_bytes = sum(int(s.get("shared_cache_bytes_from_tier", 0)) for s in statuses)
         asked = {name: sum(int(s.get(f"shared_cache_{name}", 0)) for s in statuses)
                  for name in ("hits", "misses", "cold_skips", "uploads", "uploads_kept")}
     finally:
+        load.append(os.getloadavg()[0])
         for host in hosts.values():
             host.stop()
-    return {"gets": gets - gets0, "sent": sent - sent0, "objects": len(keys),
+    return {"load": load, "cpu": cpu, "gets": gets - gets0, "sent": sent - sent0,
+            "objects": len(keys),
             "wall": wall, "slowest": max(times.values()), "times": times,
             "upload_wait": upload_wait, "tier_bytes": tier_bytes, "tier": asked}
 
@@ -151,36 +200,59 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--setups", default="direct,first,all",
                         help="which of direct, first (one host, then the rest), all (at once)")
+    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+                        help="also run the tier set-ups with the daemons of this checkout")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every set-up N times")
     args = parser.parse_args()
     kinds = {"direct": "direct", "first": "tier, first host then the rest",
              "all": "tier, all at once"}
     wanted = [kinds[name] for name in args.setups.split(",")]
     if "direct" not in wanted:
         parser.error("--setups: direct is the baseline of every ratio")
+    trees = [("this", Path(__file__).resolve().parent.parent)]
+    for spec in args.tree:
+        label, _, path = spec.partition("=")
+        if not path or not (Path(path) / "s3pool" / "cli" / "main.py").is_file():
+            parser.error(f"--tree {spec}: LABEL=PATH of a checkout of s3pool")
+        trees.append((label, Path(path).resolve()))
     work = workdir("shared-tier", args.keep)
     origin = MotoServer()
     tier = S3Server("weed", work)
+    results: list[tuple[int, str, str, dict]] = []  # round, set-up, tree, result
     try:
-        results = {}
-        for kind in wanted:
-            results[kind] = run(kind, args, origin, None if kind == "direct" else tier, work)
-            print(f"{kind}: {results[kind]}", flush=True)
+        for round_ in range(args.rounds):
+            order = trees if round_ % 2 == 0 else trees[::-1]
+            for kind in wanted:
+                for label, tree in (trees[:1] if kind == "direct" else order):
+                    r = run(kind, args, origin, None if kind == "direct" else tier, work, tree)
+                    results.append((round_, kind, label, r))
+                    print(f"round {round_ + 1} {kind} ({label}): {r}", flush=True)
     finally:
         tier.stop()
         origin.stop()
     one_host = args.mib * MIB
-    base = results["direct"]["slowest"]
+    base = {round_: r["slowest"] for round_, kind, _, r in results if kind == "direct"}
     rows = []
-    for kind, r in results.items():
-        rows.append([kind, f"{r['gets'] / r['objects']:.2f}", f"{r['sent'] / one_host:.2f}x",
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for round_, kind, label, r in results:
+        ratio = r["slowest"] / base[round_]
+        ratios.setdefault((kind, label), []).append(ratio)
+        rows.append([round_ + 1, kind, label, f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}",
+                     f"{r['gets'] / r['objects']:.2f}", f"{r['sent'] / one_host:.2f}x",
                      f"{r['tier_bytes'] / MIB:.0f}", f"{r['wall']:.1f}",
-                     f"{r['upload_wait']:.1f}", f"{r['slowest']:.1f}",
-                     f"{r['slowest'] / base:.2f}x"])
+                     f"{r['upload_wait']:.1f}", " / ".join(f"{x:.1f}" for x in r["cpu"]),
+                     f"{r['slowest']:.1f}", f"{ratio:.2f}x"])
     print_table(f"{args.hosts} hosts, {args.mib} MiB working set each, origin moto, "
                 "tier SeaweedFS, all on loopback",
-                ["set-up", "origin GETs/object", "origin bytes / 1 host", "tier MiB read",
-                 "wall s (every host has it)", "of it: waiting for uploads s",
+                ["round", "set-up", "tree", "load avg", "origin GETs/object",
+                 "origin bytes / 1 host", "tier MiB read", "wall s (every host has it)",
+                 "of it: waiting for uploads s", "CPU s: daemons / origin / tier",
                  "slowest host s", "vs direct"], rows)
+    if args.rounds > 1 or len(trees) > 1:
+        print_table("vs direct of the same round", ["set-up", "tree", "runs", "median"],
+                    [[kind, label, " ".join(f"{x:.2f}" for x in xs),
+                      f"{statistics.median(xs):.2f}x"]
+                     for (kind, label), xs in ratios.items() if kind != "direct"])
 
 
 if __name__ == "__main__":
