@@ -265,7 +265,10 @@ LAYOUT = [
                          "was installed, and at exit). Objects are installed without an "
                          "fsync each; after a reboot that followed no clean stop, objects "
                          "installed after that time are dropped at start\\-up and fetched "
-                         "again when asked for."),
+                         "again when asked for. Listing indexes (state/listings/) are "
+                         "written without an fsync too; after such a reboot each must pass "
+                         "SQLite's quick_check, or it is removed and the bucket listed "
+                         "again."),
     ("s3pool.pid", "pid of the running daemon, locked with flock(2)."),
     ("s3/", "only with the embedded demo S3: its objects (SeaweedFS volumes and filer "
             "metadata), kept across restarts; s3/weed.pid is its pid, so that a start after a "
