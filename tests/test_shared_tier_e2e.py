@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from conftest import MotoServer, free_port_block, wait_until
-from s3pool.download.tier import COLD_MISSES
+from s3pool.download.tier import COLD_MISSES, tier_key
 from s3pool.embedded import EmbeddedS3
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
@@ -426,3 +426,65 @@ def test_no_upload_while_the_host_fetches_small_objects(start_daemon, moto_serve
     wait_until(lambda: _tier_puts(tier, tier_bucket) == 2, 60, "both written to the tier")
     _uploads_done(host, 2)
     assert host.status()["shared_cache_uploads"] == "2"
+
+
+def test_a_host_starting_on_an_empty_tier_asks_it_one_object_at_a_time(
+        start_daemon, moto_server, s3, bucket, tier, tmp_path):
+    """One PULL of many objects, an empty tier: the first miss asks the tier
+    (after the origin's HEAD), the others wait for its answer instead of each
+    sending a HEAD and an ask at once (the old code: one per object, up to
+    pull_concurrency); it missed, so they GET the origin unasked while the
+    tier is asked one object at a time. A second host, on the tier the first
+    filled, PULLs them all at once too: every one from the tier."""
+    count = 12
+    objects = {f"start/{i:02d}.bin": os.urandom(3000 + i) for i in range(count)}
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    names = {f"/{tier_bucket}/{tier_key('fleet/', bucket, key, hashlib.md5(body).hexdigest())}"
+             for key, body in objects.items()}
+    gate = threading.Event()  # every ask of the tier waits for it
+    for name in names:
+        tier.app.held_paths[name] = gate
+
+    def asks() -> int:
+        with tier.app.lock:
+            return sum(1 for r in tier.app.requests if r["method"] == "GET"
+                       and r["path"] in names)
+
+    def heads() -> int:
+        with moto_server.app.lock:
+            return sum(1 for r in moto_server.app.requests if r["method"] == "HEAD"
+                       and r["path"].startswith(f"/{bucket}/start/"))
+
+    first = start_daemon(home=tmp_path / "a", args=args)
+    puller = threading.Thread(target=first.ok, args=("PULL", bucket, *objects))
+    puller.start()
+    try:
+        wait_until(lambda: tier.app.held >= 1, 60, "the first ask of the tier")
+        # the old code asked for every object at once: give it time to (2 s)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and asks() < 2:
+            time.sleep(0.05)
+        assert (asks(), heads()) == (1, 1), "more than one ask before the first was answered"
+    finally:
+        gate.set()
+        puller.join(60)
+    _pull_all(first, bucket, objects)  # every byte right (cached now)
+    status = first.status()
+    assert status["shared_cache_hits"] == "0", status
+    assert int(status["shared_cache_misses"]) == asks() <= COLD_MISSES, status
+    assert int(status["shared_cache_misses"]) + int(status["shared_cache_cold_skips"]) \
+        == count, status
+    assert heads() == asks()  # a HEAD of the origin only for an object asked of the tier
+    assert _origin_gets(moto_server, bucket, objects) == count
+
+    _uploads_done(first, count)
+    second = start_daemon(home=tmp_path / "b", args=args)
+    second.ok("PULL", bucket, *objects)
+    status = second.status()
+    assert status["shared_cache_hits"] == str(count), status
+    assert status["shared_cache_cold_skips"] == "0", status
+    assert _origin_gets(moto_server, bucket, objects) == count  # none more
+    _pull_all(second, bucket, objects)

@@ -128,6 +128,7 @@ class CountingTier(FakeBackend):
 
     async def open_object(self, bucket: str, name: str, then):
         self.asks += 1
+        await trio.lowlevel.checkpoint()  # a request: other tasks run meanwhile
         if name in self.held:
             await self.held[name].wait()
         if name not in self.stored:
@@ -258,3 +259,40 @@ async def test_after_a_pause_one_ask_goes_alone(monkeypatch):
     fleet.now[0] += tiermod.COLD_SECONDS + 0.1  # positive control: over again, asked again
     assert await lookup(keys[cold + 2]) is None
     assert tier.asks == cold + 2
+
+
+
+@pytest.mark.parametrize("filled", [False, True])
+async def test_at_the_start_the_misses_wait_for_the_first_ask(monkeypatch, filled):
+    """Concurrent misses of a host that just started: one asks the tier, the
+    others wait for its answer. A miss: one of them asks next, the others go
+    to the origin unasked (one ask at a time); a hit (another host filled the tier): they all
+    ask it."""
+    fleet = ColdFleet(monkeypatch, 6)
+    keys, tier, shared, origin = fleet.keys, fleet.tier, fleet.shared, fleet.origin
+    if filled:
+        for key in keys:
+            tier.write(key, fleet.objects[key])
+    gate = trio.Event()
+    tier.held[tier_key("p/", "b", keys[0], _meta(fleet.objects[keys[0]])["ETag"])] = gate
+    got: dict[str, Any] = {}
+
+    async def one(key: str) -> None:
+        got[key] = await fleet.lookup(key)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, keys[0])
+        await trio.testing.wait_all_tasks_blocked()
+        for key in keys[1:4]:
+            nursery.start_soon(one, key)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (tier.asks, origin.heads) == (1, 1)  # the others wait
+        gate.set()
+    if filled:
+        assert all(isinstance(got[key], TierResponse) for key in keys[:4]), got
+        assert (tier.asks, shared.hits, shared.cold_skips) == (4, 4, 0)
+    else:
+        assert all(got[key] is None for key in keys[:4]), got
+        assert (tier.asks, shared.misses, shared.cold_skips) == (2, 2, 2)
+        assert await fleet.lookup(keys[4]) is None  # the next miss asks (alone)
+        assert (tier.asks, shared.misses) == (3, 3)

@@ -52,7 +52,9 @@ tier in the background, so the next host finds it there.
 - **A tier that keeps missing is paused.** After ``COLD_MISSES`` misses in
   a row a miss goes straight to the origin's (conditional) GET for
   ``COLD_SECONDS``: one request instead of the origin's HEAD, the tier's
-  404 and the origin's GET (see :meth:`SharedTier.lookup`).
+  404 and the origin's GET. Until an ask hits (at the start, after a
+  pause) one object at a time is asked; at the start the others wait for
+  the first answer (see :meth:`SharedTier.lookup`).
 
 Expiry is the engine's business (a lifecycle rule on the prefix; see
 docs/fleet.md). STATUS shows ``shared_cache_*`` counters.
@@ -291,10 +293,12 @@ class SharedTier:
         self.cold_skips = 0  # misses sent to the origin unasked: the tier had just missed
         self._misses_in_row = 0
         self._cold_until = 0.0
+        self._warm = False  # a hit since the start or the last pause: every miss asks
+        self._answered = trio.Event()  # the host's first ask of the tier has ended
         self._lookups = 0  # lookups in flight (uploads wait for them too)
         self._fetching = 0  # fetches in flight (the cache's, lookup to install or download)
         self._fetched_at = -UPLOAD_QUIET  # when the last one ended (time.monotonic)
-        self._probing = False  # the one ask after a pause is in flight
+        self._probing = False  # the one ask of a tier not known warm is in flight
         self._lock = threading.RLock()  # counters: bodies and parts fail in worker threads
         self._failures_in_row = 0
         self._skip_until = 0.0
@@ -414,11 +418,21 @@ class SharedTier:
         of the origin is both the check and the fetch, one request where a
         miss costs three (the origin's HEAD, the tier's 404, the origin's
         GET). What comes from the origin is still written to the tier; the
-        first ask after the pause that hits ends it. After the pause one ask
-        goes alone (the others skip while it is in flight), so a pause ends
-        with one request, not a burst. A cached copy is checked as always (a
-        fresh listing may spare the origin that request)."""
-        probe = obj is None and self._misses_in_row >= COLD_MISSES
+        first ask after the pause that hits ends it. A cached copy is checked
+        as always (a fresh listing may spare the origin that request).
+
+        Until an ask hits (at the start, and after each pause) the tier is
+        asked one object at a time: the misses meanwhile go to the origin
+        unasked, except at the start, where they wait for the host's first
+        ask to be answered (a hit and they all ask: a tier another host
+        filled is used for every object; else the origin). So four hosts
+        starting together on an empty tier do not each send
+        pull_concurrency HEADs and 404s at once, and a pause ends with one
+        request, not a burst."""
+        probe = obj is None and not self._warm
+        if probe and self._probing and not self._answered.is_set():
+            await self._answered.wait()  # the first ask: does the tier have objects?
+            probe = not self._warm
         if probe and (self._probing or time.monotonic() < self._cold_until):
             self.cold_skips += 1
             return None
@@ -431,6 +445,7 @@ class SharedTier:
             self._lookups -= 1
             if probe:
                 self._probing = False
+                self._answered.set()
 
     async def _lookup(self, listings: ListedVersions, window: float, bucket: str, key: str,
                       obj: CachedObject | None, small: Callable[[ObjectResponse], None],
@@ -457,6 +472,7 @@ class SharedTier:
             self._misses_in_row += 1
             if self._misses_in_row >= COLD_MISSES:
                 self._cold_until = time.monotonic() + COLD_SECONDS
+                self._warm = False
             return None
         except S3PoolError as exc:
             self.failed(bucket, key, str(exc))
@@ -473,6 +489,7 @@ class SharedTier:
             self._serving[(bucket, key)] = etag
         self.hits += 1
         self._misses_in_row = 0
+        self._warm = True
         self._worked()
         return response
 
