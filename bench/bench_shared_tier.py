@@ -26,8 +26,10 @@ A before/after comparison on a noisy machine: ``--tree before=/tmp/old``
 (a clone of an older commit; repeatable) runs the tier set-ups with that
 tree's daemons too, interleaved with this tree's in one process (same
 origin, same tier server), and ``--rounds N`` repeats everything N times
-(direct first in each round, the trees' order alternating between rounds).
-Each tier run is compared with the direct run of its own round; the load
+(direct first in each round, the trees' order alternating between rounds;
+with more than one round, a last direct run after them). Each tier run is
+compared with the direct run of its round, or with the mean of it and the
+next round's when there is one (the machine's load drifts); the load
 average (1 min) at the start and end of each run is printed beside it.
 """
 
@@ -227,11 +229,17 @@ def main() -> None:
                     r = run(kind, args, origin, None if kind == "direct" else tier, work, tree)
                     results.append((round_, kind, label, r))
                     print(f"round {round_ + 1} {kind} ({label}): {r}", flush=True)
+        if args.rounds > 1:  # the last round's tier runs are between two direct ones too
+            r = run("direct", args, origin, None, work, trees[0][1])
+            results.append((args.rounds, "direct", "this", r))
+            print(f"after the rounds, direct: {r}", flush=True)
     finally:
         tier.stop()
         origin.stop()
     one_host = args.mib * MIB
-    base = {round_: r["slowest"] for round_, kind, _, r in results if kind == "direct"}
+    direct = {round_: r["slowest"] for round_, kind, _, r in results if kind == "direct"}
+    base = {round_: (t + direct[round_ + 1]) / 2 if round_ + 1 in direct else t
+            for round_, t in direct.items()}
     rows = []
     ratios: dict[tuple[str, str], list[float]] = {}
     for round_, kind, label, r in results:
@@ -249,7 +257,8 @@ def main() -> None:
                  "of it: waiting for uploads s", "CPU s: daemons / origin / tier",
                  "slowest host s", "vs direct"], rows)
     if args.rounds > 1 or len(trees) > 1:
-        print_table("vs direct of the same round", ["set-up", "tree", "runs", "median"],
+        print_table("vs direct (the mean of the runs before and after)",
+                    ["set-up", "tree", "runs", "median"],
                     [[kind, label, " ".join(f"{x:.2f}" for x in xs),
                       f"{statistics.median(xs):.2f}x"]
                      for (kind, label), xs in ratios.items() if kind != "direct"])
