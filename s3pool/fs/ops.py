@@ -509,8 +509,10 @@ class S3PoolOperations(pyfuse3.Operations):
                         self._look_ahead(handle, node)
                         return
                     entry = None
+            # a file is served once the LIST merged past "name/" too: a
+            # directory of the same name (which it yields to) may come next
             if job is not None and not job.done and (entry is None or not job.covers(
-                    node.dir_prefix + entry.name + ("/" if entry.is_dir else ""))):
+                    node.dir_prefix + entry.name + "/")):
                 # past what the LIST has merged: serve what this call has, or
                 # wait for the next page (an empty reply would end the listing)
                 if handle.entries is not None:

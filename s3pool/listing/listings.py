@@ -44,6 +44,7 @@ from s3pool.listing.index import (
     prefix_upper,
 )
 from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
+from s3pool.listing.ranges import PAGES_FIRST, NumberedKeys, Page, ranged_pages
 from s3pool.s3.answers import ListEntry
 from s3pool.s3.backend import Backend, translate
 from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
@@ -186,6 +187,8 @@ class Listings:
         self.list_requests = 0  # LIST requests (pages) sent, for STATUS
         # look aheads LIST this many directories at a time, in the order asked
         self.ahead_limiter = trio.CapacityLimiter(LOOK_AHEAD_AT_ONCE)
+        # a long LIST of numbered names goes on in ranges side by side (ranges.py)
+        self.ranged = True
         self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
         # told of every write into an index in place (not synced: the
         # daemon's crash checkpoint syncs it; index.py's docstring)
@@ -516,11 +519,10 @@ class Listings:
         merger = Merger(self.layout.index_path(job.bucket))
         try:
             lo: str | None = None
-            pages = fetched_ahead(self._prefix_pages(job), more=lambda page: not page[2] and (
-                job.max_pages is None or job.max_pages > 1))
-            for entries, subdirs, last in pages:
-                hi = None if last else max(
-                    entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
+            pages = fetched_ahead(self._prefix_pages(job), more=lambda page: (
+                page[2] is not None and (job.max_pages is None or job.max_pages > 1)))
+            for entries, subdirs, hi in pages:
+                last = hi is None
                 entries = [e for e in entries if not self.hidden(e.key)]
                 subdirs = [d for d in subdirs if not self.hidden(d)]
                 merger.merge(job.prefix, job.deep, lo, hi, entries, subdirs, job.started - 1.0,
@@ -533,21 +535,43 @@ class Listings:
         finally:
             merger.close()
 
-    def _prefix_pages(self, job: ListJob) -> Iterator[tuple[list[ListEntry], list[str], bool]]:
-        """(keys, subdirectories, last page?) of a LIST of the job's prefix."""
-        continuation: str | None = None
-        pages = 0
-        while True:
+    def _prefix_pages(self, job: ListJob) -> Iterator[Page]:
+        """The job's LIST page by page: (keys, subdirectories, the position
+        it covers up to; None: to the end). After PAGES_FIRST pages of
+        numbered names, the rest comes in ranges listed side by side
+        (ranges.py)."""
+        delimiter = None if job.deep else "/"
+
+        def fetch(start_after: str | None, continuation: str | None
+                  ) -> tuple[list[ListEntry], list[str], str | None]:
             if self.stopping.is_set():
                 raise ShuttingDown(f"the daemon is stopping: listing of s3://{job.bucket}/"
                                    f"{job.prefix} abandoned")
             self.list_requests += 1
-            entries, subdirs, continuation = list_page(
-                self.backend, job.bucket, job.prefix, None if job.deep else "/", continuation)
-            yield entries, subdirs, continuation is None
+            return list_page(self.backend, job.bucket, job.prefix, delimiter, continuation,
+                             start_after=start_after)
+
+        continuation: str | None = None
+        pages = seen = 0
+        first = ""
+        while True:
+            entries, subdirs, continuation = fetch(None, continuation)
             pages += 1
-            if continuation is None or (job.max_pages is not None and pages >= job.max_pages):
+            if continuation is None:
+                yield entries, subdirs, None
                 return
+            hi = max(entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
+            yield entries, subdirs, hi
+            if job.max_pages is not None and pages >= job.max_pages:
+                return
+            if pages == 1:
+                first = min(entries[0].key if entries else hi, subdirs[0] if subdirs else hi)
+            seen += len(entries) + len(subdirs)
+            if pages == PAGES_FIRST and self.ranged:
+                numbering = NumberedKeys.of(first, hi, seen)
+                if numbering is not None:
+                    yield from ranged_pages(fetch, hi, numbering)
+                    return
 
     def status_lines(self, buckets: Iterable[str]) -> list[tuple[str, Any]]:
         """STATUS: LIST requests sent, and each bucket's listing age (seconds
@@ -848,7 +872,8 @@ def _fetched_ahead(items: Iterator[_T], first: _T) -> Iterator[_T]:
 
 
 def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
-              continuation: str | None) -> tuple[list[ListEntry], list[str], str | None]:
+              continuation: str | None, start_after: str | None = None
+              ) -> tuple[list[ListEntry], list[str], str | None]:
     """Blocking: one LIST request of up to 1,000 entries under *prefix*:
     (keys, subdirectories (with *delimiter*), the next page's token or None).
     The entries come from the backend's parser hook (expat, through
@@ -858,6 +883,8 @@ def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
         params["Delimiter"] = delimiter
     if continuation:
         params["ContinuationToken"] = continuation
+    elif start_after:
+        params["StartAfter"] = start_after
     try:
         resp = backend.client.list_objects_v2(**params)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
