@@ -126,6 +126,8 @@ def test_no_numbering_no_ranges():
     assert NumberedKeys.of("d/alpha", "d/omega", 1000) is None
     assert NumberedKeys.of("d/k000100", "d/k000100", 1) is None
     assert NumberedKeys.of("d/a000100", "d/b000999", 1000) is None  # other text before
+    # digits of other scripts are no numbering (their order is not ASCII's)
+    assert NumberedKeys.of("d/k\u0660\u0661", "d/k\u0669\u0669", 1000) is None
     found = NumberedKeys.of("d/x-2026-01-01-000", "d/x-2026-01-01-999", 1000)
     assert found is not None and found.head == "d/x-2026-01-01-" and found.width == 3
 

@@ -187,8 +187,6 @@ class Listings:
         self.list_requests = 0  # LIST requests (pages) sent, for STATUS
         # look aheads LIST this many directories at a time, in the order asked
         self.ahead_limiter = trio.CapacityLimiter(LOOK_AHEAD_AT_ONCE)
-        # a long LIST of numbered names goes on in ranges side by side (ranges.py)
-        self.ranged = True
         self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
         # told of every write into an index in place (not synced: the
         # daemon's crash checkpoint syncs it; index.py's docstring)
@@ -567,7 +565,7 @@ class Listings:
             if pages == 1:
                 first = min(entries[0].key if entries else hi, subdirs[0] if subdirs else hi)
             seen += len(entries) + len(subdirs)
-            if pages == PAGES_FIRST and self.ranged:
+            if pages == PAGES_FIRST:
                 numbering = NumberedKeys.of(first, hi, seen)
                 if numbering is not None:
                     yield from ranged_pages(fetch, hi, numbering)

@@ -38,7 +38,7 @@ RANGE_KEYS = 4000
 # ranges cut past the prefix's end cost a request each
 RANGES_AT_ONCE = 4
 
-_DIGITS = re.compile(r"\d+")
+_DIGITS = re.compile(r"[0-9]+")
 
 # one page: (keys, subdirectories, the position it covers up to; None: to the end)
 Page = tuple[list[ListEntry], list[str], str | None]
@@ -67,7 +67,7 @@ class NumberedKeys:
         for run in reversed(list(_DIGITS.finditer(last))):
             start, end = run.span()
             lo = first[start:end]
-            if first[:start] != last[:start] or len(lo) != end - start or not lo.isdigit():
+            if first[:start] != last[:start] or not _DIGITS.fullmatch(lo) or len(lo) != end - start:
                 continue
             grown = int(run.group()) - int(lo)
             if grown <= 0:
@@ -81,7 +81,7 @@ class NumberedKeys:
         if not position.startswith(self.head):
             return None
         digits = position[len(self.head):len(self.head) + self.width]
-        return int(digits) if len(digits) == self.width and digits.isdigit() else None
+        return int(digits) if len(digits) == self.width and _DIGITS.fullmatch(digits) else None
 
     def bound(self, number: int) -> str | None:
         """The position where the range before *number* ends; None when
