@@ -240,11 +240,18 @@ def main() -> None:
     direct = {round_: r["slowest"] for round_, kind, _, r in results if kind == "direct"}
     base = {round_: (t + direct[round_ + 1]) / 2 if round_ + 1 in direct else t
             for round_, t in direct.items()}
+    # CPU seconds of every process of the set-up (daemons, origin, tier): less
+    # noisy than the wall time on a shared machine
+    direct_cpu = {round_: sum(r["cpu"]) for round_, kind, _, r in results if kind == "direct"}
+    base_cpu = {round_: (c + direct_cpu[round_ + 1]) / 2 if round_ + 1 in direct_cpu else c
+                for round_, c in direct_cpu.items()}
     rows = []
     ratios: dict[tuple[str, str], list[float]] = {}
+    cpu_ratios: dict[tuple[str, str], list[float]] = {}
     for round_, kind, label, r in results:
         ratio = r["slowest"] / base[round_]
         ratios.setdefault((kind, label), []).append(ratio)
+        cpu_ratios.setdefault((kind, label), []).append(sum(r["cpu"]) / base_cpu[round_])
         rows.append([round_ + 1, kind, label, f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}",
                      f"{r['gets'] / r['objects']:.2f}", f"{r['sent'] / one_host:.2f}x",
                      f"{r['tier_bytes'] / MIB:.0f}", f"{r['wall']:.1f}",
@@ -258,9 +265,12 @@ def main() -> None:
                  "slowest host s", "vs direct"], rows)
     if args.rounds > 1 or len(trees) > 1:
         print_table("vs direct (the mean of the runs before and after)",
-                    ["set-up", "tree", "runs", "median"],
+                    ["set-up", "tree", "slowest host: runs", "median",
+                     "CPU of all processes: runs", "median"],
                     [[kind, label, " ".join(f"{x:.2f}" for x in xs),
-                      f"{statistics.median(xs):.2f}x"]
+                      f"{statistics.median(xs):.2f}x",
+                      " ".join(f"{x:.2f}" for x in cpu_ratios[(kind, label)]),
+                      f"{statistics.median(cpu_ratios[(kind, label)]):.2f}x"]
                      for (kind, label), xs in ratios.items() if kind != "direct"])
 
 
