@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import botocore.parsers  # noqa: E402
 import botocore.session  # noqa: E402
 
-from common import Daemon, S3Server, print_table, workdir  # noqa: E402
+from common import CountingRelay, Daemon, S3Server, print_table, workdir  # noqa: E402
 from s3pool.s3.answers import ListEntry  # noqa: E402
 from s3pool.s3.listparse import FAST_ENTRIES, parse_listing_fast  # noqa: E402
 
@@ -206,12 +206,14 @@ def bench_parsers(runs: int) -> None:
                  "other thread's speed meanwhile"], rows)
 
 
-def bench_e2e(keys: int, runs: int) -> None:
+def bench_e2e(keys: int, runs: int, latency_ms: float) -> None:
     from s3pool.listing.listings import list_page
     from s3pool.s3.backend import Backend
 
     root = workdir("s3pool-bench-list-")
     server = S3Server("weed", root)
+    relay = CountingRelay(server.port, delay=latency_ms / 1000) if latency_ms else None
+    endpoint = relay.endpoint if relay else server.endpoint
     try:
         client = server.client()
         client.create_bucket(Bucket="manykeys")
@@ -222,7 +224,7 @@ def bench_e2e(keys: int, runs: int) -> None:
         print(f"put {keys} keys in {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
         def boto3_list() -> int:
-            plain = server.client()
+            plain = server.client(endpoint)
             count = 0
             for page in plain.get_paginator("list_objects_v2").paginate(
                     Bucket="manykeys", Prefix="flat/", Delimiter="/"):
@@ -230,7 +232,7 @@ def bench_e2e(keys: int, runs: int) -> None:
             return count
 
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
-        backend = Backend(server.endpoint)
+        backend = Backend(endpoint)
 
         def s3pool_pages() -> int:
             count, token = 0, None
@@ -253,7 +255,7 @@ def bench_e2e(keys: int, runs: int) -> None:
             home = root / f"home{len(ls_times)}"
             mnt = root / f"mnt{len(ls_times)}"
             mnt.mkdir()
-            daemon = Daemon(server.endpoint, home, mnt, ["--bucket", "manykeys"])
+            daemon = Daemon(endpoint, home, mnt, ["--bucket", "manykeys"])
             try:
                 t = time.perf_counter()
                 with os.scandir(mnt / "manykeys" / "flat") as it:
@@ -273,7 +275,8 @@ def bench_e2e(keys: int, runs: int) -> None:
         base = statistics.median(boto_times)
         rows = [
             ["boto3 list_objects_v2 paginator (baseline)", f"{base:.2f}", "1.00"],
-            ["s3pool listing.list_page loop (expat hook)", f"{statistics.median(ours):.2f}",
+            ["s3pool listing.list_page loop, one page after the other",
+             f"{statistics.median(ours):.2f}",
              f"{statistics.median(ours) / base:.2f}"],
             ["s3pool mount: cold ls, first entry", f"{statistics.median(first_times):.2f}",
              f"{statistics.median(first_times) / base:.2f}"],
@@ -283,9 +286,13 @@ def bench_e2e(keys: int, runs: int) -> None:
              f"{statistics.median(warm_times):.2f}",
              f"{statistics.median(warm_times) / base:.2f}"],
         ]
-        print_table(f"Listing {keys:,} keys of one directory on SeaweedFS (median of {runs})",
+        where = f", {latency_ms:g} ms added to each answer" if latency_ms else ""
+        print_table(f"Listing {keys:,} keys of one directory on SeaweedFS{where} "
+                    f"(median of {runs})",
                     ["what", "seconds", "ratio to boto3"], rows)
     finally:
+        if relay is not None:
+            relay.stop()
         server.stop()
 
 
@@ -294,10 +301,15 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-parsers", action="store_true")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="hold each answer of the S3 server back this long (a relay): "
+                             "an S3 across a network, where LISTs in ranges gain most")
     args = parser.parse_args()
-    bench_parsers(args.runs)
+    if not args.skip_parsers:
+        bench_parsers(args.runs)
     if not args.skip_e2e:
-        bench_e2e(args.keys, args.runs)
+        bench_e2e(args.keys, args.runs, args.latency_ms)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ class S3Server:
                         f"{kind} S3 did not start; see {workdir}/{kind}.log") from exc
                 time.sleep(0.3)
 
-    def client(self):
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+    def client(self, endpoint: str | None = None):
+        """A client of this server (or of a relay in front of it at *endpoint*)."""
+        return boto3.client("s3", endpoint_url=endpoint or self.endpoint, region_name="us-east-1",
                             aws_access_key_id="bench", aws_secret_access_key="bench",
                             config=Config(max_pool_connections=32,
                                           s3={"addressing_style": "path"}))

@@ -217,7 +217,9 @@ def test_ls_of_a_large_cold_directory_streams(start_daemon, s3, bucket, moto_ser
 
     assert 1 <= len(pages(made)) < 5, made  # 5 pages in all: the first answer came before
     assert len(rest) == 4999
-    assert len(pages(lists(moto_server.app, bucket))) == 5
+    # one LIST: its 5 pages, and past the first 4 two ranges at once, the
+    # second empty (listing/ranges.py)
+    assert len(pages(lists(moto_server.app, bucket))) in (5, 6)
     assert daemon.stop() == 0
 
 

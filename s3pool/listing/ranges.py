@@ -34,8 +34,8 @@ from s3pool.s3.answers import ListEntry
 PAGES_FIRST = 4
 # keys per range: four LIST pages
 RANGE_KEYS = 4000
-# ranges listed at once (a LIST each), reached one more per whole range seen:
-# ranges cut past the prefix's end cost a request each
+# ranges listed at once (a LIST each): two at first, one more per whole range
+# seen; a range cut past the prefix's end costs one (empty) LIST
 RANGES_AT_ONCE = 4
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -125,8 +125,8 @@ def list_range(fetch: Fetch, after: str, upper: str | None) -> Range:
 
 def ranged_pages(fetch: Fetch, after: str, numbering: NumberedKeys) -> Iterator[Page]:
     """Blocking: the pages after position *after* (the last page's last),
-    listed in ranges side by side, handed on in key order: one range at
-    first, one more at a time for each range that came back whole, up to
+    listed in ranges side by side, handed on in key order: two ranges at
+    first, one more for each range that came back whole, up to
     RANGES_AT_ONCE.
 
     Ranges are cut ahead by *numbering*; a range that finds the keys
@@ -144,7 +144,7 @@ def ranged_pages(fetch: Fetch, after: str, numbering: NumberedKeys) -> Iterator[
 
     def cut() -> None:
         nonlocal lower, seed, cut_done
-        while len(ahead) < min(RANGES_AT_ONCE, 1 + whole) and not cut_done:
+        while len(ahead) < min(RANGES_AT_ONCE, 2 + whole) and not cut_done:
             assert seed is not None
             upper = numbering.bound(seed + numbering.step)
             if upper is not None and upper <= lower:
