@@ -286,6 +286,18 @@ def bucket(s3):
     return name
 
 
+def list_requests(app, bucket: str) -> list[dict[str, str]]:
+    """The LIST requests of *bucket* a :class:`MotoServer`'s app received, as query dicts."""
+    from urllib.parse import parse_qs
+
+    with app.lock:
+        found = [r for r in app.requests
+                 if r["method"] == "GET" and r["path"].rstrip("/") == f"/{bucket}"
+                 and "list-type=2" in r["query"]]
+    return [{k: v[0] for k, v in parse_qs(r["query"], keep_blank_values=True).items()}
+            for r in found]
+
+
 def put_many(bucket: str, objects) -> None:
     """Put many objects into moto's S3 straight through its backend: the server
     runs in this process and answers with them as if each had come by HTTP,

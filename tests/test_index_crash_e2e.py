@@ -8,24 +8,15 @@ S3POOL_BOOT_ID as in test_stream_e2e."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
-
 import pytest
 
-from conftest import put_many, wait_until
+from conftest import list_requests, put_many, wait_until
 
 pytestmark = pytest.mark.e2e
 
 KEYS = [f"in/{i:04d}.csv" for i in range(400)]
 
 
-def list_requests(app, bucket: str) -> list[dict[str, str]]:
-    with app.lock:
-        found = [r for r in app.requests
-                 if r["method"] == "GET" and r["path"].rstrip("/") == f"/{bucket}"
-                 and "list-type=2" in r["query"]]
-    return [{k: v[0] for k, v in parse_qs(r["query"], keep_blank_values=True).items()}
-            for r in found]
 
 
 def listed_then_killed(start_daemon, bucket, home, monkeypatch):

@@ -7,11 +7,10 @@ LIST requests are counted at the server."""
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import put_many, wait_until
+from conftest import list_requests as lists, put_many, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
@@ -20,13 +19,6 @@ NUMBERED = [f"big/k{i:06d}" for i in range(12_000)]
 OTHERS = ["big/k004000/inside", "big/k007999/a/b", "big/zz-last", "big/zz-more"]
 
 
-def lists(app, bucket: str) -> list[dict[str, str]]:
-    with app.lock:
-        found = [r for r in app.requests
-                 if r["method"] == "GET" and r["path"].rstrip("/") == f"/{bucket}"
-                 and "list-type=2" in r["query"]]
-    return [{k: v[0] for k, v in parse_qs(r["query"], keep_blank_values=True).items()}
-            for r in found]
 
 
 def names_of(keys: list[str]) -> list[str]:

@@ -18,25 +18,16 @@ import threading
 import time
 from itertools import pairwise
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import ROOT, put_many, wait_until
+from conftest import ROOT, list_requests as lists, put_many, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 WAIT = 30.0  # generous: for conditions that must come true
 
 
-def lists(app, bucket: str) -> list[dict[str, str]]:
-    """The LIST requests of *bucket* the S3 server received, as query dicts."""
-    with app.lock:
-        found = [r for r in app.requests
-                 if r["method"] == "GET" and r["path"].rstrip("/") == f"/{bucket}"
-                 and "list-type=2" in r["query"]]
-    return [{k: v[0] for k, v in parse_qs(r["query"], keep_blank_values=True).items()}
-            for r in found]
 
 
 def wait_for(condition, what: str, timeout: float = WAIT):

@@ -21,8 +21,7 @@ import time
 
 import pytest
 
-from conftest import put_many
-from test_listing_freshness_e2e import lists
+from conftest import list_requests as lists, put_many
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
