@@ -185,6 +185,7 @@ class Listings:
         # (the cache's nursery); without one a job runs in its caller
         self.nursery: trio.Nursery | None = None
         self.list_requests = 0  # LIST requests (pages) sent, for STATUS
+        self._count_lock = threading.Lock()
         # look aheads LIST this many directories at a time, in the order asked
         self.ahead_limiter = trio.CapacityLimiter(LOOK_AHEAD_AT_ONCE)
         self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
@@ -545,7 +546,8 @@ class Listings:
             if self.stopping.is_set():
                 raise ShuttingDown(f"the daemon is stopping: listing of s3://{job.bucket}/"
                                    f"{job.prefix} abandoned")
-            self.list_requests += 1
+            with self._count_lock:  # ranges ask from several threads
+                self.list_requests += 1
             return list_page(self.backend, job.bucket, job.prefix, delimiter, continuation,
                              start_after=start_after)
 
@@ -850,6 +852,12 @@ def _fetched_ahead(items: Iterator[_T], first: _T) -> Iterator[_T]:
         except BaseException as exc:  # noqa: BLE001 (raised in the caller's thread)
             hand(True, exc)
             return
+        finally:
+            # a caller that stopped early: *items* ends here, in this thread
+            # (ranges in flight are waited for here, not where it is collected)
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
         hand(True, None)
 
     thread = threading.Thread(target=produce, name="s3pool-list-ahead", daemon=True)
@@ -874,8 +882,9 @@ def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
               ) -> tuple[list[ListEntry], list[str], str | None]:
     """Blocking: one LIST request of up to 1,000 entries under *prefix*:
     (keys, subdirectories (with *delimiter*), the next page's token or None).
-    The entries come from the backend's parser hook (expat, through
-    ElementTree), not from botocore's parser."""
+    The entries come from the backend's parser hook (lxml), not from
+    botocore's parser. With *start_after* (and no token) it begins after
+    that key."""
     params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": PAGE_KEYS}
     if delimiter:
         params["Delimiter"] = delimiter
