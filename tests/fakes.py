@@ -156,9 +156,12 @@ class _FakeClient:
 
     def list_objects_v2(self, Bucket: str, Prefix: str = "", MaxKeys: int = 1000,
                         Delimiter: str | None = None, ContinuationToken: str | None = None,
-                        **_: Any) -> dict[str, Any]:
+                        StartAfter: str | None = None, **_: Any) -> dict[str, Any]:
         self.backend._count_blocking("list_page", Bucket, Prefix)
-        return self.backend._list(Bucket, Prefix, MaxKeys, Delimiter, ContinuationToken)
+        if not self.backend.honours_start_after:
+            StartAfter = None  # as some S3-compatible servers do
+        return self.backend._list(Bucket, Prefix, MaxKeys, Delimiter,
+                                  ContinuationToken or StartAfter)
 
 
 class FakeBackend:
@@ -190,6 +193,7 @@ class FakeBackend:
         self.lean_fallbacks = 0
         self.observer: Callable[[str, float, str | None], None] | None = None
         self.conditional_writes = True
+        self.honours_start_after = True  # False: LISTs answer from the prefix's start
         self.max_threads = 8
         self.resized_to: int | None = None
 

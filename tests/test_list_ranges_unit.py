@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from s3pool.listing.ranges import RANGE_KEYS, NumberedKeys, ranged_pages
+from s3pool.listing.ranges import RANGE_KEYS, NumberedKeys, StartAfterIgnored, ranged_pages
 from s3pool.s3.answers import ListEntry
 
 pytestmark = pytest.mark.unit
@@ -150,3 +150,47 @@ def test_an_error_comes_where_its_range_would_have():
             seen.extend(e.key for e in keys_)
     assert seen == keys[1000:len(seen) + 1000]  # in order up to the failure
     assert seen and seen[-1] < failing_from
+
+
+def test_a_server_that_ignores_start_after_is_found_before_any_page():
+    keys = [f"d/k{i:06d}" for i in range(20_000)]
+    fake = FakeList(keys)
+
+    def ignoring(start_after, token):
+        return fake(None, token)  # StartAfter dropped, as some servers do
+
+    entries, _, _ = ignoring(None, None)
+    numbering = NumberedKeys.of(entries[0].key, entries[-1].key, len(entries))
+    pages = ranged_pages(ignoring, entries[-1].key, numbering)
+    with pytest.raises(StartAfterIgnored):
+        next(pages)
+
+
+@pytest.mark.parametrize("honours", [True, False], ids=["start-after", "start-after-ignored"])
+async def test_a_directory_listed_in_ranges_or_not_is_whole_in_the_index(tmp_path, honours):
+    """Listings over the in-memory S3: a directory of 12,000 numbered keys and
+    a subdirectory, listed cold, then listed again after keys were deleted
+    in several ranges; with a server that ignores StartAfter the LIST goes
+    on one page after the other, and nothing is lost either way."""
+    from fakes import FakeBackend
+    from s3pool.listing.listings import Listings
+    from s3pool.store.layout import Layout
+
+    backend = FakeBackend(buckets=("bkt",))
+    backend.honours_start_after = honours
+    keys = [f"d/k{i:06d}" for i in range(12_000)] + ["d/k006000/x"]
+    for key in keys:
+        backend.put("bkt", key, b"")
+    listings = Listings(Layout.create(str(tmp_path)), backend)
+
+    def names() -> list[str]:
+        return [e.name for e in listings.iter_children("bkt", "d/")]
+
+    await listings.fresh("bkt", "d/", False, 60)
+    want = sorted({key[2:].split("/")[0] for key in keys})
+    assert names() == want
+    for key in ("d/k001000", "d/k007777", "d/k011999"):
+        backend.remove("bkt", key)
+    await listings.fresh("bkt", "d/", False, 0)  # stale at once: listed again
+    assert names() == [n for n in want if n not in ("k001000", "k007777", "k011999")]
+    assert listings.listed_at("bkt", "d/", False) > 0  # recorded as listed whole

@@ -44,7 +44,13 @@ from s3pool.listing.index import (
     prefix_upper,
 )
 from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
-from s3pool.listing.ranges import PAGES_FIRST, NumberedKeys, Page, ranged_pages
+from s3pool.listing.ranges import (
+    PAGES_FIRST,
+    NumberedKeys,
+    Page,
+    StartAfterIgnored,
+    ranged_pages,
+)
 from s3pool.s3.answers import ListEntry
 from s3pool.s3.backend import Backend, translate
 from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
@@ -570,8 +576,12 @@ class Listings:
             if pages == PAGES_FIRST:
                 numbering = NumberedKeys.of(first, hi, seen)
                 if numbering is not None:
-                    yield from ranged_pages(fetch, hi, numbering)
-                    return
+                    try:
+                        yield from ranged_pages(fetch, hi, numbering)
+                        return
+                    except StartAfterIgnored as exc:  # before any page of the ranges
+                        log.info("listing s3://%s/%s one page after the other: %s",
+                                 job.bucket, job.prefix, exc)
 
     def status_lines(self, buckets: Iterable[str]) -> list[tuple[str, Any]]:
         """STATUS: LIST requests sent, and each bucket's listing age (seconds

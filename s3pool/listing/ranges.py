@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from s3pool.errors import BackendError
 from s3pool.s3.answers import ListEntry
 
 # a LIST goes on in ranges only after this many pages one after the other
@@ -99,13 +100,29 @@ class Range:
     ended: bool  # S3 has nothing after the range: later ranges are empty
 
 
+class StartAfterIgnored(BackendError):
+    """The S3 server answered a LIST with StartAfter from before that key."""
+
+
 def list_range(fetch: Fetch, after: str, upper: str | None) -> Range:
     """Blocking: every page of the range (*after*, *upper*], each cut at
-    *upper*; the last covers up to *upper* (None: the prefix's end)."""
+    *upper*; the last covers up to *upper* (None: the prefix's end).
+
+    Each answer is checked: a page must begin after the position the
+    request named (StartAfter, or the last page's end). A server that
+    ignores StartAfter answers from the prefix's start, and a merge of that
+    as the range would delete the range's keys from the index."""
     pages: list[Page] = []
     token: str | None = None
+    begins = after
     while True:
         entries, subdirs, token = fetch(after if token is None else None, token)
+        first = min([e.key for e in entries[:1]] + subdirs[:1], default=None)
+        # a subdirectory holding *begins* may come again (its keys go on after it)
+        if first is not None and first <= begins and not (
+                first in subdirs[:1] and begins.startswith(first)):
+            raise StartAfterIgnored(f"asked for the keys after {begins!r}, S3 answered from "
+                                    f"{first!r}")
         beyond = None
         if upper is not None:
             beyond = min([e.key for e in entries if e.key > upper]
@@ -121,6 +138,7 @@ def list_range(fetch: Fetch, after: str, upper: str | None) -> Range:
             pages.append((entries, subdirs, upper))
             return Range(pages, None, ended=False)
         pages.append((entries, subdirs, last))
+        begins = last
 
 
 def ranged_pages(fetch: Fetch, after: str, numbering: NumberedKeys) -> Iterator[Page]:
@@ -133,7 +151,10 @@ def ranged_pages(fetch: Fetch, after: str, numbering: NumberedKeys) -> Iterator[
     resume far past its end makes the next ones start from there, and
     one that finds nothing after itself stops the cutting (ranges already
     started come back empty). An error is raised where its range's pages
-    would have come; leaving early stops the ranges not begun."""
+    would have come; leaving early stops the ranges not begun. A server
+    that ignores StartAfter is found by the first range: StartAfterIgnored
+    comes before any page, and the caller goes on one page after the other
+    (later, it would be a BackendError)."""
     pool = ThreadPoolExecutor(RANGES_AT_ONCE, thread_name_prefix="s3pool-list-range")
     ahead: deque[Future[Range]] = deque()
     lower = after
@@ -159,7 +180,12 @@ def ranged_pages(fetch: Fetch, after: str, numbering: NumberedKeys) -> Iterator[
         cut()
         covered: str | None = after
         while ahead:
-            done = ahead.popleft().result()
+            try:
+                done = ahead.popleft().result()
+            except StartAfterIgnored as exc:
+                if covered != after:
+                    raise BackendError(f"S3 honoured StartAfter, then did not: {exc}") from None
+                raise
             yield from done.pages
             covered = done.pages[-1][2]
             if done.ended:
