@@ -24,7 +24,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 from s3pool.client import exchange  # noqa: E402
-from s3pool.embedded import INTERNAL_PORTS, free_port, port_is_free  # noqa: E402
+from s3pool.embedded import INTERNAL_PORTS, port_is_free  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -109,6 +109,21 @@ def finishes(fn, timeout: float = 60.0, what: str | None = None):
         raise outcome["error"]
     return outcome["result"]
 
+
+
+def free_port() -> int:
+    """A TCP port free on loopback, below the kernel's ephemeral range
+    (32768 and up). A port the kernel hands out for port 0 is one of that
+    range, and between this check and the daemon's bind an outgoing
+    connection of anything on the machine may take it: CI once saw a daemon
+    exit with 'Address already in use'."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        if port_is_free(port):
+            return port
+    raise AssertionError("no free port")
 
 
 def free_port_block() -> int:

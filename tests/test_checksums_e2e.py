@@ -24,9 +24,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from conftest import fuse_available
+from conftest import free_port, fuse_available
 from fault_proxy import FaultProxy
-from s3pool.embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 

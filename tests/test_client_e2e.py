@@ -392,7 +392,7 @@ def wait_gone(pid: int) -> None:
     ["-p={port}", "-D={home}", "-n=false"],
 ])
 def test_dash_d_returns_once_the_daemon_answers(tmp_path, moto_server, flags):
-    from s3pool.embedded import free_port
+    from conftest import free_port
 
     port = free_port()
     home = tmp_path / "home"
@@ -427,7 +427,7 @@ def test_dash_d_reports_a_failed_start_and_its_exit_code(tmp_path, moto_server):
 
 
 def test_go_flag_forms_of_the_original_and_its_child(tmp_path, moto_server):
-    from s3pool.embedded import free_port
+    from conftest import free_port
 
     port = free_port()
     home = tmp_path / "home"
@@ -488,7 +488,7 @@ def metric(text: str, metric_name: str, **labels: str) -> float:
 
 
 def test_metrics_endpoint_has_the_status_counters_and_latencies(start_daemon, s3, bucket):
-    from s3pool.embedded import free_port
+    from conftest import free_port
 
     port = free_port()
     daemon = start_daemon(args=["--metrics-port", str(port)])
@@ -515,7 +515,7 @@ def test_metrics_endpoint_has_the_status_counters_and_latencies(start_daemon, s3
 
 
 def test_metrics_count_s3_errors_and_are_off_by_default(start_daemon, tmp_path):
-    from s3pool.embedded import free_port
+    from conftest import free_port
 
     dead = free_port()  # nothing listens there: every S3 call fails to connect
     port = free_port()
