@@ -234,6 +234,32 @@ async def test_readdir_lists_buckets_files_and_directories(make_mount, backend):
     assert backend.count("get_object", "get_range") == 0
 
 
+FIELDS = ("st_ino", "generation", "entry_timeout", "attr_timeout", "st_mode", "st_nlink",
+          "st_size", "st_uid", "st_gid", "st_blksize", "st_blocks", "st_atime_ns",
+          "st_mtime_ns", "st_ctime_ns")
+
+
+@pytest.mark.parametrize("settings", [{}, {"mount_writes": True},
+                                      {"mount_writes": True, "mount_umask": 0o027}],
+                         ids=["read-only", "writes", "writes-umask"])
+async def test_readdir_tells_the_kernel_what_lookup_does(make_mount, monkeypatch, settings):
+    """readdir's replies carry attributes (readdirplus): the same, field by
+    field, as a lookup of each name gives (readdir works out what every
+    file shares once per call)."""
+    m = await make_mount(**settings)
+    told: dict[str, pyfuse3.EntryAttributes] = {}
+
+    def keep(token, name, attr, next_id):
+        told[os.fsdecode(name)] = attr
+        return readdir_reply(token, name, attr, next_id)
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", keep)
+    assert await m.listdir("bucket/dir") == ["a.txt", "b.bin", "sub"]
+    for name, attr in told.items():
+        looked = await m.lookup(f"bucket/dir/{name}")
+        assert {f: getattr(attr, f) for f in FIELDS} == {f: getattr(looked, f) for f in FIELDS}
+
+
 async def test_readdir_in_small_calls_resumes_where_the_last_one_ended(make_mount, backend):
     for i in range(30):
         backend.put("bucket", f"many/f{i:02d}", b"x")
