@@ -209,7 +209,7 @@ class S3PoolOperations(pyfuse3.Operations):
     def file_mode(self) -> int:
         """st_mode of every file (mount_writes and mount_umask decide it)."""
         if self.writes.enabled:
-            return stat.S_IFREG | self.writes.mode_of(Node("", "", False))
+            return stat.S_IFREG | self.writes.mode_of(False)
         return stat.S_IFREG | 0o444
 
     def file_attrs(self, inode: int, size: int, mtime: float, entry_timeout: float,
@@ -249,7 +249,7 @@ class S3PoolOperations(pyfuse3.Operations):
         attr.attr_timeout = ATTR_TIMEOUT
         attr.st_mode = stat.S_IFDIR | 0o555
         if self.writes.enabled:  # default_permissions: the kernel checks these
-            attr.st_mode = stat.S_IFDIR | self.writes.mode_of(node)
+            attr.st_mode = stat.S_IFDIR | self.writes.mode_of(True)
         attr.st_nlink = 2
         attr.st_size = 0
         attr.st_uid = self.uid

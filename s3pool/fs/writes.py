@@ -96,10 +96,11 @@ class MountWrites:
 
     # --- what the kernel is told -----------------------------------------
 
-    def mode_of(self, node: Node) -> int:
-        """Permission bits of a node (default_permissions checks them)."""
+    def mode_of(self, is_dir: bool) -> int:
+        """Permission bits of a directory or of a file (default_permissions
+        checks them): the same for every file, and for every directory."""
         umask = int(self.settings.mount_umask)
-        if node.is_dir:
+        if is_dir:
             return 0o777 & ~umask
         return (0o666 if self.settings.mount_overwrite else 0o444) & ~umask
 

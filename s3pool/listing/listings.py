@@ -817,6 +817,7 @@ class Listings:
 
 
 _T = TypeVar("_T")
+_NONE: Any = object()  # no item (fetched_ahead)
 
 
 def fetched_ahead(items: Iterator[_T], more: Callable[[_T], bool] = lambda _: True
@@ -836,9 +837,6 @@ def fetched_ahead(items: Iterator[_T], more: Callable[[_T], bool] = lambda _: Tr
         yield from items  # nothing: lets *items* finish in this thread
         return
     yield from _fetched_ahead(items, first)
-
-
-_NONE: Any = object()
 
 
 def _fetched_ahead(items: Iterator[_T], first: _T) -> Iterator[_T]:

@@ -198,7 +198,7 @@ def ranged_pages(fetch: Fetch, after: str, numbering: NumberedKeys) -> Iterator[
                 if resumed is None:
                     cut_done = True
                     ahead.append(pool.submit(list_range, fetch, lower, None))
-                elif resumed > (seed or 0):
+                elif seed is not None and resumed > seed:
                     seed = resumed
             cut()
         if covered is not None:
