@@ -469,6 +469,8 @@ class Daemon:
             ("s3_errors", self.backend.errors),
             ("s3_lean_gets", self.backend.lean_gets),
             ("s3_lean_fallbacks", self.backend.lean_fallbacks),
+            ("s3_lean_lists", self.backend.lean_lists),
+            ("s3_lean_list_fallbacks", self.backend.lean_list_fallbacks),
             ("open_connections", self.server.open_connections),
             ("connection_cap", self.server.connection_cap),
             ("descriptor_limit", self.descriptor_limit),

@@ -191,11 +191,17 @@ class FakeBackend:
         self.errors = 0
         self.lean_gets = 0
         self.lean_fallbacks = 0
+        self.lean_lists = 0
+        self.lean_list_fallbacks = 0
         self.observer: Callable[[str, float, str | None], None] | None = None
         self.conditional_writes = True
         self.honours_start_after = True  # False: LISTs answer from the prefix's start
         self.max_threads = 8
         self.resized_to: int | None = None
+
+    def list_objects_v2(self, **params: Any) -> dict[str, Any]:
+        """One LIST page, as Backend.list_objects_v2 (through the fake client)."""
+        return self.client.list_objects_v2(**params)
 
     # --- seeding and reading back (not counted) ----------------------------
 

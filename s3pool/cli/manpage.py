@@ -421,11 +421,12 @@ def s3pool_page() -> str:
         "Credentials and region, from the standard AWS chain. With none of these and no "
         "endpoint, \\fB\\-\\-embedded\\-s3 auto\\fR starts a local demo S3.",
         ".TP", "\\fBS3POOL_LEAN_GET\\fR",
-        "0 sends every object GET through boto3. By default GETs are signed by botocore's "
-        "SigV4 signer and sent on keep-alive connections of s3pool's own (framed by "
-        "Python's http.client), and only what is not a plain answer "
-        "(an error, a redirect, a failed connection) goes through boto3 (STATUS "
-        "s3_lean_gets, s3_lean_fallbacks). Either way every answer is checked before a "
+        "0 sends every object GET and LIST through boto3. By default GETs and LIST pages "
+        "are signed by botocore's SigV4 signer and sent on keep-alive connections of "
+        "s3pool's own (framed by Python's http.client), and only what is not a plain answer "
+        "(an error, a redirect, a failed connection, a LIST body s3pool's parser does not "
+        "read) goes through boto3 (STATUS s3_lean_gets, s3_lean_fallbacks, s3_lean_lists, "
+        "s3_lean_list_fallbacks). Either way every answer is checked before a "
         "byte of it is used (see download_stall_timeout for the deadline of each request).",
         ".SH SIGNALS",
         "SIGINT and SIGTERM unmount the FUSE view, finish the current replies, flush the access "

@@ -890,9 +890,9 @@ def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
               ) -> tuple[list[ListEntry], list[str], str | None]:
     """Blocking: one LIST request of up to 1,000 entries under *prefix*:
     (keys, subdirectories (with *delimiter*), the next page's token or None).
-    The entries come from the backend's parser hook (lxml), not from
-    botocore's parser. With *start_after* (and no token) it begins after
-    that key."""
+    The entries come from s3pool's parser (lxml), not from botocore's,
+    and the request goes on the backend's lean path where it answers.
+    With *start_after* (and no token) it begins after that key."""
     params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": PAGE_KEYS}
     if delimiter:
         params["Delimiter"] = delimiter
@@ -901,7 +901,7 @@ def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
     elif start_after:
         params["StartAfter"] = start_after
     try:
-        resp = backend.client.list_objects_v2(**params)
+        resp = backend.list_objects_v2(**params)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise translate(exc, bucket) from exc
     entries = resp.get(FAST_ENTRIES)

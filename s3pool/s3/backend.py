@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import boto3
 import boto3.exceptions
@@ -59,7 +59,7 @@ from s3pool.s3.lean import (
     LeanGets,
     bytes_behind,
 )
-from s3pool.s3.listparse import FAST_ENTRIES, install_listing_parser
+from s3pool.s3.listparse import FAST_ENTRIES, install_listing_parser, read_page
 from s3pool.s3.progress import Progress, Transfer
 from s3pool.store.files import write_all
 
@@ -78,6 +78,9 @@ _HEADER_OF = {"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match", "Range": "R
 
 
 # operations whose requests have a deadline (uploads send for as long as they send)
+# ListObjectsV2 parameters -> their query names (the lean path)
+_LIST_QUERY = {"Bucket": "", "Prefix": "prefix", "Delimiter": "delimiter", "MaxKeys": "max-keys",
+               "ContinuationToken": "continuation-token", "StartAfter": "start-after"}
 _DEADLINED = {"GetObject", "HeadObject", "HeadBucket", "ListObjectsV2", "ListObjects"}
 
 
@@ -274,6 +277,8 @@ class Backend:
         self.max_threads = max_threads
         self.lean_gets = 0  # GETs sent on the lean path (s3http)
         self.lean_fallbacks = 0  # ... and those it handed back to boto3
+        self.lean_lists = 0  # LIST pages read on the lean path
+        self.lean_list_fallbacks = 0  # ... and those it handed back to boto3
         self.stopping = threading.Event()  # set at shutdown: worker threads give up
         # every S3 request in flight (STATUS) and its deadline (set from the settings)
         self.requests = S3Requests(self.stopping)
@@ -688,6 +693,37 @@ class Backend:
             lambda: self.client.head_object(Bucket=bucket, Key=key), bucket=bucket, key=key
         )
         return meta_from_response(resp)
+
+    def list_objects_v2(self, **params: Any) -> dict[str, Any]:
+        """Blocking: one ListObjectsV2 page (boto3's parameters), in the shape
+        boto3 returns it with the fast parser (FAST_ENTRIES, FAST_PREFIXES,
+        IsTruncated, NextContinuationToken): on the lean path when it
+        answers, else boto3's. Errors are botocore's either way."""
+        lean = self.lean
+        bucket = params["Bucket"]
+        if lean is not None and set(params) <= set(_LIST_QUERY):
+            query = {"list-type": "2", "encoding-type": "url"}
+            query.update((_LIST_QUERY[name], str(value)) for name, value in params.items()
+                         if name != "Bucket")
+            started = time.perf_counter()
+            url = f"s3://{bucket}/{params.get('Prefix', '')}"
+            request = self.requests.begin("ListObjectsV2", url)
+            try:
+                page = read_page(lean.list_body(bucket, query, request))
+                if page is None:
+                    raise Fallback("not a listing the fast parser reads")
+            except Fallback as exc:
+                with self._errors_lock:
+                    self.lean_list_fallbacks += 1
+                log.debug("LIST s3://%s through boto3: %s", bucket, exc)
+            else:
+                with self._errors_lock:
+                    self.lean_lists += 1
+                observer = self.observer
+                if observer is not None:
+                    observer("ListObjectsV2", time.perf_counter() - started, None)
+                return page
+        return cast(dict[str, Any], self.client.list_objects_v2(**params))
 
     async def first_keys(self, bucket: str, prefix: str, limit: int) -> list[ListEntry]:
         """Up to *limit* keys starting with *prefix*, in key order (one LIST request)."""

@@ -84,6 +84,7 @@ _PLAIN = {200, 206, NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED, RANGE_NOT_SATI
 # statuses that say this bucket wants something botocore knows how to do
 _LEAVE_BUCKET = {301, 307, 400, 403}
 MAX_ERROR_BODY = 64 << 10  # bytes of an error document read (more: the connection is closed)
+MAX_LIST_BODY = 16 << 20  # a LIST answer longer than this is boto3's to read
 DRAIN = 64 << 10  # an unread rest up to this is read so the connection can be reused
 MAX_INTERIM = 8  # interim (1xx) answers skipped before an answer, at most
 RECV = 256 << 10  # bytes asked of one socket read of a body (as the own reader did)
@@ -457,35 +458,13 @@ class LeanGets:
 
     def _get(self, bucket: str, key: str, headers: dict[str, str], request: Any
              ) -> tuple[int, dict[str, Any] | None]:
-        prefix = self._prefix(bucket)
-        if prefix is None:
-            raise Fallback(f"bucket {bucket} is left to boto3")
-        origin, host, path_prefix, pool = prefix
         try:
-            path = path_prefix + quote(key.encode("utf-8"), safe="/~")
+            path = quote(key.encode("utf-8"), safe="/~")
         except UnicodeEncodeError:
             raise Fallback("key not UTF-8") from None
-        credentials = self.credentials.get_frozen_credentials()
-        signed = AWSRequest("GET", origin + path, headers={
-            "Host": host, "x-amz-checksum-mode": "ENABLED", **headers})
-        S3SigV4Auth(credentials, "s3", self.region).add_auth(signed)
-        fields = [*signed.headers.items(), ("Accept-Encoding", "identity"),
-                  ("User-Agent", "s3pool")]
-        try:
-            conn, resp = self._exchange(pool, path, fields, request)
-        except TLSFailed as exc:
-            log.info("no TLS connection for lean GETs in bucket %s (%s): boto3 makes its "
-                     "GETs from now on", bucket, exc)
-            self.leave_bucket(bucket)
-            raise
+        conn, resp, pool = self._send(bucket, path, {"x-amz-checksum-mode": "ENABLED",
+                                                     **headers}, _PLAIN, request)
         status = resp.status
-        if status not in _PLAIN:
-            _let_go(conn, resp, pool)
-            if status in _LEAVE_BUCKET:
-                log.info("S3 answered %d to a lean GET in bucket %s: boto3 makes its GETs "
-                         "from now on", status, bucket)
-                self.leave_bucket(bucket)
-            raise Fallback(f"status {status}")
         if status in (NOT_MODIFIED, PRECONDITION_FAILED, RANGE_NOT_SATISFIABLE):
             _let_go(conn, resp, pool)
             return status, None
@@ -521,6 +500,90 @@ class LeanGets:
             request.answered(length)
         result["Body"] = LeanBody(conn, resp, pool, length, request)
         return status, result
+
+    def list_body(self, bucket: str, query: dict[str, str], request: Any = None) -> bytes:
+        """The body of a 200 answer to a GET of the bucket itself with *query*
+        (a ListObjectsV2 page: list-type, prefix, delimiter, continuation-token...;
+        the caller reads the XML). Raises :class:`Fallback` for any other
+        answer (boto3 asks again, retries and translates errors),
+        :class:`BadAnswer` for a body its framing does not match. *request*
+        (an S3Request) is given the socket and the bytes, and ended."""
+        try:
+            # the query as SigV4 signs it: sorted, every byte but the unreserved encoded
+            path = "?" + "&".join(f"{name}={quote(value.encode('utf-8'), safe='~')}"
+                                  for name, value in sorted(query.items()))
+        except UnicodeEncodeError:
+            raise Fallback("prefix not UTF-8") from None
+        try:
+            conn, resp, pool = self._send(bucket, path, {}, {200}, request)
+            try:
+                length = _content_length(resp.headers)
+                if length is not None and length > MAX_LIST_BODY:
+                    raise Fallback(f"a LIST answer of {length} bytes")
+                if length is None:  # chunked, or up to the close: http.client's framing
+                    data = resp.read(MAX_LIST_BODY + 1)
+                    if len(data) > MAX_LIST_BODY:
+                        raise Fallback("a LIST answer too long")
+                else:
+                    data = _read_exactly(resp, length, request)
+                if request is not None:
+                    request.add(len(data))
+                if length is not None and bytes_behind(resp, resp.s3pool_sock):
+                    raise BadAnswer("bytes behind a LIST answer's last byte: it is longer "
+                                    "than its Content-Length")
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                conn.close()
+                if request is not None and request.expired is not None:
+                    raise BadAnswer(f"S3 request ended: {request.expired}") from None
+                raise Fallback(f"reading a LIST answer failed: {exc!r}") from None
+            except BaseException:
+                conn.close()
+                raise
+            resp.close()
+            if resp.will_close:
+                conn.close()
+            else:
+                pool.give(conn)
+            return data
+        finally:
+            if request is not None:
+                request.end()
+
+    def _send(self, bucket: str, path: str, headers: dict[str, str], wanted: set[int],
+              request: Any) -> tuple[http.client.HTTPConnection, _Response, _Pool]:
+        """Sign and send a GET of *path* (percent-encoded, after the bucket's
+        own path) in *bucket*, and read the answer's head: a status of
+        *wanted* comes back with its connection, any other is read away and
+        raises :class:`Fallback` (one that says the bucket wants what
+        botocore does leaves the bucket to boto3)."""
+        prefix = self._prefix(bucket)
+        if prefix is None:
+            raise Fallback(f"bucket {bucket} is left to boto3")
+        origin, host, path_prefix, pool = prefix
+        # a key goes after the bucket's path ("/bucket/" or "/"), a query after
+        # the bucket itself ("/bucket" or "/"), as botocore writes them
+        path = (path_prefix[:-1] or "/") + path if path.startswith("?") else path_prefix + path
+        credentials = self.credentials.get_frozen_credentials()
+        signed = AWSRequest("GET", origin + path, headers={"Host": host, **headers})
+        S3SigV4Auth(credentials, "s3", self.region).add_auth(signed)
+        fields = [*signed.headers.items(), ("Accept-Encoding", "identity"),
+                  ("User-Agent", "s3pool")]
+        try:
+            conn, resp = self._exchange(pool, path, fields, request)
+        except TLSFailed as exc:
+            log.info("no TLS connection for lean requests in bucket %s (%s): boto3 makes "
+                     "its GETs from now on, and its LISTs", bucket, exc)
+            self.leave_bucket(bucket)
+            raise
+        status = resp.status
+        if status not in wanted:
+            _let_go(conn, resp, pool)
+            if status in _LEAVE_BUCKET:
+                log.info("S3 answered %d to a lean request in bucket %s: boto3 makes its "
+                         "GETs from now on, and its LISTs", status, bucket)
+                self.leave_bucket(bucket)
+            raise Fallback(f"status {status}")
+        return conn, resp, pool
 
     @staticmethod
     def _exchange(pool: _Pool, path: str, fields: list[tuple[str, str]], request: Any
@@ -559,6 +622,22 @@ class LeanGets:
                     continue
                 raise Fallback(f"no answer: {exc!r}") from None
             return conn, resp
+
+
+def _read_exactly(resp: http.client.HTTPResponse, length: int, request: Any) -> bytes:
+    """The *length* bytes of a body, read so that http.client keeps the
+    connection's buffer (bytes_behind looks at it after the last one);
+    Fallback if the connection ends before."""
+    parts: list[bytes] = []
+    left = length
+    while left:
+        data = resp.read1(min(left, RECV))
+        if not data:
+            raise Fallback(f"a LIST answer cut at {length - left} of {length} bytes"
+                           f"{_ended(request)}")
+        parts.append(data)
+        left -= len(data)
+    return b"".join(parts)
 
 
 def tls_context(verify: bool | str) -> ssl.SSLContext:

@@ -73,15 +73,48 @@ def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: 
     """
     if response_dict.get("status_code") != 200:
         return
-    try:
-        root = etree.fromstring(response_dict["body"], parser=_parser())
-    except (etree.XMLSyntaxError, ValueError, TypeError, KeyError):
+    read = _read(response_dict.get("body"))
+    if read is None:
         return
+    entries, prefixes, fields = read
+    customized_response_dict[FAST_PREFIXES] = prefixes
+    kept = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in fields.items())
+    response_dict["body"] = f"<ListBucketResult>{kept}</ListBucketResult>".encode()
+    customized_response_dict[FAST_ENTRIES] = entries
+
+
+def read_page(body: bytes) -> dict[str, Any] | None:
+    """A ListObjectsV2 answer's body read into the shape list_objects_v2
+    returns with the fast parser's hook (FAST_ENTRIES, FAST_PREFIXES,
+    IsTruncated, NextContinuationToken...); None if it is not a listing
+    this parser reads (an ``<Error>``, a DTD, a cut or malformed body):
+    boto3 is to ask again."""
+    read = _read(body)
+    if read is None:
+        return None
+    entries, prefixes, fields = read
+    page: dict[str, Any] = {FAST_ENTRIES: entries, FAST_PREFIXES: prefixes}
+    for name, value in fields.items():
+        page[name] = value
+    truncated = fields.get("IsTruncated")
+    if truncated not in ("true", "false"):
+        return None  # botocore would read a missing or odd flag as false: not guessed here
+    page["IsTruncated"] = truncated == "true"
+    return page
+
+
+def _read(body: Any) -> tuple[list[ListEntry], list[str], dict[str, str]] | None:
+    """(entries, common prefixes, the paging fields by name) of a listing's
+    XML, or None if it is not one this parser reads."""
+    try:
+        root = etree.fromstring(body, parser=_parser())
+    except (etree.XMLSyntaxError, ValueError, TypeError):
+        return None
     if root is None or not isinstance(root.tag, str) or root.getroottree().docinfo.doctype:
-        return  # no element, or a DTD: S3 sends none
+        return None  # no element, or a DTD: S3 sends none
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     if root.tag != f"{ns}ListBucketResult":
-        return  # an <Error> in a 200 answer: botocore's check makes it one
+        return None  # an <Error> in a 200 answer: botocore's check makes it one
     encoded = root.findtext(f"{ns}EncodingType") == "url"
     paths = _paths(ns)
     try:
@@ -89,17 +122,12 @@ def parse_listing_fast(response_dict: dict[str, Any], customized_response_dict: 
         if entries is None:
             entries = _by_items(root, ns, encoded)
     except ValueError:
-        return
+        return None
     # a delimiter LIST's subdirectories (listing/listings.py's directory listings)
-    customized_response_dict[FAST_PREFIXES] = [
-        unquote_plus(text) if encoded else text for text in paths.prefixes(root) if text]
-    kept = "".join(
-        f"<{name}>{escape(value)}</{name}>"
-        for name in _KEEP_FOR_BOTOCORE
-        if (value := root.findtext(f"{ns}{name}")) is not None
-    )
-    response_dict["body"] = f"<ListBucketResult>{kept}</ListBucketResult>".encode()
-    customized_response_dict[FAST_ENTRIES] = entries
+    prefixes = [unquote_plus(text) if encoded else text for text in paths.prefixes(root) if text]
+    fields = {name: value for name in _KEEP_FOR_BOTOCORE
+              if (value := root.findtext(f"{ns}{name}")) is not None}
+    return entries, prefixes, fields
 
 
 # lxml's parsers are not to be shared between threads: one each
