@@ -45,6 +45,7 @@ from s3pool.s3.answers import ListEntry  # noqa: E402
 from s3pool.s3.listparse import FAST_ENTRIES, parse_listing_fast  # noqa: E402
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+SMALL_DIR = 100  # keys of the directory whose LIST pages bench_page_cpu times
 
 
 def page_xml(n: int = 1000, prefix: str = "flat/") -> bytes:
@@ -221,6 +222,9 @@ def bench_e2e(keys: int, runs: int, latency_ms: float) -> None:
         with ThreadPoolExecutor(32) as pool:
             list(pool.map(lambda i: client.put_object(Bucket="manykeys", Key=f"flat/k{i:07d}",
                                                       Body=b""), range(keys)))
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(lambda i: client.put_object(Bucket="manykeys", Key=f"small/k{i:03d}",
+                                                      Body=b""), range(SMALL_DIR)))
         print(f"put {keys} keys in {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
         def boto3_list() -> int:
@@ -242,6 +246,7 @@ def bench_e2e(keys: int, runs: int, latency_ms: float) -> None:
                 if token is None:
                     return count
 
+        bench_page_cpu(backend, runs)
         boto_times: list[float] = []
         ours: list[float] = []
         ls_times: list[float] = []
@@ -294,6 +299,34 @@ def bench_e2e(keys: int, runs: int, latency_ms: float) -> None:
         if relay is not None:
             relay.stop()
         server.stop()
+
+
+def bench_page_cpu(backend, runs: int, pages: int = 300) -> None:
+    """CPU of this thread per LIST page of a SMALL_DIR-key directory (what
+    each directory of a find costs): through boto3 (botocore signs, sends
+    and runs its hooks; s3pool's parser reads the page) and on the lean
+    path (s3pool/s3/lean.py list_body and listparse.read_page)."""
+    from s3pool.listing.listings import list_page
+
+    lean = backend.lean
+    results: dict[str, list[float]] = {"boto3": [], "lean": []}
+    for _ in range(runs):
+        for name, path in (("boto3", None), ("lean", lean)):
+            backend.lean = path
+            list_page(backend, "manykeys", "small/", "/", None)  # connections open
+            started = time.thread_time()
+            for _ in range(pages):
+                entries, _, _ = list_page(backend, "manykeys", "small/", "/", None)
+                assert len(entries) == SMALL_DIR
+            results[name].append((time.thread_time() - started) / pages * 1e3)
+    backend.lean = lean
+    base = statistics.median(results["boto3"])
+    print_table(f"CPU per LIST page of {SMALL_DIR} keys, one thread (median of {runs} x "
+                f"{pages} pages)", ["path", "ms of CPU per page", "ratio to boto3"],
+                [["boto3 list_objects_v2 with s3pool's parser hook (baseline)", f"{base:.2f}",
+                  "1.00"],
+                 ["lean path: list_body + read_page", f"{statistics.median(results['lean']):.2f}",
+                  f"{statistics.median(results['lean']) / base:.2f}"]])
 
 
 def main() -> None:

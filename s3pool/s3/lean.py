@@ -1,4 +1,4 @@
-"""GETs of objects without botocore's per-call machinery.
+"""GETs of objects and LIST pages without botocore's per-call machinery.
 
 A boto3 ``get_object`` spends about 2 ms of CPU per call in Python
 (parameter validation, endpoint rules, a dozen event hooks, response
@@ -33,7 +33,14 @@ answered with something unusual (a redirect, 400, 403) is left to boto3
 from then on. A connection goes back to the pool only when its body was
 read to the end; a body closed early closes its connection.
 
-Each GET is an :class:`~s3pool.s3.inflight.S3Request` (when the caller
+A LIST page (:meth:`LeanGets.list_body`) is a GET of the bucket with the
+ListObjectsV2 query, signed and framed the same way; only a 200 is
+answered here, its body read whole (up to ``MAX_LIST_BODY``) for the
+caller's parser, which hands anything but a listing back to boto3 too
+(backend.py ``list_objects_v2``). A boto3 LIST costs about twice the CPU
+(bench/RESULTS.md, Listings).
+
+Each request is an :class:`~s3pool.s3.inflight.S3Request` (when the caller
 gives one): its socket is attached to it, so the deadline watchdog can end
 a trickling answer wherever it is.
 """
