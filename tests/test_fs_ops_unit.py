@@ -26,7 +26,7 @@ import trio
 from fakes import FakeBackend
 from s3pool.cache import Cache
 from s3pool.errors import BackendError
-from s3pool.fs.nodes import ROOT
+from s3pool.fs.nodes import ROOT, inode_for, inodes_in
 from s3pool.fs.ops import S3PoolOperations
 from s3pool.settings import Settings
 from s3pool.store.layout import Layout
@@ -247,17 +247,18 @@ async def test_readdir_tells_the_kernel_what_lookup_does(make_mount, monkeypatch
     field, as a lookup of each name gives (readdir works out what every
     file shares once per call)."""
     m = await make_mount(**settings)
-    told: dict[str, pyfuse3.EntryAttributes] = {}
+    told: dict[str, dict[str, Any]] = {}
 
     def keep(token, name, attr, next_id):
-        told[os.fsdecode(name)] = attr
+        told[os.fsdecode(name)] = {f: getattr(attr, f) for f in FIELDS}  # copied, as pyfuse3 does
         return readdir_reply(token, name, attr, next_id)
 
     monkeypatch.setattr(pyfuse3, "readdir_reply", keep)
     assert await m.listdir("bucket/dir") == ["a.txt", "b.bin", "sub"]
-    for name, attr in told.items():
+    assert len({fields["st_ino"] for fields in told.values()}) == 3
+    for name, fields in told.items():
         looked = await m.lookup(f"bucket/dir/{name}")
-        assert {f: getattr(attr, f) for f in FIELDS} == {f: getattr(looked, f) for f in FIELDS}
+        assert fields == {f: getattr(looked, f) for f in FIELDS}
 
 
 async def test_readdir_in_small_calls_resumes_where_the_last_one_ended(make_mount, backend):
@@ -460,3 +461,15 @@ async def test_unlink_deletes_on_s3_only_with_mount_delete(make_mount, backend):
     assert await m.errno_of(m.ops.lookup, bucket.st_ino, b"top.txt") == errno.ENOENT
     assert m.store.lookup("bucket", "top.txt") is None  # the cached copy went too
     assert await m.errno_of(m.ops.unlink, bucket.st_ino, b"top.txt", Ctx()) == errno.ENOENT
+
+
+@pytest.mark.parametrize("bucket,dir_prefix", [("bucket", ""), ("bucket", "dir/"),
+                                               ("b", "été/中文 x/"), ("b", "bad\udcff/")])
+def test_inodes_in_a_directory_are_inode_for(bucket, dir_prefix):
+    """readdir numbers a directory's entries with the directory's part hashed
+    once: the same numbers as inode_for (lookup, getattr, forget use it)."""
+    of = inodes_in(bucket, dir_prefix)
+    for name in ("a", "a.txt", "ü", "x\udcfey", "sub"):
+        for is_dir in (False, True):
+            assert of(name, is_dir) == inode_for(bucket, dir_prefix + name, is_dir)
+    assert of("a", False) != of("a", True)

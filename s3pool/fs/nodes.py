@@ -28,6 +28,23 @@ def inode_for(bucket: str, path: str, is_dir: bool) -> int:
     return ino if ino > ROOT else ino + 2
 
 
+def inodes_in(bucket: str, dir_prefix: str) -> Callable[[str, bool], int]:
+    """inode_for of the names of one directory (``inodes_in(b, p)(name,
+    is_dir) == inode_for(b, p + name, is_dir)``), the directory's part
+    hashed once: readdir asks it for every entry."""
+    base = hashlib.blake2b(f"{bucket}\0{dir_prefix}".encode("utf-8", "surrogateescape"),
+                           digest_size=8)
+    mask = (1 << 63) - 1
+
+    def of(name: str, is_dir: bool) -> int:
+        digest = base.copy()
+        digest.update((name + ("\0d" if is_dir else "\0f")).encode("utf-8", "surrogateescape"))
+        ino = int.from_bytes(digest.digest(), "little") & mask
+        return ino if ino > ROOT else ino + 2
+
+    return of
+
+
 @dataclass
 class Node:
     bucket: str  # '' for the root

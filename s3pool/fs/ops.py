@@ -45,7 +45,7 @@ from s3pool.errors import (
     S3PoolError,
     VersionChanged,
 )
-from s3pool.fs.nodes import ROOT, Node, inode_for
+from s3pool.fs.nodes import ROOT, Node, inode_for, inodes_in
 from s3pool.fs.prefetch import Prefetcher
 from s3pool.fs.writes import MountWrites
 
@@ -521,7 +521,10 @@ class S3PoolOperations(pyfuse3.Operations):
         job = handle.job
         replied = 0
         bucket, dir_prefix = node.bucket, node.dir_prefix
-        timeout, file_mode = self.entry_timeout(), self.file_mode()
+        inode_of = inodes_in(bucket, dir_prefix)
+        # one attributes object for every file of this call: readdir_reply
+        # copies it into the reply; what differs is set for each file
+        file_attrs = self.file_attrs(0, 0, 0.0, self.entry_timeout(), self.file_mode())
         while True:
             entry = handle.pending
             if entry is None:
@@ -553,11 +556,17 @@ class S3PoolOperations(pyfuse3.Operations):
                 continue
             assert entry is not None
             child = self._entry_node(bucket, dir_prefix, entry)
-            inode = inode_for(bucket, child.path, child.is_dir)
-            attrs = self.attrs(inode, child) if child.is_dir else self.file_attrs(
-                inode, child.size, child.mtime, timeout, file_mode)
-            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs,
-                                         handle.position + 1):
+            inode = inode_of(entry.name, entry.is_dir)
+            if entry.is_dir:
+                attrs = self.attrs(inode, child)
+            else:
+                attrs = file_attrs
+                attrs.st_ino = inode
+                attrs.st_size = entry.size
+                attrs.st_blocks = (entry.size + 511) // 512
+                attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = int(entry.mtime * 1e9)
+            if not pyfuse3.readdir_reply(token, entry.name.encode("utf-8", "surrogateescape"),
+                                         attrs, handle.position + 1):
                 handle.pending = entry  # did not fit: first in the next call
                 return
             handle.pending = None

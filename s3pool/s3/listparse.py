@@ -124,7 +124,7 @@ def _read(body: Any) -> tuple[list[ListEntry], list[str], dict[str, str]] | None
     except ValueError:
         return None
     # a delimiter LIST's subdirectories (listing/listings.py's directory listings)
-    prefixes = [unquote_plus(text) if encoded else text for text in paths.prefixes(root) if text]
+    prefixes = [_decoded(text) if encoded else text for text in paths.prefixes(root) if text]
     fields = {name: value for name in _KEEP_FOR_BOTOCORE
               if (value := root.findtext(f"{ns}{name}")) is not None}
     return entries, prefixes, fields
@@ -184,7 +184,7 @@ def _by_columns(root: Any, paths: _Paths, encoded: bool) -> list[ListEntry] | No
         mtime = times.get(stamp)
         if mtime is None:
             mtime = times[stamp] = _timestamp(stamp)
-        entries.append(ListEntry(unquote_plus(key) if encoded else key, int(size), mtime, etag))
+        entries.append(ListEntry(_decoded(key) if encoded else key, int(size), mtime, etag))
     return entries
 
 
@@ -206,9 +206,16 @@ def _by_items(root: Any, ns: str, encoded: bool) -> list[ListEntry]:
                 stamp = child.text or ""
             elif tag == etag_tag:
                 etag = child.text or ""
-        entries.append(ListEntry(unquote_plus(key) if encoded else key, int(size),
+        entries.append(ListEntry(_decoded(key) if encoded else key, int(size),
                                  _timestamp(stamp), etag))
     return entries
+
+
+def _decoded(text: str) -> str:
+    """A name of a listing asked with encoding-type=url: most have nothing
+    to decode, and the test is cheaper than unquote_plus (a tenth of a
+    listing's CPU when it ran on every key)."""
+    return unquote_plus(text) if "%" in text or "+" in text else text
 
 
 def _timestamp(text: str) -> float:
