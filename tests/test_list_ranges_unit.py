@@ -9,6 +9,7 @@ real LISTs over moto are in test_listing_freshness_e2e.py."""
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 
 import pytest
@@ -191,6 +192,13 @@ async def test_a_directory_listed_in_ranges_or_not_is_whole_in_the_index(tmp_pat
     assert names() == want
     for key in ("d/k001000", "d/k007777", "d/k011999"):
         backend.remove("bkt", key)
+    asked = backend.calls["list_page"]
     await listings.fresh("bkt", "d/", False, 0)  # stale at once: listed again
     assert names() == [n for n in want if n not in ("k001000", "k007777", "k011999")]
     assert listings.listed_at("bkt", "d/", False) > 0  # recorded as listed whole
+    if not honours:
+        # the server was found out by the first LIST: no range is asked of it again
+        assert backend.calls["list_page"] - asked == math.ceil(len(names()) / 1000)
+        assert listings.start_after_ignored == {"bkt"}
+    else:
+        assert not listings.start_after_ignored

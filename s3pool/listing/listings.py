@@ -192,6 +192,9 @@ class Listings:
         self.nursery: trio.Nursery | None = None
         self.list_requests = 0  # LIST requests (pages) sent, for STATUS
         self._count_lock = threading.Lock()
+        # buckets whose server answered a LIST with StartAfter from before that
+        # key (ranges.py): listed one page after the other, not in ranges
+        self.start_after_ignored: set[str] = set()
         # look aheads LIST this many directories at a time, in the order asked
         self.ahead_limiter = trio.CapacityLimiter(LOOK_AHEAD_AT_ONCE)
         self._last_job: dict[str, float] = {}  # bucket -> when its last LIST of a part began
@@ -573,15 +576,17 @@ class Listings:
             if pages == 1:
                 first = min(entries[0].key if entries else hi, subdirs[0] if subdirs else hi)
             seen += len(entries) + len(subdirs)
-            if pages == PAGES_FIRST:
+            if pages == PAGES_FIRST and job.bucket not in self.start_after_ignored:
                 numbering = NumberedKeys.of(first, hi, seen)
                 if numbering is not None:
                     try:
                         yield from ranged_pages(fetch, hi, numbering)
                         return
                     except StartAfterIgnored as exc:  # before any page of the ranges
-                        log.info("listing s3://%s/%s one page after the other: %s",
-                                 job.bucket, job.prefix, exc)
+                        self.start_after_ignored.add(job.bucket)
+                        log.info("listing s3://%s/%s one page after the other, and every "
+                                 "LIST of the bucket from now on: %s", job.bucket, job.prefix,
+                                 exc)
 
     def status_lines(self, buckets: Iterable[str]) -> list[tuple[str, Any]]:
         """STATUS: LIST requests sent, and each bucket's listing age (seconds
