@@ -488,3 +488,87 @@ def test_a_host_starting_on_an_empty_tier_asks_it_one_object_at_a_time(
     assert status["shared_cache_cold_skips"] == "0", status
     assert _origin_gets(moto_server, bucket, objects) == count  # none more
     _pull_all(second, bucket, objects)
+
+
+def _uploads_settled(daemon, count: int) -> dict[str, str]:
+    """Every one of *count* uploads written, kept or skipped, none queued: STATUS."""
+    def settled() -> bool:
+        status = daemon.status()
+        return sum(int(status[f"shared_cache_{name}"]) for name in (
+            "uploads", "uploads_kept", "uploads_skipped", "upload_failures")) >= count \
+            and status["shared_cache_uploads_queued_bytes"] == "0"
+    wait_until(settled, 300, f"{count} uploads to the tier settled by {daemon.home}")
+    return daemon.status()
+
+
+def test_a_working_set_above_the_old_upload_bound_reaches_the_tier_whole(
+        start_daemon, moto_server, s3, bucket, tier, tmp_path):
+    """One PULL of 576 MiB (36 objects of 16 MiB): the host fetches the whole
+    time, so every upload is still queued when the last object is installed.
+    The old code skipped every upload past 512 MiB queued (UPLOAD_BYTES), so the
+    tier lacked the last objects and every other host read them from the
+    origin. A queued upload is a record now (its bytes stay in the cache file):
+    all 36 reach the tier, and a second host reads every one from it."""
+    count, size = 36, 16 << 20
+    assert count * size > 512 << 20  # the old bound on queued bytes
+    base = os.urandom(size)
+    sums = {}
+    for i in range(count):
+        key = f"backlog/{i:02d}.bin"
+        body = i.to_bytes(4, "big") + base[4:]  # an ETag of its own
+        sums[key] = _sha(body)
+        s3.put_object(Bucket=bucket, Key=key, Body=body)  # one PUT: an MD5 ETag
+    del base, body
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    first = start_daemon(home=tmp_path / "a", args=args)
+    first.ok("PULL", bucket, *sums)
+    status = _uploads_settled(first, count)
+    assert (status["shared_cache_uploads"], status["shared_cache_uploads_skipped"],
+            status["shared_cache_upload_failures"]) == (str(count), "0", "0"), status
+    listed = tier.client().list_objects_v2(Bucket=tier_bucket, Prefix="fleet/")
+    assert listed["KeyCount"] == count
+
+    gets = _origin_gets(moto_server, bucket, sums)
+    assert gets == count * 2  # the first host's: two parts of 8 MiB each
+    second = start_daemon(home=tmp_path / "b", args=args)
+    paths = second.ok("PULL", bucket, *sums)
+    assert _origin_gets(moto_server, bucket, sums) == gets, "the second host read the origin"
+    status = second.status()
+    assert status["shared_cache_hits"] == str(count), status
+    assert status["shared_cache_bytes_from_origin"] == "0", status
+    assert int(status["shared_cache_bytes_from_tier"]) == count * size, status
+    for key, path in zip(sums, paths, strict=True):
+        with open(path, "rb") as f:
+            assert _sha(f.read()) == sums[key], key
+    assert second.stop() == 0, second.log_text()
+
+
+def test_a_tier_missing_a_run_of_objects_is_still_asked_for_the_rest(
+        start_daemon, moto_server, s3, bucket, tier, tmp_path):
+    """The tier holds most of a working set but not a run of more than
+    COLD_MISSES objects in its middle (another host's set was smaller, or the
+    engine's expiry took some). A host PULLing the set one object after the
+    other misses that run: the old code then paused the tier (COLD_SECONDS)
+    and read the objects after the run from the origin, though the tier had
+    them. Only a tier that has not served this host yet is paused that soon."""
+    keys = [f"run/{i:02d}.bin" for i in range(40)]
+    objects = {key: os.urandom(2000 + 31 * i) for i, key in enumerate(keys)}
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    missing = set(keys[10:10 + COLD_MISSES + 4])
+    held = {key: body for key, body in objects.items() if key not in missing}
+    tier_bucket = _new_tier_bucket(tier)
+    args = _tier_args(tier, tier_bucket)
+    first = start_daemon(home=tmp_path / "a", args=args)
+    _seed(first, bucket, held)
+
+    second = start_daemon(home=tmp_path / "b", args=args)
+    before = {key: moto_server.app.gets(bucket, key) for key in keys}
+    _pull_all(second, bucket, objects)  # one PULL after the other, in key order
+    read_from_origin = [key for key in keys if moto_server.app.gets(bucket, key) > before[key]]
+    assert read_from_origin == [key for key in keys if key in missing]
+    status = second.status()
+    assert (status["shared_cache_hits"], status["shared_cache_misses"],
+            status["shared_cache_cold_skips"]) == (str(len(held)), str(len(missing)), "0"), \
+        status

@@ -23,6 +23,8 @@ from s3pool.download.tier import (
     tier_metadata,
 )
 from s3pool.errors import NoSuchKey
+from s3pool.s3.answers import ObjectResponse
+from s3pool.s3.checksums import digest_for
 from s3pool.s3.inflight import S3Requests
 
 pytestmark = pytest.mark.unit
@@ -296,3 +298,215 @@ async def test_at_the_start_the_misses_wait_for_the_first_ask(monkeypatch, fille
         assert (tier.asks, shared.misses, shared.cold_skips) == (2, 2, 2)
         assert await fleet.lookup(keys[4]) is None  # the next miss asks (alone)
         assert (tier.asks, shared.misses) == (3, 3)
+
+
+async def test_a_tier_missing_a_run_of_a_working_set_serves_the_rest(monkeypatch):
+    """A tier that has served this host and then misses a run of objects (a
+    run of more than COLD_MISSES, shorter than COLD_MISSES_SERVED) is not
+    paused: every object it holds after the run is read from it (the old code
+    paused it after COLD_MISSES and sent them to the origin). A tier that
+    misses COLD_MISSES_SERVED in a row is paused all the same."""
+    served = tiermod.COLD_MISSES_SERVED
+    fleet = ColdFleet(monkeypatch, 40 + served + 1)
+    keys, tier, shared = fleet.keys, fleet.tier, fleet.shared
+    missing = set(keys[10:10 + tiermod.COLD_MISSES + 4])
+    for key in keys[:40]:
+        if key not in missing:
+            tier.write(key, fleet.objects[key])
+    for key in keys[:40]:
+        got = await fleet.lookup(key)
+        assert (got is None) if key in missing else isinstance(got, TierResponse), key
+    assert (shared.hits, shared.misses, shared.cold_skips) == (40 - len(missing), len(missing),
+                                                                0)
+    # positive control: COLD_MISSES_SERVED misses in a row, and the next is not asked
+    for key in keys[40:40 + served]:
+        assert await fleet.lookup(key) is None
+    assert (shared.misses, shared.cold_skips) == (len(missing) + served, 0)
+    assert await fleet.lookup(keys[-1]) is None
+    assert (tier.asks, shared.cold_skips) == (40 + served, 1)
+
+
+class UploadTier(FakeBackend):
+    """A tier taking uploads through boto3's calls (worker threads), keeping
+    them by name; ``gate`` holds every upload until set, ``fail`` fails them;
+    the uploads being sent at once are counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = threading.Event()
+        self.transfer_config = None
+        self.client = self  # head_object and upload_fileobj, as boto3's client
+        self.stored: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.lock = threading.Lock()
+        self.sending = 0
+        self.most_sending = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail = False
+        self.attempts = 0
+
+    def head_object(self, Bucket: str, Key: str) -> dict:
+        data, meta = self.stored[Key]  # KeyError: missing (the upload goes on)
+        return {"ContentLength": len(data), "Metadata": meta}
+
+    def upload_fileobj(self, source, bucket: str, name: str, ExtraArgs: dict, Config) -> None:
+        with self.lock:
+            self.attempts += 1
+            self.sending += 1
+            self.most_sending = max(self.most_sending, self.sending)
+        try:
+            assert self.gate.wait(60)
+            if self.fail:
+                raise OSError("the tier is down")
+            self.stored[name] = (source.read(), ExtraArgs["Metadata"])
+        finally:
+            with self.lock:
+                self.sending -= 1
+
+
+class Uploads:
+    """A SharedTier over an UploadTier, with a real Store in *home* (objects
+    installed as the cache installs them, then handed to installed())."""
+
+    def __init__(self, home, monkeypatch) -> None:
+        from s3pool.store.layout import Layout
+        from s3pool.store.objects import Store
+
+        monkeypatch.setattr(tiermod, "UPLOAD_QUIET", 0.01)
+        monkeypatch.setattr(tiermod, "UPLOAD_DEFER_POLL", 0.01)
+        self.store = Store(Layout.create(str(home)))
+        self.tier = UploadTier()
+        origin: Any = FakeBackend()
+        self.shared = SharedTier(self.tier, "cache", "p/", origin)  # type: ignore[arg-type]
+
+    async def install(self, key: str, data: bytes, tell: bool = True) -> None:
+        meta = _meta(data)
+        obj = await self.store.install("b", key, None, meta, data=data)
+        if tell:  # as the cache does, under the key's lock (the MD5 ETag checked)
+            response = ObjectResponse(meta, None, digest_for(meta, "b", key))
+            assert response.digest is not None
+            self.shared.installed("b", key, obj, response, self.store)
+
+    def stored(self, key: str) -> bytes | None:
+        for data, meta in self.tier.stored.values():
+            if meta["s3pool-key"] == key:
+                return data
+        return None
+
+    async def settled(self, count: int) -> None:
+        """Every one of *count* uploads written, kept, skipped or failed."""
+        shared = self.shared
+        with trio.fail_after(60):
+            while shared.uploads + shared.uploads_kept + shared.uploads_skipped \
+                    + shared.upload_failures < count or shared._queued_bytes:
+                await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("bound", ["two fit", "one fits"])
+async def test_queued_uploads_are_records_and_in_flight_bytes_are_bounded(
+        tmp_path, monkeypatch, bound):
+    """Far more bytes queued than UPLOAD_BYTES (the old bound on queued bytes,
+    past which uploads were skipped): every one is written, oldest first, and
+    at most UPLOAD_BYTES are being sent at once (one upload always may)."""
+    up = Uploads(tmp_path / "home", monkeypatch)
+    size = 4000
+    monkeypatch.setattr(tiermod, "UPLOAD_BYTES", 2 * size if bound == "two fit" else size + 1)
+    objects = {f"k{i:02d}": os.urandom(size) for i in range(30)}
+    up.tier.gate.clear()  # the first two wait: the others queue behind them
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.shared.run)
+        up.shared.fetch_began()  # the host fetches: no upload starts meanwhile
+        for key, data in objects.items():
+            await up.install(key, data)
+        assert up.shared._queued_bytes == len(objects) * size > tiermod.UPLOAD_BYTES
+        assert up.tier.attempts == 0
+        up.shared.fetch_ended()
+        with trio.fail_after(60):
+            while up.tier.sending < (2 if bound == "two fit" else 1):
+                await trio.sleep(0.01)
+        await trio.sleep(0.5)  # the uploaders poll every 0.01 s: time for another to go
+        assert up.tier.sending == (2 if bound == "two fit" else 1)  # "two fit": the control
+        up.tier.gate.set()
+        await up.settled(len(objects))
+        nursery.cancel_scope.cancel()
+    shared = up.shared
+    assert (shared.uploads, shared.uploads_skipped, shared.upload_failures) == (30, 0, 0)
+    assert all(up.stored(key) == data for key, data in objects.items())
+    assert up.tier.most_sending == (2 if bound == "two fit" else 1)
+
+
+async def test_an_upload_evicted_or_replaced_before_its_turn_is_skipped(tmp_path, monkeypatch):
+    """A queued upload whose object left the cache, or holds another version
+    now, is skipped at its turn (not an error); a newer version installed
+    through the cache takes its older version's place in the queue."""
+    up = Uploads(tmp_path / "home", monkeypatch)
+    bodies = {key: os.urandom(3000 + i) for i, key in enumerate(["kept", "evicted", "newer",
+                                                                  "behind", "other"])}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.shared.run)
+        up.shared.fetch_began()
+        for key, data in bodies.items():
+            await up.install(key, data)
+        async with up.store.key_lock("b", "evicted"):
+            await up.store.remove("b", "evicted")
+        newer = os.urandom(3000)
+        await up.install("newer", newer)  # through the cache: replaces its record
+        behind = os.urandom(3003)
+        await up.install("behind", behind, tell=False)  # a version the record is not
+        up.shared.fetch_ended()
+        await up.settled(len(bodies) + 1)
+        nursery.cancel_scope.cancel()
+    shared = up.shared
+    # skipped: the evicted one, the older version of "newer", "behind"
+    assert (shared.uploads, shared.uploads_skipped, shared.upload_failures) == (3, 3, 0)
+    assert up.stored("kept") == bodies["kept"] and up.stored("other") == bodies["other"]
+    assert up.stored("newer") == newer
+    assert up.stored("evicted") is None and up.stored("behind") is None
+
+
+async def test_shutdown_drops_the_queue(tmp_path, monkeypatch):
+    up = Uploads(tmp_path / "home", monkeypatch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.shared.run)
+        up.shared.fetch_began()  # busy until the end: nothing is sent
+        for i in range(5):
+            await up.install(f"k{i}", os.urandom(1000))
+        assert up.shared._queued_bytes == 5000
+        nursery.cancel_scope.cancel()
+    shared = up.shared
+    assert (shared.uploads_skipped, shared._queued_bytes, len(shared._queue)) == (5, 0, 0)
+    assert up.tier.attempts == 0
+    # after run(): nothing more is queued
+    await up.install("late", os.urandom(1000))
+    assert (shared.uploads_skipped, len(shared._queue)) == (5, 0)
+
+
+async def test_uploads_that_keep_failing_wait_and_keep_the_queue(tmp_path, monkeypatch):
+    """A tier that fails its uploads: after FAILURES_BEFORE_BACKOFF failures
+    in a row the uploads wait BACKOFF_FIRST seconds (the rest stay queued,
+    not failed one by one), and the lookups are not put in backoff."""
+    now = [1000.0]
+    monkeypatch.setattr(tiermod.time, "monotonic", lambda: now[0])
+    up = Uploads(tmp_path / "home", monkeypatch)
+    up.tier.fail = True
+    objects = {f"k{i}": os.urandom(1000 + i) for i in range(8)}
+    failures = tiermod.FAILURES_BEFORE_BACKOFF
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.shared.run)
+        for key, data in objects.items():
+            await up.install(key, data)
+        with trio.fail_after(60):
+            while up.shared.upload_failures < failures:
+                await trio.sleep(0.01)
+        await trio.sleep(0.5)  # the uploaders poll every 0.01 s meanwhile
+        # (the other uploader's, sent before the pause began, may have failed too)
+        failed = up.shared.upload_failures
+        assert failures <= failed <= failures + tiermod.UPLOAD_CONCURRENCY - 1
+        assert len(up.shared._queue) == len(objects) - failed
+        assert up.shared.usable()  # reads from the tier go on
+        # positive control: the pause over and the tier back, the rest is written
+        up.tier.fail = False
+        now[0] += tiermod.BACKOFF_FIRST + 1
+        await up.settled(len(objects))
+        nursery.cancel_scope.cancel()
+    assert (up.shared.uploads, up.shared.upload_failures) == (len(objects) - failed, failed)

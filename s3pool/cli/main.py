@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "out or sends other metadata or bytes: that object comes from "
                              "the origin, with one log line; after 3 failures in a row the "
                              "tier is skipped for 30 s (doubling, up to 10 min); after 8 "
-                             "misses in a row it is not asked for 2 s (the origin's GET "
-                             "alone). STATUS: shared_cache_*. See docs/fleet.md")
+                             "misses in a row (64 once it has served this host) it is not "
+                             "asked for 2 s (the origin's GET alone). STATUS: "
+                             "shared_cache_*. See docs/fleet.md")
     parser.add_argument("--shared-cache-endpoint", metavar="URL",
                         help="the shared cache tier's S3 endpoint (default: the origin's)")
     parser.add_argument("--shared-cache-profile", metavar="NAME",

@@ -80,7 +80,8 @@ COUNTERS = {
     "shared_cache_bytes_from_origin": "bytes installed from the origin with the tier on",
     "shared_cache_uploads": "objects written to the shared cache tier",
     "shared_cache_uploads_kept": "uploads left out: the tier had that version already",
-    "shared_cache_uploads_skipped": "uploads left out: too many bytes queued",
+    "shared_cache_uploads_skipped": "uploads left out: queue full, evicted or replaced "
+                                    "before their turn, or shutdown",
     "shared_cache_upload_failures": "uploads to the shared cache tier that failed",
 }
 GAUGE_HELP = {

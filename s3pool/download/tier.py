@@ -41,16 +41,26 @@ tier in the background, so the next host finds it there.
   ``FAILURES_BEFORE_BACKOFF`` failures in a row the tier is skipped for
   ``BACKOFF_FIRST`` seconds, doubling up to ``BACKOFF_MAX``.
 - **Writes are best effort.** A verified object fetched from the origin is
-  uploaded from its installed cache file (a descriptor opened under the
-  key's lock, so eviction cannot change it under the upload) by a
-  background task: ``UPLOAD_CONCURRENCY`` at a time and at most
-  ``UPLOAD_BYTES`` queued, beyond which an upload is skipped; it waits
-  while the host fetches anything (a download, a small object's GET, an
-  ask of the tier) and until it has fetched nothing for ``UPLOAD_QUIET``
-  (up to ``UPLOAD_DEFER_MAX`` in all), so it does not slow the readers; a
-  HEAD first, so a copy another host wrote is kept. Nobody waits for them.
+  queued for the tier as a record (bucket, key, ETag, size: its bytes stay
+  in the cache file), at most ``UPLOAD_QUEUE`` of them, oldest first; a
+  newer version of a queued key takes its place. ``UPLOAD_CONCURRENCY``
+  background tasks write them from the installed cache file: at its turn a
+  record's file is opened under the key's lock if the cache still holds
+  that version (eviction cannot change it under the upload then). An upload
+  is *skipped* (``uploads_skipped``) when the queue is full, when its key
+  was evicted or replaced before its turn, or at shutdown (the queue is
+  dropped). An upload waits while the host fetches anything (a download, a
+  small object's GET, an ask of the tier) and until it has fetched nothing
+  for ``UPLOAD_QUIET`` (up to ``UPLOAD_DEFER_MAX`` in all), so it does not
+  slow the readers; while the tier is in backoff, or the uploads are (after
+  ``FAILURES_BEFORE_BACKOFF`` failed uploads in a row: the queue is kept);
+  and while the uploads being sent hold ``UPLOAD_BYTES`` (one always may
+  go). A HEAD first, so a copy another host wrote is kept. Nobody waits
+  for them.
 - **A tier that keeps missing is paused.** After ``COLD_MISSES`` misses in
-  a row a miss goes straight to the origin's (conditional) GET for
+  a row (``COLD_MISSES_SERVED`` once the tier has served this host an
+  object: a tier holding most of a working set may lack a run of it) a
+  miss goes straight to the origin's (conditional) GET for
   ``COLD_SECONDS``: one request instead of the origin's HEAD, the tier's
   404 and the origin's GET. Until an ask hits (at the start, after a
   pause) one object at a time is asked; at the start the others wait for
@@ -67,6 +77,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,7 +94,7 @@ from s3pool.s3.checksums import CHECKSUM_FIELDS, Digest, digest_for
 from s3pool.s3.progress import Transfer
 
 if TYPE_CHECKING:
-    from s3pool.store.objects import CachedObject
+    from s3pool.store.objects import CachedObject, Store
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +102,8 @@ FAILURES_BEFORE_BACKOFF = 3  # tier failures in a row before it is skipped
 BACKOFF_FIRST = 30.0  # seconds skipped the first time
 BACKOFF_MAX = 600.0
 UPLOAD_CONCURRENCY = 2  # uploads to the tier at once
-UPLOAD_BYTES = 512 << 20  # bytes queued or in flight for the tier at most
+UPLOAD_BYTES = 512 << 20  # bytes of the uploads being sent at once, at most (one always may)
+UPLOAD_QUEUE = 50_000  # uploads waiting their turn, at most (~400 bytes a record: ~19 MiB)
 UPLOAD_DEFER_MAX = 60.0  # seconds an upload waits for the host's downloads to end, at most
 UPLOAD_DEFER_POLL = 0.2
 UPLOAD_QUIET = 0.5  # ... and begins once the host has fetched nothing for this long
@@ -99,6 +111,7 @@ TIER_DEADLINE = 10.0  # seconds a tier request may go unanswered...
 TIER_STALL_BYTES = 1 << 20  # ... or bring less than this many bytes of its body
 BAD_VERSIONS = 10_000  # versions remembered as bad in the tier (for the origin)
 COLD_MISSES = 8  # the tier missed this many asks in a row (no hit between)...
+COLD_MISSES_SERVED = 64  # ... or this many, once it has served this host an object...
 COLD_SECONDS = 2.0  # ... so misses go straight to the origin's GET this long (no HEAD, no ask)
 META = "s3pool-"
 
@@ -287,7 +300,7 @@ class SharedTier:
         self.bytes_from_origin = 0
         self.uploads = 0
         self.uploads_kept = 0  # the tier had the version already (another host wrote it)
-        self.uploads_skipped = 0  # over the queue's bytes: best effort
+        self.uploads_skipped = 0  # queue full, evicted or replaced first, shutdown
         self.upload_failures = 0
         self.listing_checks = 0  # versions taken from a fresh listing instead of a HEAD
         self.cold_skips = 0  # misses sent to the origin unasked: the tier had just missed
@@ -305,9 +318,16 @@ class SharedTier:
         self._backoff = BACKOFF_FIRST
         self._bad: dict[tuple[str, str, str], None] = {}  # versions to read from the origin
         self._serving: dict[tuple[str, str], str] = {}  # downloads from the tier: ETag
-        self._queued_bytes = 0
-        self._upload_limiter = trio.CapacityLimiter(UPLOAD_CONCURRENCY)
-        self._nursery: trio.Nursery | None = None
+        # uploads waiting their turn, oldest first: (bucket, key) -> (ETag, size)
+        self._queue: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
+        self._queued_bytes = 0  # bytes of the uploads queued or being sent
+        self._sending_bytes = 0  # ... being sent
+        self._more = trio.Event()  # set when an upload is queued
+        self._store: Store | None = None  # where the queued files are (installed() says)
+        self._running = False  # run() is: uploads may be queued
+        self._upload_failures_in_row = 0
+        self._upload_pause_until = 0.0
+        self._upload_backoff = BACKOFF_FIRST
         self.busy: Callable[[], bool] = lambda: False  # this host is downloading (the cache)
         backend.requests.set_deadline(TIER_DEADLINE, TIER_STALL_BYTES)
 
@@ -316,14 +336,22 @@ class SharedTier:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Background: the nursery the uploads run in."""
+        """Background: the UPLOAD_CONCURRENCY tasks writing queued uploads to
+        the tier. Cancelled (shutdown), it drops the queue."""
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                for _ in range(UPLOAD_CONCURRENCY):
+                    nursery.start_soon(self._uploader)
+                self._running = True
                 task_status.started()
-                await trio.sleep_forever()
         finally:
-            self._nursery = None
+            self._running = False
+            if self._queue:
+                log.info("shared cache: %d uploads to the tier dropped (%d bytes): shutting "
+                         "down", len(self._queue), self._queued_bytes)
+            self.uploads_skipped += len(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0  # nothing is being sent: the uploaders have ended
 
     # --- health --------------------------------------------------------
 
@@ -414,7 +442,10 @@ class SharedTier:
 
         While the tier is cold (it missed ``COLD_MISSES`` asks in a row, the
         last less than ``COLD_SECONDS`` ago: a fleet starting on an empty
-        tier) it is not asked: None at once, so the cache's conditional GET
+        tier; ``COLD_MISSES_SERVED`` once it has served this host, so that a
+        run of objects missing from a tier that holds the rest of a working
+        set does not send the rest to the origin) it is not asked: None at
+        once, so the cache's conditional GET
         of the origin is both the check and the fetch, one request where a
         miss costs three (the origin's HEAD, the tier's 404, the origin's
         GET). What comes from the origin is still written to the tier; the
@@ -470,7 +501,7 @@ class SharedTier:
             self.misses += 1
             self._worked()  # an answer
             self._misses_in_row += 1
-            if self._misses_in_row >= COLD_MISSES:
+            if self._misses_in_row >= (COLD_MISSES_SERVED if self.hits else COLD_MISSES):
                 self._cold_until = time.monotonic() + COLD_SECONDS
                 self._warm = False
             return None
@@ -542,9 +573,10 @@ class SharedTier:
     # --- after an install ----------------------------------------------------
 
     def installed(self, bucket: str, key: str, obj: CachedObject,
-                  response: ObjectResponse) -> None:
-        """Under the key's lock: *obj* was installed from *response* (checked).
-        From the tier: counted. From the origin and verified: queued for the tier."""
+                  response: ObjectResponse, store: Store) -> None:
+        """Under the key's lock: *obj* was installed in *store* from *response*
+        (checked). From the tier: counted. From the origin and verified: queued
+        for the tier (a record; the file is opened at its turn)."""
         if isinstance(response, TierResponse):
             if response.data is None:  # streamed: ranged parts counted as they came
                 self._serving.pop((bucket, key), None)
@@ -556,70 +588,133 @@ class SharedTier:
             return
         size = int(obj.size)
         self.add_bytes(origin=size)
-        if response.digest is None or not self.usable() or self._nursery is None:
+        if response.digest is None or not self.usable() or not self._running:
             return  # unverifiable objects are never read from the tier: not written either
-        if self._queued_bytes + size > UPLOAD_BYTES:
+        ident = (bucket, key)
+        replaced = self._queue.pop(ident, None)
+        if replaced is not None:  # its older version, no longer in the cache
             self.uploads_skipped += 1
-            log.debug("shared cache: not writing s3://%s/%s (%d bytes queued)", bucket, key,
-                      self._queued_bytes)
+            self._queued_bytes -= replaced[1]
+        elif len(self._queue) >= UPLOAD_QUEUE:
+            self.uploads_skipped += 1
+            log.debug("shared cache: not writing s3://%s/%s (%d uploads queued)", bucket, key,
+                      len(self._queue))
             return
-        try:
-            fd = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.debug("shared cache: cannot open %s: %s", obj.path, exc)
-            return
+        self._store = store
+        self._queue[ident] = (obj.etag, size)
         self._queued_bytes += size
-        self._nursery.start_soon(self._upload, bucket, key, dict(obj.meta), fd, size)
+        self._more.set()
 
-    async def _upload(self, bucket: str, key: str, meta: dict[str, Any], fd: int,
-                      size: int) -> None:
-        etag = meta.get("ETag") or ""
+    async def _uploader(self) -> None:
+        """One of UPLOAD_CONCURRENCY tasks: the queued uploads, oldest first."""
+        stopping = self.backend.stopping
+        while not stopping.is_set():
+            if not self._queue:
+                if self._more.is_set():
+                    self._more = trio.Event()
+                await self._more.wait()
+                continue
+            # never beside this host's own fetches: an upload competes with them
+            # for the cores and the GIL (4 hosts missing at once ran 3x slower)
+            # (nor beside its lookups: between two downloads none may be running)
+            with trio.move_on_after(UPLOAD_DEFER_MAX):
+                while not self.idle():
+                    await trio.sleep(UPLOAD_DEFER_POLL)
+            # nor while the tier or the uploads are in backoff, nor past
+            # UPLOAD_BYTES being sent (after such a wait, the host may be busy)
+            waited = False
+            while self._queue and not stopping.is_set() and (
+                    not self.usable() or time.monotonic() < self._upload_pause_until or (
+                        self._sending_bytes and self._sending_bytes
+                        + next(iter(self._queue.values()))[1] > UPLOAD_BYTES)):
+                waited = True
+                await trio.sleep(UPLOAD_DEFER_POLL)
+            if waited or not self._queue or stopping.is_set():
+                continue
+            (bucket, key), (etag, size) = self._queue.popitem(last=False)
+            self._sending_bytes += size
+            try:
+                await self._upload(bucket, key, etag, size)
+            finally:
+                self._sending_bytes -= size
+                self._queued_bytes -= size
+
+    def _upload_failed(self) -> None:
+        """Uploads that keep failing wait (the queue is kept), BACKOFF_FIRST
+        seconds the first time, doubling: a tier that is down is not sent the
+        whole queue, one failure and log line each. Apart from the lookups'
+        backoff: a tier may serve reads to hosts it takes no writes from."""
+        self._upload_failures_in_row += 1
+        if self._upload_failures_in_row >= FAILURES_BEFORE_BACKOFF and \
+                time.monotonic() >= self._upload_pause_until:  # not one sent before it
+            self._upload_pause_until = time.monotonic() + self._upload_backoff
+            log.warning("shared cache: %d uploads failed in a row; none for %.0fs",
+                        self._upload_failures_in_row, self._upload_backoff)
+            self._upload_backoff = min(BACKOFF_MAX, self._upload_backoff * 2)
+
+    async def _upload(self, bucket: str, key: str, etag: str, size: int) -> None:
+        """Write the cached copy of s3://bucket/key to the tier if the cache
+        still holds that version (*etag*, *size*); else it is skipped."""
+        store = self._store
+        assert store is not None
+        fd = None
+        async with store.key_lock(bucket, key):  # the file is that version while opened
+            try:
+                obj = store.lookup(bucket, key)
+            except S3PoolError:  # a directory holds its place now
+                obj = None
+            if obj is not None and validator(obj.etag) == validator(etag) \
+                    and obj.size == size:
+                try:
+                    fd = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    log.debug("shared cache: cannot open %s: %s", obj.path, exc)
+        if fd is None or obj is None:
+            self.uploads_skipped += 1
+            log.debug("shared cache: not writing s3://%s/%s: evicted or replaced before "
+                      "its turn", bucket, key)
+            return
+        meta = dict(obj.meta)
         name = tier_key(self.prefix, bucket, key, etag)
         want = tier_metadata(bucket, key, meta)
         tier = self.backend
         try:
-            async with self._upload_limiter:
-                # never beside this host's own downloads: an upload competes with them
-                # for the cores and the GIL (4 hosts missing at once ran 3x slower)
-                # (nor beside its lookups: between two downloads none may be running)
-                with trio.move_on_after(UPLOAD_DEFER_MAX):
-                    while not self.idle():
-                        await trio.sleep(UPLOAD_DEFER_POLL)
+            def call() -> bool:
+                try:
+                    head = tier.client.head_object(Bucket=self.bucket, Key=name)
+                    stored = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+                    if head.get("ContentLength") == size and \
+                            stored.get(META + "etag") == want[META + "etag"]:
+                        return False  # another host wrote this version: one copy
+                except Exception:  # noqa: BLE001 (missing, or the PUT will say)
+                    pass
+                with os.fdopen(own, "rb") as source:  # closes *own*
+                    tier.client.upload_fileobj(
+                        source, self.bucket, name,
+                        ExtraArgs={"Metadata": want,
+                                   "ContentType": meta.get("ContentType")
+                                   or "binary/octet-stream"},
+                        Config=tier.transfer_config)
+                return True
 
-                def call() -> bool:
-                    try:
-                        head = tier.client.head_object(Bucket=self.bucket, Key=name)
-                        stored = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
-                        if head.get("ContentLength") == size and \
-                                stored.get(META + "etag") == want[META + "etag"]:
-                            return False  # another host wrote this version: one copy
-                    except Exception:  # noqa: BLE001 (missing, or the PUT will say)
-                        pass
-                    with os.fdopen(own, "rb") as source:  # closes *own*
-                        tier.client.upload_fileobj(
-                            source, self.bucket, name,
-                            ExtraArgs={"Metadata": want,
-                                       "ContentType": meta.get("ContentType")
-                                       or "binary/octet-stream"},
-                            Config=tier.transfer_config)
-                    return True
-
-                # the thread's own descriptor: a cancelled (abandoned) upload may still
-                # read after *fd* is closed below
-                own = os.dup(fd)
-                wrote = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+            # the thread's own descriptor: a cancelled (abandoned) upload may still
+            # read after *fd* is closed below
+            own = os.dup(fd)
+            wrote = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
             if wrote:
                 self.uploads += 1
                 log.info("shared cache: wrote s3://%s/%s (%d bytes) as %s", bucket, key, size,
                          name)
             else:
                 self.uploads_kept += 1
+            self._upload_failures_in_row = 0
+            self._upload_backoff = BACKOFF_FIRST
         except Exception as exc:  # noqa: BLE001 (best effort: one line)
             self.upload_failures += 1
             log.warning("shared cache: writing s3://%s/%s to %s failed: %s", bucket, key,
                         self.describe(), exc)
+            self._upload_failed()
         finally:
-            self._queued_bytes -= size
             os.close(fd)
 
     def stop(self) -> None:
