@@ -14,7 +14,12 @@ request):
   writing the tier in the background), then, once its uploads are done,
   the other hosts all at once (from the tier);
 - ``tier, all at once``: every host starts together with an empty tier
-  (all miss it: nothing coordinates them, so this is the worst case).
+  (all miss it: nothing coordinates them, so this is the worst case);
+- ``tier, 90 % first then the rest``: as the first-host set-up, but the
+  first host reads all but the tenth of the objects in the middle of the
+  key order, so the tier lacks a run of them (a smaller working set before,
+  or the engine's expiry): the others should read only that run from the
+  origin (the least the origin can send is printed as "least").
 
 Printed per set-up: origin GETs per object, origin bytes per one host's
 working set, the wall time until every host has it, and the slowest
@@ -166,13 +171,22 @@ def run(kind: str, args, origin: MotoServer, tier: S3Server | None, work: Path,
             hosts[f"h{i}"] = Daemon(origin.endpoint, home, args=extra)
     gets0, sent0 = origin_counts(origin, bucket)
     times: dict[str, float] = {}
+    least = args.mib * MIB if tier is not None else args.hosts * args.mib * MIB
     cpu0 = cpu_now(hosts, tier)
     try:
-        if kind.startswith("tier, first"):
+        if kind.startswith("tier, first") or kind.startswith("tier, 90"):
             first = dict(list(hosts.items())[:1])
-            wall = in_parallel(first, bucket, keys, times)
+            held = keys
+            if kind.startswith("tier, 90"):
+                middle, tenth = len(keys) // 2, max(1, len(keys) // 20)
+                held = keys[:middle - tenth] + keys[middle + tenth:]
+                run_bytes = sum(12 * MIB if k.startswith("big/") else MIB
+                                for k in keys[middle - tenth:middle + tenth])
+                least = sum(12 * MIB if k.startswith("big/") else MIB for k in held) \
+                    + (len(hosts) - 1) * run_bytes
+            wall = in_parallel(first, bucket, held, times)
             upload_started = time.perf_counter()
-            wait_uploads(hosts["h0"], len(keys))
+            wait_uploads(hosts["h0"], len(held))
             upload_wait = time.perf_counter() - upload_started
             rest = dict(list(hosts.items())[1:])
             wall += upload_wait + in_parallel(rest, bucket, keys, times)
@@ -184,13 +198,14 @@ def run(kind: str, args, origin: MotoServer, tier: S3Server | None, work: Path,
         statuses = [status(h) for h in hosts.values()]
         tier_bytes = sum(int(s.get("shared_cache_bytes_from_tier", 0)) for s in statuses)
         asked = {name: sum(int(s.get(f"shared_cache_{name}", 0)) for s in statuses)
-                 for name in ("hits", "misses", "cold_skips", "uploads", "uploads_kept")}
+                 for name in ("hits", "misses", "cold_skips", "uploads", "uploads_kept",
+                              "uploads_skipped")}
     finally:
         load.append(os.getloadavg()[0])
         for host in hosts.values():
             host.stop()
     return {"load": load, "cpu": cpu, "gets": gets - gets0, "sent": sent - sent0,
-            "objects": len(keys),
+            "objects": len(keys), "least": least,
             "wall": wall, "slowest": max(times.values()), "times": times,
             "upload_wait": upload_wait, "tier_bytes": tier_bytes, "tier": asked}
 
@@ -200,14 +215,15 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--mib", type=int, default=256, help="working set, MiB")
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--setups", default="direct,first,all",
-                        help="which of direct, first (one host, then the rest), all (at once)")
+    parser.add_argument("--setups", default="direct,first,all,part",
+                        help="which of direct, first (one host, then the rest), all (at "
+                             "once), part (one host 90 %%, then the rest)")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
                         help="also run the tier set-ups with the daemons of this checkout")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every set-up N times")
     args = parser.parse_args()
     kinds = {"direct": "direct", "first": "tier, first host then the rest",
-             "all": "tier, all at once"}
+             "all": "tier, all at once", "part": "tier, 90 % first then the rest"}
     wanted = [kinds[name] for name in args.setups.split(",")]
     if "direct" not in wanted:
         parser.error("--setups: direct is the baseline of every ratio")
@@ -253,14 +269,16 @@ def main() -> None:
         ratios.setdefault((kind, label), []).append(ratio)
         cpu_ratios.setdefault((kind, label), []).append(sum(r["cpu"]) / base_cpu[round_])
         rows.append([round_ + 1, kind, label, f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}",
-                     f"{r['gets'] / r['objects']:.2f}", f"{r['sent'] / one_host:.2f}x",
+                     f"{r['gets'] / r['objects']:.2f}",
+                     f"{r['sent'] / one_host:.2f}x ({r['least'] / one_host:.2f}x)",
                      f"{r['tier_bytes'] / MIB:.0f}", f"{r['wall']:.1f}",
                      f"{r['upload_wait']:.1f}", " / ".join(f"{x:.1f}" for x in r["cpu"]),
                      f"{r['slowest']:.1f}", f"{ratio:.2f}x"])
     print_table(f"{args.hosts} hosts, {args.mib} MiB working set each, origin moto, "
                 "tier SeaweedFS, all on loopback",
                 ["round", "set-up", "tree", "load avg", "origin GETs/object",
-                 "origin bytes / 1 host", "tier MiB read", "wall s (every host has it)",
+                 "origin bytes / 1 host (least)", "tier MiB read",
+                 "wall s (every host has it)",
                  "of it: waiting for uploads s", "CPU s: daemons / origin / tier",
                  "slowest host s", "vs direct"], rows)
     if args.rounds > 1 or len(trees) > 1:
