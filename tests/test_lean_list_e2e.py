@@ -109,8 +109,9 @@ class _RawServer:
     """Answers every request on loopback with fixed raw bytes (framing a
     well-behaved server would never send), then closes the connection."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, hold: threading.Event | None = None) -> None:
         self.answer = answer
+        self.hold = hold  # set: the connection is held open after the answer until then
         self.asked = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -134,6 +135,8 @@ class _RawServer:
                     data += chunk
                 self.asked += 1
                 conn.sendall(self.answer)
+                if self.hold is not None:
+                    self.hold.wait(60)
 
     def close(self) -> None:
         self.sock.close()
@@ -194,4 +197,22 @@ def test_a_plain_page_is_read_on_the_lean_path():
         assert [e.key for e in entries] == ["a"] and subdirs == [] and token is None
         assert backend.lean_lists == 1 and server.asked == 1
     finally:
+        server.close()
+
+
+def test_a_page_that_stalls_past_the_deadline_is_an_error_not_asked_again():
+    """Headers and part of the body, then nothing: the deadline watchdog
+    ends the request, and the listing fails with its reason at once (boto3
+    would wait as long again)."""
+    hold = threading.Event()
+    server = _RawServer(_answer(PAGE[:100], len(PAGE)), hold)
+    try:
+        backend = Backend(endpoint_url=server.url, credentials=KEYS)
+        backend.requests.set_deadline(1.0, 1 << 20)
+        with pytest.raises(BackendError, match="S3 request ended"):
+            list_page(backend, "bkt", "", "/", None)
+        assert server.asked == 1 and backend.requests.expired == 1
+        assert backend.lean_list_fallbacks == 0
+    finally:
+        hold.set()
         server.close()

@@ -538,10 +538,13 @@ class LeanGets:
                 if length is not None and bytes_behind(resp, resp.s3pool_sock):
                     raise BadAnswer("bytes behind a LIST answer's last byte: it is longer "
                                     "than its Content-Length")
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+            except (OSError, http.client.HTTPException, ValueError, Fallback) as exc:
                 conn.close()
                 if request is not None and request.expired is not None:
+                    # the deadline watchdog shut it: boto3 would wait as long again
                     raise BadAnswer(f"S3 request ended: {request.expired}") from None
+                if isinstance(exc, Fallback):
+                    raise
                 raise Fallback(f"reading a LIST answer failed: {exc!r}") from None
             except BaseException:
                 conn.close()
