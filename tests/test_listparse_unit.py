@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import botocore.handlers
 import pytest
@@ -178,3 +178,146 @@ def test_a_page_with_a_dtd_is_left_to_botocore_and_no_entity_is_read(tmp_path):
     parse_listing_fast(response, custom)
     assert FAST_ENTRIES not in custom and response["body"] == body
 
+
+
+def _page_of(keys: list[str], subdirs: Sequence[str] = (), token: str | None = None) -> bytes:
+    more = (f"<IsTruncated>true</IsTruncated><NextContinuationToken>{token}"
+            "</NextContinuationToken>") if token else "<IsTruncated>false</IsTruncated>"
+    return (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="{NS}">'
+            f"<Name>bkt</Name><Prefix>d/</Prefix>{more}"
+            + "".join(item(key) for key in keys)
+            + "".join(f"<CommonPrefixes><Prefix>{sub}</Prefix></CommonPrefixes>"
+                      for sub in subdirs)
+            + "</ListBucketResult>").encode()
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "boto3"])
+@pytest.mark.parametrize("body,continuation,why", [
+    (_page_of(["d/a", "e/x"]), None, "outside the prefix"),
+    (_page_of(["d/a", "d/s/x"]), None, "inside a subdirectory"),
+    (_page_of(["d/a"], ["e/"]), None, "not one of the prefix"),
+    (_page_of(["d/a"], ["d/s"]), None, "not one of the prefix"),
+    (_page_of(["d/a"], ["d/s/t/"]), None, "not one of the prefix"),
+    (_page_of(["d/a"], token="T1"), "T1", "the same continuation token again"),
+], ids=["outside", "in-subdir", "sub-outside", "sub-no-slash", "sub-nested", "same-token"])
+def test_a_page_no_s3_could_send_is_not_believed(fixed_server, body, continuation, why, lean):
+    """A merge believes a page covers every key from its first to its last:
+    a page that cannot be a LIST of the prefix is an error, on either path,
+    before anything of it reaches the index."""
+    fixed_server.body = body
+    backend = Backend(endpoint_url=fixed_server.url, credentials=KEYS)
+    if not lean:
+        backend.lean = None
+    with pytest.raises(BackendError, match=why):
+        list_page(backend, "bkt", "d/", "/", continuation)
+    assert backend.lean_lists == (1 if lean else 0)
+
+
+def test_a_sound_page_of_the_same_server_is_believed(fixed_server):
+    """The positive control of the test above, in SeaweedFS's order (by path
+    component: "d/s/" before "d/s%/", "d/s" before "d/s%"): a merge goes by
+    a page's highest position, not by its order."""
+    fixed_server.body = _page_of(["d/s", "d/s%", "d/b"], ["d/a/", "d/s/", "d/s%/"], token="T2")
+    backend = Backend(endpoint_url=fixed_server.url, credentials=KEYS)
+    entries, subdirs, token = list_page(backend, "bkt", "d/", "/", "T1")
+    assert [e.key for e in entries] == ["d/s", "d/s%", "d/b"]
+    assert subdirs == ["d/a/", "d/s/", "d/s%/"] and token == "T2"
+
+
+async def test_a_listing_whose_pages_go_back_ends_with_an_error(tmp_path):
+    """A server whose next page does not go on after the last (a token that
+    leads back) would have a directory listed for ever: the LIST ends with
+    an error at the first page that goes back, and the index keeps what it
+    had."""
+    from fakes import FakeBackend
+    from s3pool.listing.listings import Listings
+    from s3pool.store.layout import Layout
+
+    backend = FakeBackend(buckets=("bkt",))
+    for i in range(2500):
+        backend.put("bkt", f"d/k{i:05d}", b"")
+    listings = Listings(Layout.create(str(tmp_path)), backend)
+    await listings.fresh("bkt", "d/", False, 60)
+    sound = [e.name for e in listings.iter_children("bkt", "d/")]
+    assert len(sound) == 2500
+    pages = 0
+    answer = backend.client.list_objects_v2
+
+    def going_back(**params):
+        nonlocal pages
+        pages += 1
+        if pages > 10:
+            raise AssertionError("the listing went on for ever")
+        params.pop("ContinuationToken", None)  # every page is the first again...
+        page = answer(**params)
+        return page | {"NextContinuationToken": f"T{pages}"}  # ...with a new token
+
+    backend.client.list_objects_v2 = going_back
+    job = await listings.fresh("bkt", "d/", False, 0)
+    assert job is not None and isinstance(job.error, BackendError)
+    assert "does not go on after" in str(job.error)
+    assert pages == 2
+    assert [e.name for e in listings.iter_children("bkt", "d/")] == sound
+
+
+async def test_an_empty_page_in_the_middle_of_a_listing_loses_no_key(tmp_path):
+    """S3 may answer a page with no key that goes on (past deleted versions):
+    the pages after it go on from where the last key was, and the keys of
+    the pages before it stay in the index."""
+    from fakes import FakeBackend
+    from s3pool.listing.listings import Listings
+    from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
+    from s3pool.store.layout import Layout
+
+    backend = FakeBackend(buckets=("bkt",))
+    for i in range(2500):
+        backend.put("bkt", f"d/k{i:05d}", b"")
+    answer = backend.client.list_objects_v2
+    asked: list[str | None] = []
+
+    def with_an_empty_page(**params):
+        token = params.get("ContinuationToken")
+        asked.append(token)
+        if len(asked) == 2:  # the second page is an empty one, before the real second
+            return {FAST_ENTRIES: [], FAST_PREFIXES: [], "IsTruncated": True,
+                    "NextContinuationToken": f"E{token}"}
+        if token is not None and token.startswith("E"):
+            params["ContinuationToken"] = token[1:]
+        return answer(**params)
+
+    backend.client.list_objects_v2 = with_an_empty_page
+    listings = Listings(Layout.create(str(tmp_path)), backend)
+    job = await listings.fresh("bkt", "d/", False, 0)
+    assert job is not None and job.error is None, job.error
+    assert len(asked) == 4  # three pages and the empty one
+    assert len([e.name for e in listings.iter_children("bkt", "d/")]) == 2500
+    asked.clear()
+    job = await listings.fresh("bkt", "d/", False, 0)  # again, over a full index
+    assert job is not None and job.error is None
+    assert len(asked) == 4
+    assert len([e.name for e in listings.iter_children("bkt", "d/")]) == 2500
+
+
+async def test_a_listing_of_empty_pages_for_ever_ends_with_an_error(tmp_path):
+    from fakes import FakeBackend
+    from s3pool.listing.listings import EMPTY_PAGES_MAX, Listings
+    from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
+    from s3pool.store.layout import Layout
+
+    backend = FakeBackend(buckets=("bkt",))
+    backend.put("bkt", "d/k", b"")
+    pages = 0
+
+    def empty_for_ever(**params):
+        nonlocal pages
+        pages += 1
+        if pages > EMPTY_PAGES_MAX + 10:
+            raise AssertionError("the listing went on for ever")
+        return {FAST_ENTRIES: [], FAST_PREFIXES: [], "IsTruncated": True,
+                "NextContinuationToken": f"T{pages}"}
+
+    backend.client.list_objects_v2 = empty_for_ever
+    listings = Listings(Layout.create(str(tmp_path)), backend)
+    job = await listings.fresh("bkt", "d/", False, 0)
+    assert job is not None and isinstance(job.error, BackendError), job.error
+    assert pages == EMPTY_PAGES_MAX + 1

@@ -65,6 +65,7 @@ PAGE_KEYS = 1000
 # look-ahead LISTs at a time: 4 beat 2 (and 8) on a cold find once merges
 # stopped fsyncing (bench/RESULTS.md, Listings)
 LOOK_AHEAD_AT_ONCE = 4
+EMPTY_PAGES_MAX = 1000  # empty pages in a row a LIST may send (deleted versions), at most
 # has_children answers kept per bucket (all forgotten when it is full)
 CHILDREN_MEMORY = 1 << 16
 # keys a GLOB scan matches between two looks at the stopping flag
@@ -561,15 +562,22 @@ class Listings:
                              start_after=start_after)
 
         continuation: str | None = None
-        pages = seen = 0
-        first = ""
+        pages = seen = empty_run = 0
+        first = hi = ""
         while True:
             entries, subdirs, continuation = fetch(None, continuation)
             pages += 1
+            ends = max([e.key for e in entries] + subdirs, default=None)
+            empty_run = empty_run + 1 if ends is None else 0
+            if (pages > 1 and ends is not None and ends <= hi) or empty_run > EMPTY_PAGES_MAX:
+                # each page goes on past the one before (S3 may send empty pages
+                # past deleted versions, not for ever): else a LIST for ever
+                raise BackendError(f"S3 answered a LIST of s3://{job.bucket}/{job.prefix} with "
+                                   f"a page that does not go on after {hi[:200]!r}: not believed")
             if continuation is None:
                 yield entries, subdirs, None
                 return
-            hi = max(entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
+            hi = ends or hi
             yield entries, subdirs, hi
             if job.max_pages is not None and pages >= job.max_pages:
                 return
@@ -921,4 +929,32 @@ def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
     if resp.get("IsTruncated") and not token:
         raise BackendError(f"S3 said the listing of s3://{bucket}/{prefix} goes on but gave "
                            "no continuation token")
+    why = page_fault(prefix, delimiter, entries, subdirs)
+    if why is None and token is not None and token == continuation:
+        why = "the same continuation token again"
+    if why is not None:
+        raise BackendError(f"S3 answered a LIST of s3://{bucket}/{prefix} with {why}: "
+                           "not believed")
     return entries, subdirs, token
+
+
+def page_fault(prefix: str, delimiter: str | None, entries: list[ListEntry],
+               subdirs: list[str]) -> str | None:
+    """What makes a LIST page of *prefix* impossible, or None: a key outside
+    the prefix or, with *delimiter*, inside a subdirectory, or a
+    subdirectory that is not one of the prefix would go into the index where
+    no LIST of that part put it. (The order is not checked: SeaweedFS sends
+    "pct/" before "pct%2F/", by path component; a merge takes a page's
+    highest position as its end.)"""
+    cut = len(prefix)
+    for entry in entries:
+        key = entry.key
+        if not key.startswith(prefix):
+            return f"the key {key[:200]!r} outside the prefix"
+        if delimiter and delimiter in key[cut:]:
+            return f"the key {key[:200]!r} inside a subdirectory"
+    for sub in subdirs:
+        if not delimiter or not sub.startswith(prefix) or not sub.endswith(delimiter) \
+                or len(sub) <= cut or delimiter in sub[cut:len(sub) - len(delimiter)]:
+            return f"the subdirectory {sub[:200]!r}, not one of the prefix"
+    return None
