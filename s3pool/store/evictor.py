@@ -160,9 +160,13 @@ class Evictor:
         freed = count = skip = claimed = 0
         horizon = time.time() - self.grace if spare_recent else float("inf")
         try:
-            while freed < need:
+            while True:
                 batch = await self.store.access.oldest(BATCH, skip)
-                if not batch:
+                # what is still missing once what every pass chose is gone (this
+                # one's choices count in freeing): passes that began side by side
+                # with the same need free it once between them, not once each
+                still = self.bytes_to_free(extra)
+                if not batch or still <= 0:
                     break
                 victims = []
                 batch_bytes = 0
@@ -173,7 +177,7 @@ class Evictor:
                         break
                     victims.append((bucket, key, size, atime))
                     batch_bytes += size
-                    if freed + batch_bytes >= need:
+                    if batch_bytes >= still:
                         break
                 if not victims:
                     break
@@ -191,7 +195,9 @@ class Evictor:
             self.freeing -= claimed
         self.evictions += count
         self.bytes_evicted += freed
-        level = logging.INFO if freed >= need else logging.WARNING
-        log.log(level, "evicted %d objects, %d bytes of %d needed, in %.3fs",
-                count, freed, need, time.monotonic() - started)
+        missing = self.bytes_to_free(extra)
+        level = logging.INFO if missing <= 0 else logging.WARNING
+        log.log(level, "evicted %d objects, %d bytes of %d needed, in %.3fs%s",
+                count, freed, need, time.monotonic() - started,
+                f" ({missing} bytes still to free)" if missing > 0 else "")
         return freed
