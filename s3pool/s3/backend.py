@@ -77,10 +77,10 @@ MULTIPART_THRESHOLD = 64 << 20
 _HEADER_OF = {"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match", "Range": "Range"}
 
 
-# operations whose requests have a deadline (uploads send for as long as they send)
 # ListObjectsV2 parameters -> their query names (the lean path)
 _LIST_QUERY = {"Bucket": "", "Prefix": "prefix", "Delimiter": "delimiter", "MaxKeys": "max-keys",
                "ContinuationToken": "continuation-token", "StartAfter": "start-after"}
+# operations whose requests have a deadline (uploads send for as long as they send)
 _DEADLINED = {"GetObject", "HeadObject", "HeadBucket", "ListObjectsV2", "ListObjects"}
 
 
