@@ -648,9 +648,8 @@ def merge_page(db: sqlite3.Connection, prefix: str, deep: bool, lo: str | None,
         db.execute("DELETE FROM keys WHERE key >= ? AND key < ? AND key NOT IN "
                    "(SELECT key FROM local_adds WHERE added_at >= ?)",
                    (sub, prefix_upper(sub), keep_since))
-    if entries:
-        db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
-                       [(e[0], e[1], e[2], e[3]) for e in entries])
+    if entries:  # ListEntry tuples (key, size, mtime, etag): the row as it is
+        db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", entries)
     for sub in subdirs:
         if db.execute("SELECT 1 FROM keys WHERE key >= ? AND key < ? LIMIT 1",
                       (sub, prefix_upper(sub))).fetchone() is None:
