@@ -93,9 +93,7 @@ def read_page(body: bytes) -> dict[str, Any] | None:
     if read is None:
         return None
     entries, prefixes, fields = read
-    page: dict[str, Any] = {FAST_ENTRIES: entries, FAST_PREFIXES: prefixes}
-    for name, value in fields.items():
-        page[name] = value
+    page: dict[str, Any] = {FAST_ENTRIES: entries, FAST_PREFIXES: prefixes, **fields}
     truncated = fields.get("IsTruncated")
     if truncated not in ("true", "false"):
         return None  # botocore would read a missing or odd flag as false: not guessed here
