@@ -111,34 +111,53 @@ def finishes(fn, timeout: float = 60.0, what: str | None = None):
 
 
 
-def free_port() -> int:
-    """A TCP port free on loopback, below the kernel's ephemeral range
-    (32768 and up). A port the kernel hands out for port 0 is one of that
-    range, and between this check and the daemon's bind an outgoing
-    connection of anything on the machine may take it: CI once saw a daemon
-    exit with 'Address already in use'."""
+_GIVEN: set[int] = set()  # ports this process handed out (not yet bound, maybe)
+
+
+def _worker_ports(width: int = 1) -> range:
+    """The ports this test process picks from: below the kernel's ephemeral
+    range (32768 and up), a slice of its own under pytest-xdist. A port the
+    kernel hands out for port 0 may be taken by any outgoing connection
+    between the check and the daemon's bind, and two workers picking at
+    random from one range may pick the same port before either daemon binds
+    it: CI saw both end in 'Address already in use'."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    index = int(worker[2:]) % count if worker[:2] == "gw" and worker[2:].isdigit() else 0
+    span = (32000 - 20000) // count
+    low = 20000 + index * span
+    return range(low, low + span - width + 1)
+
+
+def _pick(width: int) -> int:
+    """A port of this process's slice, free with the width - 1 ports after
+    it, none of them handed out by this process before."""
     import random
 
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        if port_is_free(port):
+    ports = _worker_ports(width)
+    for _ in range(400):
+        port = random.choice(ports)
+        block = set(range(port, port + width))
+        if block & _GIVEN:
+            continue
+        if all(port_is_free(p) for p in block):
+            _GIVEN.update(block)
             return port
+    if _GIVEN:  # handed out long ago and long bound or released: start over
+        _GIVEN.clear()
+        return _pick(width)
     raise AssertionError("no free port")
 
 
+def free_port() -> int:
+    """A TCP port free on loopback (see _worker_ports for where it comes from)."""
+    return _pick(1)
+
+
 def free_port_block() -> int:
-    """A port that is free with the ports the embedded S3 uses after it.
-
-    Taken below the kernel's ephemeral range (32768 and up), where outgoing
-    connections of anything else on the machine cannot land on it between
-    this check and a restart of the daemon (as a fixed port, 8333, is)."""
-    import random
-
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        if all(port_is_free(port + i) for i in range(len(INTERNAL_PORTS) + 1)):
-            return port
-    raise AssertionError("no block of free ports")
+    """A port that is free with the ports the embedded S3 uses after it
+    (taken where free_port takes its ports, as a fixed port, 8333, is not)."""
+    return _pick(len(INTERNAL_PORTS) + 1)
 
 
 class CountingApp:
