@@ -49,6 +49,7 @@ from s3pool.listing.ranges import (
     NumberedKeys,
     Page,
     StartAfterIgnored,
+    page_end,
     ranged_pages,
 )
 from s3pool.s3.answers import ListEntry
@@ -567,7 +568,7 @@ class Listings:
         while True:
             entries, subdirs, continuation = fetch(None, continuation)
             pages += 1
-            ends = max([e.key for e in entries] + subdirs, default=None)
+            ends = page_end(entries, subdirs)
             empty_run = empty_run + 1 if ends is None else 0
             if (pages > 1 and ends is not None and ends <= hi) or empty_run > EMPTY_PAGES_MAX:
                 # each page goes on past the one before (S3 may send empty pages

@@ -100,6 +100,13 @@ class Range:
     ended: bool  # S3 has nothing after the range: later ranges are empty
 
 
+def page_end(entries: list[ListEntry], subdirs: list[str]) -> str | None:
+    """The highest position of a page (None: an empty page): what it covers
+    up to. Not its last entry's: SeaweedFS sends names by path component
+    ("pct/" before "pct%2F/"), not in S3's byte order."""
+    return max([e.key for e in entries] + subdirs, default=None)
+
+
 class StartAfterIgnored(BackendError):
     """The S3 server answered a LIST with StartAfter from before that key."""
 
@@ -133,7 +140,7 @@ def list_range(fetch: Fetch, after: str, upper: str | None) -> Range:
         if token is None or beyond is not None:
             pages.append((entries, subdirs, upper))
             return Range(pages, beyond, ended=beyond is None)
-        last = max(entries[-1].key if entries else "", subdirs[-1] if subdirs else "")
+        last = page_end(entries, subdirs) or ""
         if last == upper:  # the range is whole: asking on would only show what follows
             pages.append((entries, subdirs, upper))
             return Range(pages, None, ended=False)

@@ -543,15 +543,10 @@ class Backend:
             try:
                 status, resp = lean.get(bucket, key, headers, request)
             except Fallback as exc:
-                with self._errors_lock:
-                    self.lean_fallbacks += 1
+                self._lean_answered("GetObject", started, exc)
                 log.debug("GET s3://%s/%s through boto3: %s", bucket, key, exc)
             else:
-                with self._errors_lock:
-                    self.lean_gets += 1
-                observer = self.observer
-                if observer is not None:
-                    observer("GetObject", time.perf_counter() - started, None)
+                self._lean_answered("GetObject", started)
                 if status in (NOT_MODIFIED, NOT_FOUND, PRECONDITION_FAILED,
                               RANGE_NOT_SATISFIABLE):
                     raise botocore.exceptions.ClientError(
@@ -694,6 +689,24 @@ class Backend:
         )
         return meta_from_response(resp)
 
+    def _lean_answered(self, operation: str, started: float,
+                       fallback: Fallback | None = None) -> None:
+        """Count a request of the lean path: answered there (and timed for
+        the metrics), or handed back to boto3 (*fallback*)."""
+        with self._errors_lock:
+            if operation == "GetObject":
+                if fallback is None:
+                    self.lean_gets += 1
+                else:
+                    self.lean_fallbacks += 1
+            elif fallback is None:
+                self.lean_lists += 1
+            else:
+                self.lean_list_fallbacks += 1
+        observer = self.observer
+        if fallback is None and observer is not None:
+            observer(operation, time.perf_counter() - started, None)
+
     def list_objects_v2(self, **params: Any) -> dict[str, Any]:
         """Blocking: one ListObjectsV2 page (boto3's parameters), in the shape
         boto3 returns it with the fast parser (FAST_ENTRIES, FAST_PREFIXES,
@@ -713,15 +726,10 @@ class Backend:
                 if page is None:
                     raise Fallback("not a listing the fast parser reads")
             except Fallback as exc:
-                with self._errors_lock:
-                    self.lean_list_fallbacks += 1
+                self._lean_answered("ListObjectsV2", started, exc)
                 log.debug("LIST s3://%s through boto3: %s", bucket, exc)
             else:
-                with self._errors_lock:
-                    self.lean_lists += 1
-                observer = self.observer
-                if observer is not None:
-                    observer("ListObjectsV2", time.perf_counter() - started, None)
+                self._lean_answered("ListObjectsV2", started)
                 return page
         return cast(dict[str, Any], self.client.list_objects_v2(**params))
 
