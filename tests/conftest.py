@@ -332,6 +332,14 @@ def list_requests(app, bucket: str) -> list[dict[str, str]]:
             for r in found]
 
 
+def temp_leftovers(home) -> list[str]:
+    """What is in a daemon's tmp/, less the record its checkpoint may be
+    writing at that instant (``checkpoint.PID.*``, renamed into state/ at
+    once): a partial download or a half-built listing left there is a leak."""
+    return sorted(name for name in os.listdir(Path(home) / "tmp")
+                  if not name.startswith("checkpoint."))
+
+
 def put_many(bucket: str, objects) -> None:
     """Put many objects into moto's S3 straight through its backend: the server
     runs in this process and answers with them as if each had come by HTTP,

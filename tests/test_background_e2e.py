@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from conftest import temp_leftovers
+
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 KIB = 1024
@@ -72,7 +74,7 @@ def test_object_larger_than_the_cap_fails_cleanly(start_daemon, s3, bucket):
     status, lines = daemon.request("PULL", bucket, "huge")
     assert status == "ERROR" and "huge" in lines[0] and "max_cache_size" in lines[0]
     assert not (daemon.data / bucket / "huge").exists()
-    assert os.listdir(daemon.home / "tmp") == []
+    assert temp_leftovers(daemon.home) == []
     assert daemon.stop() == 0
 
 
@@ -190,7 +192,7 @@ def test_open_of_an_object_larger_than_the_cap_is_enospc(start_daemon, s3, bucke
         (root / "huge").read_bytes()
     assert info.value.errno == errno.ENOSPC
     assert (root / "small").read_bytes() == b"fits"
-    assert os.listdir(daemon.home / "tmp") == []
+    assert temp_leftovers(daemon.home) == []
     assert daemon.stop() == 0
 
 
@@ -201,5 +203,5 @@ def test_push_larger_than_the_cap_uploads_uncached(start_daemon, s3, bucket, tmp
     assert daemon.ok("PUSH", bucket, "big.bin", str(local)) == []
     assert s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == local.read_bytes()
     assert not (daemon.data / bucket / "big.bin").exists()
-    assert os.listdir(daemon.home / "tmp") == []
+    assert temp_leftovers(daemon.home) == []
     assert daemon.stop() == 0

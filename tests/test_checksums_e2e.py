@@ -24,7 +24,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from conftest import free_port, fuse_available, wait_until
+from conftest import free_port, fuse_available, temp_leftovers, wait_until
 from fault_proxy import FaultProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
@@ -237,7 +237,7 @@ def test_corrupted_answers_are_refused(http_path, moto_server, s3, proxy, start_
         if (status, lines) != ("ERROR", expected) or installed:
             wrong.append((key, status, lines, "installed" if installed else "not installed"))
     assert wrong == [], "\n".join(map(str, wrong))
-    assert os.listdir(daemon.home / "tmp") == []
+    assert temp_leftovers(daemon.home) == []
     status = daemon.status()
     # each PULL tries three times (two digest retries)
     assert int(status["verify_failures"]) == 3 * len(SPOILED)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import MotoServer, put_many, raw_request, wait_until
+from conftest import MotoServer, put_many, raw_request, temp_leftovers, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -298,7 +298,7 @@ def test_clean_restart_serves_the_cache_with_one_conditional_request(start_daemo
 
 
 def pull_in_the_background(daemon, moto_server, bucket, key, delay):
-    """Start a PULL that S3 answers slowly; return tmp/ once bytes arrive there."""
+    """Start a PULL that S3 answers slowly; return once bytes arrive in tmp/."""
     moto_server.app.slow_paths[f"/{bucket}/{key}"] = delay
     threading.Thread(target=lambda: daemon.request("PULL", bucket, key), daemon=True).start()
     tmp_dir = daemon.home / "tmp"
@@ -306,7 +306,6 @@ def pull_in_the_background(daemon, moto_server, bucket, key, delay):
     while not any(p.stat().st_size for p in tmp_dir.iterdir()):
         assert time.monotonic() < deadline, "the download never started"
         time.sleep(0.02)
-    return tmp_dir
 
 
 def test_sigkill_mid_download_never_serves_a_partial_file(start_daemon, s3, bucket,
@@ -314,13 +313,14 @@ def test_sigkill_mid_download_never_serves_a_partial_file(start_daemon, s3, buck
     body = os.urandom(3 << 20)
     put(s3, bucket, "slow", body)
     daemon = start_daemon()
-    tmp_dir = pull_in_the_background(daemon, moto_server, bucket, "slow", 0.05)
+    pull_in_the_background(daemon, moto_server, bucket, "slow", 0.05)
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait(10)
     assert not (daemon.data / bucket / "slow__meta__").exists()
+    assert temp_leftovers(daemon.home)  # the partial download the kill left
     moto_server.app.slow_paths.clear()
     daemon = start_daemon(port=daemon.port)
-    assert list(tmp_dir.iterdir()) == []
+    assert temp_leftovers(daemon.home) == []  # swept at start-up
     [path] = daemon.ok("PULL", bucket, "slow")
     assert open(path, "rb").read() == body
     assert daemon.stop() == 0
@@ -446,12 +446,12 @@ def test_sigterm_does_not_wait_for_a_slow_download(start_daemon, s3, bucket, mot
     put(s3, bucket, "crawl", os.urandom(2 << 20))
     daemon = start_daemon()
     # two seconds per 64 KiB: a minute for the whole body
-    tmp_dir = pull_in_the_background(daemon, moto_server, bucket, "crawl", 2.0)
+    pull_in_the_background(daemon, moto_server, bucket, "crawl", 2.0)
     wait_until(lambda: moto_server.app.gets_in_flight >= 1, what="the slow GET to be sent")
     assert daemon.stop() == 0
     # the daemon was gone with most of the body still unsent: it did not wait for it
     assert moto_server.app.bytes_sent.get(f"/{bucket}/crawl", 0) < 1 << 20
-    assert list(tmp_dir.iterdir()) == []
+    assert temp_leftovers(daemon.home) == []
     assert not (daemon.data / bucket / "crawl").exists()
     moto_server.app.slow_paths.clear()
 

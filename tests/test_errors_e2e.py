@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from conftest import temp_leftovers
 
 pytestmark = pytest.mark.e2e
 
@@ -17,7 +17,7 @@ def test_push_to_a_missing_bucket_is_a_clear_error(daemon, tmp_path):
     message = " ".join(lines)
     assert "no such bucket" in message and "internal" not in message, message
     assert str(tmp_path) not in message and "/tmp/" not in message.replace(str(local), "")
-    assert os.listdir(daemon.home / "tmp") == []
+    assert temp_leftovers(daemon.home) == []
 
 
 def test_push_under_a_cached_file_makes_it_a_directory(daemon, s3, bucket, tmp_path):

@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from conftest import wait_until
+from conftest import temp_leftovers, wait_until
 from fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +55,7 @@ def _file_sha(path: str) -> str:
 
 
 def _leftovers(home) -> list[str]:
-    return os.listdir(home / "tmp")
+    return temp_leftovers(home)
 
 
 def _plain_client(moto_server):

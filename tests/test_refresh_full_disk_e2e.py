@@ -13,6 +13,8 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
+from conftest import temp_leftovers
+
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 OLD_KEYS = [f"old/{i:03d}.txt" for i in range(20)]
@@ -64,7 +66,7 @@ def test_refresh_on_a_full_disk_is_a_clear_error_and_the_old_listing_stays(
     assert sorted(os.listdir(root)) == ["old"]
     assert sorted(os.listdir(root / "old")) == [k.split("/")[1] for k in OLD_KEYS]
     assert daemon.ok("PULL", bucket, OLD_KEYS[0]) == [cached]
-    assert os.listdir(small_home / "tmp") == []
+    assert temp_leftovers(small_home) == []
     # the glob of a prefix (the index) answers the old listing too
     assert daemon.ok("GLOB", bucket, "new/**") == []
 
