@@ -31,6 +31,12 @@ BUCKET = "s3pool-demo"
 # prefixes and StartAfter values with every kind of byte a query must encode
 AWKWARD_DIRS = ["dir with space/", "a+b=c&d/", "pct%2F~x/", "été 中文/", "semi;colon,#/"]
 MANY = 1050  # keys of one directory: two pages, the second asked with a token
+# a directory SeaweedFS pages by path component: its first page ends with
+# pct/ (after 999 files), its second holds pct%2F/ and pct.txt, which sort
+# before pct/ in S3's byte order
+ORDER_DIR = "order dir/"
+ORDER_KEYS = [*(f"{ORDER_DIR}a{i:05d}" for i in range(999)),
+              f"{ORDER_DIR}pct/x", f"{ORDER_DIR}pct%2F/y", f"{ORDER_DIR}pct.txt"]
 
 
 def _pages(backend: Backend, prefix: str, delimiter: str | None,
@@ -54,7 +60,7 @@ def demo(tmp_path_factory) -> Iterator[tuple[DemoDaemon, dict[str, str]]]:
         s3 = s3_client(status)
         keys = [*AWKWARD_KEYS,
                 *(f"{d}{name}" for d in AWKWARD_DIRS for name in ("x+1 y", "é", "sub/deep"))]
-        keys += [f"many dir/k{i:05d}" for i in range(MANY)]
+        keys += [f"many dir/k{i:05d}" for i in range(MANY)] + ORDER_KEYS
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda key: s3.put_object(Bucket=BUCKET, Key=key, Body=b"v"), keys))
         yield daemon, status
@@ -103,6 +109,29 @@ def test_the_daemon_lists_on_the_lean_path(demo):
     after = daemon.status()
     assert int(after["s3_lean_lists"]) - int(before["s3_lean_lists"]) >= 3
     assert after["s3_lean_list_fallbacks"] == "0"
+
+
+async def test_a_directory_sent_by_path_component_is_listed_whole(demo, tmp_path):
+    """SeaweedFS sends pct/ at the end of one page, and pct%2F/ and pct.txt
+    (before it in bytes) on the next: the listing neither ends as one that
+    goes back nor drops pct%2F/'s keys from the index."""
+    from s3pool.listing.listings import Listings
+    from s3pool.store.layout import Layout
+
+    _, status = demo
+    lean, _ = _backends(status)
+    pages = _pages(lean, ORDER_DIR, "/")
+    assert [subdirs for _, subdirs in pages] == [[f"{ORDER_DIR}pct/"], [f"{ORDER_DIR}pct%2F/"]]
+    assert [key for key, *_ in pages[1][0]] == [f"{ORDER_DIR}pct.txt"]
+    listings = Listings(Layout.create(str(tmp_path)), lean)
+    job = await listings.fresh(BUCKET, f"{ORDER_DIR}pct%2F/", False, 0)
+    assert job is not None and job.error is None, job.error
+    job = await listings.fresh(BUCKET, ORDER_DIR, False, 0)
+    assert job is not None and job.error is None, job.error
+    names = [e.name + "/" * e.is_dir for e in listings.iter_children(BUCKET, ORDER_DIR)]
+    rests = [k[len(ORDER_DIR):] for k in ORDER_KEYS]
+    assert names == sorted({r.partition("/")[0] + "/" * r.count("/") for r in rests})
+    assert [e.name for e in listings.iter_children(BUCKET, f"{ORDER_DIR}pct%2F/")] == ["y"]
 
 
 class _RawServer:

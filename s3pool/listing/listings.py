@@ -43,6 +43,7 @@ from s3pool.listing.index import (
     Reader,
     prefix_upper,
 )
+from s3pool.listing.order import Onward, settle
 from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
 from s3pool.listing.ranges import (
     PAGES_FIRST,
@@ -529,17 +530,29 @@ class Listings:
         merger = Merger(self.layout.index_path(job.bucket))
         try:
             lo: str | None = None
+            held: tuple[list[ListEntry], list[str]] = ([], [])  # past the last page's end
             pages = fetched_ahead(self._prefix_pages(job), more=lambda page: (
                 page[2] is not None and (job.max_pages is None or job.max_pages > 1)))
             for entries, subdirs, hi in pages:
                 last = hi is None
-                entries = [e for e in entries if not self.hidden(e.key)]
-                subdirs = [d for d in subdirs if not self.hidden(d)]
+                entries = held[0] + [e for e in entries if not self.hidden(e.key)]
+                subdirs = held[1] + [d for d in subdirs if not self.hidden(d)]
+                held = ([], [])
+                if not job.deep and hi is not None:
+                    # a directory's page covers up to its greatest name, in
+                    # either order S3 servers send (order.py); what lies past
+                    # it goes with the next page
+                    hi, (entries, subdirs), held = settle(lo, hi, entries, subdirs)
+                    if hi is None:
+                        continue
                 merger.merge(job.prefix, job.deep, lo, hi, entries, subdirs, job.started - 1.0,
                              listed_at=job.started if last else None)
                 self.on_write()
                 token.run_sync_soon(self._advanced, job, hi)
                 lo = hi
+            if held[0] or held[1]:  # the LIST stopped early (max_pages): in, deleting nothing
+                merger.merge(job.prefix, job.deep, lo, lo, *held, job.started - 1.0)
+                self.on_write()
         except IndexFault as exc:
             raise not_written(job.bucket, exc) from exc
         finally:
@@ -565,12 +578,13 @@ class Listings:
         continuation: str | None = None
         pages = seen = empty_run = 0
         first = hi = ""
+        onward = Onward()
         while True:
             entries, subdirs, continuation = fetch(None, continuation)
             pages += 1
             ends = page_end(entries, subdirs)
             empty_run = empty_run + 1 if ends is None else 0
-            if (pages > 1 and ends is not None and ends <= hi) or empty_run > EMPTY_PAGES_MAX:
+            if not onward.goes_on(entries, subdirs) or empty_run > EMPTY_PAGES_MAX:
                 # each page goes on past the one before (S3 may send empty pages
                 # past deleted versions, not for ever): else a LIST for ever
                 raise BackendError(f"S3 answered a LIST of s3://{job.bucket}/{job.prefix} with "
@@ -945,9 +959,9 @@ def page_fault(prefix: str, delimiter: str | None, entries: list[ListEntry],
     """What makes a LIST page of *prefix* impossible, or None: a key outside
     the prefix or, with *delimiter*, inside a subdirectory, or a
     subdirectory that is not one of the prefix would go into the index where
-    no LIST of that part put it. (The order is not checked: SeaweedFS sends
-    "pct/" before "pct%2F/", by path component; a merge takes a page's
-    highest position as its end.)"""
+    no LIST of that part put it. (The order within a page is not checked:
+    SeaweedFS sends "pct/" before "pct%2F/", by path component; order.py
+    says how far a page covers and checks that the pages go on.)"""
     cut = len(prefix)
     for entry in entries:
         key = entry.key
