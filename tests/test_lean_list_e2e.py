@@ -134,6 +134,23 @@ async def test_a_directory_sent_by_path_component_is_listed_whole(demo, tmp_path
     assert [e.name for e in listings.iter_children(BUCKET, f"{ORDER_DIR}pct%2F/")] == ["y"]
 
 
+def test_the_whole_bucket_is_listed_on_the_lean_path(demo):
+    """A refresh lists the whole bucket page by page on the lean path, and
+    GLOB of every key answers from it: every key, in SeaweedFS's order too."""
+    daemon, status = demo
+    before = daemon.status()
+    daemon.ok("REFRESH", BUCKET)
+    after = daemon.status()
+    lean, _ = _backends(status)
+    pages = _pages(lean, "", None)
+    assert len(pages) >= 3
+    assert int(after["s3_lean_lists"]) - int(before["s3_lean_lists"]) >= len(pages)
+    assert after["s3_lean_list_fallbacks"] == "0"
+    keys = [key for entries, _ in pages for key, *_ in entries]
+    daemon.ok("SET", "listing_freshness", "3600")
+    assert sorted(daemon.ok("GLOB", BUCKET, "**")) == sorted(keys)
+
+
 class _RawServer:
     """Answers every request on loopback with fixed raw bytes (framing a
     well-behaved server would never send), then closes the connection."""

@@ -300,7 +300,8 @@ async def test_an_empty_page_in_the_middle_of_a_listing_loses_no_key(tmp_path):
 
 async def test_a_listing_of_empty_pages_for_ever_ends_with_an_error(tmp_path):
     from fakes import FakeBackend
-    from s3pool.listing.listings import EMPTY_PAGES_MAX, Listings
+    from s3pool.listing.listings import Listings
+    from s3pool.s3.listpages import EMPTY_PAGES_MAX
     from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
     from s3pool.store.layout import Layout
 

@@ -43,7 +43,7 @@ from s3pool.listing.index import (
     Reader,
     prefix_upper,
 )
-from s3pool.listing.order import Onward, settle
+from s3pool.listing.order import settle
 from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
 from s3pool.listing.ranges import (
     PAGES_FIRST,
@@ -55,19 +55,16 @@ from s3pool.listing.ranges import (
 )
 from s3pool.s3.answers import ListEntry
 from s3pool.s3.backend import Backend, translate
-from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
+from s3pool.s3.listpages import PAGE_KEYS, Onward, page_of
 from s3pool.store.layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
 
 log = logging.getLogger(__name__)
 
 # a GLOB with more literal prefixes than this, when stale, refreshes the whole listing
 MAX_PREFIX_RELISTS = 16
-# keys per LIST page
-PAGE_KEYS = 1000
 # look-ahead LISTs at a time: 4 beat 2 (and 8) on a cold find once merges
 # stopped fsyncing (bench/RESULTS.md, Listings)
 LOOK_AHEAD_AT_ONCE = 4
-EMPTY_PAGES_MAX = 1000  # empty pages in a row a LIST may send (deleted versions), at most
 # has_children answers kept per bucket (all forgotten when it is full)
 CHILDREN_MEMORY = 1 << 16
 # keys a GLOB scan matches between two looks at the stopping flag
@@ -576,19 +573,17 @@ class Listings:
                              start_after=start_after)
 
         continuation: str | None = None
-        pages = seen = empty_run = 0
+        pages = seen = 0
         first = hi = ""
         onward = Onward()
         while True:
             entries, subdirs, continuation = fetch(None, continuation)
             pages += 1
             ends = page_end(entries, subdirs)
-            empty_run = empty_run + 1 if ends is None else 0
-            if not onward.goes_on(entries, subdirs) or empty_run > EMPTY_PAGES_MAX:
-                # each page goes on past the one before (S3 may send empty pages
-                # past deleted versions, not for ever): else a LIST for ever
+            why = onward.fault(entries, subdirs)
+            if why is not None:  # else a LIST for ever
                 raise BackendError(f"S3 answered a LIST of s3://{job.bucket}/{job.prefix} with "
-                                   f"a page that does not go on after {hi[:200]!r}: not believed")
+                                   f"{why}: not believed")
             if continuation is None:
                 yield entries, subdirs, None
                 return
@@ -933,18 +928,7 @@ def list_page(backend: Backend, bucket: str, prefix: str, delimiter: str | None,
         resp = backend.list_objects_v2(**params)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise translate(exc, bucket) from exc
-    entries = resp.get(FAST_ENTRIES)
-    if entries is None:  # botocore parsed it (an answer the fast parser left alone)
-        entries = [ListEntry(item["Key"], int(item.get("Size", 0)),
-                             item["LastModified"].timestamp(), item.get("ETag", ""))
-                   for item in resp.get("Contents", ())]
-    subdirs = resp.get(FAST_PREFIXES)
-    if subdirs is None:
-        subdirs = [item["Prefix"] for item in resp.get("CommonPrefixes", ()) if item.get("Prefix")]
-    token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
-    if resp.get("IsTruncated") and not token:
-        raise BackendError(f"S3 said the listing of s3://{bucket}/{prefix} goes on but gave "
-                           "no continuation token")
+    entries, subdirs, token = page_of(resp, f"s3://{bucket}/{prefix}")
     why = page_fault(prefix, delimiter, entries, subdirs)
     if why is None and token is not None and token == continuation:
         why = "the same continuation token again"

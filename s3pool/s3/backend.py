@@ -59,7 +59,8 @@ from s3pool.s3.lean import (
     LeanGets,
     bytes_behind,
 )
-from s3pool.s3.listparse import FAST_ENTRIES, install_listing_parser, read_page
+from s3pool.s3.listpages import PAGE_KEYS, Onward, page_of
+from s3pool.s3.listparse import install_listing_parser, read_page
 from s3pool.s3.progress import Progress, Transfer
 from s3pool.store.files import write_all
 
@@ -739,12 +740,7 @@ class Backend:
             lambda: self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=limit),
             bucket=bucket,
         )
-        fast: list[ListEntry] | None = resp.get(FAST_ENTRIES)
-        if fast is not None:
-            return fast
-        return [ListEntry(item["Key"], int(item.get("Size", 0)),
-                          item["LastModified"].timestamp(), item.get("ETag", ""))
-                for item in resp.get("Contents", ())]
+        return page_of(resp, f"s3://{bucket}/{prefix}")[0]
 
     async def upload_file(self, bucket: str, key: str, path: str,
                           extra_args: dict[str, Any] | None = None) -> None:
@@ -864,23 +860,31 @@ class Backend:
         return True
 
     def iter_listing(self, bucket: str) -> Iterator[list[ListEntry]]:
-        """Blocking generator of listing pages (1,000 keys each); run it in a thread."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=bucket, PaginationConfig={"PageSize": 1000}):
-                fast = page.get(FAST_ENTRIES)
-                if fast is not None:
-                    yield fast
-                    continue
-                yield [
-                    ListEntry(
-                        item["Key"], int(item.get("Size", 0)),
-                        item["LastModified"].timestamp(), item.get("ETag", ""),
-                    )
-                    for item in page.get("Contents", ())
-                ]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise translate(exc, bucket) from exc
+        """Blocking generator of the whole bucket's listing pages (1,000 keys
+        each), on the lean path where it answers; run it in a thread. A page
+        that cannot follow the ones before (listpages.py) ends it with an
+        error."""
+        where = f"s3://{bucket}"
+        onward = Onward()
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": bucket, "MaxKeys": PAGE_KEYS}
+            if token is not None:
+                params["ContinuationToken"] = token
+            try:
+                resp = self.list_objects_v2(**params)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                raise translate(exc, bucket) from exc
+            entries, _, following = page_of(resp, where)
+            why = onward.fault(entries, [])
+            if why is None and following is not None and following == token:
+                why = "the same continuation token again"
+            if why is not None:
+                raise BackendError(f"S3 answered a LIST of {where} with {why}: not believed")
+            yield entries
+            if following is None:
+                return
+            token = following
 
 
 class ObjectExists(BackendError):
