@@ -27,12 +27,15 @@ from s3pool.s3.listparse import FAST_ENTRIES, FAST_PREFIXES
 # keys per LIST page
 PAGE_KEYS = 1000
 EMPTY_PAGES_MAX = 1000  # empty pages in a row a LIST may send (deleted versions), at most
+SIZE_MAX = (1 << 63) - 1  # a file's size is a signed 64-bit count (st_size, off_t)
 
 
 def page_of(resp: dict[str, Any], where: str) -> tuple[list[ListEntry], list[str], str | None]:
     """A ListObjectsV2 answer: (keys, subdirectories, the next page's token
     or None), from s3pool's parser or, for an answer it left alone,
-    botocore's. *where* (s3://bucket/prefix) names the LIST in errors."""
+    botocore's. A size no file can have (below 0, past a signed 64-bit
+    count: the mount could not show the directory) is an error. *where*
+    (s3://bucket/prefix) names the LIST in errors."""
     entries = resp.get(FAST_ENTRIES)
     if entries is None:  # botocore parsed it (an answer the fast parser left alone)
         entries = [ListEntry(item["Key"], int(item.get("Size", 0)),
@@ -45,6 +48,11 @@ def page_of(resp: dict[str, Any], where: str) -> tuple[list[ListEntry], list[str
     if resp.get("IsTruncated") and not token:
         raise BackendError(f"S3 said the listing of {where} goes on but gave no continuation "
                            "token")
+    if entries and not 0 <= min(e.size for e in entries) <= max(e.size for e in entries) \
+            <= SIZE_MAX:
+        odd = next(e for e in entries if not 0 <= e.size <= SIZE_MAX)
+        raise BackendError(f"S3 answered a LIST of {where} with the key {odd.key[:200]!r} of "
+                           f"size {str(odd.size)[:40]}, which no file can have: not believed")
     return entries, subdirs, token
 
 
