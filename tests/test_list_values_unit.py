@@ -61,3 +61,13 @@ def test_the_largest_size_a_file_can_have_is_believed(fixed_server):  # noqa: F8
     s3 = Backend(endpoint_url=fixed_server.url, credentials=KEYS)
     entries, _, _ = list_page(s3, "bkt", "d/", "/", None)
     assert [e.size for e in entries] == [1, SIZE_MAX]
+
+
+async def test_a_name_with_a_nul_byte_is_not_shown(make_mount, backend):  # noqa: F811
+    """A key may hold a NUL (sent URL-encoded, %00); no file name can: the
+    kernel would cut the name there and show "a", a file that is not
+    there (or another one). PULL refuses such a key as ever (BadKey)."""
+    backend.put("bucket", "dir/a\x00b", b"x")
+    backend.put("bucket", "dir/c\x00d/e", b"x")
+    m: Mount = await make_mount()
+    assert await m.listdir("bucket/dir") == ["a.txt", "b.bin", "sub"]

@@ -88,8 +88,9 @@ def same_etag(a: str | None, b: str | None) -> bool:
 
 
 def visible_name(name: str, at_root: bool) -> bool:
-    """Can *name* be shown as one path component of the FUSE view?"""
-    if name in ("", ".", "..") or name.endswith(META_SUFFIX):
+    """Can *name* be shown as one path component of the FUSE view? (Not
+    with a NUL: the kernel would cut the name there.)"""
+    if name in ("", ".", "..") or name.endswith(META_SUFFIX) or "\0" in name:
         return False
     if at_root and (name in RESERVED_ROOT_NAMES or name == HIDDEN_ROOT):
         return False
