@@ -73,3 +73,25 @@ def test_keys_with_newlines_from_s3_forge_no_glob_line(start_daemon, s3, bucket,
     assert daemon.ok("GLOB", bucket, "**") == [*clean, "pushed"]
     assert daemon.log_text().count("INJECTED-KEY") == 2
     assert daemon.stop() == 0, daemon.log_text()
+
+
+def test_keys_with_a_nul_are_left_out_of_glob_and_the_mount(start_daemon, s3, bucket):
+    """A key holding a NUL (S3 lists it URL-encoded, %00): a C client
+    reading a GLOB line would take "plain/a" from "plain/a<NUL>b", another
+    key; the kernel would cut a file name there. Left out of GLOB,
+    ``__list__`` and the mount's listings, and a PULL of it is refused."""
+    s3.put_object(Bucket=bucket, Key="plain/a", Body=b"the real a")
+    put_direct(bucket, "plain/a\x00b", b"not a")
+    put_direct(bucket, "nul\x00dir/x", b"not a")
+    daemon = start_daemon(mount=True, args=["--bucket", bucket])
+    root = daemon.mountpoint / bucket
+    assert daemon.ok("GLOB", bucket, "**") == ["plain/a"]
+    assert daemon.ok("GLOB", bucket, "plain/**") == ["plain/a"]
+    assert (daemon.data / bucket / "__list__").read_bytes() == b"plain/a\n"
+    assert sorted(os.listdir(root)) == ["plain"]
+    assert sorted(os.listdir(root / "plain")) == ["a"]
+    assert (root / "plain" / "a").read_bytes() == b"the real a"
+    status, lines = daemon.request("PULL", bucket, "plain/a\x00b")
+    assert status == "ERROR" and "NUL" in lines[0], lines
+    assert "NUL" in daemon.log_text()
+    assert daemon.stop() == 0, daemon.log_text()

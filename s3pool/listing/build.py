@@ -3,7 +3,7 @@
 Both are built in ``tmp/`` (store/files.py) a page at a time from the
 pages of a LIST (or of a published listing), then renamed into place, the
 index first (under its lock: index.py), so a reader sees the old listing
-or the new one, never a mix. Keys with a line break are left out of
+or the new one, never a mix. Keys with a line break or a NUL are left out of
 ``__list__`` (and so of GLOB), named in the log. A listing that cannot be
 written is :class:`ListingNotWritten` (:class:`NoSpace` on a full disk)
 and the previous one stays. The empty index a directory LIST merges into
@@ -25,11 +25,11 @@ from s3pool.listing.index import IndexFault
 from s3pool.listing.published import is_hidden
 from s3pool.s3.answers import ListEntry
 from s3pool.store.files import temp_path
-from s3pool.store.layout import Layout, has_line_break
+from s3pool.store.layout import Layout, unfit_for_a_line
 
 log = logging.getLogger(__name__)
 
-# keys with a line break named in the log per listing (then only counted)
+# keys with a line break or a NUL named in the log per listing (then only counted)
 LINE_BREAKS_LOGGED = 20
 
 
@@ -47,7 +47,7 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
     which marks it ``list_complete`` 0.
     """
     count = 0
-    broken = 0  # keys with a line break, left out of __list__ (and of GLOB)
+    broken = 0  # keys with a line break or a NUL, left out of __list__ (and of GLOB)
     tmp_dir = layout.tmp_dir
     try:
         # __list__ is for other tools: the mode open() gives (the umask applies)
@@ -59,10 +59,10 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
                     for page in pages:
                         if any(hidden(e.key) for e in page):
                             page = [e for e in page if not hidden(e.key)]
-                        if any(has_line_break(e.key) for e in page):
+                        if any(unfit_for_a_line(e.key) for e in page):
                             broken += _log_line_breaks(bucket, page, broken)
                         listing.writelines(e.key + "\n" for e in page
-                                           if not has_line_break(e.key))
+                                           if not unfit_for_a_line(e.key))
                         built.add(page)
                         count += len(page)
                     listing.flush()
@@ -123,9 +123,9 @@ def not_written(bucket: str, exc: OSError | IndexFault) -> S3PoolError:
 def _log_line_breaks(bucket: str, page: list[ListEntry], logged: int) -> int:
     """Name in the log (once per listing) the keys of *page* that hold a line
     break; return how many there are."""
-    found = [e.key for e in page if has_line_break(e.key)]
+    found = [e.key for e in page if unfit_for_a_line(e.key)]
     for key in found[:max(0, LINE_BREAKS_LOGGED - logged)]:
-        log.warning("s3://%s: key %r holds a newline or carriage return: left out of "
-                    "__list__, GLOB and the mount's directory listings (a PULL cannot "
-                    "return its path; it opens by name on the mount)", bucket, key)
+        log.warning("s3://%s: key %r holds a newline, carriage return or NUL: left out "
+                    "of __list__, GLOB and the mount's directory listings (a PULL cannot "
+                    "return its path)", bucket, key)
     return len(found)

@@ -56,7 +56,7 @@ from s3pool.listing.ranges import (
 from s3pool.s3.answers import ListEntry
 from s3pool.s3.backend import Backend, translate
 from s3pool.s3.listpages import PAGE_KEYS, Onward, page_of
-from s3pool.store.layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, has_line_break
+from s3pool.store.layout import META_SUFFIX, RESERVED_ROOT_NAMES, Layout, unfit_for_a_line
 
 log = logging.getLogger(__name__)
 
@@ -731,7 +731,7 @@ class Listings:
                 slash = rest.find("/")
                 if slash >= 0:
                     name = rest[:slash]
-                    if visible_name(name, at_root) and not has_line_break(name):
+                    if visible_name(name, at_root) and not unfit_for_a_line(name):
                         yield Entry(name, True)
                     lo, inclusive = dir_prefix + name + "0", True  # '0' follows '/'
                     break
@@ -746,7 +746,7 @@ class Listings:
                 # keys under "key/" sort right after "key" and the keys that
                 # extend it with a character below '/': unless the next key
                 # starts with "key", there are none
-                if visible_name(rest, at_root) and not has_line_break(rest) and not (
+                if visible_name(rest, at_root) and not unfit_for_a_line(rest) and not (
                         following is not None and following[0].startswith(key)
                         and self.has_children(bucket, key)):
                     yield new(Entry, (rest, False, size, mtime, etag))
@@ -832,7 +832,7 @@ class Listings:
                     for seen, key in enumerate(candidates(conn, prefix)):
                         if not seen % _STOP_CHECK_EVERY and stopping.is_set():
                             raise ShuttingDown("the daemon is stopping: GLOB abandoned")
-                        if matches(key) and not has_line_break(key):
+                        if matches(key) and not unfit_for_a_line(key):
                             found.append(key)
             finally:
                 conn.close()

@@ -56,9 +56,11 @@ def check_bucket(bucket: str) -> str:
     return bucket
 
 
-def has_line_break(key: str) -> bool:
-    """Would *key* read as two lines in a reply or in ``__list__``?"""
-    return "\n" in key or "\r" in key
+def unfit_for_a_line(key: str) -> bool:
+    """Would *key* not read back as itself from one line of a reply or of
+    ``__list__``? A newline or carriage return splits it in two; a NUL
+    ends it early for a client in C (the original's clients)."""
+    return "\n" in key or "\r" in key or "\0" in key
 
 
 def check_key(key: str, line_break_ok: bool = False) -> str:
@@ -77,7 +79,7 @@ def check_key(key: str, line_break_ok: bool = False) -> str:
         raise BadKey("empty key")
     if "\0" in key:
         raise BadKey(f"key {key!r} contains NUL")
-    if not line_break_ok and has_line_break(key):
+    if not line_break_ok and unfit_for_a_line(key):
         raise BadKey(f"key {key!r} holds a newline or carriage return: replies give one "
                      "path a line and cannot carry it (open it by name on the mount)")
     try:
