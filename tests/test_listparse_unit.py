@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import botocore.handlers
 import pytest
@@ -74,9 +75,10 @@ class _Fixed(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def fixed_server() -> Iterator[type[_Fixed]]:
-    handler = type("Handler", (_Fixed,), {"asked": 0})
+def serving(base: Any) -> Iterator[Any]:
+    """A loopback HTTP server of a new subclass of *base* (so its class
+    attributes are its own), handed on with its URL in ``url``."""
+    handler = type("Handler", (base,), {"asked": 0})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -86,6 +88,11 @@ def fixed_server() -> Iterator[type[_Fixed]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def fixed_server() -> Iterator[type[_Fixed]]:
+    yield from serving(_Fixed)
 
 
 @pytest.mark.parametrize("body", [

@@ -10,7 +10,6 @@ request's continuation token."""
 from __future__ import annotations
 
 import http.server
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 
@@ -19,7 +18,7 @@ import pytest
 from s3pool.errors import BackendError
 from s3pool.s3.backend import Backend
 from s3pool.s3.listpages import EMPTY_PAGES_MAX
-from test_listparse_unit import KEYS, NS, item
+from test_listparse_unit import KEYS, NS, item, serving
 
 pytestmark = pytest.mark.unit
 
@@ -56,16 +55,7 @@ class _Pager(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def pager() -> Iterator[type[_Pager]]:
-    handler = type("Handler", (_Pager,), {"asked": 0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    handler.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-    try:
-        yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield from serving(_Pager)
 
 
 def _serve(pager: type[_Pager], answer: Answer) -> None:
