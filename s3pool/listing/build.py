@@ -122,7 +122,7 @@ def not_written(bucket: str, exc: OSError | IndexFault) -> S3PoolError:
 
 def _log_line_breaks(bucket: str, page: list[ListEntry], logged: int) -> int:
     """Name in the log (once per listing) the keys of *page* that hold a line
-    break; return how many there are."""
+    break or a NUL; return how many there are."""
     found = [e.key for e in page if unfit_for_a_line(e.key)]
     for key in found[:max(0, LINE_BREAKS_LOGGED - logged)]:
         log.warning("s3://%s: key %r holds a newline, carriage return or NUL: left out "

@@ -43,7 +43,7 @@ from s3pool.listing.index import (
     Reader,
     prefix_upper,
 )
-from s3pool.listing.order import settle
+from s3pool.listing.order import Part, settle
 from s3pool.listing.published import DEFAULT_KEY, HIDDEN_ROOT, is_hidden
 from s3pool.listing.ranges import (
     PAGES_FIRST,
@@ -528,7 +528,7 @@ class Listings:
         merger = Merger(self.layout.index_path(job.bucket))
         try:
             lo: str | None = None
-            held: tuple[list[ListEntry], list[str]] = ([], [])  # past the last page's end
+            held: Part = ([], [])  # past the last page's end
             pages = fetched_ahead(self._prefix_pages(job), more=lambda page: (
                 page[2] is not None and (job.max_pages is None or job.max_pages > 1)))
             for entries, subdirs, hi in pages:
@@ -945,8 +945,9 @@ def page_fault(prefix: str, delimiter: str | None, entries: list[ListEntry],
     the prefix or, with *delimiter*, inside a subdirectory, or a
     subdirectory that is not one of the prefix would go into the index where
     no LIST of that part put it. (The order within a page is not checked:
-    SeaweedFS sends "pct/" before "pct%2F/", by path component; order.py
-    says how far a page covers and checks that the pages go on.)"""
+    SeaweedFS sends "pct/" before "pct%2F/", by path component;
+    listing/order.py says how far a page covers, s3/listpages.py checks
+    that the pages go on.)"""
     cut = len(prefix)
     for entry in entries:
         key = entry.key

@@ -740,7 +740,7 @@ class Backend:
             lambda: self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=limit),
             bucket=bucket,
         )
-        return page_of(resp, f"s3://{bucket}/{prefix}")[0]
+        return page_of(resp, f"s3://{bucket}/{prefix}", paging=False)[0]
 
     async def upload_file(self, bucket: str, key: str, path: str,
                           extra_args: dict[str, Any] | None = None) -> None:

@@ -30,12 +30,14 @@ EMPTY_PAGES_MAX = 1000  # empty pages in a row a LIST may send (deleted versions
 SIZE_MAX = (1 << 63) - 1  # a file's size is a signed 64-bit count (st_size, off_t)
 
 
-def page_of(resp: dict[str, Any], where: str) -> tuple[list[ListEntry], list[str], str | None]:
+def page_of(resp: dict[str, Any], where: str, paging: bool = True
+            ) -> tuple[list[ListEntry], list[str], str | None]:
     """A ListObjectsV2 answer: (keys, subdirectories, the next page's token
     or None), from s3pool's parser or, for an answer it left alone,
     botocore's. A size no file can have (below 0, past a signed 64-bit
-    count: the mount could not show the directory) is an error. *where*
-    (s3://bucket/prefix) names the LIST in errors."""
+    count: the mount could not show the directory) is an error, and so is
+    a page that goes on without a token, unless *paging* is off (only this
+    page is wanted). *where* (s3://bucket/prefix) names the LIST in errors."""
     entries = resp.get(FAST_ENTRIES)
     if entries is None:  # botocore parsed it (an answer the fast parser left alone)
         entries = [ListEntry(item["Key"], int(item.get("Size", 0)),
@@ -45,7 +47,7 @@ def page_of(resp: dict[str, Any], where: str) -> tuple[list[ListEntry], list[str
     if subdirs is None:
         subdirs = [item["Prefix"] for item in resp.get("CommonPrefixes", ()) if item.get("Prefix")]
     token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
-    if resp.get("IsTruncated") and not token:
+    if paging and resp.get("IsTruncated") and not token:
         raise BackendError(f"S3 said the listing of {where} goes on but gave no continuation "
                            "token")
     if entries and not 0 <= min(e.size for e in entries) <= max(e.size for e in entries) \
