@@ -175,3 +175,21 @@ def test_a_page_is_settled_up_to_its_greatest_name():
     # a range's page claims less than its names reach: its claim holds
     assert settle("d/a", "d/m", [e("d/b")], []) == ("d/b", ([e("d/b")], []), ([], []))
     assert settle("d/a", "d/b", [e("d/b")], ["d/b/"])[0] == "d/b"
+
+
+def test_a_whole_listing_in_component_order_is_written_in_key_order(tmp_path):
+    """__list__ (what GLOB of a pattern without a literal prefix reads, in
+    its order) holds each key once in key order, though SeaweedFS sent
+    a/x before a.txt and a server repeated a key across pages."""
+    from s3pool.listing.build import write_listing
+
+    def e(key):
+        return ListEntry(key, 1, 1_700_000_000.0, '"e"')
+
+    layout = Layout.create(str(tmp_path))
+    pages = [[e("a/x"), e("a/y")], [e("a.txt"), e("b")], [e("b"), e("c\nd"), e("e")]]
+    assert write_listing(layout, "bkt", pages) == 6
+    assert open(layout.list_path("bkt")).read() == "a.txt\na/x\na/y\nb\ne\n"
+    in_order = [[e("a.txt"), e("a/x")], [e("b"), e("c\nd")]]
+    assert write_listing(layout, "bkt", in_order) == 4
+    assert open(layout.list_path("bkt")).read() == "a.txt\na/x\nb\n"

@@ -44,10 +44,14 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
     which *hidden* is true (s3pool's own ``.s3pool/`` objects) are left out.
     *info* goes into the index's info table; *extra* (entry, added_at)
     pairs go into the index only (keys added here that the pages may lack),
-    which marks it ``list_complete`` 0.
+    which marks it ``list_complete`` 0. ``__list__`` holds each key once, in
+    key order (GLOB answers in that order), whatever order the pages came
+    in; returns how many keys there are.
     """
     count = 0
     broken = 0  # keys with a line break or a NUL, left out of __list__ (and of GLOB)
+    last = ""  # the greatest key so far, while the pages came in key order
+    in_order = True
     tmp_dir = layout.tmp_dir
     try:
         # __list__ is for other tools: the mode open() gives (the umask applies)
@@ -65,6 +69,20 @@ def write_listing(layout: Layout, bucket: str, pages: Iterable[list[ListEntry]],
                                            if not unfit_for_a_line(e.key))
                         built.add(page)
                         count += len(page)
+                        if in_order and page:
+                            in_order = in_sequence(last, page)
+                            last = page[-1].key
+                    if not in_order:
+                        # SeaweedFS lists by path component ("a/x" before "a.txt"),
+                        # a server may repeat a key: written again, in key order
+                        # and each key once, from the index being built
+                        listing.seek(0)
+                        listing.truncate()
+                        count = 0
+                        for key in built.keys():
+                            count += 1
+                            if not unfit_for_a_line(key):
+                                listing.write(key + "\n")
                     listing.flush()
                     os.fsync(listing.fileno())
                 built.add_local((e, at) for e, at in extra if not hidden(e.key))
@@ -103,6 +121,13 @@ def create_empty_index(layout: Layout, bucket: str) -> None:
 
 class ListingNotWritten(S3PoolError):
     """The new listing of a bucket could not be written; the previous one stands."""
+
+
+def in_sequence(last: str, page: list[ListEntry]) -> bool:
+    """Do the keys of *page* follow *last* (and each other) in key order,
+    each once?"""
+    keys = [e.key for e in page]
+    return keys[0] > last and all(a < b for a, b in zip(keys, keys[1:], strict=False))
 
 
 def not_written(bucket: str, exc: OSError | IndexFault) -> S3PoolError:

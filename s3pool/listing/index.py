@@ -376,6 +376,14 @@ class Builder:
     def set_info(self, values: dict[str, Any]) -> None:
         self._run_many("INSERT OR REPLACE INTO info VALUES (?, ?)", values.items())
 
+    def keys(self) -> Iterator[str]:
+        """The keys added so far, each once, in key order."""
+        try:
+            for (key,) in self._db.execute("SELECT key FROM keys ORDER BY key"):
+                yield key
+        except sqlite3.Error as exc:
+            raise IndexFault.of(exc) from exc
+
     def _run_many(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         try:
             self._db.executemany(sql, args)
