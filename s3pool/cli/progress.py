@@ -63,6 +63,9 @@ class PullProgress:
         self.started = clock()
         self.in_flight: dict[str, Download] = {}
         self.finished_bytes = 0  # bytes of downloads we saw in flight that have ended
+        # downloads that ended whose PULL reply has not come yet: each counts
+        # as a whole object meanwhile, or the bar would fall back between the two
+        self.ended_unreplied = 0
         self.samples: deque[tuple[float, int]] = deque([(self.started, 0)])
         self.lock = threading.Lock()
 
@@ -70,6 +73,7 @@ class PullProgress:
         """*count* more objects are pulled (called by the pulling threads)."""
         with self.lock:
             self.objects_done = min(self.total_objects, self.objects_done + count)
+            self.ended_unreplied = max(0, self.ended_unreplied - count)
 
     def update(self, downloads: Iterable[Download]) -> None:
         """One poll of STATUS: the downloads in flight on the daemon (anyone's)."""
@@ -79,6 +83,7 @@ class PullProgress:
             for key, previous in self.in_flight.items():
                 if key not in current:
                     self.finished_bytes += previous.total
+                    self.ended_unreplied += 1
             self.in_flight = current
             now = self.clock()
             self.samples.append((now, self._bytes_done()))
@@ -108,7 +113,7 @@ class PullProgress:
     def fraction(self) -> float:
         with self.lock:
             partial = sum(d.done / d.total for d in self.in_flight.values() if d.total > 0)
-            done = self.objects_done
+            done = self.objects_done + self.ended_unreplied
         if not self.total_objects:
             return 1.0
         return min(1.0, (done + partial) / self.total_objects)
