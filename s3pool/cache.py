@@ -446,7 +446,7 @@ class Cache:
         size = response.content_length
         obj = self.store.installed(bucket, key, response.meta, small.done)
         if self.tier is not None:  # under the key's lock: the file is this version
-            self.tier.installed(bucket, key, obj, response, self.store)
+            self.tier.installed(bucket, key, obj, response)
         self.checkpoint_needed()
         digest = response.digest
         self.verifications.installed(digest)
@@ -482,7 +482,7 @@ class Cache:
             try:
                 obj = await self.store.install(bucket, key, download.tmp_path, download.meta)
                 if self.tier is not None:  # under the key's lock: the file is this version
-                    self.tier.installed(bucket, key, obj, download.response, self.store)
+                    self.tier.installed(bucket, key, obj, download.response)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace(f"no space left in the cache for s3://{bucket}/{key}") from exc

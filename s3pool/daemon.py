@@ -327,6 +327,7 @@ class Daemon:
                                   options.shared_cache_profile, self.backend, make_backend)
             self.cache.tier = self.tier
             self.tier.busy = lambda: self.cache.downloads.running > 0  # uploads wait
+            self.tier.store = self.store  # uploads are read from the cache's files
         self.checkpoint = Checkpoint(self.layout, self.settings)
         # after an unclean reboot, what was installed since the last sync is dropped
         self.store.suspect_after = self.checkpoint.suspect_after()

@@ -378,6 +378,7 @@ class Uploads:
         self.tier = UploadTier()
         origin: Any = FakeBackend()
         self.shared = SharedTier(self.tier, "cache", "p/", origin)  # type: ignore[arg-type]
+        self.shared.store = self.store
 
     async def install(self, key: str, data: bytes, tell: bool = True) -> None:
         meta = _meta(data)
@@ -385,7 +386,7 @@ class Uploads:
         if tell:  # as the cache does, under the key's lock (the MD5 ETag checked)
             response = ObjectResponse(meta, None, digest_for(meta, "b", key))
             assert response.digest is not None
-            self.shared.installed("b", key, obj, response, self.store)
+            self.shared.installed("b", key, obj, response)
 
     def stored(self, key: str) -> bytes | None:
         for data, meta in self.tier.stored.values():

@@ -323,7 +323,7 @@ class SharedTier:
         self._queued_bytes = 0  # bytes of the uploads queued or being sent
         self._sending_bytes = 0  # ... being sent
         self._more = trio.Event()  # set when an upload is queued
-        self._store: Store | None = None  # where the queued files are (installed() says)
+        self.store: Store | None = None  # the cache's files, uploaded from (the daemon sets it)
         self._running = False  # run() is: uploads may be queued
         self._upload_failures_in_row = 0
         self._upload_pause_until = 0.0
@@ -573,8 +573,8 @@ class SharedTier:
     # --- after an install ----------------------------------------------------
 
     def installed(self, bucket: str, key: str, obj: CachedObject,
-                  response: ObjectResponse, store: Store) -> None:
-        """Under the key's lock: *obj* was installed in *store* from *response*
+                  response: ObjectResponse) -> None:
+        """Under the key's lock: *obj* was installed in the store from *response*
         (checked). From the tier: counted. From the origin and verified: queued
         for the tier (a record; the file is opened at its turn)."""
         if isinstance(response, TierResponse):
@@ -588,7 +588,8 @@ class SharedTier:
             return
         size = int(obj.size)
         self.add_bytes(origin=size)
-        if response.digest is None or not self.usable() or not self._running:
+        if response.digest is None or not self.usable() or not self._running \
+                or self.store is None:
             return  # unverifiable objects are never read from the tier: not written either
         ident = (bucket, key)
         replaced = self._queue.pop(ident, None)
@@ -600,7 +601,6 @@ class SharedTier:
             log.debug("shared cache: not writing s3://%s/%s (%d uploads queued)", bucket, key,
                       len(self._queue))
             return
-        self._store = store
         self._queue[ident] = (obj.etag, size)
         self._queued_bytes += size
         self._more.set()
@@ -655,7 +655,7 @@ class SharedTier:
     async def _upload(self, bucket: str, key: str, etag: str, size: int) -> None:
         """Write the cached copy of s3://bucket/key to the tier if the cache
         still holds that version (*etag*, *size*); else it is skipped."""
-        store = self._store
+        store = self.store
         assert store is not None
         fd = None
         async with store.key_lock(bucket, key):  # the file is that version while opened

@@ -50,7 +50,6 @@ from s3pool.listing.ranges import (
     NumberedKeys,
     Page,
     StartAfterIgnored,
-    page_end,
     ranged_pages,
 )
 from s3pool.s3.answers import ListEntry
@@ -88,9 +87,10 @@ def same_etag(a: str | None, b: str | None) -> bool:
 
 
 def visible_name(name: str, at_root: bool) -> bool:
-    """Can *name* be shown as one path component of the FUSE view? (Not
-    with a NUL: the kernel would cut the name there.)"""
-    if name in ("", ".", "..") or name.endswith(META_SUFFIX) or "\0" in name:
+    """Can *name* be shown as one path component of the FUSE view? (A
+    name with a NUL or a line break is left out of listings where they are
+    read: unfit_for_a_line.)"""
+    if name in ("", ".", "..") or name.endswith(META_SUFFIX):
         return False
     if at_root and (name in RESERVED_ROOT_NAMES or name == HIDDEN_ROOT):
         return False
@@ -575,12 +575,11 @@ class Listings:
 
         continuation: str | None = None
         pages = seen = 0
-        first = hi = ""
+        first = ""
         onward = Onward()
         while True:
             entries, subdirs, continuation = fetch(None, continuation)
             pages += 1
-            ends = page_end(entries, subdirs)
             why = onward.fault(entries, subdirs)
             if why is not None:  # else a LIST for ever
                 raise BackendError(f"S3 answered a LIST of s3://{job.bucket}/{job.prefix} with "
@@ -588,7 +587,7 @@ class Listings:
             if continuation is None:
                 yield entries, subdirs, None
                 return
-            hi = ends or hi
+            hi = onward.top  # the greatest position so far (an empty page: the last one's)
             yield entries, subdirs, hi
             if job.max_pages is not None and pages >= job.max_pages:
                 return

@@ -67,7 +67,8 @@ class Onward:
     """Checks that each page of one LIST goes on past the one before."""
 
     def __init__(self) -> None:
-        self.last: list[str] = []  # the last page's positions (not empty)
+        self.last: list[str] = []  # the last page's positions (not empty)...
+        self.top = ""  # ... and the greatest of them in bytes: what the LIST reached
         self.in_bytes = True  # the pages may still come in S3's byte order
         self.in_components = True  # ...or by path component
         self.empty_run = 0  # empty pages in a row
@@ -81,14 +82,15 @@ class Onward:
                 return f"more than {EMPTY_PAGES_MAX} empty pages in a row"
             return None
         self.empty_run = 0
+        top = max(positions)
         if self.last:
             # the path-component order (the dearer one) is only worked out
             # for a page that does not go on in bytes (only SeaweedFS's)
-            self.in_bytes = self.in_bytes and max(positions) > max(self.last)
+            self.in_bytes = self.in_bytes and top > self.top
             if not self.in_bytes:
                 self.in_components = self.in_components and (
                     max(map(by_component, positions)) > max(map(by_component, self.last)))
             if not (self.in_bytes or self.in_components):
-                return f"a page that does not go on after {max(self.last)[:200]!r}"
-        self.last = positions
+                return f"a page that does not go on after {self.top[:200]!r}"
+        self.last, self.top = positions, top
         return None
