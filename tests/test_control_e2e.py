@@ -303,7 +303,17 @@ def pull_in_the_background(daemon, moto_server, bucket, key, delay):
     threading.Thread(target=lambda: daemon.request("PULL", bucket, key), daemon=True).start()
     tmp_dir = daemon.home / "tmp"
     deadline = time.monotonic() + 20
-    while not any(p.stat().st_size for p in tmp_dir.iterdir()):
+
+    def bytes_arrived() -> bool:  # in a download's file: not the checkpoint's record
+        for name in temp_leftovers(daemon.home):
+            try:
+                if (tmp_dir / name).stat().st_size:
+                    return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    while not bytes_arrived():
         assert time.monotonic() < deadline, "the download never started"
         time.sleep(0.02)
 
